@@ -1,0 +1,104 @@
+"""The messages the core exchanges, as one small value class (see docs/design.md)."""
+
+# Kinds. Election messages are broadcast to the whole mesh; data-path messages name a target.
+HEARTBEAT = 1
+CLAIM = 2
+HANDOFF = 3
+LEAVE = 4
+READINGS = 8
+READINGS_ACK = 9
+BATCH = 10
+BATCH_ACK = 11
+
+KIND_NAMES = {
+    HEARTBEAT: "heartbeat",
+    CLAIM: "claim",
+    HANDOFF: "handoff",
+    LEAVE: "leave",
+    READINGS: "readings",
+    READINGS_ACK: "readings_ack",
+    BATCH: "batch",
+    BATCH_ACK: "batch_ack",
+}
+
+# Heartbeat (and handoff) flags.
+F_LEADER = 1
+F_CANDIDATE = 2
+F_MAINS = 4
+F_LOW_BATTERY = 8
+F_LEAVING = 16
+
+# BATCH_ACK statuses.
+ACK_OK = 0
+ACK_FENCED = 1
+ACK_REJECTED = 2
+
+
+class Msg:
+    """One message. Unused fields stay 0 / None. Treat as immutable once sent.
+
+    ``boot`` and ``counter`` are filled in by the sender's wire codec (replay protection);
+    the in-memory simulator leaves them 0.
+    """
+
+    __slots__ = (
+        "kind",
+        "sender",
+        "boot",
+        "counter",
+        "term",
+        "flags",
+        "score",
+        "heard",
+        "battery",
+        "link",
+        "target",
+        "body",
+    )
+
+    def __init__(
+        self,
+        kind,
+        sender,
+        term=0,
+        flags=0,
+        score=0,
+        heard=0,
+        battery=0,
+        link=0,
+        target=None,
+        body=None,
+        boot=0,
+        counter=0,
+    ):
+        self.kind = kind
+        self.sender = sender
+        self.boot = boot
+        self.counter = counter
+        self.term = term
+        self.flags = flags
+        self.score = score
+        self.heard = heard
+        self.battery = battery
+        self.link = link
+        self.target = target
+        self.body = body
+
+    def __repr__(self):
+        return "Msg(%s from %s term=%d flags=%d score=%d heard=%d target=%r)" % (
+            KIND_NAMES.get(self.kind, str(self.kind)),
+            self.sender,
+            self.term,
+            self.flags,
+            self.score,
+            self.heard,
+            self.target,
+        )
+
+    def __eq__(self, other):
+        if not isinstance(other, Msg):
+            return False
+        for name in Msg.__slots__:
+            if getattr(self, name) != getattr(other, name):
+                return False
+        return True

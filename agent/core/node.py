@@ -1,0 +1,660 @@
+"""The election state machine: one node's view of who leads the mesh.
+
+Rule 1: every rule of who leads lives in this file. The Pi agent, the firmware, the simulator
+and the replay tool only feed it messages and ticks and send what it puts in ``outbox``.
+Rule 2: it owns no socket, thread or clock. Time comes in as ``now``, integer milliseconds from
+any monotonic origin.
+
+Theory of operation
+-------------------
+Every node broadcasts one HEARTBEAT per interval carrying its term, role, score, battery, link
+and, for a follower, how long ago it last heard its leader directly. That last field is the
+indirect evidence (SWIM's idea, without extra probes): a follower suspects its leader only when
+neither it nor any peer has heard the leader for ``suspect_ms``. One lost packet, or ten, on a
+mesh of a dozen nodes does not look like a death.
+
+Terms only grow. A claim starts a new term; a leader's heartbeats carry its term; every node
+follows the highest term it has seen, so a deposed leader is fenced (the gateway refuses its
+batches, and no node follows it again).
+
+Claims are ordered by rank, so one round usually settles an election with one CLAIM (bully
+with scores): when the leader is suspected, every node computes its rank among the live
+eligible peers it knows, and claims after ``rank * claim_slot_ms``. The best claims at once,
+the others hear its claim first and follow it. A node that ranks above a claimant, and above
+every live peer it knows, counters with a claim for the same term; within a term the better
+claim wins. A candidate becomes leader after ``claim_window_ms`` without a better claim.
+
+Hysteresis: an incumbent keeps leading until a peer is better by more than ``margin`` (15% of
+the score scale by default), or its own battery falls below the low-battery threshold off
+mains, or it becomes ineligible. Then it hands over: a HANDOFF names the successor, which
+takes over in the next term at once; followers keep following the old leader until they hear
+the successor, so no live node is ever without a leader. A graceful shutdown is a handoff with
+the leaving flag.
+
+Partition merge: a leader that hears another leader of an equal or higher term and ranks
+above it claims a new term above both; the other follows. Quorum mode (``quorum`` = mesh size)
+adds votes: followers answer a claim with an immediate heartbeat, a candidate needs a majority
+of the mesh size (itself included) to lead, and a leader that loses its majority steps down.
+"""
+
+from agent.core._compat import const
+from agent.core.messages import (
+    CLAIM,
+    F_CANDIDATE,
+    F_LEADER,
+    F_LEAVING,
+    F_LOW_BATTERY,
+    F_MAINS,
+    HANDOFF,
+    HEARTBEAT,
+    LEAVE,
+    Msg,
+)
+from agent.core.peers import DEFAULT_MAX_PEERS, PeerTable
+from agent.core.prng import Prng, fnv1a32
+from agent.core.score import (
+    DEFAULT_WEIGHTS,
+    SCORE_MAX,
+    better,
+    compute_score,
+    is_low_battery,
+)
+
+ROLE_DOWN = const(0)
+ROLE_FOLLOWER = const(1)
+ROLE_CANDIDATE = const(2)
+ROLE_LEADER = const(3)
+ROLE_NAMES = ("down", "follower", "candidate", "leader")
+
+# Why a node leads (node.lead_reason), for the gateway's election history.
+REASON_START = "start"  # no leader was known: first election of a mesh
+REASON_CRASH = "crash"  # the previous leader was suspected dead
+REASON_HANDOFF = "score"  # the previous leader handed over to a better node
+REASON_BATTERY = "battery"  # the previous leader's battery fell below the threshold
+REASON_SHUTDOWN = "shutdown"  # the previous leader shut down gracefully
+REASON_MERGE = "merge"  # two leaders met after a partition healed
+
+MAX_NODE_ID_BYTES = const(16)
+HEARD_NONE = const(65535)  # "heard" field: no leader heard (also the cap of the field)
+_NEVER = const(-(1 << 30))  # a time long before any event
+_NO_TIME = const(1 << 30)  # "no deadline"
+
+# --- Timing defaults, all in heartbeat intervals ------------------------------------------
+# 250 ms heartbeats: failover under 1 s needs detection in 3 intervals plus a claim round, and
+# on Wi-Fi a 250 ms interval is a few per mille of airtime for a 50-byte frame.
+DEFAULT_HEARTBEAT_MS = const(250)
+# Suspect the leader after 3 intervals without any evidence (direct or reported by a peer):
+# 2 would trip on two lost packets on a two-node mesh; 4 would miss the 1 s failover goal.
+SUSPECT_INTERVALS = const(3)
+# A booting node listens 2 intervals before it may claim: long enough to hear the current
+# leader (or a follower's report of it) even if one of its heartbeats is lost.
+LISTEN_INTERVALS = const(2)
+# A peer counts as live (for ranking, handoff and quorum) if heard within 4 intervals.
+LIVE_INTERVALS = const(4)
+# Peers silent for 240 intervals (60 s at 250 ms) are forgotten.
+FORGET_INTERVALS = const(240)
+# A claim slot is a quarter interval: longer than a LAN/Wi-Fi delivery delay, so the best
+# ranked claim is heard before the next rank's slot comes; short enough that a second-best
+# claim (the best died too) costs only 62 ms.
+SLOT_DIVISOR = const(4)
+MIN_SLOT_MS = const(20)
+# A leader repeats an unanswered HANDOFF at most 3 times, then re-evaluates.
+MAX_HANDOFF_TRIES = const(3)
+# Hysteresis: 15% of the score scale.
+DEFAULT_MARGIN = const(150)
+
+
+class Config:
+    """Election settings. Every timing derives from ``heartbeat_ms`` unless given."""
+
+    def __init__(
+        self,
+        heartbeat_ms=DEFAULT_HEARTBEAT_MS,
+        margin=DEFAULT_MARGIN,
+        quorum=0,
+        max_peers=DEFAULT_MAX_PEERS,
+        weights=None,
+        suspect_intervals=SUSPECT_INTERVALS,
+        listen_intervals=LISTEN_INTERVALS,
+    ):
+        if heartbeat_ms < 20:
+            raise ValueError("heartbeat_ms must be >= 20")
+        if margin < 0 or margin > SCORE_MAX:
+            raise ValueError("margin must be within 0..1000")
+        if quorum < 0:
+            raise ValueError("quorum must be >= 0 (0 = off)")
+        if suspect_intervals < 2:
+            raise ValueError("suspect_intervals must be >= 2")
+        self.heartbeat_ms = heartbeat_ms
+        self.margin = margin
+        self.quorum = quorum
+        self.max_peers = max_peers
+        self.weights = weights if weights is not None else DEFAULT_WEIGHTS
+        self.suspect_ms = heartbeat_ms * suspect_intervals
+        self.listen_ms = heartbeat_ms * listen_intervals
+        self.live_ms = heartbeat_ms * LIVE_INTERVALS
+        self.forget_ms = heartbeat_ms * FORGET_INTERVALS
+        slot = heartbeat_ms // SLOT_DIVISOR
+        self.claim_slot_ms = slot if slot > MIN_SLOT_MS else MIN_SLOT_MS
+        self.claim_window_ms = self.claim_slot_ms
+        # +-1/16 interval of jitter keeps radios from colliding; the mean stays one interval.
+        self.jitter_ms = heartbeat_ms // 16
+
+    @property
+    def majority(self):
+        return self.quorum // 2 + 1 if self.quorum else 0
+
+
+class Node:
+    """One node's election state. See the module docstring for the rules."""
+
+    def __init__(self, node_id, config=None, boot=0, seed=0):
+        if not isinstance(node_id, str):
+            raise TypeError("node id must be a str")
+        n = len(node_id.encode())
+        if n < 1 or n > MAX_NODE_ID_BYTES:
+            raise ValueError("node id must be 1..16 UTF-8 bytes")
+        self.id = node_id
+        self.config = config if config is not None else Config()
+        self.boot = boot
+        self.prng = Prng(seed ^ fnv1a32(node_id))
+        self.peers = PeerTable(self.config.max_peers)
+        self.outbox = []
+        self.battery = SCORE_MAX
+        self.link = SCORE_MAX
+        self.mains = False
+        self.eligible = True
+        self.score = compute_score(SCORE_MAX, SCORE_MAX, False, True, self.config.weights)
+        self.role = ROLE_DOWN
+        self.term = 0
+        self.leader = None
+        self.lead_reason = None
+        self.wakeup = _NO_TIME
+        self.stats_sent = 0
+        self.stats_terms_started = 0
+        self.stats_suspicions = 0
+        self.stats_handoffs = 0
+        self._reset(0)
+
+    # ---- public API -------------------------------------------------------------------
+
+    def set_power(self, battery, link, mains=False, eligible=True):
+        """Update what the score is made of; the next heartbeat carries the new score."""
+        self.battery = battery
+        self.link = link
+        self.mains = bool(mains)
+        self.eligible = bool(eligible)
+        self.score = compute_score(battery, link, self.mains, self.eligible, self.config.weights)
+
+    def start(self, now):
+        """Boot: listen for the current leader, announce ourselves."""
+        self._reset(now)
+        self.role = ROLE_FOLLOWER
+        self._listen_until = now + self.config.listen_ms
+        self._heartbeat(now)
+        self._update_wakeup(now)
+
+    def stop(self, now):
+        """Graceful shutdown: a leader names its successor; anyone else says goodbye."""
+        if self.role == ROLE_DOWN:
+            return
+        successor = None
+        if self.role == ROLE_LEADER:
+            successor = self._pick_successor(now)
+        if successor is not None:
+            self._send(Msg(HANDOFF, self.id, self.term, F_LEAVING, target=successor.id))
+            self.stats_handoffs += 1
+        else:
+            self._send(Msg(LEAVE, self.id, self.term))
+        self.crash()
+
+    def crash(self):
+        """Silent power loss: no more messages, state gone."""
+        self.role = ROLE_DOWN
+        self.leader = None
+        self.wakeup = _NO_TIME
+
+    def tick(self, now):
+        """Run timers. Call at or after ``wakeup``; calling early is harmless."""
+        if self.role == ROLE_DOWN:
+            return
+        if now >= self._next_hb:
+            if self.role == ROLE_LEADER:
+                self._leader_duties(now)
+            if self.role != ROLE_DOWN:
+                self._heartbeat(now)
+                self.peers.forget_older_than(now - self.config.forget_ms)
+        role = self.role
+        if role == ROLE_CANDIDATE:
+            self._candidate_timers(now)
+        elif role == ROLE_FOLLOWER:
+            self._follower_timers(now)
+        self._update_wakeup(now)
+
+    def receive(self, msg, now):
+        """Take one decoded, authenticated message from a peer."""
+        if self.role == ROLE_DOWN or msg.sender == self.id:
+            return
+        kind = msg.kind
+        if kind == HEARTBEAT:
+            self._on_heartbeat(msg, now)
+        elif kind == CLAIM:
+            self._on_claim(msg, now)
+        elif kind == HANDOFF:
+            self._on_handoff(msg, now)
+        elif kind == LEAVE:
+            self._on_leave(msg, now)
+        else:
+            return
+        self._update_wakeup(now)
+
+    @property
+    def role_name(self):
+        return ROLE_NAMES[self.role]
+
+    def view(self):
+        """(role, term, leader): what the replay prints."""
+        return (self.role, self.term, self.leader)
+
+    # ---- message handlers -------------------------------------------------------------
+
+    def _on_heartbeat(self, m, now):
+        p = self.peers.touch(m.sender, now)
+        p.score = m.score
+        p.battery = m.battery
+        p.link = m.link
+        p.flags = m.flags
+        p.term = m.term
+        if m.term > self._max_seen:
+            self._max_seen = m.term
+        if m.flags & F_LEADER:
+            self._on_leader_heartbeat(m, now)
+        elif m.heard < HEARD_NONE and not m.flags & F_CANDIDATE:
+            p.evidence = now - m.heard
+            self._on_report(m, now)
+        if self.role == ROLE_CANDIDATE and self.config.quorum and now >= self._cand_until:
+            self._candidate_timers(now)
+
+    def _on_leader_heartbeat(self, m, now):
+        sender = m.sender
+        term = m.term
+        role = self.role
+        if role == ROLE_LEADER:
+            if sender == self._handoff_to and term > self.term:
+                self._adopt(sender, term, now)
+            elif better(self.score, self.id, m.score, sender):
+                if term >= self.term:
+                    self._claim(now, REASON_MERGE)
+                else:
+                    self._answer(now)
+            elif term >= self.term:
+                self._adopt(sender, term, now)
+            # else: a better leader of a lower term; it hears our heartbeat and claims above us.
+            return
+        if term < self.term:
+            return
+        if role == ROLE_CANDIDATE:
+            if term > self.term or better(m.score, sender, self.score, self.id):
+                self._adopt(sender, term, now)
+            return
+        # follower
+        if term > self.term or self.leader is None:
+            self._adopt(sender, term, now)
+        elif self.leader == sender:
+            self._ev_time = now
+            self._direct = now
+        else:
+            current = self.peers.get(self.leader)
+            if current is None or better(m.score, sender, current.score, current.id):
+                self._adopt(sender, term, now)
+
+    def _on_report(self, m, now):
+        """A follower's heartbeat: it heard its leader ``m.heard`` ms ago."""
+        if self.role != ROLE_FOLLOWER:
+            return
+        seen = now - m.heard
+        if m.term == self.term and not self._suspected_gone:
+            if seen > self._ev_time:
+                self._ev_time = seen
+                if (
+                    self.leader is None
+                    and self._suspected is not None
+                    and now - seen <= self.config.suspect_ms
+                ):
+                    # A peer heard the leader after we gave up on it: withdraw the suspicion.
+                    self.leader = self._suspected
+                    self._suspected = None
+                    self._claim_at = _NO_TIME
+        elif m.term > self.term and self.leader is None:
+            # A leader of a newer term exists; wait for it instead of claiming.
+            self.term = m.term
+            self._ev_time = seen
+            self._suspected = None
+            self._claim_at = _NO_TIME
+
+    def _on_claim(self, m, now):
+        sender = m.sender
+        term = m.term
+        p = self.peers.touch(sender, now)
+        p.score = m.score
+        p.term = term
+        p.flags = F_CANDIDATE
+        if term > self._max_seen:
+            self._max_seen = term
+        role = self.role
+        if term < self.term:
+            if role == ROLE_LEADER:
+                self._answer(now)
+            return
+        if term == self.term:
+            if role == ROLE_LEADER or role == ROLE_CANDIDATE:
+                if better(m.score, sender, self.score, self.id):
+                    self._adopt(sender, term, now)
+                elif role == ROLE_LEADER:
+                    self._answer(now)
+                return
+            current = self.peers.get(self.leader) if self.leader is not None else None
+            if current is None or better(m.score, sender, current.score, current.id):
+                self._adopt(sender, term, now)
+            return
+        if self._should_counter(sender, m.score, now):
+            was_leader = role == ROLE_LEADER
+            self.term = term
+            self._become_candidate(now, self.lead_reason if was_leader else REASON_CRASH)
+        else:
+            self._adopt(sender, term, now)
+
+    def _on_handoff(self, m, now):
+        self.peers.touch(m.sender, now)
+        if m.term < self.term:
+            return
+        if m.target == self.id:
+            if self.score < 0:
+                return
+            top = self.term if self.term > m.term else m.term
+            if self._max_seen > top:
+                top = self._max_seen
+            self.term = top + 1
+            self._max_seen = self.term
+            self.stats_terms_started += 1
+            if m.flags & F_LEAVING:
+                reason = REASON_SHUTDOWN
+            elif m.flags & F_LOW_BATTERY:
+                reason = REASON_BATTERY
+            else:
+                reason = REASON_HANDOFF
+            self._become_leader(now, reason)
+            return
+        if m.flags & F_LEAVING:
+            self.peers.remove(m.sender)
+            if self.leader == m.sender:
+                # Keep following until the successor's heartbeat arrives, but if it never
+                # does, suspect after one interval instead of the full timeout.
+                self._leaving_deadline = now + self.config.heartbeat_ms
+
+    def _on_leave(self, m, now):
+        self.peers.remove(m.sender)
+        if self.leader == m.sender and self.role == ROLE_FOLLOWER:
+            self._suspect(now, True)
+
+    # ---- timers -----------------------------------------------------------------------
+
+    def _follower_timers(self, now):
+        cfg = self.config
+        if self.leader is not None:
+            if now >= self._leaving_deadline:
+                self._suspect(now, True)
+            elif now - self._ev_time > cfg.suspect_ms:
+                self._suspect(now, False)
+            return
+        if now < self._listen_until:
+            return
+        if now - self._ev_time <= cfg.suspect_ms:
+            self._claim_at = _NO_TIME  # ranks count from when the evidence runs out
+            return  # peers report a live leader of our term: wait for it
+        if self._claim_at == _NO_TIME:
+            self._schedule_claim(now)
+        if now >= self._claim_at:
+            self._claim(now, REASON_CRASH if self._had_leader else REASON_START)
+
+    def _candidate_timers(self, now):
+        if now < self._cand_until:
+            return
+        cfg = self.config
+        if cfg.quorum:
+            since = self._cand_since
+            votes = self.peers.count_following(self.term, since) + 1
+            if votes < cfg.majority:
+                if now >= self._cand_deadline:
+                    self._give_up(now)
+                return
+        self._become_leader(now, self._cand_reason)
+
+    def _leader_duties(self, now):
+        cfg = self.config
+        since = now - cfg.live_ms
+        if cfg.quorum:
+            support = self.peers.count_following(self.term, since) + 1
+            if support >= cfg.majority:
+                self._quorum_lost_at = _NO_TIME
+            elif self._quorum_lost_at == _NO_TIME:
+                self._quorum_lost_at = now
+            elif now - self._quorum_lost_at > cfg.suspect_ms:
+                self._give_up(now)
+                return
+        if self._handoff_to is not None:
+            if self._handoff_tries < MAX_HANDOFF_TRIES and self._handoff_to in self.peers:
+                self._handoff_tries += 1
+                self._send(Msg(HANDOFF, self.id, self.term, self._handoff_flags, target=self._handoff_to))
+                return
+            self._handoff_to = None
+        best = self.peers.best(since)
+        if best is None:
+            return
+        flags = -1
+        if self.score < 0:
+            flags = 0
+        elif (
+            is_low_battery(self.battery, self.mains, cfg.weights)
+            and not best.low_battery
+            and better(best.score, best.id, self.score, self.id)
+        ):
+            flags = F_LOW_BATTERY
+        elif best.score > self.score + cfg.margin:
+            flags = 0
+        if flags >= 0:
+            self._handoff_to = best.id
+            self._handoff_flags = flags
+            self._handoff_tries = 1
+            self.stats_handoffs += 1
+            self._send(Msg(HANDOFF, self.id, self.term, flags, target=best.id))
+
+    # ---- transitions ------------------------------------------------------------------
+
+    def _reset(self, now):
+        self.peers = PeerTable(self.config.max_peers)
+        del self.outbox[:]
+        self.role = ROLE_DOWN
+        self.term = 0
+        self.leader = None
+        self.lead_reason = None
+        self._max_seen = 0
+        self._ev_time = _NEVER  # latest time a leader of self.term was known alive
+        self._direct = _NEVER  # latest time we heard our leader ourselves
+        self._suspected = None
+        self._suspected_gone = False
+        self._had_leader = False
+        self._listen_until = now
+        self._claim_at = _NO_TIME
+        self._cand_until = _NO_TIME
+        self._cand_since = now
+        self._cand_deadline = _NO_TIME
+        self._cand_reason = REASON_START
+        self._handoff_to = None
+        self._handoff_flags = 0
+        self._handoff_tries = 0
+        self._quorum_lost_at = _NO_TIME
+        self._answered_at = _NEVER
+        self._leaving_deadline = _NO_TIME  # our leader said it is leaving: suspect then
+        self._next_hb = now
+
+    def _adopt(self, leader, term, now):
+        self.term = term
+        self.role = ROLE_FOLLOWER
+        self.leader = leader
+        self.lead_reason = None
+        self._ev_time = now
+        self._direct = now
+        self._suspected = None
+        self._suspected_gone = False
+        self._had_leader = True
+        self._claim_at = _NO_TIME
+        self._handoff_to = None
+        self._leaving_deadline = _NO_TIME
+        self._listen_until = now
+        if self.config.quorum:
+            self._heartbeat(now)  # our vote
+
+    def _suspect(self, now, gone):
+        """Give up on our leader: it went silent, or (``gone``) it said it is leaving."""
+        self.stats_suspicions += 1
+        self._leaving_deadline = _NO_TIME
+        self._suspected = self.leader
+        self._suspected_gone = gone
+        if gone:
+            self._ev_time = _NEVER  # what peers last heard of it no longer matters
+        self.leader = None
+        self._schedule_claim(now)
+        if now >= self._claim_at:
+            self._claim(now, REASON_SHUTDOWN if gone else REASON_CRASH)
+
+    def _schedule_claim(self, now):
+        if self.score < 0:
+            self._claim_at = _NO_TIME  # ineligible: never claims, waits for a leader
+            return
+        since = now - self.config.live_ms
+        rank = self.peers.count_better(self.score, self.id, since, self._suspected)
+        self._claim_at = now + rank * self.config.claim_slot_ms
+
+    def _claim(self, now, reason):
+        top = self.term if self.term > self._max_seen else self._max_seen
+        self.term = top + 1
+        self._max_seen = self.term
+        self.stats_terms_started += 1
+        self._become_candidate(now, reason)
+
+    def _become_candidate(self, now, reason):
+        cfg = self.config
+        self.role = ROLE_CANDIDATE
+        self.leader = None
+        self._claim_at = _NO_TIME
+        self._cand_since = now
+        self._cand_until = now + cfg.claim_window_ms
+        self._cand_deadline = now + cfg.suspect_ms
+        self._cand_reason = reason
+        self._send(Msg(CLAIM, self.id, self.term, 0, self.score))
+
+    def _become_leader(self, now, reason):
+        self.role = ROLE_LEADER
+        self.leader = self.id
+        self.lead_reason = reason
+        self._ev_time = now
+        self._direct = now
+        self._suspected = None
+        self._had_leader = True
+        self._handoff_to = None
+        self._quorum_lost_at = _NO_TIME
+        self._heartbeat(now)
+
+    def _give_up(self, now):
+        """Quorum mode: no majority, so no leader. Back off before trying again."""
+        self.role = ROLE_FOLLOWER
+        self.leader = None
+        self._suspected = None
+        self._claim_at = _NO_TIME
+        # Back off a random 1..4 intervals so minority partitions do not burn terms quickly.
+        cfg = self.config
+        self._listen_until = now + cfg.heartbeat_ms * (1 + self.prng.below(4))
+
+    def _should_counter(self, claimant, claim_score, now):
+        """Bully rule: counter a claim if we rank above it and above every live peer we know."""
+        if self.score < 0 or not better(self.score, self.id, claim_score, claimant):
+            return False
+        cfg = self.config
+        mine = self.score + (cfg.margin if self.role == ROLE_LEADER else 0)
+        since = now - cfg.live_ms
+        fresh_leader = None
+        if self.role == ROLE_FOLLOWER and now - self._ev_time <= cfg.suspect_ms:
+            fresh_leader = self.leader
+        for p in self.peers.by_id.values():
+            if p.heard < since or p.score < 0 or p.id == claimant or p.id == self._suspected:
+                continue
+            theirs = p.score + (cfg.margin if p.id == fresh_leader else 0)
+            if better(theirs, p.id, mine, self.id):
+                return False
+        return True
+
+    def _pick_successor(self, now):
+        return self.peers.best(now - self.config.live_ms)
+
+    # ---- sending ----------------------------------------------------------------------
+
+    def _send(self, msg):
+        self.outbox.append(msg)
+        self.stats_sent += 1
+
+    def _heartbeat(self, now):
+        role = self.role
+        flags = 0
+        if role == ROLE_LEADER:
+            flags = F_LEADER
+            heard = self.peers.count_following(self.term, now - self.config.live_ms)
+        else:
+            if role == ROLE_CANDIDATE:
+                flags = F_CANDIDATE
+            heard = HEARD_NONE
+            if self.leader is not None and self._direct != _NEVER:
+                heard = now - self._direct
+                if heard > HEARD_NONE:
+                    heard = HEARD_NONE
+        if self.mains:
+            flags |= F_MAINS
+        if is_low_battery(self.battery, self.mains, self.config.weights):
+            flags |= F_LOW_BATTERY
+        self._send(Msg(HEARTBEAT, self.id, self.term, flags, self.score, heard, self.battery, self.link))
+        cfg = self.config
+        j = cfg.jitter_ms
+        self._next_hb = now + cfg.heartbeat_ms + (self.prng.below(2 * j + 1) - j if j else 0)
+
+    def _answer(self, now):
+        """An extra heartbeat to correct a stale claimant or leader, at most once per slot."""
+        if now - self._answered_at >= self.config.claim_slot_ms:
+            self._answered_at = now
+            self._heartbeat(now)
+
+    def _update_wakeup(self, now):
+        w = self._next_hb
+        role = self.role
+        cfg = self.config
+        if role == ROLE_FOLLOWER:
+            if self.leader is not None:
+                t = self._ev_time + cfg.suspect_ms + 1
+                if self._leaving_deadline < t:
+                    t = self._leaving_deadline
+            elif now < self._listen_until:
+                t = self._listen_until
+            elif now - self._ev_time <= cfg.suspect_ms:
+                t = self._ev_time + cfg.suspect_ms + 1
+            else:
+                t = self._claim_at
+            if t < w:
+                w = t
+        elif role == ROLE_CANDIDATE:
+            t = self._cand_until
+            if now >= t:
+                t = self._cand_deadline
+            if t < w:
+                w = t
+        elif role == ROLE_DOWN:
+            w = _NO_TIME
+        self.wakeup = w

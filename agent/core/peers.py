@@ -1,0 +1,125 @@
+"""Membership: the bounded table of peers a node has heard, with their scores and last-heard times.
+
+The table is a dict keyed by node id. Nothing here depends on its iteration order: every scan
+computes an order-independent result (a count, or a best with a total tie-break by id).
+"""
+
+from agent.core._compat import const
+from agent.core.messages import F_CANDIDATE, F_LEADER, F_LOW_BATTERY, F_MAINS
+from agent.core.score import INELIGIBLE, better
+
+# Enough for a building-sized mesh on an ESP32 (each entry is a small object); the Pi agent and
+# the simulator raise it. When full, the peer heard least recently is evicted first.
+DEFAULT_MAX_PEERS = const(64)
+
+
+class Peer:
+    __slots__ = ("id", "score", "battery", "link", "flags", "term", "heard", "evidence")
+
+    def __init__(self, node_id):
+        self.id = node_id
+        self.score = INELIGIBLE
+        self.battery = 0
+        self.link = 0
+        self.flags = 0
+        self.term = 0
+        self.heard = 0  # local ms when we last heard anything from it
+        self.evidence = -1  # local ms when, by its report, it last heard its leader directly
+
+    @property
+    def eligible(self):
+        return self.score >= 0
+
+    @property
+    def is_leader(self):
+        return bool(self.flags & F_LEADER)
+
+    @property
+    def mains(self):
+        return bool(self.flags & F_MAINS)
+
+    @property
+    def low_battery(self):
+        return bool(self.flags & F_LOW_BATTERY)
+
+
+class PeerTable:
+    def __init__(self, max_peers=DEFAULT_MAX_PEERS):
+        if max_peers < 1:
+            raise ValueError("max_peers must be >= 1")
+        self.max_peers = max_peers
+        self.by_id = {}
+        self.evicted = 0
+
+    def __len__(self):
+        return len(self.by_id)
+
+    def __contains__(self, node_id):
+        return node_id in self.by_id
+
+    def get(self, node_id):
+        return self.by_id.get(node_id)
+
+    def touch(self, node_id, now):
+        """The entry for node_id, created (evicting the stalest if full), marked heard now."""
+        peer = self.by_id.get(node_id)
+        if peer is None:
+            if len(self.by_id) >= self.max_peers:
+                self._evict_stalest()
+            peer = Peer(node_id)
+            self.by_id[node_id] = peer
+        peer.heard = now
+        return peer
+
+    def remove(self, node_id):
+        if node_id in self.by_id:
+            del self.by_id[node_id]
+
+    def forget_older_than(self, cutoff):
+        """Drop peers not heard since ``cutoff`` (ms)."""
+        stale = [p.id for p in self.by_id.values() if p.heard < cutoff]
+        for node_id in stale:
+            del self.by_id[node_id]
+        return len(stale)
+
+    def best(self, since, exclude=None):
+        """The best eligible peer heard since ``since``, excluding ``exclude``; or None."""
+        best = None
+        for p in self.by_id.values():
+            if p.heard < since or p.score < 0 or p.id == exclude:
+                continue
+            if best is None or better(p.score, p.id, best.score, best.id):
+                best = p
+        return best
+
+    def count_better(self, score, node_id, since, exclude=None):
+        """How many eligible peers heard since ``since`` rank above (score, node_id)."""
+        n = 0
+        for p in self.by_id.values():
+            if p.heard < since or p.score < 0 or p.id == exclude:
+                continue
+            if better(p.score, p.id, score, node_id):
+                n += 1
+        return n
+
+    def count_following(self, term, since):
+        """How many peers heard since ``since`` report following the leader of ``term``."""
+        n = 0
+        for p in self.by_id.values():
+            if p.heard >= since and p.term == term and not p.flags & (F_LEADER | F_CANDIDATE):
+                n += 1
+        return n
+
+    def live_ids(self, since):
+        return sorted(p.id for p in self.by_id.values() if p.heard >= since)
+
+    def _evict_stalest(self):
+        victim = None
+        for p in self.by_id.values():
+            if victim is None or p.heard < victim.heard or (
+                p.heard == victim.heard and p.id > victim.id
+            ):
+                victim = p
+        if victim is not None:
+            del self.by_id[victim.id]
+            self.evicted += 1

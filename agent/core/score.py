@@ -1,0 +1,78 @@
+"""Who is the better leader: the score, and the order that breaks ties.
+
+A score is an integer from 0 to ``SCORE_MAX`` (1000), or ``INELIGIBLE`` (-1) for a node that
+never leads. It weighs the energy a node can spend (battery charge in per-mille, or full when on
+mains power) against the quality of its link (per-mille; the runtime derives it from loss,
+round-trip time and RSSI). A node off mains whose battery is below the low-battery threshold has
+its score divided by ``LOW_BATTERY_DIVISOR``, so it leads only when nobody healthy can: this is
+the LEACH/HEED idea of rotating the costly aggregator role by residual energy.
+
+Ties break by node id: the smaller id wins. Every node computes the same order from the same
+numbers, so every node reaches the same decision without a vote.
+"""
+
+from agent.core._compat import const
+
+SCORE_MAX = const(1000)
+INELIGIBLE = const(-1)
+
+# Default weights: energy counts a little more than the link, because a leader that drains its
+# battery fails the whole mesh, while a weaker link only costs retries. Weights are relative.
+DEFAULT_BATTERY_WEIGHT = const(600)
+DEFAULT_LINK_WEIGHT = const(400)
+# Below 20% charge a battery node should stop aggregating (the Thread leader-weight idea: a
+# battery-powered router is a poor leader). The same threshold triggers a leader's handoff.
+DEFAULT_LOW_BATTERY = const(200)
+LOW_BATTERY_DIVISOR = const(4)
+
+
+class Weights:
+    """Score weights; plain class so it runs on MicroPython."""
+
+    def __init__(
+        self,
+        battery=DEFAULT_BATTERY_WEIGHT,
+        link=DEFAULT_LINK_WEIGHT,
+        low_battery=DEFAULT_LOW_BATTERY,
+    ):
+        if battery < 0 or link < 0 or battery + link <= 0:
+            raise ValueError("score weights must be >= 0 and not both 0")
+        if low_battery < 0 or low_battery > SCORE_MAX:
+            raise ValueError("low_battery must be within 0..1000")
+        self.battery = battery
+        self.link = link
+        self.low_battery = low_battery
+
+
+DEFAULT_WEIGHTS = Weights()
+
+
+def _clamp(value):
+    if value < 0:
+        return 0
+    if value > SCORE_MAX:
+        return SCORE_MAX
+    return value
+
+
+def is_low_battery(battery, mains, weights=DEFAULT_WEIGHTS):
+    return (not mains) and battery < weights.low_battery
+
+
+def compute_score(battery, link, mains=False, eligible=True, weights=DEFAULT_WEIGHTS):
+    """The node's score, an int in 0..1000, or INELIGIBLE."""
+    if not eligible:
+        return INELIGIBLE
+    energy = SCORE_MAX if mains else _clamp(battery)
+    total = weights.battery + weights.link
+    score = (weights.battery * energy + weights.link * _clamp(link)) // total
+    if is_low_battery(battery, mains, weights):
+        score //= LOW_BATTERY_DIVISOR
+    return score
+
+
+def better(score_a, id_a, score_b, id_b):
+    """True when node a ranks above node b: higher score, then smaller id."""
+    if score_a != score_b:
+        return score_a > score_b
+    return id_a < id_b
