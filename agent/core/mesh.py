@@ -93,9 +93,7 @@ class Mesh:
         self._after(sim)
 
     def restart(self, node_id):
-        sim = self.nodes[node_id]
-        if sim.up:
-            sim.node.crash()
+        self.crash(node_id)
         self.start(node_id)
 
     def crash(self, node_id):

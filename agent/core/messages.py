@@ -42,18 +42,18 @@ class Msg:
     """
 
     __slots__ = (
-        "kind",
-        "sender",
+        "battery",
+        "body",
         "boot",
         "counter",
-        "term",
         "flags",
-        "score",
         "heard",
-        "battery",
+        "kind",
         "link",
+        "score",
+        "sender",
         "target",
-        "body",
+        "term",
     )
 
     def __init__(
@@ -98,7 +98,4 @@ class Msg:
     def __eq__(self, other):
         if not isinstance(other, Msg):
             return False
-        for name in Msg.__slots__:
-            if getattr(self, name) != getattr(other, name):
-                return False
-        return True
+        return all(getattr(self, name) == getattr(other, name) for name in Msg.__slots__)

@@ -100,6 +100,8 @@ SLOT_DIVISOR = const(4)
 MIN_SLOT_MS = const(20)
 # A leader repeats an unanswered HANDOFF at most 3 times, then re-evaluates.
 MAX_HANDOFF_TRIES = const(3)
+# Quorum mode: a failed claim backs off 2, 4, 8, 16, then 32 intervals.
+MAX_BACKOFF_DOUBLINGS = const(5)
 # Hysteresis: 15% of the score scale.
 DEFAULT_MARGIN = const(150)
 
@@ -272,6 +274,10 @@ class Node:
         elif m.heard < HEARD_NONE and not m.flags & F_CANDIDATE:
             p.evidence = now - m.heard
             self._on_report(m, now)
+        elif self.role == ROLE_LEADER and m.term > self.term and not m.flags & F_CANDIDATE:
+            # A peer stuck in a newer term without a leader (say, its leader died on the far
+            # side of a healed partition) ignores our older term: lead it in a term above.
+            self._claim(now, REASON_MERGE)
         if self.role == ROLE_CANDIDATE and self.config.quorum and now >= self._cand_until:
             self._candidate_timers(now)
 
@@ -347,7 +353,7 @@ class Node:
                 self._answer(now)
             return
         if term == self.term:
-            if role == ROLE_LEADER or role == ROLE_CANDIDATE:
+            if role in (ROLE_LEADER, ROLE_CANDIDATE):
                 if better(m.score, sender, self.score, self.id):
                     self._adopt(sender, term, now)
                 elif role == ROLE_LEADER:
@@ -445,7 +451,9 @@ class Node:
         if self._handoff_to is not None:
             if self._handoff_tries < MAX_HANDOFF_TRIES and self._handoff_to in self.peers:
                 self._handoff_tries += 1
-                self._send(Msg(HANDOFF, self.id, self.term, self._handoff_flags, target=self._handoff_to))
+                self._send(
+                    Msg(HANDOFF, self.id, self.term, self._handoff_flags, target=self._handoff_to)
+                )
                 return
             self._handoff_to = None
         best = self.peers.best(since)
@@ -494,6 +502,7 @@ class Node:
         self._handoff_flags = 0
         self._handoff_tries = 0
         self._quorum_lost_at = _NO_TIME
+        self._failed_claims = 0
         self._answered_at = _NEVER
         self._leaving_deadline = _NO_TIME  # our leader said it is leaving: suspect then
         self._next_hb = now
@@ -529,12 +538,16 @@ class Node:
             self._claim(now, REASON_SHUTDOWN if gone else REASON_CRASH)
 
     def _schedule_claim(self, now):
+        cfg = self.config
+        since = now - cfg.live_ms
         if self.score < 0:
             self._claim_at = _NO_TIME  # ineligible: never claims, waits for a leader
             return
-        since = now - self.config.live_ms
+        if cfg.quorum and self.peers.count_live(since) + 1 < cfg.majority:
+            self._claim_at = _NO_TIME  # pre-vote: a claim could not win, so do not burn a term
+            return
         rank = self.peers.count_better(self.score, self.id, since, self._suspected)
-        self._claim_at = now + rank * self.config.claim_slot_ms
+        self._claim_at = now + rank * cfg.claim_slot_ms
 
     def _claim(self, now, reason):
         top = self.term if self.term > self._max_seen else self._max_seen
@@ -564,6 +577,7 @@ class Node:
         self._had_leader = True
         self._handoff_to = None
         self._quorum_lost_at = _NO_TIME
+        self._failed_claims = 0
         self._heartbeat(now)
 
     def _give_up(self, now):
@@ -572,9 +586,13 @@ class Node:
         self.leader = None
         self._suspected = None
         self._claim_at = _NO_TIME
-        # Back off a random 1..4 intervals so minority partitions do not burn terms quickly.
+        # Back off exponentially (2, 4, ... 32 intervals, plus up to one of jitter) so a
+        # minority partition does not burn a term every few hundred milliseconds.
         cfg = self.config
-        self._listen_until = now + cfg.heartbeat_ms * (1 + self.prng.below(4))
+        if self._failed_claims < MAX_BACKOFF_DOUBLINGS:
+            self._failed_claims += 1
+        backoff = cfg.heartbeat_ms << self._failed_claims
+        self._listen_until = now + backoff + self.prng.below(cfg.heartbeat_ms)
 
     def _should_counter(self, claimant, claim_score, now):
         """Bully rule: counter a claim if we rank above it and above every live peer we know."""
@@ -621,7 +639,9 @@ class Node:
             flags |= F_MAINS
         if is_low_battery(self.battery, self.mains, self.config.weights):
             flags |= F_LOW_BATTERY
-        self._send(Msg(HEARTBEAT, self.id, self.term, flags, self.score, heard, self.battery, self.link))
+        self._send(
+            Msg(HEARTBEAT, self.id, self.term, flags, self.score, heard, self.battery, self.link)
+        )
         cfg = self.config
         j = cfg.jitter_ms
         self._next_hb = now + cfg.heartbeat_ms + (self.prng.below(2 * j + 1) - j if j else 0)

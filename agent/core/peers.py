@@ -14,7 +14,7 @@ DEFAULT_MAX_PEERS = const(64)
 
 
 class Peer:
-    __slots__ = ("id", "score", "battery", "link", "flags", "term", "heard", "evidence")
+    __slots__ = ("battery", "evidence", "flags", "heard", "id", "link", "score", "term")
 
     def __init__(self, node_id):
         self.id = node_id
@@ -102,6 +102,13 @@ class PeerTable:
                 n += 1
         return n
 
+    def count_live(self, since):
+        n = 0
+        for p in self.by_id.values():
+            if p.heard >= since:
+                n += 1
+        return n
+
     def count_following(self, term, since):
         """How many peers heard since ``since`` report following the leader of ``term``."""
         n = 0
@@ -116,8 +123,10 @@ class PeerTable:
     def _evict_stalest(self):
         victim = None
         for p in self.by_id.values():
-            if victim is None or p.heard < victim.heard or (
-                p.heard == victim.heard and p.id > victim.id
+            if (
+                victim is None
+                or p.heard < victim.heard
+                or (p.heard == victim.heard and p.id > victim.id)
             ):
                 victim = p
         if victim is not None:

@@ -203,11 +203,11 @@ def run_file(path, write):
         with open(path) as f:
             text = f.read()
     except OSError as e:
-        raise ScenarioError("cannot read %s: %s" % (path, e))
+        raise ScenarioError("cannot read %s: %s" % (path, e)) from None
     try:
         scenario = json.loads(text)
     except ValueError as e:
-        raise ScenarioError("%s is not valid JSON: %s" % (path, e))
+        raise ScenarioError("%s is not valid JSON: %s" % (path, e)) from None
     Replay(scenario, write).run()
 
 
