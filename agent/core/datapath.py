@@ -1,0 +1,851 @@
+"""The sans-IO data path: readings from members, through the leader, to the gateway, exactly once.
+
+Theory of operation (see docs/design.md, "The data path"):
+
+- A reading is named by (node, boot, seq). ``seq`` grows by one per reading within one boot.
+- Member side, :class:`ReadingBuffer`: every reading stays in a bounded ring until a
+  READINGS_ACK confirms that the *gateway* stored it. Unconfirmed readings are sent to the
+  current leader, sent again after ``resend_ms`` without confirmation, and all sent again to a
+  new leader (or in a new term). So a leader crash, a handoff or a lost frame never loses a
+  reading; the only loss is a full ring, which drops the oldest and counts it in ``dropped``.
+- Leader side, :class:`Collector`: gathers readings (dedup by name while it holds them), and
+  makes batches for the gateway with the same batch id on every resend. Only a BATCH_ACK OK
+  turns into READINGS_ACK confirmations; a fenced ack or lost leadership discards everything
+  held, because the members still hold those readings and resend them to the next leader.
+- The gateway stores each (mesh, node, boot, seq) once, so duplicates that the resends create
+  (a batch stored but its ack lost, two leaders during a partition) stop there.
+
+How a member's ring overflow reaches the gateway: a READINGS frame has no field for it, so the
+buffer adds the reserved metric ``_dropped`` (its running total for this boot) to the first
+reading of a send; the collector strips it before batching and reports it in ``dropped``.
+
+How a runtime drives it (the Pi agent and the firmware alike), on every tick::
+
+    buffer.add(now, {"temp": 21500})                      # whenever a sensor is read
+    if node.leader == me:                                 # leading: a member of itself too
+        collector.pull_own(buffer, now, node.term)
+        while (batch := collector.due_batch(now, node.term, members, new_elections)):
+            send(batch_message(me, node.term, batch))     # to the gateway
+    else:
+        for msg in buffer.due_messages(now, node.leader, node.term):
+            send(msg)                                     # to the leader
+    # on READINGS:     collector.add(msg)
+    # on BATCH_ACK:    for ack in make_ack_messages(me, node.term,
+    #                          collector.on_ack_msg(msg, now, own_buffer=buffer)): send(ack)
+    # on READINGS_ACK: buffer.on_ack(msg)
+    # when this node stops leading: collector.lost_leadership()
+
+Everything here runs on CPython and MicroPython: no clock (``now`` is integer ms, from a
+counter that does not wrap), no I/O, no dict-order reliance, integers only, named bounds.
+"""
+
+from agent.core._compat import const
+from agent.core.messages import (
+    ACK_FENCED,
+    ACK_OK,
+    BATCH,
+    BATCH_ACK,
+    READINGS,
+    READINGS_ACK,
+    Msg,
+)
+
+# Timings (ms). A member resends later than a healthy round trip takes (the leader waits up to
+# BATCH_MS, then the gateway answers), so it does not resend what the leader still holds.
+BATCH_MS = 1000
+BATCH_RESEND_MS = 2000
+RESEND_MS = 4000
+# With nothing to send, a leader still sends a batch this often: it carries the mesh view
+# (members, battery, link) that the dashboard shows.
+BATCH_IDLE_MS = 10000
+
+# Frame budgets (bytes of the encoded frame, tag included). READINGS/READINGS_ACK stay under one
+# Wi-Fi/Ethernet MTU without IP fragmentation; a BATCH must stay under the codec's MAX_FRAME_BYTES.
+READINGS_FRAME_BYTES = const(1200)
+BATCH_FRAME_BYTES = const(4096)
+# Worst-case size of everything in a frame but the body's big item: array header, vk, mesh hash,
+# sender (16 bytes), boot, counter, term (9 bytes each), target (16 bytes), 8-byte tag.
+_FRAME_OVERHEAD = const(88)
+# Worst-case size of the batch map's keys and scalar fields: "id", "mesh", "leader" (16-byte
+# strings; mesh 32), the seven key names and the array headers of its lists.
+_BATCH_MAP_OVERHEAD = const(136)
+
+# Bounds on what one reading may carry: within (often tighter than) what agent/core/wire.py and
+# gateway/batch.py accept, so that nothing the data path builds is refused further on; a
+# refused batch would otherwise be resent for ever. 16 bytes is the wire's node-id bound too.
+MAX_METRICS = const(8)
+MAX_NAME_BYTES = const(16)
+MAX_MESH_BYTES = const(32)
+# Values and times fit a JavaScript number exactly (the dashboard), and SQLite's int64.
+# No const() for these two: they are not small ints on a 32-bit MCU.
+MAX_VALUE = 9007199254740991  # 2**53 - 1
+MAX_U32 = 0xFFFFFFFF  # boot, seq and terms on the wire
+DROPPED_METRIC = "_dropped"
+
+# Bounds on frames and on the leader's state.
+MAX_READINGS_PER_FRAME = const(32)
+MAX_RANGES_PER_ACK = const(32)
+BATCH_MAX_READINGS = const(64)
+MAX_IN_FLIGHT = const(2)
+# The mesh view in a batch is bounded so that, at worst case sizes, one reading of the most
+# metrics still fits BATCH_FRAME_BYTES (tests check it). Bigger meshes report their members in
+# turns, a window that moves on with every batch.
+_MAX_ELECTIONS = const(4)
+_MAX_MEMBERS = const(24)
+_MAX_DROPPED_NODES = const(24)
+MAX_REASON_BYTES = const(16)
+_MAX_RANGES_IN = const(64)
+
+_NEVER = const(-1)
+# Worst case of an agg row without its two strings: array header, two string headers, 4 ints.
+# (Underscored consts are inlined by MicroPython's compiler, so they sit above every use.)
+_AGG_ROW_MAX = const(1 + 2 + 4 * 9)
+
+
+def validate_metrics(metrics):
+    """Raise ValueError unless ``metrics`` is a valid {name: int milli-units} map."""
+    reason = _metrics_problem(metrics)
+    if reason:
+        raise ValueError("bad metrics: %s" % reason)
+
+
+def make_message(sender, leader, term, readings):
+    """One READINGS Msg for ``readings`` (wire lists); ValueError if they do not fit one frame."""
+    if len(readings) > MAX_READINGS_PER_FRAME:
+        raise ValueError("too many readings for one frame: %d" % len(readings))
+    size = _FRAME_OVERHEAD
+    for reading in readings:
+        size += cbor_size(reading)
+    if size > READINGS_FRAME_BYTES:
+        raise ValueError("readings too big for one frame: %d bytes" % size)
+    return Msg(READINGS, sender, term=term, target=leader, body=readings)
+
+
+def make_messages(sender, leader, term, readings):
+    """Split ``readings`` into as few READINGS Msgs as fit the frame budget, in order."""
+    out = []
+    chunk = []
+    size = _FRAME_OVERHEAD
+    for reading in readings:
+        item = cbor_size(reading)
+        if chunk and (size + item > READINGS_FRAME_BYTES or len(chunk) >= MAX_READINGS_PER_FRAME):
+            out.append(Msg(READINGS, sender, term=term, target=leader, body=chunk))
+            chunk = []
+            size = _FRAME_OVERHEAD
+        chunk.append(reading)
+        size += item
+    if chunk:
+        out.append(Msg(READINGS, sender, term=term, target=leader, body=chunk))
+    return out
+
+
+def make_ack_messages(sender, term, confirmations):
+    """READINGS_ACK Msgs for the ``(member, ranges)`` pairs that ``Collector.on_batch_ack`` returns."""
+    return [
+        Msg(READINGS_ACK, sender, term=term, target=member, body=ranges)
+        for member, ranges in confirmations
+    ]
+
+
+def batch_message(sender, term, batch):
+    """The BATCH Msg carrying ``batch`` (a map from ``Collector.due_batch``)."""
+    return Msg(BATCH, sender, term=term, body=batch)
+
+
+def cbor_size(value):
+    """Bytes that CBOR takes for ``value`` (int, str, list/tuple, dict, None, bool).
+
+    The data path sizes frames itself, before the injected codec encodes them, so a frame is
+    never built too big and then dropped by a receiver.
+    """
+    if value is None or value is True or value is False:
+        return 1
+    if isinstance(value, int):
+        return _head_size(-1 - value if value < 0 else value)
+    if isinstance(value, str):
+        n = len(value.encode())
+        return _head_size(n) + n
+    if isinstance(value, (list, tuple)):
+        size = _head_size(len(value))
+        for item in value:
+            size += cbor_size(item)
+        return size
+    if isinstance(value, dict):
+        size = _head_size(len(value))
+        for key in value:
+            size += cbor_size(key) + cbor_size(value[key])
+        return size
+    raise ValueError("cannot size %r" % (value,))
+
+
+class ReadingBuffer:
+    """A member's readings, held until the gateway confirmed them (bounded ring).
+
+    Preallocated parallel lists of ``capacity`` slots. The ``_used`` slots from ``_start``
+    (wrapping) hold readings in growing seq order; a slot whose metrics is None was confirmed
+    out of order (a hole). Holes at either end are trimmed at once; a full ring with holes
+    inside is compacted before anything is dropped, so only ``capacity`` unconfirmed readings
+    ever make the ring drop its oldest.
+    """
+
+    def __init__(self, node, boot, capacity, resend_ms=RESEND_MS):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        if not _is_name(node):
+            raise ValueError("node ids are 1..%d UTF-8 bytes" % MAX_NAME_BYTES)
+        if not _is_int(boot) or not 0 <= boot <= MAX_U32:
+            raise ValueError("boot must be an int in 0..2**32-1")
+        self.node = node
+        self.boot = boot
+        self.capacity = capacity
+        self.resend_ms = resend_ms
+        self._seq = [0] * capacity
+        self._t = [0] * capacity
+        self._metrics = [None] * capacity
+        self._sent_at = [_NEVER] * capacity
+        self._start = 0
+        self._used = 0
+        self._next_seq = 1  # seqs start at 1 in every boot
+        # The leader and term the sent marks refer to: a change makes everything due again.
+        self._to_leader = None
+        self._to_term = -1
+        # Earliest `now` at which `due` can return something (0: now), as long as the leader
+        # and term stay the same: a change makes everything due at once.
+        self.wakeup = 0
+        self.depth = 0  # readings held (not yet confirmed)
+        self.dropped = 0  # readings lost to overflow (the only way a reading is lost)
+        self.taken = 0
+        self.sent = 0
+        self.resent = 0
+        self.confirmed = 0
+        self.ignored_ranges = 0  # ranges of another boot, or nothing held in them
+        self.invalid_acks = 0
+
+    def add(self, t_ms, metrics):
+        """Store a reading taken at ``t_ms``; return its seq. ValueError on bad input."""
+        if type(t_ms) is not int or not 0 <= t_ms <= MAX_VALUE:
+            raise ValueError("bad t_ms: %r" % (t_ms,))
+        validate_metrics(metrics)
+        seq = self._next_seq
+        if seq > MAX_U32:
+            raise ValueError("seq exhausted in this boot: restart with a higher boot counter")
+        cap = self.capacity
+        if self._used == cap:
+            if self.depth < cap:
+                self._compact()
+            else:
+                # Full of unconfirmed readings: the oldest makes room, counted.
+                self._metrics[self._start] = None
+                self.depth -= 1
+                self.dropped += 1
+                self._trim()
+        slot = (self._start + self._used) % cap
+        self._seq[slot] = seq
+        self._t[slot] = t_ms
+        self._metrics[slot] = dict(metrics)  # a copy: the caller may reuse its dict
+        self._sent_at[slot] = _NEVER
+        self._used += 1
+        self._next_seq = seq + 1
+        self.depth += 1
+        self.taken += 1
+        self.wakeup = 0
+        return seq
+
+    def due(self, now, leader, term, max_count=MAX_READINGS_PER_FRAME):
+        """Readings to send to ``leader`` now, oldest first, as wire lists; marks them sent.
+
+        Due: never sent, sent but unconfirmed for ``resend_ms``, and every unconfirmed reading
+        when ``(leader, term)`` differs from the last send. Returns [] with no leader.
+        """
+        if leader is None:
+            return []
+        cap = self.capacity
+        if leader != self._to_leader or term != self._to_term:
+            self._to_leader = leader
+            self._to_term = term
+            for k in range(self._used):
+                self._sent_at[(self._start + k) % cap] = _NEVER
+        out = []
+        wakeup = _NEVER
+        for k in range(self._used):
+            slot = (self._start + k) % cap
+            metrics = self._metrics[slot]
+            if metrics is None:
+                continue
+            sent_at = self._sent_at[slot]
+            if sent_at != _NEVER and now - sent_at < self.resend_ms:
+                again = sent_at + self.resend_ms
+                if wakeup == _NEVER or again < wakeup:
+                    wakeup = again
+                continue
+            if len(out) >= max_count:
+                wakeup = now  # more is due right away
+                break
+            if sent_at == _NEVER:
+                self.sent += 1
+            else:
+                self.resent += 1
+            self._sent_at[slot] = now
+            out.append([self.boot, self._seq[slot], self._t[slot], metrics])
+            again = now + self.resend_ms
+            if wakeup == _NEVER or again < wakeup:
+                wakeup = again
+        self.wakeup = wakeup if wakeup != _NEVER else now + self.resend_ms
+        if out and self.dropped:
+            first = out[0]
+            tagged = dict(first[3])
+            tagged[DROPPED_METRIC] = self.dropped
+            first[3] = tagged
+        return out
+
+    def due_messages(self, now, leader, term, max_count=MAX_READINGS_PER_FRAME):
+        """``due`` packed into READINGS Msgs from this node (the usual member call)."""
+        return make_messages(self.node, leader, term, self.due(now, leader, term, max_count))
+
+    def confirm(self, ranges):
+        """Free the readings in ``ranges`` ([[boot, first, last], ...]); return how many."""
+        if not isinstance(ranges, list):
+            self.invalid_acks += 1
+            return 0
+        freed = 0
+        cap = self.capacity
+        for item in ranges[:_MAX_RANGES_IN]:
+            if not _is_range(item):
+                self.invalid_acks += 1
+                continue
+            boot, first, last = item
+            k = self._find(first) if boot == self.boot else self._used
+            hit = 0
+            # Seqs grow along the slots, so the walk stops at the range's end: a huge range
+            # costs at most `capacity` steps.
+            while k < self._used:
+                slot = (self._start + k) % cap
+                if self._seq[slot] > last:
+                    break
+                if self._metrics[slot] is not None:
+                    self._metrics[slot] = None
+                    hit += 1
+                k += 1
+            if hit:
+                freed += hit
+            else:
+                self.ignored_ranges += 1
+        self.depth -= freed
+        self.confirmed += freed
+        self._trim()
+        return freed
+
+    def on_ack(self, msg):
+        """Apply a READINGS_ACK Msg meant for this node; return how many readings it freed.
+
+        Any leader's ack counts, an old one's too: it means the gateway stored them.
+        """
+        if msg.kind != READINGS_ACK or msg.target != self.node:
+            return 0
+        return self.confirm(msg.body)
+
+    def unconfirmed(self):
+        """The seqs still held, oldest first (diagnostics and tests; allocates a list)."""
+        out = []
+        for k in range(self._used):
+            slot = (self._start + k) % self.capacity
+            if self._metrics[slot] is not None:
+                out.append(self._seq[slot])
+        return out
+
+    def _find(self, seq):
+        """The first used position k whose seq is >= ``seq`` (binary search)."""
+        lo = 0
+        hi = self._used
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if self._seq[(self._start + mid) % self.capacity] < seq:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def _trim(self):
+        # Drop holes at both ends, so the oldest used slot always holds a reading.
+        cap = self.capacity
+        metrics = self._metrics
+        while self._used and metrics[self._start] is None:
+            self._start = (self._start + 1) % cap
+            self._used -= 1
+        while self._used and metrics[(self._start + self._used - 1) % cap] is None:
+            self._used -= 1
+        if not self._used:
+            self._start = 0
+
+    def _compact(self):
+        # Slide the held readings over the holes, keeping their order; O(capacity), and only
+        # when the ring is full of slots but not of readings.
+        cap = self.capacity
+        write = 0
+        for k in range(self._used):
+            src = (self._start + k) % cap
+            if self._metrics[src] is None:
+                continue
+            dst = (self._start + write) % cap
+            if dst != src:
+                self._seq[dst] = self._seq[src]
+                self._t[dst] = self._t[src]
+                self._metrics[dst] = self._metrics[src]
+                self._sent_at[dst] = self._sent_at[src]
+                self._metrics[src] = None
+            write += 1
+        self._used = write
+
+
+class Collector:
+    """The leader's side: gathers readings, batches them for the gateway, confirms on ack.
+
+    Held readings are either pending (in ``_pending``, arrival order) or in one in-flight batch.
+    ``_held`` maps (node, boot, seq) to the reading for dedup; nothing depends on its order.
+    """
+
+    def __init__(
+        self,
+        node,
+        mesh,
+        capacity,
+        batch_ms=BATCH_MS,
+        batch_resend_ms=BATCH_RESEND_MS,
+        batch_idle_ms=BATCH_IDLE_MS,
+    ):
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        if not _is_name(node):
+            raise ValueError("node ids are 1..%d UTF-8 bytes" % MAX_NAME_BYTES)
+        if not isinstance(mesh, str) or not 0 < len(mesh.encode()) <= MAX_MESH_BYTES:
+            raise ValueError("mesh names are 1..%d UTF-8 bytes" % MAX_MESH_BYTES)
+        self.node = node
+        self.mesh = mesh
+        self.capacity = capacity
+        self.batch_ms = batch_ms
+        self.batch_resend_ms = batch_resend_ms
+        self.batch_idle_ms = batch_idle_ms
+        self._held = {}
+        self._pending = []  # entries [node, boot, seq, t_ms, metrics], arrival order
+        self._in_flight = []  # records [batch_id, batch map, sent_at, entries, term]
+        self._elections = []
+        self._dropped = {}  # node -> running overflow total its buffer reported
+        self._members_from = 0  # where the next window of a too-big mesh view starts
+        self._last_batch_at = None
+        self._last_batch_id = 0  # batch ids: 1, 2, ... for this boot of this node
+        # Set by a fenced ack: the gateway knows a leader of this term, so no batch goes out
+        # until this node leads in a newer term.
+        self.fenced_term = None
+        self.last_ack_at = None  # when the gateway last answered one of our batches
+        self.received = 0
+        self.duplicates = 0
+        self.invalid = 0
+        self.overflow = 0  # refused while full: not lost, the member resends
+        self.wrong_target = 0
+        self.batches_sent = 0
+        self.batches_resent = 0
+        self.batches_acked = 0
+        self.batches_fenced = 0
+        self.batches_rejected = 0
+        self.stale_acks = 0
+        self.discarded = 0  # held readings dropped by lost_leadership (members still hold them)
+        self.truncated = 0  # members/elections/dropped entries left out to respect the bounds
+        self.invalid_view = 0  # malformed members/elections entries from the caller, left out
+
+    @property
+    def held(self):
+        """How many readings this collector holds (pending and in flight)."""
+        return len(self._held)
+
+    @property
+    def in_flight(self):
+        """How many batches wait for the gateway's ack (at most MAX_IN_FLIGHT)."""
+        return len(self._in_flight)
+
+    def add(self, msg_or_readings, from_node=None):
+        """Take readings: a READINGS Msg for this node, or wire lists from ``from_node``.
+
+        Returns how many were new. Malformed ones are dropped and counted, never raised.
+        """
+        if isinstance(msg_or_readings, Msg):
+            msg = msg_or_readings
+            if msg.kind != READINGS or msg.target != self.node:
+                self.wrong_target += 1
+                return 0
+            from_node = msg.sender
+            readings = msg.body
+        else:
+            readings = msg_or_readings
+        if not _is_name(from_node) or not isinstance(readings, list):
+            self.invalid += 1
+            return 0
+        if len(readings) > MAX_READINGS_PER_FRAME:
+            self.invalid += len(readings) - MAX_READINGS_PER_FRAME
+            readings = readings[:MAX_READINGS_PER_FRAME]
+        added = 0
+        for reading in readings:
+            if not _is_reading(reading):
+                self.invalid += 1
+                continue
+            boot, seq, t_ms, metrics = reading
+            if DROPPED_METRIC in metrics:
+                metrics = self._take_dropped(from_node, metrics)
+                if metrics is None:
+                    self.invalid += 1
+                    continue
+            if _metrics_problem(metrics):
+                self.invalid += 1
+                continue
+            key = (from_node, boot, seq)
+            if key in self._held:
+                self.duplicates += 1
+                continue
+            if len(self._held) >= self.capacity:
+                self.overflow += 1
+                continue
+            entry = [from_node, boot, seq, t_ms, metrics]
+            self._held[key] = entry
+            self._pending.append(entry)
+            self.received += 1
+            added += 1
+        return added
+
+    def pull_own(self, buffer, now, term):
+        """The leader is a member of itself: move its own due readings straight in.
+
+        Confirmations for them come back from ``on_batch_ack(..., own_buffer=buffer)``.
+        """
+        room = self.capacity - len(self._held)
+        if room <= 0:
+            return 0
+        return self.add(
+            buffer.due(now, self.node, term, min(room, MAX_READINGS_PER_FRAME)), self.node
+        )
+
+    def due_batch(self, now, term, members=None, elections=None):
+        """The next batch map to send to the gateway now, or None.
+
+        Call until it returns None: each call resends one unacknowledged batch whose
+        ``batch_resend_ms`` ran out (same id, same content), or makes a new one when
+        ``batch_ms`` passed with readings waiting, ``BATCH_MAX_READINGS`` wait, or
+        ``batch_idle_ms`` passed (a batch with only the mesh view). ``members``: entries
+        [node, score, battery, link, flags, age_ms]; ``elections``: new entries
+        [term, leader, reason] to report (held until they go out in a batch). Nothing goes
+        out while ``term`` is not above ``fenced_term``.
+        """
+        if elections:
+            for entry in elections:
+                if not _is_election(entry):
+                    self.invalid_view += 1
+                    continue
+                if len(self._elections) >= _MAX_ELECTIONS:
+                    self._elections.pop(0)
+                    self.truncated += 1
+                self._elections.append(list(entry))
+        if self.fenced_term is not None and term <= self.fenced_term:
+            return None
+        for record in self._in_flight:
+            if now - record[2] >= self.batch_resend_ms:
+                record[2] = now
+                record[4] = term
+                self.batches_resent += 1
+                return record[1]
+        if len(self._in_flight) >= MAX_IN_FLIGHT:
+            return None
+        waited = None if self._last_batch_at is None else now - self._last_batch_at
+        if self._pending or self._elections:
+            if (
+                waited is not None
+                and waited < self.batch_ms
+                and len(self._pending) < BATCH_MAX_READINGS
+            ):
+                return None
+        elif waited is not None and waited < self.batch_idle_ms:
+            return None
+        return self._make_batch(now, term, members)
+
+    def on_batch_ack(self, batch_id, status, now, own_buffer=None, highest_term=0):
+        """Handle the gateway's answer to a batch; return [(member, ranges), ...] to confirm.
+
+        OK: the batch's readings are freed and each member gets its ranges (sorted by member;
+        the leader's own go straight to ``own_buffer`` when given). FENCED: a leader of a newer
+        term exists, everything held is discarded and no batch goes out until this node leads in
+        a term above ``highest_term`` and the batch's own (``fenced_term``). REJECTED: the batch is
+        dropped and its readings released, so members resend them later (nothing is lost).
+        """
+        record = None
+        for candidate in self._in_flight:
+            if candidate[0] == batch_id:
+                record = candidate
+        if record is None:
+            self.stale_acks += 1
+            return []
+        self.last_ack_at = now
+        if status == ACK_FENCED:
+            self.batches_fenced += 1
+            fenced = record[4]
+            if _is_int(highest_term) and highest_term > fenced:
+                fenced = highest_term
+            if self.fenced_term is None or fenced > self.fenced_term:
+                self.fenced_term = fenced
+            self.lost_leadership()
+            return []
+        self._in_flight.remove(record)
+        entries = record[3]
+        for entry in entries:
+            del self._held[(entry[0], entry[1], entry[2])]
+        if status != ACK_OK:
+            self.batches_rejected += 1
+            return []
+        self.batches_acked += 1
+        out = []
+        for member, ranges in _confirmations(entries):
+            if own_buffer is not None and member == self.node:
+                own_buffer.confirm(ranges)
+            else:
+                out.append((member, ranges))
+        return out
+
+    def on_ack_msg(self, msg, now, own_buffer=None):
+        """``on_batch_ack`` for a BATCH_ACK Msg (body [batch_id, status, highest_term])."""
+        body = msg.body
+        if (
+            msg.kind != BATCH_ACK
+            or msg.target != self.node
+            or not isinstance(body, list)
+            or len(body) != 3
+            or not _is_int(body[0])
+            or not _is_int(body[1])
+        ):
+            self.stale_acks += 1
+            return []
+        return self.on_batch_ack(body[0], body[1], now, own_buffer, body[2])
+
+    def lost_leadership(self):
+        """Forget every held reading and unacknowledged batch; the members still hold them."""
+        self.discarded += len(self._held)
+        self._held = {}
+        self._pending = []
+        self._in_flight = []
+        self._elections = []
+        self._last_batch_at = None
+
+    def _make_batch(self, now, term, members):
+        members_out = self._members_window(members)
+        dropped_out = sorted([[node, self._dropped[node]] for node in self._dropped])
+        elections_out = self._elections
+        self._elections = []
+        budget = BATCH_FRAME_BYTES - _FRAME_OVERHEAD - _BATCH_MAP_OVERHEAD
+        budget -= cbor_size(members_out) + cbor_size(dropped_out) + cbor_size(elections_out)
+        # Take pending readings in arrival order while they (and the worst case of the agg
+        # rows they add) fit; always at least one, which fits by the bounds on a reading.
+        taken = 0
+        seen_pairs = {}
+        for entry in self._pending:
+            if taken >= BATCH_MAX_READINGS:
+                break
+            size = cbor_size(entry)
+            for name in entry[4]:
+                pair = (entry[0], name)
+                if pair not in seen_pairs:
+                    size += _AGG_ROW_MAX + len(entry[0].encode()) + len(name.encode())
+            if taken and size > budget:
+                break
+            for name in entry[4]:
+                seen_pairs[(entry[0], name)] = True
+            budget -= size
+            taken += 1
+        entries = self._pending[:taken]
+        self._pending = self._pending[taken:]
+        self._last_batch_id += 1
+        batch = {
+            "id": self._last_batch_id,
+            "mesh": self.mesh,
+            "leader": self.node,
+            # The held entries are already [node, boot, seq, t_ms, metrics]: no copies.
+            "readings": entries,
+            "agg": _aggregates(entries),
+            "members": members_out,
+            "dropped": dropped_out,
+            "elections": elections_out,
+        }
+        self._in_flight.append([self._last_batch_id, batch, now, entries, term])
+        self._last_batch_at = now
+        self.batches_sent += 1
+        return batch
+
+    def _members_window(self, members):
+        """Valid member rows sorted by node; a window of _MAX_MEMBERS, moving on each batch."""
+        if not members:
+            return []
+        rows = []
+        for item in members:
+            if _is_member(item):
+                rows.append(list(item))
+            else:
+                self.invalid_view += 1
+        rows.sort()
+        if len(rows) <= _MAX_MEMBERS:
+            return rows
+        start = self._members_from % len(rows)
+        self._members_from = start + _MAX_MEMBERS
+        self.truncated += len(rows) - _MAX_MEMBERS
+        window = rows[start : start + _MAX_MEMBERS]
+        return window + rows[: _MAX_MEMBERS - len(window)]
+
+    def _take_dropped(self, node, metrics):
+        """Record a member's reported overflow total; return its metrics without it."""
+        total = metrics[DROPPED_METRIC]
+        if not _is_int(total) or not 0 <= total <= MAX_VALUE:
+            return None
+        if node in self._dropped or len(self._dropped) < _MAX_DROPPED_NODES:
+            # A running total per boot: take the latest report (a reboot may lower it).
+            self._dropped[node] = total
+        else:
+            self.truncated += 1
+        rest = {}
+        for name in metrics:
+            if name != DROPPED_METRIC:
+                rest[name] = metrics[name]
+        return rest
+
+
+def _aggregates(entries):
+    """[[node, metric, count, min, max, mean], ...] sorted; mean is floor(sum / count)."""
+    acc = {}
+    for entry in entries:
+        metrics = entry[4]
+        for name in metrics:
+            value = metrics[name]
+            key = (entry[0], name)
+            row = acc.get(key)
+            if row is None:
+                acc[key] = [1, value, value, value]
+            else:
+                row[0] += 1
+                if value < row[1]:
+                    row[1] = value
+                if value > row[2]:
+                    row[2] = value
+                row[3] += value
+    out = []
+    for key in sorted(acc):
+        count, low, high, total = acc[key]
+        out.append([key[0], key[1], count, low, high, total // count])
+    return out
+
+
+def _confirmations(entries):
+    """Group entries by member into compact ranges: [(member, [[boot, first, last], ...]), ...]."""
+    by_member = {}
+    for entry in entries:
+        seqs = by_member.get(entry[0])
+        if seqs is None:
+            seqs = by_member[entry[0]] = []
+        seqs.append((entry[1], entry[2]))
+    out = []
+    for member in sorted(by_member):
+        ranges = []
+        for boot, seq in sorted(by_member[member]):
+            last = ranges[-1] if ranges else None
+            if last is not None and last[0] == boot and last[2] + 1 == seq:
+                last[2] = seq
+            else:
+                if len(ranges) >= MAX_RANGES_PER_ACK:
+                    out.append((member, ranges))
+                    ranges = []
+                ranges.append([boot, seq, seq])
+        out.append((member, ranges))
+    return out
+
+
+def _head_size(n):
+    if n < 24:
+        return 1
+    if n < 0x100:
+        return 2
+    if n < 0x10000:
+        return 3
+    if n < 0x100000000:
+        return 5
+    return 9
+
+
+def _is_int(value):
+    # bool is an int subclass on both runtimes; a true/false is not a number here.
+    return type(value) is int
+
+
+def _is_name(value):
+    return isinstance(value, str) and 0 < len(value.encode()) <= MAX_NAME_BYTES
+
+
+def _is_range(item):
+    return (
+        isinstance(item, list)
+        and len(item) == 3
+        and _is_int(item[0])
+        and _is_int(item[1])
+        and _is_int(item[2])
+        and item[0] >= 0
+    )
+
+
+def _is_member(item):
+    # [node, score, battery, link, flags, age_ms], in the wire's ranges (i32, u16, u16, u8).
+    if not isinstance(item, (list, tuple)) or len(item) != 6 or not _is_name(item[0]):
+        return False
+    for value in item[1:]:
+        if not _is_int(value):
+            return False
+    return (
+        -0x80000000 <= item[1] <= 0x7FFFFFFF
+        and 0 <= item[2] <= 0xFFFF
+        and 0 <= item[3] <= 0xFFFF
+        and 0 <= item[4] <= 0xFF
+        and 0 <= item[5] <= MAX_VALUE
+    )
+
+
+def _is_election(item):
+    # [term, leader, reason]
+    return (
+        isinstance(item, (list, tuple))
+        and len(item) == 3
+        and _is_int(item[0])
+        and 0 <= item[0] <= MAX_U32
+        and _is_name(item[1])
+        and isinstance(item[2], str)
+        and len(item[2].encode()) <= MAX_REASON_BYTES
+    )
+
+
+def _is_reading(item):
+    return (
+        isinstance(item, list)
+        and len(item) == 4
+        and _is_int(item[0])
+        and _is_int(item[1])
+        and _is_int(item[2])
+        and 0 <= item[0] <= MAX_U32
+        and 0 <= item[1] <= MAX_U32
+        and 0 <= item[2] <= MAX_VALUE
+        and isinstance(item[3], dict)
+    )
+
+
+def _metrics_problem(metrics):
+    """Why ``metrics`` is invalid, as a short string; "" when it is valid."""
+    if not isinstance(metrics, dict):
+        return "not a dict"
+    if not 0 < len(metrics) <= MAX_METRICS:
+        return "needs 1..%d metrics" % MAX_METRICS
+    for name in metrics:
+        if not _is_name(name):
+            return "metric names are 1..%d UTF-8 bytes" % MAX_NAME_BYTES
+        if name[0] == "_":
+            return "names starting with _ are reserved"
+        value = metrics[name]
+        if not _is_int(value) or not -MAX_VALUE <= value <= MAX_VALUE:
+            return "values are ints within +-(2**53 - 1)"
+    return ""
