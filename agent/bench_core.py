@@ -19,10 +19,15 @@ Simulated time, real core, one process: the figures measure the algorithm, not a
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from agent.core.mesh import Mesh
 from agent.core.messages import HEARTBEAT, Msg
@@ -140,6 +145,45 @@ def cpu_per_sim_second(n: int, heartbeat_ms: int, seed: int, seconds: int) -> tu
     return cpu / seconds, per_node_interval
 
 
+def replay_timing(nodes: int = 12, minutes: int = 5) -> None:
+    """Wall time of a replay on each interpreter (the allocation budget of the core)."""
+    specs = [
+        {"id": "n%02d" % i, "battery": 300 + i * 50, "link": 900 - i * 20} for i in range(nodes)
+    ]
+    scenario = {
+        "seed": 3,
+        "heartbeat_ms": 250,
+        "nodes": specs,
+        "steps": [
+            {"at": 0, "op": "start", "nodes": [s["id"] for s in specs]},
+            {"at": minutes * 60000, "op": "end"},
+        ],
+    }
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "timing.json"
+        path.write_text(json.dumps(scenario))
+        interpreters = [("cpython", sys.executable)]
+        mpy = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
+        if Path(mpy).exists():
+            interpreters.append(("micropython", mpy))
+        for name, exe in interpreters:
+            t0 = time.perf_counter()
+            done = subprocess.run(
+                [exe, "-m", "agent.core.replay", str(path)],
+                cwd=repo,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            wall = time.perf_counter() - t0
+            stats = done.stdout.strip().splitlines()[-1] if done.stdout else done.stderr
+            print(
+                "replay %d nodes x %d simulated min on %-11s %6.2f s  (%s)"
+                % (nodes, minutes, name, wall, stats)
+            )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="meshelect bench core",
@@ -151,7 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--heartbeat-ms", type=int, default=250)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--replay-timing",
+        action="store_true",
+        help="only time a 12-node, 5-minute replay on CPython and MicroPython",
+    )
     args = parser.parse_args(argv)
+    if args.replay_timing:
+        replay_timing()
+        return 0
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     print(
         "heartbeat frame: %d bytes untagged, %d bytes with an 8-byte tag (16-byte node id)"
