@@ -364,9 +364,12 @@ class Node:
                 self._adopt(sender, term, now)
             return
         if self._should_counter(sender, m.score, now):
-            was_leader = role == ROLE_LEADER
+            if role == ROLE_LEADER:
+                reason = self.lead_reason
+            else:
+                reason = REASON_CRASH if self._had_leader else REASON_START
             self.term = term
-            self._become_candidate(now, self.lead_reason if was_leader else REASON_CRASH)
+            self._become_candidate(now, reason)
         else:
             self._adopt(sender, term, now)
 
