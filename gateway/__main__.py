@@ -1,0 +1,5 @@
+"""``python -m gateway``: the same as ``meshelect gateway``."""
+
+from gateway.cli import main
+
+main()

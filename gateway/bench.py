@@ -1,0 +1,227 @@
+"""``python -m gateway.bench``: ingest throughput, dedup cost, and batch -> live-feed delay.
+
+Prints figures; asserts nothing (timings vary with the machine). Batches are built as leaders
+build them (agent/core/datapath.py: up to 64 readings per batch, the frame at most 4096 bytes).
+
+1. storage: ``Ingest.receive`` on a SQLite file, batch after batch (one transaction each), for
+   both durability settings;
+2. dedup: the same batches again (every reading a duplicate);
+3. end to end: a gateway process on loopback, leaders sending real UDP frames with a few
+   batches in flight each, counting readings acknowledged per second;
+4. live feed: the delay from sending a batch to receiving its SSE event (median, p99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+from typing import Any
+
+from agent.core import wire
+from agent.core.messages import BATCH, Msg
+from gateway.ingest import Ingest
+from gateway.metrics import Counters
+from gateway.storage import SqliteStorage
+from gateway.testing import BatchSender, GatewayProcess, make_batch
+from gateway.tracker import Tracker
+
+READINGS_PER_BATCH = 64  # datapath.BATCH_MAX_READINGS
+
+
+def leader_batches(mesh: str, leader: str, count: int, nodes: int = 8) -> list[dict[str, Any]]:
+    """``count`` batches that each fit one frame, readings spread over ``nodes`` members."""
+    codec = wire.Codec(mesh, b"bench-key")
+    batches = []
+    seq = 0
+    for batch_id in range(1, count + 1):
+        size = READINGS_PER_BATCH
+        while True:
+            rows = []
+            for k in range(size):
+                node = "node-%02d" % ((seq + k) % nodes)
+                s = (seq + k) // nodes
+                rows.append(
+                    [
+                        node,
+                        1,
+                        s,
+                        1_700_000_000_000 + 1000 * s,
+                        {"temp": 21_000 + s % 900, "hum": 50_000 + s % 3000},
+                    ]
+                )
+            members = [["node-%02d" % i, 800, 800, 900, 0, 50] for i in range(nodes)]
+            batch = make_batch(batch_id, mesh, leader, rows, members=members)
+            try:
+                codec.encode(Msg(BATCH, leader, term=1, body=batch))
+                break
+            except wire.WireError:
+                size -= 4  # too big for one frame: a leader would send fewer readings
+        seq += size
+        batches.append(batch)
+    return batches
+
+
+def bench_storage(batches: list[dict[str, Any]], synchronous: str) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="meshelect-bench-") as folder:
+        storage = SqliteStorage(os.path.join(folder, "gw.db"), synchronous=synchronous)
+        ingest = Ingest(storage, Tracker(), Counters())
+        total = sum(len(b["readings"]) for b in batches)
+        start = time.perf_counter()
+        for i, batch in enumerate(batches):
+            ingest.receive("bench", batch["mesh"], batch["leader"], 1, batch, 1_000_000 + i)
+        fresh = time.perf_counter() - start
+        start = time.perf_counter()
+        for i, batch in enumerate(batches):
+            ingest.receive("bench", batch["mesh"], batch["leader"], 1, batch, 2_000_000 + i)
+        again = time.perf_counter() - start
+        assert storage.reading_count() == total
+        assert ingest.counters.dedup_hits == total
+        storage.close()
+    return {
+        "readings": total,
+        "batches": len(batches),
+        "readings_per_s": total / fresh,
+        "ms_per_batch": 1000 * fresh / len(batches),
+        "dup_readings_per_s": total / again,
+        "dup_ms_per_batch": 1000 * again / len(batches),
+    }
+
+
+def bench_udp(leaders: int, per_leader: int, window: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="meshelect-bench-") as folder:
+        gw = GatewayProcess(os.path.join(folder, "gw.db")).start()
+        try:
+            work = [
+                leader_batches("mesh-%d" % i, "lead-%d" % i, per_leader) for i in range(leaders)
+            ]
+            acked = [0] * leaders
+            errors: list[BaseException] = []
+
+            def run(index: int) -> None:
+                try:
+                    sender = BatchSender("mesh-%d" % index, "lead-%d" % index, gw.udp)
+                    pending: dict[int, dict[str, Any]] = {}
+                    todo = list(work[index])
+                    deadline = time.monotonic() + 120
+                    while (todo or pending) and time.monotonic() < deadline:
+                        while todo and len(pending) < window:
+                            batch = todo.pop(0)
+                            pending[batch["id"]] = batch
+                            sender.send(1, batch)
+                        ack = sender.receive_ack(1.0)
+                        if ack is None:  # lost: resend what is unacknowledged
+                            for batch in pending.values():
+                                sender.send(1, batch)
+                            continue
+                        done = pending.pop(ack[0], None)
+                        if done is not None:
+                            acked[index] += len(done["readings"])
+                    sender.close()
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(leaders)]
+            start = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            elapsed = time.perf_counter() - start
+            if errors:
+                raise errors[0]
+        finally:
+            gw.stop()
+    return {"readings": sum(acked), "seconds": elapsed, "readings_per_s": sum(acked) / elapsed}
+
+
+def bench_feed(samples: int) -> dict[str, float]:
+    import httpx
+
+    with tempfile.TemporaryDirectory(prefix="meshelect-bench-") as folder:
+        gw = GatewayProcess(os.path.join(folder, "gw.db")).start()
+        try:
+            sender = BatchSender("feed", "lead", gw.udp)
+            batches = leader_batches("feed", "lead", samples + 1)
+            sender.deliver(1, batches[0])  # the mesh exists before the stream opens
+            sent_at: dict[int, float] = {}
+            delays: list[float] = []
+            with httpx.stream("GET", gw.url + "/api/events", timeout=30) as response:
+                lines = response.iter_lines()
+                next(line for line in lines if line.startswith("data: "))  # snapshot
+
+                def send_all() -> None:
+                    for batch in batches[1:]:
+                        sent_at[batch["id"]] = time.perf_counter()
+                        sender.send(1, batch)
+                        time.sleep(0.02)  # a busy mesh: 50 batches per second
+
+                threading.Thread(target=send_all, daemon=True).start()
+                event = ""
+                for line in lines:
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: ") and event == "batch":
+                        arrived = time.perf_counter()
+                        batch_id = json.loads(line[6:])["batch_id"]
+                        if batch_id in sent_at:
+                            delays.append(1000 * (arrived - sent_at[batch_id]))
+                        if len(delays) >= samples:
+                            break
+        finally:
+            gw.stop()
+    delays.sort()
+    return {
+        "samples": len(delays),
+        "median_ms": statistics.median(delays),
+        "p99_ms": delays[min(len(delays) - 1, int(0.99 * len(delays)))],
+        "max_ms": delays[-1],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    args = parser.parse_args(argv)
+    scale = 0.1 if args.quick else 1.0
+
+    batches = leader_batches("bench", "lead", int(1500 * scale))
+    print(
+        "batch size: %d readings (2 metrics each), %d batches"
+        % (len(batches[0]["readings"]), len(batches))
+    )
+    for sync in ("NORMAL", "FULL"):
+        r = bench_storage(batches, sync)
+        print(
+            "storage (SQLite WAL, synchronous=%s): %.0f readings/s stored (%.2f ms per batch); "
+            "dedup: %.0f duplicate readings/s (%.2f ms per batch)"
+            % (
+                sync,
+                r["readings_per_s"],
+                r["ms_per_batch"],
+                r["dup_readings_per_s"],
+                r["dup_ms_per_batch"],
+            )
+        )
+    r = bench_udp(leaders=4, per_leader=int(250 * scale), window=4)
+    print(
+        "end to end over UDP (4 leaders, 4 batches in flight each, decode + store + ack): "
+        "%.0f readings/s (%d readings in %.2f s)"
+        % (r["readings_per_s"], r["readings"], r["seconds"])
+    )
+    r = bench_feed(int(300 * scale))
+    print(
+        "batch sent -> SSE event received: median %.1f ms, p99 %.1f ms, max %.1f ms (%d batches)"
+        % (r["median_ms"], r["p99_ms"], r["max_ms"], r["samples"])
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

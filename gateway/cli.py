@@ -1,0 +1,224 @@
+"""``meshelect gateway``: run the gateway until Ctrl-C / SIGTERM.
+
+Options can also come from a TOML file (``--config``), in a ``[gateway]`` table whose keys are
+the long option names with ``_`` for ``-``; options on the command line win. Mesh keys::
+
+    [gateway]
+    db = "/var/lib/meshelect/gateway.db"
+    http_port = 8470
+    [gateway.mesh_keys]
+    greenhouse = "00112233445566778899aabbccddeeff"
+
+On start it prints one line that scripts (``meshelect demo``) can parse::
+
+    meshelect gateway: http://127.0.0.1:8470/ udp 0.0.0.0:47471 db meshelect-gateway.db
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import signal
+import sys
+import tomllib
+from typing import Any
+
+from gateway.service import Gateway, GatewayConfig
+from gateway.tracker import TrackerConfig
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
+
+
+def duration_ms(text: str) -> int:
+    """``"7d"``, ``"12h"``, ``"30m"``, ``"10s"``, ``"500ms"`` (a bare number is seconds)."""
+    match = _DURATION.match(str(text).strip())
+    if not match:
+        raise argparse.ArgumentTypeError("not a duration: %r (use e.g. 7d, 12h, 30s)" % text)
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def mesh_key(text: str) -> tuple[str, bytes]:
+    mesh, sep, hex_key = text.partition("=")
+    if not sep or not mesh:
+        raise argparse.ArgumentTypeError("expected MESH=HEXKEY, got %r" % text)
+    try:
+        key = bytes.fromhex(hex_key)
+    except ValueError:
+        raise argparse.ArgumentTypeError("mesh key for %r is not hex" % mesh) from None
+    if not key:
+        raise argparse.ArgumentTypeError("mesh key for %r is empty" % mesh)
+    return mesh, key
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshelect gateway",
+        description="Receive leaders' batches (UDP, MQTT), store them, serve the dashboard.",
+    )
+    p.add_argument("--config", help="TOML file with a [gateway] table")
+    p.add_argument("--db", help="SQLite file (default meshelect-gateway.db)")
+    p.add_argument(
+        "--sync",
+        choices=["normal", "full"],
+        help="SQLite durability: full (default) syncs every acknowledged batch to disk; "
+        "normal survives a gateway crash but not a power cut",
+    )
+    p.add_argument("--retention-raw", type=duration_ms, help="keep raw readings (default 7d)")
+    p.add_argument("--retention-agg", type=duration_ms, help="keep aggregates (default 365d)")
+    g = p.add_argument_group("UDP and mDNS")
+    g.add_argument("--udp-host", help="bind address (default 0.0.0.0)")
+    g.add_argument("--udp-port", type=int, help="UDP port (default 47471; 0: any free port)")
+    g.add_argument("--no-udp", action="store_true", default=None, help="no UDP ingest")
+    g.add_argument("--mdns", action=argparse.BooleanOptionalAction, help="advertise (default on)")
+    g.add_argument("--mdns-interface", action="append", help="advertise on this address only")
+    g = p.add_argument_group("MQTT")
+    g.add_argument("--mqtt-host", help="broker host; MQTT ingest is off without it")
+    g.add_argument("--mqtt-port", type=int, help="broker port (default 1883, 8883 with TLS)")
+    g.add_argument("--mqtt-prefix", help="topic prefix (default meshelect)")
+    g.add_argument("--mqtt-tls", action="store_true", default=None, help="connect with TLS")
+    g.add_argument("--mqtt-ca", help="CA certificate file for TLS")
+    g.add_argument("--mqtt-cert", help="client certificate file for TLS")
+    g.add_argument("--mqtt-key", help="client key file for TLS")
+    g.add_argument("--mqtt-user", help="user name")
+    g.add_argument(
+        "--mqtt-password", help="password (or set MESHELECT_MQTT_PASSWORD in the environment)"
+    )
+    g.add_argument(
+        "--mqtt-shared-group",
+        help="MQTT 5 shared subscription group (several gateways: give each its own --node-id)",
+    )
+    g = p.add_argument_group("HTTP")
+    g.add_argument("--http-host", help="bind address (default 127.0.0.1)")
+    g.add_argument("--http-port", type=int, help="port (default 8470; 0: any free port)")
+    g.add_argument(
+        "--api-token", help="token for write APIs (or set MESHELECT_API_TOKEN); none: read-only"
+    )
+    g = p.add_argument_group("meshes")
+    g.add_argument(
+        "--mesh-key", type=mesh_key, action="append", metavar="MESH=HEX", help="mesh key (repeat)"
+    )
+    g.add_argument(
+        "--closed",
+        action="store_true",
+        default=None,
+        help="accept only meshes with a key (default: meshes without a key are accepted)",
+    )
+    g.add_argument("--node-id", help="the gateway's sender id in ack frames (default gateway)")
+    g = p.add_argument_group("alerts")
+    g.add_argument("--no-leader-after", type=duration_ms, help="default 10s")
+    g.add_argument("--silent-after", type=duration_ms, help="default 15s")
+    g.add_argument("--low-battery", type=int, help="per mille (default 200)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def load_config(args: argparse.Namespace) -> GatewayConfig:
+    """Merge the TOML file (if any) and the command line into a :class:`GatewayConfig`."""
+    file: dict[str, Any] = {}
+    if args.config:
+        with open(args.config, "rb") as fp:
+            file = tomllib.load(fp).get("gateway", {})
+
+    def pick(name: str, default: Any) -> Any:
+        value = getattr(args, name, None)
+        if value is not None:
+            return value
+        return file.get(name, default)
+
+    keys: dict[str, bytes] = {}
+    for mesh, hex_key in sorted(file.get("mesh_keys", {}).items()):
+        keys[mesh] = mesh_key("%s=%s" % (mesh, hex_key))[1]
+    for mesh, key in args.mesh_key or []:
+        keys[mesh] = key
+    tls = bool(pick("mqtt_tls", False))
+
+    def duration(name: str, default: int) -> int:
+        value = pick(name, None)
+        if value is None:
+            return default
+        return value if isinstance(value, int) else duration_ms(value)
+
+    tracker = TrackerConfig(
+        no_leader_ms=duration("no_leader_after", 10_000),
+        silent_ms=duration("silent_after", 15_000),
+        low_battery=int(pick("low_battery", 200)),
+    )
+    return GatewayConfig(
+        db_path=pick("db", "meshelect-gateway.db"),
+        synchronous=str(pick("sync", "full")).upper(),
+        raw_retention_ms=duration("retention_raw", 7 * 86_400_000),
+        aggregate_retention_ms=duration("retention_agg", 365 * 86_400_000),
+        udp_host=pick("udp_host", "0.0.0.0"),
+        udp_port=int(pick("udp_port", 47471)),
+        udp=not pick("no_udp", False),
+        mdns=bool(pick("mdns", True)),
+        mdns_interfaces=pick("mdns_interface", None),
+        mqtt_host=pick("mqtt_host", None),
+        mqtt_port=int(pick("mqtt_port", 8883 if tls else 1883)),
+        mqtt_prefix=pick("mqtt_prefix", "meshelect"),
+        mqtt_tls=tls,
+        mqtt_ca=pick("mqtt_ca", None),
+        mqtt_cert=pick("mqtt_cert", None),
+        mqtt_key=pick("mqtt_key", None),
+        mqtt_user=pick("mqtt_user", None),
+        mqtt_password=pick("mqtt_password", os.environ.get("MESHELECT_MQTT_PASSWORD")),
+        mqtt_shared_group=pick("mqtt_shared_group", None),
+        http_host=pick("http_host", "127.0.0.1"),
+        http_port=int(pick("http_port", 8470)),
+        api_token=pick("api_token", os.environ.get("MESHELECT_API_TOKEN")),
+        mesh_keys=keys,
+        open_meshes=not pick("closed", False),
+        node_id=pick("node_id", "gateway"),
+        tracker=tracker,
+    )
+
+
+async def serve(config: GatewayConfig) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(config)
+    await gateway.start()
+    try:
+        assert gateway.http_address is not None
+        host, port = gateway.http_address
+        udp = "%s:%d" % gateway.udp_address if gateway.udp_address else "off"
+        print(
+            "meshelect gateway: http://%s:%d/ udp %s db %s" % (host, port, udp, config.db_path),
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await gateway.stop()
+
+
+def cli(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    try:
+        config = load_config(args)
+    except (OSError, tomllib.TOMLDecodeError, argparse.ArgumentTypeError, ValueError) as exc:
+        print("meshelect gateway: bad configuration: %s" % exc, file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print("meshelect gateway: %s" % exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> None:
+    sys.exit(cli(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Frames in and out of the gateway: one wire Codec per mesh, chosen by the frame's mesh hash.
+
+A leader's BATCH frame names its mesh only by a 16-bit hash, so the gateway peeks at the hash
+(before any full decode) and hands the frame to that mesh's :class:`agent.core.wire.Codec`,
+which checks size, tag, fields and replay. Meshes with a configured key are always decoded
+with the key. A frame of a mesh with no key is accepted only when open meshes are allowed:
+then the mesh name is read from the batch (its ``mesh`` field), checked against the hash, and
+a key-less codec is made for it.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import cbor2
+
+from agent.core import wire
+from agent.core.messages import BATCH, BATCH_ACK, Msg
+
+MAX_FRAME_BYTES = wire.MAX_FRAME_BYTES
+# Open meshes are created from traffic; bound them so junk hashes cannot fill memory.
+MAX_OPEN_MESHES = 256
+_PEEK_DEPTH = 6
+
+
+class FrameDrop(Exception):
+    """A frame the gateway does not ingest; ``reason`` is counted by the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FrameRouter:
+    """Decodes BATCH frames of many meshes and encodes the BATCH_ACKs that answer them.
+
+    Not thread-safe: the codecs hold replay state; the gateway calls this from its worker.
+    """
+
+    def __init__(
+        self,
+        keys: dict[str, bytes],
+        open_meshes: bool,
+        node_id: str,
+        boot: int,
+    ) -> None:
+        self.node_id = node_id
+        self.boot = boot
+        self.open_meshes = open_meshes
+        self._codecs: dict[int, wire.Codec] = {}
+        self._keyed: set[int] = set()
+        for mesh in sorted(keys):
+            codec = wire.Codec(mesh, keys[mesh], boot=boot)
+            if codec.mesh_hash in self._codecs:
+                raise ValueError(
+                    "meshes %r and %r share a mesh hash"
+                    % (self._codecs[codec.mesh_hash].mesh, mesh)
+                )
+            self._codecs[codec.mesh_hash] = codec
+            self._keyed.add(codec.mesh_hash)
+
+    def decode(self, data: bytes, now_ms: int) -> tuple[str, Msg]:
+        """(mesh name, BATCH Msg) of a frame; raises :class:`FrameDrop`."""
+        if len(data) > MAX_FRAME_BYTES:
+            raise FrameDrop(wire.TOO_BIG)  # before anything is read
+        hash_ = _peek_mesh_hash(data)
+        if hash_ is None:
+            raise FrameDrop(wire.MALFORMED)
+        codec = self._codecs.get(hash_)
+        if codec is None:
+            codec = self._open_codec(hash_, data)
+        try:
+            msg = codec.decode(data, now_ms)
+        except wire.WireError as exc:
+            raise FrameDrop(exc.reason) from None
+        if msg.kind != BATCH:
+            raise FrameDrop("not_batch")
+        return codec.mesh, msg
+
+    def encode_ack(
+        self, mesh: str, leader: str, term: int, batch_id: Any, status: int, highest_term: int
+    ) -> bytes:
+        codec = self._codecs[wire.mesh_hash(mesh)]
+        ack = Msg(BATCH_ACK, self.node_id, term=term, target=leader)
+        ack.body = [batch_id, status, highest_term]
+        return bytes(codec.encode(ack))
+
+    def keyed(self, mesh: str) -> bool:
+        return wire.mesh_hash(mesh) in self._keyed
+
+    def _open_codec(self, hash_: int, data: bytes) -> wire.Codec:
+        if not self.open_meshes:
+            raise FrameDrop("unknown_mesh")
+        if len(self._codecs) - len(self._keyed) >= MAX_OPEN_MESHES:
+            raise FrameDrop("too_many_meshes")
+        name = _peek_batch_mesh(data)
+        if name is None or wire.mesh_hash(name) != hash_:
+            raise FrameDrop("unknown_mesh")
+        codec = wire.Codec(name, None, boot=self.boot)
+        self._codecs[hash_] = codec
+        return codec
+
+
+def _peek_mesh_hash(data: bytes) -> int | None:
+    """The mesh hash: the second item of the frame's CBOR array (head, vk, hash)."""
+    size = len(data)
+    if size < 3 or not 0x80 <= data[0] < 0x98:
+        return None
+    pos = 1
+    value = 0
+    for _ in range(2):  # vk, then mesh_hash: small unsigned ints (at most 16 bits)
+        if pos >= size:
+            return None
+        head = data[pos]
+        if head < 24:
+            value, pos = head, pos + 1
+        elif head in (24, 25):
+            width = 1 << (head - 24)
+            if pos + 1 + width > size:
+                return None
+            value = int.from_bytes(data[pos + 1 : pos + 1 + width], "big")
+            pos += 1 + width
+        else:
+            return None
+    return value
+
+
+def _no_tags(decoder: Any, tag: Any) -> Any:
+    raise ValueError("CBOR tags are not used on the wire")
+
+
+def _peek_batch_mesh(data: bytes) -> str | None:
+    """The ``mesh`` field of an unauthenticated BATCH frame, or None."""
+    try:
+        value = cbor2.CBORDecoder(
+            io.BytesIO(data), tag_hook=_no_tags, max_depth=_PEEK_DEPTH, allow_indefinite=False
+        ).decode()
+    except Exception:  # any decoder error means "not a frame we can route"
+        return None
+    if type(value) is not list or len(value) != 7 or value[0] != wire.VERSION * 16 + BATCH:
+        return None
+    batch = value[6]
+    name = batch.get("mesh") if isinstance(batch, dict) else None
+    return name if isinstance(name, str) and 0 < len(name.encode()) <= wire.MAX_MESH_BYTES else None

@@ -1,0 +1,355 @@
+"""The running gateway: transports, the ingest worker, the HTTP server, timers.
+
+Threads and loops: everything asyncio runs on one event loop. The database, the tracker and the
+wire codecs belong to one worker thread (``Gateway.call`` / the frame path submit work to it),
+so they never need locks and the event loop never blocks on SQLite. paho-mqtt runs its own
+network thread and hands frames over with ``call_soon_threadsafe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import uvicorn
+
+from gateway.app import create_app
+from gateway.events import EventHub
+from gateway.frames import FrameDrop, FrameRouter
+from gateway.ingest import Ingest
+from gateway.metrics import Counters, MetricsRenderer
+from gateway.storage import SqliteStorage
+from gateway.tracker import Tracker, TrackerConfig
+
+log = logging.getLogger("meshelect.gateway")
+T = TypeVar("T")
+
+# Frames waiting for the worker before new ones are dropped (counted "overload"): the leaders
+# resend what is not acknowledged, so shedding load loses nothing.
+MAX_PENDING_FRAMES = 2000
+# Retention runs this often; it deletes in the worker, between batches.
+PURGE_EVERY_MS = 600_000
+
+
+class _HttpServer(uvicorn.Server):
+    """uvicorn without its signal handling: the CLI (or the test) owns the process's signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class GatewayConfig:
+    """Everything ``meshelect gateway`` can set. Port 0 means "any free port"."""
+
+    def __init__(
+        self,
+        db_path: str = "meshelect-gateway.db",
+        udp_host: str = "0.0.0.0",
+        udp_port: int = 47471,
+        udp: bool = True,
+        http_host: str = "127.0.0.1",
+        http_port: int = 8470,
+        mdns: bool = True,
+        mdns_interfaces: list[str] | None = None,
+        mqtt_host: str | None = None,
+        mqtt_port: int = 1883,
+        mqtt_prefix: str = "meshelect",
+        mqtt_tls: bool = False,
+        mqtt_ca: str | None = None,
+        mqtt_cert: str | None = None,
+        mqtt_key: str | None = None,
+        mqtt_user: str | None = None,
+        mqtt_password: str | None = None,
+        mqtt_shared_group: str | None = None,
+        mesh_keys: dict[str, bytes] | None = None,
+        open_meshes: bool = True,
+        node_id: str = "gateway",
+        api_token: str | None = None,
+        raw_retention_ms: int = 7 * 86_400_000,
+        aggregate_retention_ms: int = 365 * 86_400_000,
+        synchronous: str = "FULL",
+        tick_ms: int = 1000,
+        tracker: TrackerConfig | None = None,
+    ) -> None:
+        self.db_path = db_path
+        self.udp_host = udp_host
+        self.udp_port = udp_port
+        self.udp = udp
+        self.http_host = http_host
+        self.http_port = http_port
+        self.mdns = mdns
+        self.mdns_interfaces = mdns_interfaces
+        self.mqtt_host = mqtt_host
+        self.mqtt_port = mqtt_port
+        self.mqtt_prefix = mqtt_prefix
+        self.mqtt_tls = mqtt_tls
+        self.mqtt_ca = mqtt_ca
+        self.mqtt_cert = mqtt_cert
+        self.mqtt_key = mqtt_key
+        self.mqtt_user = mqtt_user
+        self.mqtt_password = mqtt_password
+        self.mqtt_shared_group = mqtt_shared_group
+        self.mesh_keys = dict(mesh_keys or {})
+        self.open_meshes = open_meshes
+        self.node_id = node_id
+        self.api_token = api_token
+        self.raw_retention_ms = raw_retention_ms
+        self.aggregate_retention_ms = aggregate_retention_ms
+        self.synchronous = synchronous
+        self.tick_ms = tick_ms
+        self.tracker = tracker or TrackerConfig()
+
+
+Reply = Callable[[str, str, bytes], None]  # (mesh, leader, ack frame)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, clock: Callable[[], int] = wall_ms) -> None:
+        self.config = config
+        self.clock = clock
+        self.token = config.api_token
+        self.counters = Counters()
+        self.hub = EventHub()
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gw-ingest")
+        self._pending = 0
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._udp: Any = None
+        self._mqtt: Any = None
+        self._mdns: Any = None
+        self._http: _HttpServer | None = None
+        self.udp_address: tuple[str, int] | None = None
+        self.http_address: tuple[str, int] | None = None
+        self.started_ms = 0
+        self._last_purge_ms = 0
+        # Built in the worker by start(): they belong to that thread.
+        self.ingest: Ingest = None  # type: ignore[assignment]
+        self.router: FrameRouter = None  # type: ignore[assignment]
+        self.metrics: MetricsRenderer = None  # type: ignore[assignment]
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.started_ms = self.clock()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # release whatever did open (ports, threads, the database)
+            raise
+
+    async def _start(self) -> None:
+        await self.call(self._open_storage)
+        config = self.config
+        if config.udp:
+            from gateway.udp import open_udp
+
+            self._udp = await open_udp(self, config.udp_host, config.udp_port)
+            self.udp_address = self._udp.address
+        if config.mqtt_host:
+            from gateway.mqtt import MqttIngest
+
+            self._mqtt = MqttIngest(self, config)
+            await self._mqtt.start()
+        await self._start_http()
+        if config.mdns and self.udp_address is not None:
+            from gateway.mdns import Advertiser
+
+            self._mdns = Advertiser(config.node_id, self.udp_address[1], self.http_address)
+            await self._mdns.start(config.mdns_interfaces, self.udp_address[0])
+        self._tasks.append(asyncio.create_task(self._ticker(), name="gateway-ticker"))
+        log.info(
+            "gateway up: udp %s, http %s, db %s",
+            self.udp_address,
+            self.http_address,
+            config.db_path,
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        self.hub.close()
+        if self._mdns is not None:
+            await self._mdns.stop()
+            self._mdns = None
+        if self._http is not None:
+            self._http.should_exit = True
+            await self._http_task
+            self._http = None
+        if self._mqtt is not None:
+            await self._mqtt.stop()
+            self._mqtt = None
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self.ingest is not None:
+            await self.call(self.ingest.storage.close)
+        self._worker.shutdown(wait=True)
+
+    async def __aenter__(self) -> Gateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _open_storage(self) -> None:
+        config = self.config
+        storage = SqliteStorage(
+            config.db_path,
+            raw_retention_ms=config.raw_retention_ms,
+            aggregate_retention_ms=config.aggregate_retention_ms,
+            synchronous=config.synchronous,
+        )
+        boot = storage.next_boot()
+        self.ingest = Ingest(storage, Tracker(config.tracker), self.counters)
+        self.ingest.restore()
+        self.router = FrameRouter(config.mesh_keys, config.open_meshes, config.node_id, boot)
+        self.metrics = MetricsRenderer(self.counters, self.ingest.mesh_states, self.clock)
+
+    async def _start_http(self) -> None:
+        config = self.config
+        sock = socket.socket(socket.AF_INET6 if ":" in config.http_host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((config.http_host, config.http_port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.http_address = sock.getsockname()[:2]
+        server_config = uvicorn.Config(
+            create_app(self),
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+        self._http = _HttpServer(server_config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]), name="gateway-http")
+        while not self._http.started:
+            if self._http_task.done():
+                self._http_task.result()  # raises the startup error
+            await asyncio.sleep(0.01)
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the worker thread that owns storage, tracker and codecs."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, fn, *args)
+
+    def on_frame(
+        self, transport: str, data: bytes, reply: Reply, topic_mesh: str | None = None
+    ) -> None:
+        """A frame arrived (loop thread). Decoding and storing happen on the worker."""
+        if self._pending >= MAX_PENDING_FRAMES:
+            self.counters.count_drop(transport, "overload")
+            return
+        self._pending += 1
+        assert self._loop is not None
+        future = self._loop.run_in_executor(
+            self._worker, self._handle_frame, transport, bytes(data), topic_mesh
+        )
+        future.add_done_callback(lambda done: self._frame_done(done, reply))
+
+    def _handle_frame(
+        self, transport: str, data: bytes, topic_mesh: str | None
+    ) -> tuple[str, str, bytes, list[dict[str, Any]]] | None:
+        now = self.clock()
+        try:
+            mesh, msg = self.router.decode(data, now)
+        except FrameDrop as drop:
+            self.counters.count_drop(transport, drop.reason)
+            return None
+        if topic_mesh is not None and topic_mesh != mesh:
+            self.counters.count_drop(transport, "topic_mismatch")
+            return None
+        result = self.ingest.receive(transport, mesh, msg.sender, msg.term, msg.body, now)
+        ack = self.router.encode_ack(
+            mesh, msg.sender, msg.term, result.batch_id, result.status, result.highest_term
+        )
+        return mesh, msg.sender, ack, result.events
+
+    def _frame_done(self, done: asyncio.Future[Any], reply: Reply) -> None:
+        self._pending -= 1
+        try:
+            outcome = done.result()
+        except Exception:  # a bug, not bad input: keep serving, but say so
+            log.exception("frame handling failed")
+            self.counters.count_drop("any", "internal_error")
+            return
+        if outcome is None:
+            return
+        mesh, leader, ack, events = outcome
+        try:
+            reply(mesh, leader, ack)
+        except OSError as exc:
+            log.warning("could not send BATCH_ACK to %s/%s: %s", mesh, leader, exc)
+        self.hub.publish(events)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_ms / 1000)
+            events = await self.call(self._tick)
+            self.hub.publish(events)
+
+    def _tick(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        events = self.ingest.tick(now)
+        if now - self._last_purge_ms >= PURGE_EVERY_MS:
+            self._last_purge_ms = now
+            self.ingest.purge(now)
+        return events
+
+    # -- worker-side helpers for the HTTP app --------------------------------------------------
+
+    def has_mesh(self, mesh: str) -> bool:
+        return self.ingest.has_mesh(mesh)
+
+    def snapshot(self) -> dict[str, Any]:
+        storage = self.ingest.storage
+        return {
+            "type": "snapshot",
+            "now_ms": self.clock(),
+            "meshes": self.ingest.mesh_states(),
+            "elections": storage.elections(None, 200),
+            "alerts": storage.alerts(None, False, 100),
+        }
+
+    def clear_alert_by_id(self, alert_id: int) -> bool:
+        tracker = self.ingest.tracker
+        for key, record in list(tracker.active.items()):
+            if record.get("id") == alert_id:
+                del tracker.active[key]
+                now = self.clock()
+                self.ingest.storage.clear_alert(alert_id, now)
+                event = dict(record, type="alert_cleared", cleared_ms=now)
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self.hub.publish, [event])
+                return True
+        return False
+
+    def health(self) -> dict[str, Any]:
+        now = self.clock()
+        return {
+            "status": "ok",
+            "uptime_ms": now - self.started_ms,
+            "schema_version": getattr(self.ingest.storage, "schema_version", None),
+            "meshes": len(self.ingest.tracker.meshes),
+            "readings_stored": self.counters.readings_stored,
+            "udp": list(self.udp_address) if self.udp_address else None,
+            "mqtt": self._mqtt.connected if self._mqtt is not None else None,
+        }

@@ -1,0 +1,384 @@
+// meshelect dashboard: one EventSource (/api/events) keeps every mesh live.
+// The first event is a snapshot; later events (batch, mesh, election, alert, alert_cleared,
+// fenced) are applied as they come. Charts are plotly.js (served by the gateway from the
+// installed plotly package); the member graph is a small hand-drawn SVG.
+"use strict";
+
+const MAX_POINTS = 600;        // per chart trace kept in the browser
+const HISTORY_MS = 15 * 60e3;  // history fetched when a mesh first appears
+const CHART_REFRESH_MS = 250;  // charts redraw at most this often
+const LOW_BATTERY = 200;       // per mille, like the gateway's default alert
+const SILENT_MS = 15000;
+
+const state = { meshes: new Map(), alerts: new Map(), clockSkew: 0 };
+const plotlyReady = () => typeof window.Plotly !== "undefined";
+const layoutBase = {
+  paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
+  font: { color: "#c9d1e3", size: 11 }, margin: { l: 48, r: 12, t: 8, b: 34 },
+  xaxis: { type: "date", gridcolor: "#222c44", zeroline: false },
+  yaxis: { gridcolor: "#222c44", zeroline: false },
+  legend: { orientation: "h", y: -0.22 }, showlegend: true,
+};
+const plotConfig = { displayModeBar: false, responsive: true };
+
+function el(tag, attrs, text) {
+  const node = document.createElementNS(
+    tag === "svg" || ["circle", "line", "text", "g"].includes(tag)
+      ? "http://www.w3.org/2000/svg" : "http://www.w3.org/1999/xhtml", tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+const now = () => Date.now() + state.clockSkew;
+function ago(ms) {
+  const s = Math.max(0, Math.round((now() - ms) / 1000));
+  if (s < 60) return s + " s ago";
+  if (s < 3600) return Math.round(s / 60) + " min ago";
+  return Math.round(s / 3600) + " h ago";
+}
+const clock = (ms) => new Date(ms).toLocaleTimeString();
+const milli = (v) => v / 1000;
+
+// ---- per-mesh view ----------------------------------------------------------------------
+
+function meshView(name) {
+  let view = state.meshes.get(name);
+  if (view) return view;
+  const section = document.getElementById("mesh-template").content.firstElementChild.cloneNode(true);
+  section.dataset.mesh = name;
+  section.querySelector(".mesh-name").textContent = name;
+  document.getElementById("empty").hidden = true;
+  const all = [...document.querySelectorAll("section.mesh")];
+  const after = all.find((s) => s.dataset.mesh > name);
+  document.getElementById("meshes").insertBefore(section, after || null);
+  view = {
+    name, section, mesh: null, elections: [], readings: new Map(), agg: new Map(),
+    seen: new Set(), dirty: true, count: 0,
+  };
+  state.meshes.set(name, view);
+  loadHistory(view);
+  return view;
+}
+
+async function loadHistory(view) {
+  const since = Math.max(0, now() - HISTORY_MS);
+  const base = "/api/meshes/" + encodeURIComponent(view.name);
+  try {
+    const [readings, agg] = await Promise.all([
+      fetch(base + "/readings?limit=5000&since=" + since).then((r) => r.ok ? r.json() : []),
+      fetch(base + "/aggregates?limit=2000&since=" + since).then((r) => r.ok ? r.json() : []),
+    ]);
+    for (const r of readings) addReading(view, r.node, r.boot, r.seq, r.t_ms, r.received_ms, r.metrics);
+    for (const a of agg) addAggregate(view, a.leader, a.node, a.metric, a.count, a.min, a.max, a.mean, a.received_ms);
+    view.dirty = true;
+  } catch (err) {
+    console.warn("history", err);
+  }
+}
+
+function addReading(view, node, boot, seq, tMs, receivedMs, metrics) {
+  const key = node + "/" + boot + "/" + seq;
+  if (view.seen.has(key)) return;
+  view.seen.add(key);
+  if (view.seen.size > 20000) view.seen = new Set([...view.seen].slice(-10000));
+  // Node clocks that look like wall-clock ms are used as they are; others (uptime) are not.
+  const x = tMs > 1e12 ? tMs : receivedMs;
+  for (const [metric, value] of Object.entries(metrics)) {
+    const trace = metric + " \u00b7 " + node;
+    let series = view.readings.get(trace);
+    if (!series) view.readings.set(trace, (series = { metric, node, x: [], y: [] }));
+    series.x.push(x); series.y.push(milli(value));
+    if (series.x.length > MAX_POINTS) { series.x.shift(); series.y.shift(); }
+  }
+  view.count++;
+}
+
+function addAggregate(view, leader, node, metric, count, min, max, mean, at) {
+  const trace = metric + " \u00b7 " + node;
+  let series = view.agg.get(trace);
+  if (!series) view.agg.set(trace, (series = { metric, node, x: [], y: [], lo: [], hi: [], leader: [] }));
+  series.x.push(at); series.y.push(milli(mean));
+  series.lo.push(milli(mean - min)); series.hi.push(milli(max - mean)); series.leader.push(leader);
+  if (series.x.length > MAX_POINTS) for (const k of ["x", "y", "lo", "hi", "leader"]) series[k].shift();
+}
+
+function renderMesh(view) {
+  const mesh = view.mesh;
+  if (!mesh) return;
+  const s = view.section;
+  s.querySelector(".term-value").textContent = mesh.term;
+  s.querySelector(".leader-name").textContent = mesh.leader || "none";
+  s.querySelector(".since").textContent = mesh.leader_since_ms ? "since " + clock(mesh.leader_since_ms) : "";
+  const open = [...state.alerts.values()].filter((a) => a.mesh === view.name && a.cleared_ms == null);
+  s.querySelector(".mesh-alert-count").innerHTML = open.length
+    ? '<span class="badge-alert">' + open.length + " open alert" + (open.length > 1 ? "s" : "") + "</span>" : "";
+  renderGraph(view);
+  renderTable(view);
+}
+
+function nodeColor(member) {
+  if (now() - member.last_seen_ms > SILENT_MS) return "var(--silent)";
+  if (member.leader) return "var(--leader)";
+  if (member.battery < LOW_BATTERY || member.flags & 8) return "var(--warn)";
+  return "var(--ok)";
+}
+
+function renderGraph(view) {
+  // Leader in the middle, members on a circle, an edge from each member to the leader.
+  const svg = view.section.querySelector("svg.graph");
+  svg.replaceChildren();
+  const members = view.mesh.members;
+  const leader = members.find((m) => m.leader);
+  const others = members.filter((m) => !m.leader);
+  const cx = 160, cy = 128, radius = others.length > 1 ? 92 : 70;
+  const pos = new Map();
+  if (leader) pos.set(leader.node, [cx, cy]);
+  others.forEach((m, i) => {
+    // Half a step off the vertical, so edges do not run through the leader's crown.
+    const step = (2 * Math.PI) / Math.max(1, others.length);
+    const a = -Math.PI / 2 + step / 2 + step * i;
+    pos.set(m.node, [cx + radius * Math.cos(a), cy + radius * Math.sin(a)]);
+  });
+  if (!leader && others.length === 0) return;
+  for (const m of others) {
+    const [x, y] = pos.get(m.node);
+    if (leader) svg.appendChild(el("line", { class: "edge leader-edge", x1: cx, y1: cy, x2: x, y2: y }));
+  }
+  for (let i = 0; i < others.length && others.length > 2; i++) {
+    const [x1, y1] = pos.get(others[i].node);
+    const [x2, y2] = pos.get(others[(i + 1) % others.length].node);
+    svg.appendChild(el("line", { class: "edge", x1, y1, x2, y2, opacity: 0.35 }));
+  }
+  for (const m of members) {
+    const [x, y] = pos.get(m.node);
+    const g = el("g", { class: "node" + (m.leader ? " node-leader" : ""), "data-node": m.node });
+    const r = m.leader ? 20 : 15;
+    if (m.leader) {
+      g.appendChild(el("circle", { class: "ring", cx: x, cy: y, r: r + 5 }));
+      g.appendChild(el("text", { class: "crown", x, y: y - r - 9 }, "\u265B"));
+    }
+    g.appendChild(el("circle", { cx: x, cy: y, r, fill: nodeColor(m) }));
+    g.appendChild(el("text", { x, y: y + r + 14 }, m.node));
+    g.appendChild(el("text", { class: "sub", x, y: y + r + 25 }, "\u26A1" + Math.round(m.battery / 10) + "%  s" + m.score));
+    svg.appendChild(g);
+  }
+}
+
+function bar(value, max, color) {
+  const pct = Math.max(0, Math.min(100, (100 * value) / max));
+  return '<span class="bar"><i style="width:' + pct + "%;background:" + color + '"></i></span>';
+}
+
+function renderTable(view) {
+  const body = view.section.querySelector("table.nodes tbody");
+  body.replaceChildren();
+  for (const m of view.mesh.members) {
+    const silent = now() - m.last_seen_ms > SILENT_MS;
+    const tr = el("tr", { class: (m.leader ? "is-leader " : "") + (silent ? "is-silent" : "") });
+    const batteryColor = m.battery < LOW_BATTERY ? "var(--bad)" : m.battery < 500 ? "var(--warn)" : "var(--ok)";
+    tr.innerHTML =
+      "<td></td>" +
+      '<td><span class="role ' + (m.leader ? "role-leader" : "") + '">' + (m.leader ? "leader" : (m.flags & 16 ? "leaving" : "member")) + "</span></td>" +
+      "<td>" + m.score + "</td>" +
+      "<td>" + bar(m.battery, 1000, batteryColor) + '<span class="num">' + (m.battery / 10).toFixed(1) + "%</span></td>" +
+      "<td>" + bar(m.link, 1000, "var(--accent)") + '<span class="num">' + m.link + "</span></td>" +
+      '<td class="num">' + ago(m.last_seen_ms) + "</td>";
+    tr.firstChild.textContent = m.node;
+    body.appendChild(tr);
+  }
+}
+
+function renderAlerts() {
+  for (const view of state.meshes.values()) {
+    const list = view.section.querySelector("ul.alerts");
+    const items = [...state.alerts.values()].filter((a) => a.mesh === view.name)
+      .sort((a, b) => (a.cleared_ms == null ? 0 : 1) - (b.cleared_ms == null ? 0 : 1) || b.raised_ms - a.raised_ms)
+      .slice(0, 40);
+    list.replaceChildren();
+    if (!items.length) list.appendChild(el("li", {}, "No alerts."));
+    for (const a of items) {
+      const li = el("li", { class: a.cleared_ms == null ? "active" : "cleared", "data-kind": a.kind });
+      li.appendChild(el("span", { class: "kind" }, a.kind.replace("_", " ")));
+      li.appendChild(el("span", {}, a.message));
+      li.appendChild(el("span", { class: "when" }, a.cleared_ms == null ? clock(a.raised_ms) : "cleared " + clock(a.cleared_ms)));
+      list.appendChild(li);
+    }
+  }
+  const open = [...state.alerts.values()].filter((a) => a.cleared_ms == null).length;
+  document.getElementById("stat-alerts").textContent = open;
+}
+
+function renderTimeline(view) {
+  const list = view.section.querySelector("ol.timeline");
+  list.replaceChildren();
+  for (const e of [...view.elections].reverse().slice(0, 50)) {
+    const li = el("li", { "data-term": e.term });
+    li.innerHTML = "<b></b> leads term " + e.term + ' <span class="reason"></span> <span class="muted"></span>';
+    li.querySelector("b").textContent = e.leader;
+    const reason = li.querySelector(".reason");
+    reason.textContent = e.reason;
+    reason.classList.add("reason-" + e.reason.replace(/[^a-z]+/g, "-"));
+    li.querySelector(".muted").textContent = "\u00b7 " + clock(e.at_ms);
+    list.appendChild(li);
+  }
+}
+
+// ---- charts -----------------------------------------------------------------------------
+
+const PALETTE = ["#4cc2ff", "#3ddc97", "#ffb347", "#ff5d6c", "#c49bff", "#f78fb3", "#7bed9f", "#ffd166", "#70a1ff", "#a4b0be"];
+
+function nodeColors(view) {
+  // A stable colour per node (sorted ids), shared by every chart of the mesh.
+  const nodes = new Set();
+  for (const s of view.readings.values()) nodes.add(s.node);
+  for (const s of view.agg.values()) nodes.add(s.node);
+  if (view.mesh) for (const m of view.mesh.members) nodes.add(m.node);
+  const colors = new Map();
+  [...nodes].sort().forEach((n, i) => colors.set(n, PALETTE[i % PALETTE.length]));
+  return colors;
+}
+
+function stackedLayout(metrics, extra) {
+  // One row per metric, sharing the time axis; the metric name labels each row.
+  const layout = { ...layoutBase, ...extra, grid: { rows: metrics.length, columns: 1, pattern: "coupled", roworder: "top to bottom", ygap: 0.18 } };
+  metrics.forEach((metric, k) => {
+    layout["yaxis" + (k ? k + 1 : "")] = { ...layoutBase.yaxis, title: { text: metric, font: { size: 11 } } };
+  });
+  return layout;
+}
+
+function seriesTraces(series, colors, metrics, make) {
+  const traces = [];
+  const shown = new Set();
+  for (const s of [...series.values()].sort((a, b) => (a.metric + a.node).localeCompare(b.metric + b.node))) {
+    const k = metrics.indexOf(s.metric);
+    const trace = make(s);
+    trace.name = s.node;
+    trace.legendgroup = s.node;
+    trace.showlegend = !shown.has(s.node);
+    shown.add(s.node);
+    trace.yaxis = "y" + (k ? k + 1 : "");
+    trace.xaxis = "x";
+    trace.line = { width: 1.6, color: colors.get(s.node) };
+    trace.marker = { size: 4, color: colors.get(s.node) };
+    traces.push(trace);
+  }
+  return traces;
+}
+
+function renderCharts(view) {
+  if (!plotlyReady()) return;
+  const colors = nodeColors(view);
+  const metrics = [...new Set([...view.readings.values()].map((s) => s.metric))].sort();
+  if (metrics.length) {
+    const div = view.section.querySelector(".readings-chart");
+    div.style.height = 60 + 150 * metrics.length + "px";
+    const traces = seriesTraces(view.readings, colors, metrics, (s) => ({
+      x: s.x.map((t) => new Date(t)), y: s.y, type: "scatter", mode: "lines+markers",
+    }));
+    Plotly.react(div, traces, stackedLayout(metrics, { legend: { orientation: "h", y: 1.12, x: 0 }, margin: { l: 56, r: 12, t: 28, b: 30 } }), plotConfig);
+  }
+  const aggMetrics = [...new Set([...view.agg.values()].map((s) => s.metric))].sort();
+  if (aggMetrics.length) {
+    const div = view.section.querySelector(".agg-chart");
+    div.style.height = 40 + 130 * aggMetrics.length + "px";
+    const traces = seriesTraces(view.agg, colors, aggMetrics, (s) => ({
+      x: s.x.map((t) => new Date(t)), y: s.y, type: "scatter", mode: "lines+markers",
+      error_y: { type: "data", symmetric: false, array: s.hi, arrayminus: s.lo, thickness: 1, width: 3 },
+      text: s.leader.map((l) => "leader " + l),
+    }));
+    Plotly.react(div, traces, stackedLayout(aggMetrics, { showlegend: false, margin: { l: 56, r: 12, t: 8, b: 30 } }), plotConfig);
+  }
+
+  // Who led when: one step line over time, its y the leader; each election marked.
+  const leaderDiv = view.section.querySelector(".leader-chart");
+  const els = view.elections;
+  const xs = els.map((e) => new Date(e.at_ms));
+  const ys = els.map((e) => e.leader);
+  if (els.length) { xs.push(new Date(now())); ys.push(els[els.length - 1].leader); }
+  const steps = {
+    x: xs, y: ys, type: "scatter", mode: "lines", line: { shape: "hv", color: "#ffc940", width: 2 },
+    name: "leader", hoverinfo: "skip",
+  };
+  const marks = {
+    x: els.map((e) => new Date(e.at_ms)), y: els.map((e) => e.leader), type: "scatter", mode: "markers+text",
+    text: els.map((e) => "t" + e.term + " " + e.reason),
+    textposition: els.map((e, i) => (i === els.length - 1 && els.length > 1 ? "top left" : "top right")),
+    textfont: { size: 10, color: "#8a94ab" }, marker: { size: 9, color: els.map((e) => colors.get(e.leader) || "#4cc2ff") }, name: "election",
+  };
+  Plotly.react(leaderDiv, [steps, marks], {
+    ...layoutBase, showlegend: false, margin: { l: 56, r: 24, t: 16, b: 30 }, yaxis: { ...layoutBase.yaxis, type: "category" },
+  }, plotConfig);
+}
+
+function noteIfNoPlotly() {
+  if (plotlyReady()) return;
+  for (const div of document.querySelectorAll(".chart")) {
+    if (!div.querySelector(".note")) div.appendChild(el("div", { class: "note" }, "plotly.js not available (pip install plotly)"));
+  }
+}
+
+setInterval(() => {
+  let live = 0;
+  for (const view of state.meshes.values()) {
+    live += view.count;
+    if (view.dirty) { view.dirty = false; renderCharts(view); }
+  }
+  document.getElementById("stat-readings").textContent = live;
+}, CHART_REFRESH_MS);
+// Ages ("3 s ago") and silence colours move with time even without events.
+setInterval(() => { for (const view of state.meshes.values()) renderMesh(view); }, 2000);
+
+// ---- the live feed ----------------------------------------------------------------------
+
+const handlers = {
+  snapshot(ev) {
+    state.clockSkew = ev.now_ms - Date.now();
+    state.alerts.clear();
+    for (const a of ev.alerts) state.alerts.set(a.id, a);
+    for (const mesh of ev.meshes) { const v = meshView(mesh.name); v.mesh = mesh; v.elections = []; }
+    for (const e of ev.elections) meshView(e.mesh).elections.push(e);
+    for (const view of state.meshes.values()) { renderMesh(view); renderTimeline(view); view.dirty = true; }
+    renderAlerts();
+    document.getElementById("stat-meshes").textContent = state.meshes.size;
+  },
+  mesh(ev) {
+    const view = meshView(ev.mesh.name);
+    view.mesh = ev.mesh;
+    renderMesh(view);
+    document.getElementById("stat-meshes").textContent = state.meshes.size;
+  },
+  batch(ev) {
+    const view = meshView(ev.mesh);
+    for (const [node, boot, seq, tMs, metrics] of ev.readings) addReading(view, node, boot, seq, tMs, ev.at_ms, metrics);
+    for (const [node, metric, count, min, max, mean] of ev.agg) addAggregate(view, ev.leader, node, metric, count, min, max, mean, ev.at_ms);
+    view.dirty = true;
+  },
+  election(ev) {
+    const view = meshView(ev.mesh);
+    if (!view.elections.some((e) => e.term === ev.term && e.leader === ev.leader)) view.elections.push(ev);
+    renderTimeline(view);
+    view.dirty = true;
+  },
+  alert(ev) { state.alerts.set(ev.id, ev); renderAlerts(); const v = state.meshes.get(ev.mesh); if (v) renderMesh(v); },
+  alert_cleared(ev) {
+    if (ev.id != null) state.alerts.set(ev.id, ev);
+    renderAlerts();
+    const v = state.meshes.get(ev.mesh); if (v) renderMesh(v);
+  },
+  fenced() {},
+};
+
+function connect() {
+  const feed = document.getElementById("feed");
+  const source = new EventSource("/api/events");
+  for (const type of Object.keys(handlers)) {
+    source.addEventListener(type, (message) => {
+      try { handlers[type](JSON.parse(message.data)); } catch (err) { console.error(type, err); }
+    });
+  }
+  source.onopen = () => { feed.textContent = "live"; feed.className = "feed feed-live"; };
+  source.onerror = () => { feed.textContent = "reconnecting\u2026"; feed.className = "feed feed-connecting"; };
+}
+
+window.addEventListener("DOMContentLoaded", () => { noteIfNoPlotly(); connect(); });

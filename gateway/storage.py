@@ -1,0 +1,439 @@
+"""Where the gateway keeps what it learns: an interface, and its SQLite implementation.
+
+The interface (:class:`Storage`) does not assume one gateway process. Fencing is a conditional
+upsert of the mesh's highest term and dedup is the readings table's primary key, both checked
+inside the same write transaction, so several gateways sharing one database (or a future server
+database behind the same interface) still store every reading once and never take a batch from a
+deposed leader.
+
+All times are integer milliseconds passed in by the caller (the storage reads no clock).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, NamedTuple, Protocol
+
+from gateway.batch import Batch, Member
+
+STATUS_OK = "ok"
+STATUS_FENCED = "fenced"
+
+
+class IngestOutcome(NamedTuple):
+    status: str  # STATUS_OK or STATUS_FENCED
+    highest_term: int  # the mesh's highest term after this batch
+    inserted: int  # readings stored now
+    duplicates: int  # readings already stored before (dedup hits)
+    new_batch: bool  # False when this exact batch (mesh, leader, term, id) was stored before
+
+
+class Storage(Protocol):
+    """What the gateway needs from a database. Implementations must be safe for many writers."""
+
+    def next_boot(self) -> int: ...
+
+    def ingest(self, term: int, batch: Batch, now_ms: int) -> IngestOutcome: ...
+
+    def add_election(self, mesh: str, term: int, leader: str, reason: str, at_ms: int) -> bool: ...
+
+    def raise_alert(
+        self, mesh: str, kind: str, node: str, message: str, now_ms: int
+    ) -> dict[str, Any]: ...
+
+    def clear_alert(self, alert_id: int, now_ms: int) -> None: ...
+
+    def purge(self, now_ms: int) -> tuple[int, int]: ...
+
+    def meshes(self) -> list[dict[str, Any]]: ...
+
+    def nodes(self, mesh: str) -> list[dict[str, Any]]: ...
+
+    def readings(
+        self, mesh: str, node: str | None, since_ms: int, until_ms: int, limit: int
+    ) -> list[dict[str, Any]]: ...
+
+    def aggregates(
+        self, mesh: str, since_ms: int, until_ms: int, limit: int
+    ) -> list[dict[str, Any]]: ...
+
+    def elections(self, mesh: str | None, limit: int) -> list[dict[str, Any]]: ...
+
+    def alerts(self, mesh: str | None, active_only: bool, limit: int) -> list[dict[str, Any]]: ...
+
+    def reading_count(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+# Each entry moves the schema one version up; the index + 1 is the version it produces.
+# Never edit a released entry: append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    CREATE TABLE meshes (
+        name TEXT PRIMARY KEY,
+        term INTEGER NOT NULL,
+        leader TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE readings (
+        mesh TEXT NOT NULL,
+        node TEXT NOT NULL,
+        boot INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        t_ms INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        metrics TEXT NOT NULL,
+        PRIMARY KEY (mesh, node, boot, seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX readings_by_time ON readings (mesh, received_ms);
+    CREATE TABLE batches (
+        mesh TEXT NOT NULL,
+        leader TEXT NOT NULL,
+        term INTEGER NOT NULL,
+        batch_id INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        readings INTEGER NOT NULL,
+        PRIMARY KEY (mesh, leader, term, batch_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE aggregates (
+        mesh TEXT NOT NULL,
+        leader TEXT NOT NULL,
+        term INTEGER NOT NULL,
+        node TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        min INTEGER NOT NULL,
+        max INTEGER NOT NULL,
+        mean INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL
+    );
+    CREATE INDEX aggregates_by_time ON aggregates (mesh, received_ms);
+    CREATE TABLE nodes (
+        mesh TEXT NOT NULL,
+        node TEXT NOT NULL,
+        score INTEGER NOT NULL,
+        battery INTEGER NOT NULL,
+        link INTEGER NOT NULL,
+        flags INTEGER NOT NULL,
+        last_seen_ms INTEGER NOT NULL,
+        dropped INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (mesh, node)
+    );
+    CREATE TABLE elections (
+        id INTEGER PRIMARY KEY,
+        mesh TEXT NOT NULL,
+        term INTEGER NOT NULL,
+        leader TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        UNIQUE (mesh, term, leader)
+    );
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        mesh TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        node TEXT NOT NULL,
+        message TEXT NOT NULL,
+        raised_ms INTEGER NOT NULL,
+        cleared_ms INTEGER
+    );
+    CREATE INDEX alerts_active ON alerts (cleared_ms);
+    """,
+]
+
+_DAY_MS = 86_400_000
+
+
+class SqliteStorage:
+    """SQLite in WAL mode; one write transaction per batch.
+
+    Not thread-safe by itself: the gateway calls it from one worker thread. Several processes
+    may open the same file; SQLite's locking plus the constraints keep them consistent.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        raw_retention_ms: int = 7 * _DAY_MS,
+        aggregate_retention_ms: int = 365 * _DAY_MS,
+        synchronous: str = "FULL",
+    ) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL"):
+            raise ValueError("synchronous must be OFF, NORMAL or FULL")
+        self.path = path
+        self.raw_retention_ms = raw_retention_ms
+        self.aggregate_retention_ms = aggregate_retention_ms
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so one batch is one transaction.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA busy_timeout = 10000")
+        if path != ":memory:":
+            self._db.execute("PRAGMA journal_mode = WAL")
+        # An ack promises the batch is stored, so FULL (one fsync per batch) is the default;
+        # NORMAL in WAL mode still survives a crash of the process, not a power cut.
+        self._db.execute("PRAGMA synchronous = %s" % synchronous.upper())
+        self._migrate()
+
+    # -- schema -----------------------------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT version FROM schema_version").fetchone()
+        return int(row[0]) if row else 0
+
+    def _migrate(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = self._db.execute("SELECT version FROM schema_version").fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO schema_version VALUES (0)")
+                version = 0
+            else:
+                version = int(row[0])
+            if version > len(MIGRATIONS):
+                raise RuntimeError(
+                    "database schema %d is newer than this gateway (%d)"
+                    % (version, len(MIGRATIONS))
+                )
+            for number in range(version, len(MIGRATIONS)):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute("UPDATE schema_version SET version = ?", (number + 1,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def next_boot(self) -> int:
+        """Count this gateway start; the ack frames' boot field must grow across restarts."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('boot', 1) "
+                "ON CONFLICT(key) DO UPDATE SET value = value + 1"
+            )
+            boot = int(self._db.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()[0])
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return boot
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def ingest(self, term: int, batch: Batch, now_ms: int) -> IngestOutcome:
+        """Fence, then store the batch's readings once each, all in one transaction."""
+        db = self._db
+        mesh = batch.mesh
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # Conditional upsert: only a term at least as high as the stored one moves it.
+            db.execute(
+                "INSERT INTO meshes (name, term, leader, updated_ms) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET term = excluded.term, leader = excluded.leader, "
+                "updated_ms = excluded.updated_ms WHERE excluded.term >= meshes.term",
+                (mesh, term, batch.leader, now_ms),
+            )
+            highest = int(
+                db.execute("SELECT term FROM meshes WHERE name = ?", (mesh,)).fetchone()[0]
+            )
+            if highest > term:
+                db.execute("ROLLBACK")
+                return IngestOutcome(STATUS_FENCED, highest, 0, 0, False)
+            before = db.total_changes
+            db.execute(
+                "INSERT OR IGNORE INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                (mesh, batch.leader, term, batch.batch_id, now_ms, len(batch.readings)),
+            )
+            new_batch = db.total_changes > before
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        mesh,
+                        r.node,
+                        r.boot,
+                        r.seq,
+                        r.t_ms,
+                        now_ms,
+                        json.dumps(r.metrics, separators=(",", ":"), sort_keys=True),
+                    )
+                    for r in batch.readings
+                ],
+            )
+            inserted = db.total_changes - before
+            if new_batch and batch.aggregates:
+                # A resent batch carries the same aggregates: store them with the first copy only.
+                db.executemany(
+                    "INSERT INTO aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            mesh,
+                            batch.leader,
+                            term,
+                            a.node,
+                            a.metric,
+                            a.samples,
+                            a.min,
+                            a.max,
+                            a.mean,
+                            now_ms,
+                        )
+                        for a in batch.aggregates
+                    ],
+                )
+            if batch.members:
+                self._upsert_members(mesh, batch.members, now_ms)
+            if batch.dropped:
+                db.executemany(
+                    "UPDATE nodes SET dropped = ? WHERE mesh = ? AND node = ?",
+                    [(count, mesh, node) for node, count in batch.dropped],
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return IngestOutcome(
+            STATUS_OK, highest, inserted, len(batch.readings) - inserted, new_batch
+        )
+
+    def _upsert_members(self, mesh: str, members: list[Member], now_ms: int) -> None:
+        self._db.executemany(
+            "INSERT INTO nodes (mesh, node, score, battery, link, flags, last_seen_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(mesh, node) DO UPDATE SET "
+            "score = excluded.score, battery = excluded.battery, link = excluded.link, "
+            "flags = excluded.flags, last_seen_ms = excluded.last_seen_ms",
+            [
+                (mesh, m.node, m.score, m.battery, m.link, m.flags, now_ms - m.age_ms)
+                for m in members
+            ],
+        )
+
+    def add_election(self, mesh: str, term: int, leader: str, reason: str, at_ms: int) -> bool:
+        """Record who led from ``term`` and why; False if it was already recorded."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO elections (mesh, term, leader, reason, at_ms) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (mesh, term, leader, reason, at_ms),
+        )
+        return cursor.rowcount > 0
+
+    def raise_alert(
+        self, mesh: str, kind: str, node: str, message: str, now_ms: int
+    ) -> dict[str, Any]:
+        cursor = self._db.execute(
+            "INSERT INTO alerts (mesh, kind, node, message, raised_ms) VALUES (?, ?, ?, ?, ?)",
+            (mesh, kind, node, message, now_ms),
+        )
+        return {
+            "id": cursor.lastrowid,
+            "mesh": mesh,
+            "kind": kind,
+            "node": node,
+            "message": message,
+            "raised_ms": now_ms,
+            "cleared_ms": None,
+        }
+
+    def clear_alert(self, alert_id: int, now_ms: int) -> None:
+        self._db.execute(
+            "UPDATE alerts SET cleared_ms = ? WHERE id = ? AND cleared_ms IS NULL",
+            (now_ms, alert_id),
+        )
+
+    def purge(self, now_ms: int) -> tuple[int, int]:
+        """Apply retention: (raw readings deleted, aggregates deleted)."""
+        raw = self._db.execute(
+            "DELETE FROM readings WHERE received_ms < ?", (now_ms - self.raw_retention_ms,)
+        ).rowcount
+        self._db.execute(
+            "DELETE FROM batches WHERE received_ms < ?", (now_ms - self.raw_retention_ms,)
+        )
+        agg = self._db.execute(
+            "DELETE FROM aggregates WHERE received_ms < ?",
+            (now_ms - self.aggregate_retention_ms,),
+        ).rowcount
+        return raw, agg
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def meshes(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT name, term, leader, updated_ms FROM meshes ORDER BY name"
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def nodes(self, mesh: str) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT node, score, battery, link, flags, last_seen_ms, dropped FROM nodes "
+            "WHERE mesh = ? ORDER BY node",
+            (mesh,),
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def readings(
+        self, mesh: str, node: str | None, since_ms: int, until_ms: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """Newest ``limit`` readings received in [since, until), returned oldest first."""
+        query = (
+            "SELECT node, boot, seq, t_ms, received_ms, metrics FROM readings "
+            "WHERE mesh = ? AND received_ms >= ? AND received_ms < ?"
+        )
+        args: list[Any] = [mesh, since_ms, until_ms]
+        if node is not None:
+            query += " AND node = ?"
+            args.append(node)
+        query += " ORDER BY received_ms DESC, node DESC, boot DESC, seq DESC LIMIT ?"
+        args.append(limit)
+        rows = self._db.execute(query, args).fetchall()
+        out = []
+        for row in reversed(rows):
+            item = dict(row)
+            item["metrics"] = json.loads(item["metrics"])
+            out.append(item)
+        return out
+
+    def aggregates(
+        self, mesh: str, since_ms: int, until_ms: int, limit: int
+    ) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT leader, term, node, metric, count, min, max, mean, received_ms "
+            "FROM aggregates WHERE mesh = ? AND received_ms >= ? AND received_ms < ? "
+            "ORDER BY received_ms DESC, rowid DESC LIMIT ?",
+            (mesh, since_ms, until_ms, limit),
+        ).fetchall()
+        return [dict(row) for row in reversed(rows)]
+
+    def elections(self, mesh: str | None, limit: int) -> list[dict[str, Any]]:
+        query = "SELECT mesh, term, leader, reason, at_ms FROM elections"
+        args: list[Any] = []
+        if mesh is not None:
+            query += " WHERE mesh = ?"
+            args.append(mesh)
+        query += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [dict(row) for row in reversed(self._db.execute(query, args).fetchall())]
+
+    def alerts(self, mesh: str | None, active_only: bool, limit: int) -> list[dict[str, Any]]:
+        query = "SELECT id, mesh, kind, node, message, raised_ms, cleared_ms FROM alerts WHERE 1"
+        args: list[Any] = []
+        if mesh is not None:
+            query += " AND mesh = ?"
+            args.append(mesh)
+        if active_only:
+            query += " AND cleared_ms IS NULL"
+        query += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [dict(row) for row in self._db.execute(query, args).fetchall()]
+
+    def reading_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,334 @@
+"""Tools for tests and the benchmark: a gateway as a real process, and a leader-side batch sender.
+
+``BatchSender`` speaks the real wire format (``agent.core.wire.Codec``) over a real UDP socket or
+a real MQTT broker, the way a leader's collector does: every send is a new frame (new counter),
+a batch unacknowledged is sent again, and the ack frames are decoded and checked.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from agent.core import wire
+from agent.core.messages import BATCH, BATCH_ACK, Msg
+
+_READY = re.compile(r"meshelect gateway: http://([\d.]+):(\d+)/ udp (?:([\d.]+):(\d+)|off)")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class GatewayProcess:
+    """``python -m gateway`` as a child process on free ports (loopback unless ``host``).
+
+    ``wrap`` prefixes the command, e.g. ``["ip", "netns", "exec", "ns1"]`` to run it inside a
+    network namespace.
+    """
+
+    def __init__(
+        self,
+        db_path: str,
+        *extra: str,
+        udp_port: int = 0,
+        http_port: int = 0,
+        host: str = "127.0.0.1",
+        wrap: list[str] | None = None,
+        mdns: bool = False,
+    ) -> None:
+        self.db_path = db_path
+        self.host = host
+        self.wrap = list(wrap or [])
+        self.mdns = mdns
+        self.extra = list(extra)
+        self.udp_port = udp_port
+        self.http_port = http_port
+        self.process: subprocess.Popen[str] | None = None
+        self.http: tuple[str, int] = ("127.0.0.1", 0)
+        self.udp: tuple[str, int] = ("127.0.0.1", 0)
+        self.output: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return "http://%s:%d" % self.http
+
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
+        args = [
+            *self.wrap, sys.executable, "-m", "gateway",
+            "--db", self.db_path,
+            "--udp-host", self.host, "--udp-port", str(self.udp_port),
+            "--http-host", self.host, "--http-port", str(self.http_port),
+            "--mdns" if self.mdns else "--no-mdns", "--log-level", "warning",
+            *self.extra,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            args,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        assert self.process.stdout is not None
+        # Never outlive the test process, even if it dies before calling stop().
+        atexit.register(_kill_quietly, self.process)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.process.stdout], [], [], 0.2)
+            if ready:
+                line = self.process.stdout.readline()
+                if not line:
+                    break
+                self.output.append(line)
+                match = _READY.search(line)
+                if match:
+                    self.http = (match.group(1), int(match.group(2)))
+                    if match.group(3):
+                        self.udp = (match.group(3), int(match.group(4)))
+                    # Keep later ports (a restart) the same: leaders keep their address.
+                    self.udp_port, self.http_port = self.udp[1], self.http[1]
+                    threading.Thread(target=self._drain, daemon=True).start()
+                    return self
+            elif self.process.poll() is not None:
+                break
+        self.kill()
+        raise RuntimeError("gateway did not start:\n" + "".join(self.output))
+
+    def _drain(self) -> None:
+        process = self.process
+        if process is None or process.stdout is None:
+            return
+        for line in process.stdout:
+            self.output.append(line)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait (a clean shutdown)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no shutdown code runs."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+        self.process = None
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _kill_quietly(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(5)
+
+
+def make_batch(
+    batch_id: int,
+    mesh: str,
+    leader: str,
+    readings: list[list[Any]],
+    members: list[list[Any]] | None = None,
+    elections: list[list[Any]] | None = None,
+    dropped: list[list[Any]] | None = None,
+) -> dict[str, Any]:
+    """A batch map as agent/core/datapath.py's Collector builds it (aggregates included)."""
+    acc: dict[tuple[str, str], list[int]] = {}
+    for node, _boot, _seq, _t, metrics in readings:
+        for name, value in metrics.items():
+            row = acc.get((node, name))
+            if row is None:
+                acc[(node, name)] = [1, value, value, value]
+            else:
+                row[0] += 1
+                row[1] = min(row[1], value)
+                row[2] = max(row[2], value)
+                row[3] += value
+    agg = [[n, m, c, lo, hi, total // c] for (n, m), (c, lo, hi, total) in sorted(acc.items())]
+    return {
+        "id": batch_id,
+        "mesh": mesh,
+        "leader": leader,
+        "readings": readings,
+        "agg": agg,
+        "members": members if members is not None else [[leader, 900, 900, 900, 1, 0]],
+        "dropped": dropped or [],
+        "elections": elections or [],
+    }
+
+
+class BatchSender:
+    """A leader's gateway link over UDP: encode BATCH frames, send, wait for the BATCH_ACK."""
+
+    def __init__(
+        self,
+        mesh: str,
+        leader: str,
+        gateway: tuple[str, int],
+        key: bytes | None = None,
+        boot: int = 1,
+        bind: str = "127.0.0.1",
+    ) -> None:
+        self.mesh = mesh
+        self.leader = leader
+        self.gateway = gateway
+        self.codec = wire.Codec(mesh, key, boot=boot)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((bind, 0))
+        self.acks: list[list[Any]] = []
+        self._now = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def frame(self, term: int, batch: dict[str, Any]) -> bytes:
+        return bytes(self.codec.encode(Msg(BATCH, self.leader, term=term, body=batch)))
+
+    def send_frame(self, data: bytes) -> None:
+        self.sock.sendto(data, self.gateway)
+
+    def send(self, term: int, batch: dict[str, Any]) -> None:
+        self.send_frame(self.frame(term, batch))
+
+    def receive_ack(self, timeout: float) -> list[Any] | None:
+        """The next BATCH_ACK body ``[batch_id, status, highest_term]``, or None on time-out."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if not ready:
+                return None
+            data, _ = self.sock.recvfrom(8192)
+            self._now += 1
+            try:
+                msg = self.codec.decode(data, self._now)
+            except wire.WireError:
+                continue
+            if msg.kind == BATCH_ACK and msg.target == self.leader:
+                self.acks.append(msg.body)
+                return list(msg.body)
+
+    def deliver(
+        self, term: int, batch: dict[str, Any], timeout: float = 0.5, attempts: int = 40
+    ) -> list[Any]:
+        """Send until acknowledged (as a leader resends an unacknowledged batch)."""
+        for _ in range(attempts):
+            self.send(term, batch)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                ack = self.receive_ack(deadline - time.monotonic())
+                if ack is not None and ack[0] == batch["id"]:
+                    return ack
+        raise TimeoutError("batch %r of %s never acknowledged" % (batch["id"], self.leader))
+
+
+class MqttBatchSender:
+    """A leader's gateway link over MQTT: publish on ``P/<mesh>/batch``, acks on
+    ``P/<mesh>/batch-ack/<leader>``."""
+
+    def __init__(
+        self,
+        mesh: str,
+        leader: str,
+        broker: tuple[str, int],
+        key: bytes | None = None,
+        prefix: str = "meshelect",
+        boot: int = 1,
+        tls_ca: str | None = None,
+        user: tuple[str, str] | None = None,
+    ) -> None:
+        import queue
+
+        import paho.mqtt.client as mqtt
+
+        self.mesh = mesh
+        self.leader = leader
+        self.codec = wire.Codec(mesh, key, boot=boot)
+        self.topic = "%s/%s/batch" % (prefix, mesh)
+        self._acks: queue.Queue[bytes] = queue.Queue()
+        self._subscribed = threading.Event()
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id="test-%s-%s" % (mesh, leader),
+            protocol=mqtt.MQTTv5,
+        )
+        ack_topic = "%s/%s/batch-ack/%s" % (prefix, mesh, leader)
+        client.on_connect = lambda c, u, f, r, p: c.subscribe(ack_topic, qos=1)
+        client.on_subscribe = lambda c, u, m, r, p: self._subscribed.set()
+        client.on_message = lambda c, u, message: self._acks.put(bytes(message.payload))
+        if tls_ca:
+            client.tls_set(ca_certs=tls_ca)
+        if user:
+            client.username_pw_set(*user)
+        client.connect(broker[0], broker[1])
+        client.loop_start()
+        if not self._subscribed.wait(10):
+            raise TimeoutError("no subscription to %s" % ack_topic)
+        self.client = client
+        self._now = 0
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def frame(self, term: int, batch: dict[str, Any]) -> bytes:
+        return bytes(self.codec.encode(Msg(BATCH, self.leader, term=term, body=batch)))
+
+    def send_frame(self, data: bytes, topic: str | None = None) -> None:
+        self.client.publish(topic or self.topic, data, qos=1).wait_for_publish(10)
+
+    def receive_ack(self, timeout: float) -> list[Any] | None:
+        import queue
+
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                data = self._acks.get(timeout=left)
+            except queue.Empty:
+                return None
+            self._now += 1
+            try:
+                msg = self.codec.decode(data, self._now)
+            except wire.WireError:
+                continue
+            if msg.kind == BATCH_ACK and msg.target == self.leader:
+                return list(msg.body)
+
+    def deliver(
+        self, term: int, batch: dict[str, Any], timeout: float = 1.0, attempts: int = 30
+    ) -> list[Any]:
+        for _ in range(attempts):
+            self.send_frame(self.frame(term, batch))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                ack = self.receive_ack(deadline - time.monotonic())
+                if ack is not None and ack[0] == batch["id"]:
+                    return ack
+        raise TimeoutError("batch %r of %s never acknowledged" % (batch["id"], self.leader))

@@ -1,0 +1,209 @@
+"""The dashboard in a real headless Chromium: it shows the leader, then the new leader live."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.testing import BatchSender, GatewayProcess, make_batch
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+NODES = ["pi-1", "pi-2", "pi-3", "esp-4", "esp-5"]
+BASE_MS = int(time.time() * 1000) - 60_000
+
+
+class Mesh:
+    """A leader's view of a small greenhouse mesh, sending real frames to the gateway."""
+
+    def __init__(self, gw: GatewayProcess, name: str) -> None:
+        self.gw = gw
+        self.name = name
+        self.seq = 0
+        self.batch_id = 0
+        self.senders: dict[str, BatchSender] = {}
+        self.battery = {node: 950 - 120 * i for i, node in enumerate(NODES)}
+
+    def members(self, leader: str, gone: set[str]) -> list[list[Any]]:
+        rows = []
+        for i, node in enumerate(NODES):
+            if node in gone:
+                continue
+            flags = 1 if node == leader else 0
+            score = self.battery[node] + 40 * (len(NODES) - i)
+            rows.append([node, score, self.battery[node], 980 - 60 * i, flags, 100 * i])
+        return rows
+
+    def send(self, leader: str, term: int, gone: set[str] = frozenset(), **extra: Any) -> None:
+        sender = self.senders.get(leader)
+        if sender is None:
+            sender = self.senders[leader] = BatchSender(self.name, leader, self.gw.udp)
+        rows = []
+        for _ in range(4):
+            self.seq += 1
+            t = BASE_MS + 2000 * self.seq
+            for i, node in enumerate(NODES):
+                if node in gone:
+                    continue
+                temp = 21_000 + 800 * i + (self.seq * 137 + i * 71) % 900
+                hum = 55_000 - 2_000 * i + (self.seq * 211) % 3_000
+                rows.append([node, 1, self.seq, t, {"temp_c": temp, "humidity_pct": hum}])
+        self.batch_id += 1
+        batch = make_batch(
+            self.batch_id, self.name, leader, rows, members=self.members(leader, gone), **extra
+        )
+        ack = sender.deliver(term, batch)
+        assert ack[1] == 0, ack
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
+    gw = GatewayProcess(str(tmp_path / "gw.db"))
+    try:
+        yield gw.start()
+    finally:
+        gw.stop()
+
+
+def test_dashboard_shows_leader_and_follows_a_new_one(
+    gateway: GatewayProcess, artifacts_dir: Path
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    greenhouse = Mesh(gateway, "greenhouse")
+    for _ in range(6):
+        greenhouse.send("pi-1", 3, elections=[[3, "pi-1", "start"]])
+    barn = Mesh(gateway, "barn")
+    barn.send("pi-2", 1)
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1250})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(gateway.url + "/")
+            mesh = page.locator('section.mesh[data-mesh="greenhouse"]')
+            expect(mesh.get_by_test_id("leader")).to_have_text("pi-1")
+            expect(page.get_by_test_id("feed")).to_have_text("live")
+            expect(mesh.locator("svg.graph g.node-leader")).to_have_attribute("data-node", "pi-1")
+
+            # The leader crashes: pi-2 takes over in a new term, pi-1 is gone from the view.
+            for _ in range(3):
+                greenhouse.send("pi-2", 4, gone={"pi-1"})
+            expect(mesh.get_by_test_id("leader")).to_have_text("pi-2")
+            expect(mesh.locator(".term-value")).to_have_text("4")
+            expect(mesh.locator("svg.graph g.node-leader")).to_have_attribute("data-node", "pi-2")
+            expect(mesh.locator("ol.timeline li").first).to_contain_text("pi-2")
+            expect(mesh.locator("ol.timeline li").first).to_contain_text("crash")
+            # Plotly drew the charts (served from the installed package, no network).
+            expect(mesh.locator(".readings-chart .main-svg").first).to_be_visible()
+            expect(mesh.locator(".agg-chart .main-svg").first).to_be_visible()
+            # An alert arrives live too.
+            greenhouse.send("pi-2", 4, gone={"pi-1"}, dropped=[["esp-5", 12]])
+            expect(mesh.locator('ul.alerts li[data-kind="readings_dropped"]')).to_be_visible()
+            page.wait_for_timeout(600)  # let the throttled chart redraw settle for the picture
+            page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
+            assert errors == []
+        finally:
+            browser.close()
+
+
+AGENT_CONFIG = """
+node_id = "{node}"
+mesh = "live"
+state_dir = "{state}"
+log_level = "warning"
+[udp]
+interface = "127.0.0.1"
+unicast_port = 0
+port = {port}
+group = "239.255.92.1"
+[gateway]
+address = "127.0.0.1:{gateway_port}"
+[discovery]
+enabled = false
+[data]
+sample_ms = 500
+[[sensors]]
+type = "simulated"
+seed = {seed}
+battery_start = {battery}
+[sensors.metrics.temp_c]
+base = 21000
+amplitude = 2000
+period_ms = 20000
+"""
+
+
+@pytest.mark.slow
+def test_dashboard_follows_real_agents_when_the_leader_is_killed(
+    gateway: GatewayProcess, tmp_path: Path, artifacts_dir: Path
+) -> None:
+    """Three real agent processes (UDP multicast on loopback) feed the gateway; the leader is
+    SIGKILLed and the page shows its successor without a reload."""
+    import socket
+    import subprocess
+    import sys
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from gateway.testing import REPO_ROOT
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        mesh_port = probe.getsockname()[1]
+    agents: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for i, node in enumerate(["pi-1", "pi-2", "pi-3"]):
+            path = tmp_path / ("%s.toml" % node)
+            path.write_text(
+                AGENT_CONFIG.format(
+                    node=node, state=tmp_path / node, port=mesh_port,
+                    gateway_port=gateway.udp[1], seed=i + 1, battery=950 - 100 * i,
+                )
+            )  # fmt: skip
+            agents[node] = subprocess.Popen(
+                [sys.executable, "-m", "agent", "agent", "--config", str(path)],
+                cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1500, "height": 1100})
+                page.goto(gateway.url + "/")
+                mesh = page.locator('section.mesh[data-mesh="live"]')
+                # pi-1 has the best battery: it leads once the mesh has settled.
+                expect(mesh.get_by_test_id("leader")).to_have_text("pi-1", timeout=20_000)
+                agents["pi-1"].kill()
+                agents["pi-1"].wait(5)
+                expect(mesh.get_by_test_id("leader")).to_have_text("pi-2", timeout=20_000)
+                expect(mesh.locator("ol.timeline li").first).to_contain_text("pi-2")
+                page.wait_for_timeout(1500)
+                page.screenshot(
+                    path=str(artifacts_dir / "dashboard-real-agents.png"), full_page=True
+                )
+            finally:
+                browser.close()
+    finally:
+        for process in agents.values():
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(5)

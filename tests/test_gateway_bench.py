@@ -1,0 +1,15 @@
+"""The benchmark script runs (quick mode) and prints its figures; no timing is asserted."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.bench import main
+
+
+@pytest.mark.slow
+def test_bench_quick_prints_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    for phrase in ("readings/s stored", "duplicate readings/s", "end to end over UDP", "median"):
+        assert phrase in out
