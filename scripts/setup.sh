@@ -64,7 +64,8 @@ fi
 if [ "$system_tools" -eq 1 ]; then
     # mosquitto: the real MQTT broker; nftables + iproute2: partitions and loss between
     # network namespaces; chromium: the dashboard's browser tests (never `playwright install`).
-    apt_install mosquitto mosquitto-clients nftables iproute2 chromium
+    # openssl: throw-away CAs for the MQTT TLS tests.
+    apt_install mosquitto mosquitto-clients nftables iproute2 chromium openssl
     # The distribution starts a mosquitto service on 1883; tests never use it, leave it alone.
 fi
 
