@@ -1,0 +1,1 @@
+"""The meshelect firmware application: config, runtime loop, discovery, MQTT transport."""

@@ -1,0 +1,124 @@
+"""The MQTT transport: the same frames as UDP, on the Pi agent's topics (docs/design.md).
+
+    P/<mesh>/election            every election frame, QoS 0
+    P/<mesh>/readings/<leader>   QoS 1        P/<mesh>/acks/<node>        QoS 1
+    P/<mesh>/batch               QoS 1        P/<mesh>/batch-ack/<leader> QoS 1
+    P/<mesh>/leader              retained CBOR [term, leader]
+    P/<mesh>/status/<node>       retained "online", last will "offline"
+
+Frames wait in a bounded queue and one sender task publishes them in order, so a slow
+PUBACK never blocks the election loop. When full, the oldest frame goes (counted): the core
+and the data path resend what matters.
+"""
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio  # type: ignore[no-redef]
+
+import cbor
+import mqtt
+
+from agent.core.messages import READINGS_ACK
+from app.config import host_port
+from app.meshnode import DEST_GATEWAY, DEST_MESH, DEST_NODE
+
+_MAX_QUEUE = 32
+
+
+class MqttTransport:
+    def __init__(self, cfg, on_frame, on_connection=None):
+        m = cfg["mqtt"]
+        self.node = cfg["node_id"]
+        self.prefix = "%s/%s" % (m.get("prefix", "meshelect"), cfg["mesh"])
+        self.on_frame = on_frame
+        self.on_connection = on_connection
+        self.broker = host_port(m.get("broker", ""), 1883)
+        self.queue_dropped = 0
+        self.sent = 0
+        self._queue = []
+        self._wake = asyncio.Event()
+        status = "%s/status/%s" % (self.prefix, self.node)
+        self._status_topic = status
+        self._inbox = (
+            self.prefix + "/election",
+            "%s/readings/%s" % (self.prefix, self.node),
+            "%s/acks/%s" % (self.prefix, self.node),
+            "%s/batch-ack/%s" % (self.prefix, self.node),
+        )
+        tls = None
+        if m.get("tls") or m.get("ca_file"):
+            tls = mqtt.tls_context(m.get("ca_file") or None)
+        self.client = mqtt.MQTTClient(
+            "meshelect-%s-%s" % (cfg["mesh"], self.node),
+            "",
+            keepalive=int(m.get("keepalive_s", 5)),
+            will=(status, b"offline", 1, True),
+            user=m.get("username") or None,
+            password=m.get("password") or None,
+            on_message=self._on_message,
+            on_connect=self._on_connect,
+            on_disconnect=self._on_disconnect,
+            reconnect_min_ms=int(m.get("reconnect_min_ms", 250)),
+            reconnect_max_ms=int(m.get("reconnect_max_ms", 4000)),
+            ssl=tls,
+            server_hostname=m.get("server_name") or None,
+        )
+
+    def set_broker(self, host, port):
+        self.broker = (host, port)
+
+    def _on_message(self, topic, payload, retained):
+        if topic in self._inbox and not retained:
+            self.on_frame(payload)
+
+    def _on_connect(self):
+        self._queue.insert(0, (self._status_topic, b"online", 1, True))
+        self._wake.set()
+        if self.on_connection:
+            self.on_connection(True)
+
+    def _on_disconnect(self):
+        if self.on_connection:
+            self.on_connection(False)
+
+    def queue(self, out):
+        for dest, name, kind, frame in out:
+            if dest == DEST_MESH:
+                item = (self.prefix + "/election", frame, 0, False)
+            elif dest == DEST_NODE:
+                what = "acks" if kind == READINGS_ACK else "readings"
+                item = ("%s/%s/%s" % (self.prefix, what, name), frame, 1, False)
+            elif dest == DEST_GATEWAY:
+                item = (self.prefix + "/batch", frame, 1, False)
+            else:
+                continue
+            self._push(item)
+
+    def publish_leader(self, term, leader):
+        self._push((self.prefix + "/leader", cbor.dumps([term, leader]), 1, True))
+
+    def _push(self, item):
+        if len(self._queue) >= _MAX_QUEUE:
+            self._queue.pop(0)
+            self.queue_dropped += 1
+        self._queue.append(item)
+        self._wake.set()
+
+    async def run(self):
+        while self.broker is None:
+            await asyncio.sleep(0.2)  # waiting for the config or mDNS
+        self.client.host, self.client.port = self.broker
+        for topic in self._inbox:
+            await self.client.subscribe(topic, 1 if not topic.endswith("/election") else 0)
+        conn = asyncio.create_task(self.client.run())
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._queue and self.client.connected:
+                    topic, payload, qos, retain = self._queue.pop(0)
+                    if await self.client.publish(topic, payload, qos, retain):
+                        self.sent += 1
+        finally:
+            conn.cancel()

@@ -1,0 +1,145 @@
+"""The ESP32 hardware layer: battery ADC, mains pin, Wi-Fi RSSI, internal temperature, I2C
+sensors, watchdog and status LED. Everything is optional and configured under ``hw``:
+
+    "hw": {"kind": "esp32",
+           "battery": {"pin": 35, "divider_num": 2, "divider_den": 1,
+                       "curve": [[3300, 0], [3700, 300], [4200, 1000]]},
+           "mains_pin": 34, "mains_active": 1,
+           "led_pin": 2, "led_active": 1,
+           "i2c": {"id": 0, "sda": 21, "scl": 22, "freq": 100000},
+           "sensors": [{"type": "sht3x", "addr": 68}, {"type": "bme280", "addr": 118}],
+           "watchdog_ms": 8000}
+
+A sensor that fails to initialise or read is counted in ``errors`` and skipped: one broken
+sensor never stops the node. Values are integers (milli-units, per-mille).
+"""
+
+import esp32  # type: ignore[import-not-found]
+import machine  # type: ignore[import-not-found]
+import network  # type: ignore[import-not-found]
+
+from hw.common import DEFAULT_CURVE, Blinker, check_curve, interpolate, rssi_to_link
+from hw.sensors import DRIVERS
+
+
+class Esp32Hardware:
+    def __init__(self, cfg):
+        hw = cfg.get("hw") or {}
+        self.errors = {}
+        self.wlan = network.WLAN(network.STA_IF)
+        self._blink = Blinker()
+        bat = hw.get("battery")
+        self.adc = None
+        if bat and "pin" in bat:
+            self.adc = machine.ADC(machine.Pin(bat["pin"]))
+            self.adc.atten(machine.ADC.ATTN_11DB)  # full range up to ~3.1 V at the pin
+            self.div_num = int(bat.get("divider_num", 2))
+            self.div_den = int(bat.get("divider_den", 1))
+            self.curve = check_curve(bat["curve"]) if "curve" in bat else DEFAULT_CURVE
+        self.mains = None
+        if "mains_pin" in hw:
+            self.mains = machine.Pin(hw["mains_pin"], machine.Pin.IN)
+            self.mains_active = int(hw.get("mains_active", 1))
+        self.led = None
+        if "led_pin" in hw:
+            self.led = machine.Pin(hw["led_pin"], machine.Pin.OUT)
+            self.led_active = int(hw.get("led_active", 1))
+        self.sensors = []
+        i2c_cfg = hw.get("i2c")
+        if i2c_cfg:
+            bus = machine.I2C(
+                int(i2c_cfg.get("id", 0)),
+                sda=machine.Pin(i2c_cfg["sda"]),
+                scl=machine.Pin(i2c_cfg["scl"]),
+                freq=int(i2c_cfg.get("freq", 100000)),
+            )
+            for entry in hw.get("sensors") or ():
+                driver = DRIVERS.get(entry.get("type"))
+                if driver is None:
+                    self._count("unknown_sensor")
+                    continue
+                try:
+                    if "addr" in entry:
+                        self.sensors.append(
+                            driver(bus, int(entry["addr"]), entry.get("prefix", ""))
+                        )
+                    else:
+                        self.sensors.append(driver(bus, prefix=entry.get("prefix", "")))
+                except OSError:
+                    self._count("sensor_init")
+        self.wifi = cfg.get("wifi") or {}
+        self._wifi_retry_at = 0
+        self._wifi_backoff = 1000
+        self.wdt = None
+        if hw.get("watchdog_ms"):
+            self.wdt = machine.WDT(timeout=int(hw["watchdog_ms"]))
+
+    def _count(self, reason):
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def battery_mv(self):
+        if self.adc is None:
+            return 0
+        return self.adc.read_uv() // 1000 * self.div_num // self.div_den
+
+    def power(self, now):
+        """-> (battery per-mille, link per-mille, on mains)."""
+        battery = interpolate(self.curve, self.battery_mv()) if self.adc is not None else 1000
+        mains = self.mains is not None and self.mains.value() == self.mains_active
+        link = 0
+        if self.wlan.isconnected():
+            try:
+                link = rssi_to_link(self.wlan.status("rssi"))
+            except (OSError, ValueError):
+                self._count("rssi")
+        return battery, link, mains
+
+    def sample(self, now):
+        out = {}
+        try:
+            if hasattr(esp32, "mcu_temperature"):
+                out["mcu_temp_mc"] = int(esp32.mcu_temperature() * 1000)
+            else:  # original ESP32: Fahrenheit, uncalibrated
+                out["mcu_temp_mc"] = (esp32.raw_temperature() - 32) * 5000 // 9
+        except (OSError, AttributeError):
+            self._count("mcu_temp")
+        if self.adc is not None:
+            out["battery_mv"] = self.battery_mv()
+        for sensor in self.sensors:
+            try:
+                sensor.read(out)
+            except OSError:
+                self._count("sensor_read")
+        return out
+
+    def maintain(self, now):
+        """Rejoin Wi-Fi after a loss, with backoff (1 s doubling to 60 s); never blocks."""
+        if self.wlan.isconnected():
+            self._wifi_backoff = 1000
+            return
+        ssid = self.wifi.get("ssid")
+        if not ssid or now < self._wifi_retry_at:
+            return
+        self._wifi_retry_at = now + self._wifi_backoff
+        self._wifi_backoff = min(self._wifi_backoff * 2, 60000)
+        try:
+            self.wlan.active(True)
+            self.wlan.connect(ssid, self.wifi.get("password", ""))
+        except OSError:
+            self._count("wifi_connect")
+
+    def ip(self):
+        return self.wlan.ifconfig()[0] if self.wlan.isconnected() else "0.0.0.0"
+
+    def feed(self):
+        if self.wdt is not None:
+            self.wdt.feed()
+
+    def show(self, state, now):
+        if self.led is not None:
+            on = self._blink.on(state, now)
+            self.led.value(self.led_active if on else 1 - self.led_active)
+
+    def close(self):
+        if self.led is not None:
+            self.led.value(1 - self.led_active)

@@ -1,0 +1,86 @@
+"""The unix-port hardware layer: battery, link and sensors from a JSON file, or simulated.
+
+    "hw": {"kind": "unix", "file": "/tmp/fw-1.json"}          # re-read at every sample
+    "hw": {"kind": "unix", "battery": 900, "link": 800, "mains": false,
+           "drain_per_min": 10, "temp_base": 21000, "temp_amplitude": 2000, "period_ms": 60000}
+
+The file holds the same keys (``battery``, ``link``, ``mains``, ``metrics``: {name: int}), so a
+test or a demo can change a node's power while it runs. A missing or broken file keeps the
+last good values (counted in ``errors``). The node's address is ``udp.interface`` (there is no
+``network`` module on the unix port).
+"""
+
+import json
+
+from hw.common import Blinker
+
+
+class UnixHardware:
+    def __init__(self, cfg):
+        hw = cfg.get("hw") or {}
+        self.errors = {}
+        self.file = hw.get("file")
+        self.battery = int(hw.get("battery", 1000))
+        self.link = int(hw.get("link", 1000))
+        self.mains = bool(hw.get("mains", False))
+        self.drain_per_min = int(hw.get("drain_per_min", 0))
+        self.temp_base = int(hw.get("temp_base", 21000))
+        self.temp_amplitude = int(hw.get("temp_amplitude", 0))
+        self.period_ms = max(1, int(hw.get("period_ms", 60000)))
+        self.metrics = None
+        self.address = (cfg.get("udp") or {}).get("interface") or "127.0.0.1"
+        self.led_state = None
+        self._blink = Blinker()
+        self._start = None
+        self._read_file()
+
+    def _count(self, reason):
+        self.errors[reason] = self.errors.get(reason, 0) + 1
+
+    def _read_file(self):
+        if not self.file:
+            return
+        try:
+            with open(self.file) as f:
+                data = json.load(f)
+            self.battery = int(data.get("battery", self.battery))
+            self.link = int(data.get("link", self.link))
+            self.mains = bool(data.get("mains", self.mains))
+            metrics = data.get("metrics")
+            if isinstance(metrics, dict):
+                self.metrics = {}
+                for name in sorted(metrics):
+                    self.metrics[str(name)] = int(metrics[name])
+        except (OSError, ValueError, TypeError, AttributeError):
+            self._count("file")
+
+    def power(self, now):
+        if self._start is None:
+            self._start = now
+        battery = self.battery
+        if self.drain_per_min and not self.mains:
+            battery = max(0, battery - (now - self._start) * self.drain_per_min // 60000)
+        return battery, self.link, self.mains
+
+    def sample(self, now):
+        self._read_file()
+        if self.metrics is not None:
+            return dict(self.metrics)
+        # A triangle wave: integer-only and deterministic, good enough for demos and tests.
+        phase = now % self.period_ms
+        half = self.period_ms // 2
+        ramp = phase if phase < half else self.period_ms - phase
+        temp = self.temp_base - self.temp_amplitude + 2 * self.temp_amplitude * ramp // max(1, half)
+        return {"temp_mc": temp, "battery_pm": self.power(now)[0]}
+
+    def ip(self):
+        return self.address
+
+    def feed(self):
+        pass
+
+    def show(self, state, now):
+        self.led_state = (state, self._blink.on(state, now))
+
+    def close(self):
+        pass

@@ -1,0 +1,131 @@
+"""UDP multicast sockets for the mesh transport and mDNS, the same on the board and unix port.
+
+MicroPython's ``socket`` lacks ``IPPROTO_IP``, ``IP_MULTICAST_IF``, ``IP_MULTICAST_TTL`` and
+``IP_MULTICAST_LOOP``, and their values differ by network stack: Linux (the unix port) uses
+32, 33, 34; lwIP (ESP32 and the other MCU ports) uses 6, 5, 7 (lwip/sockets.h). The names win
+when the module has them (CPython).
+
+The mesh framing is the Pi agent's (docs/design.md): election frames to 239.255.77.77:47470
+with TTL 1, READINGS / READINGS_ACK unicast to port 47470, the gateway on port 47471.
+"""
+
+import socket
+import sys
+
+try:
+    import asyncio
+except ImportError:
+    import uasyncio as asyncio  # type: ignore[no-redef]
+
+MESH_GROUP = "239.255.77.77"
+MESH_PORT = 47470
+GATEWAY_PORT = 47471
+
+_LINUX = sys.platform == "linux"
+_IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
+_IP_MULTICAST_IF = getattr(socket, "IP_MULTICAST_IF", 32 if _LINUX else 6)
+_IP_MULTICAST_TTL = getattr(socket, "IP_MULTICAST_TTL", 33 if _LINUX else 5)
+_IP_MULTICAST_LOOP = getattr(socket, "IP_MULTICAST_LOOP", 34 if _LINUX else 7)
+_IP_ADD_MEMBERSHIP = getattr(socket, "IP_ADD_MEMBERSHIP", 35 if _LINUX else 3)
+
+_MICROPYTHON = sys.implementation.name == "micropython"
+# MicroPython's socket module does not name it; 15 is Linux's value (unix port only).
+_SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15 if sys.platform == "linux" else 0)
+
+
+def _aton(ip):
+    return bytes(int(x) for x in ip.split("."))
+
+
+def open_multicast(group, port, iface_ip, ttl=1, loop=False, bind_ip="0.0.0.0"):
+    """A non-blocking UDP socket bound to ``bind_ip:port``, joined to ``group`` on ``iface_ip``.
+
+    Bound to the group address (``bind_ip=group``) it receives only that group's datagrams,
+    never unicast: several nodes on one host then share the port (SO_REUSEPORT).
+
+    ``loop=False`` stops our own datagrams coming back to us (the kernel drops them), so the
+    mesh does not hear itself. Raises OSError when the interface or port is unusable.
+    """
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if _SO_REUSEPORT:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, _SO_REUSEPORT, 1)
+            except OSError:
+                pass  # lwIP has no SO_REUSEPORT; one node per board anyway
+        s.bind(_sockaddr(bind_ip, port))
+        s.setsockopt(_IPPROTO_IP, _IP_ADD_MEMBERSHIP, _aton(group) + _aton(iface_ip))
+        s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_IF, _aton(iface_ip))
+        s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_TTL, ttl)
+        try:
+            s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_LOOP, 1 if loop else 0)
+        except OSError:
+            pass  # lwIP may not know it; the runtime also ignores its own frames
+        s.setblocking(False)
+    except Exception:
+        s.close()
+        raise
+    return s
+
+
+def open_unicast(iface_ip, port=0):
+    """A non-blocking UDP socket bound to ``iface_ip:port`` (gateway traffic)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(_sockaddr(iface_ip, port))
+        s.setblocking(False)
+    except Exception:
+        s.close()
+        raise
+    return s
+
+
+def _sockaddr(ip, port):
+    if _MICROPYTHON:
+        return socket.getaddrinfo(ip, port)[0][-1]
+    return (ip, port)
+
+
+def send(sock, data, ip, port):
+    """Send one datagram; a transient error is returned as False (counted by the caller)."""
+    try:
+        sock.sendto(data, _sockaddr(ip, port))
+        return True
+    except OSError:
+        return False
+
+
+def peer(addr):
+    """(ip str, port) from what ``recvfrom`` returned, on either runtime."""
+    if isinstance(addr, tuple):
+        return addr[0], addr[1]
+    # MicroPython unix port: a raw sockaddr; socket.sockaddr decodes it
+    # (family, 4 raw address bytes, port)
+    decoded = socket.sockaddr(addr)
+    ip = decoded[1]
+    if not isinstance(ip, str):
+        ip = "%d.%d.%d.%d" % (ip[0], ip[1], ip[2], ip[3])
+    return ip, decoded[2]
+
+
+async def recv(sock, size=1500):
+    """Wait for one datagram: -> (bytes, (ip, port)). Never blocks the loop."""
+    while True:
+        try:
+            data, addr = sock.recvfrom(size)
+            return data, peer(addr)
+        except OSError:
+            pass
+        await _wait_readable(sock)
+
+
+if hasattr(asyncio, "core") and hasattr(asyncio.core, "_io_queue"):
+
+    def _wait_readable(sock):  # MicroPython: park the task until the socket is readable
+        yield asyncio.core._io_queue.queue_read(sock)
+
+else:
+
+    async def _wait_readable(sock):  # CPython fallback used only by host-side tools
+        await asyncio.sleep(0.005)

@@ -1,0 +1,204 @@
+"""The whole firmware process (asyncio, UDP, mDNS, the core; the built .mpy) leading 10 real
+members, under a limited MicroPython heap, in a network namespace lab.
+
+The 10 members are the same firmware glue (``firmware/app/meshnode.py`` with the firmware's
+CBOR) run on CPython in one process on a second host, each with its own UDP socket, beside
+the real gateway; the leader is ``micropython -X heapsize=...`` on the first host. After the
+run the leader reports its peak live heap and that no allocation failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import firmware_tool
+from tests.helpers.netns import Lab
+from tests.helpers.tools import REPO_ROOT, require_tool
+
+pytestmark = [pytest.mark.netns, pytest.mark.micropython, pytest.mark.slow]
+
+MESH = "mem"
+KEY = "6d656d6f7279"
+RUN_S = 12.0
+
+SWARM = r"""
+import asyncio, socket, struct, sys, time
+sys.path[:0] = [sys.argv[1] + "/firmware", sys.argv[1] + "/firmware/lib", sys.argv[1]]
+import cbor
+from app.meshnode import DEST_GATEWAY, DEST_MESH, DEST_NODE, MeshNode
+
+ip, gateway_port, seconds, key = sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+GROUP, PORT = "239.255.77.77", 47470
+group = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+group.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+group.bind((GROUP, PORT))
+group.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton(GROUP) + socket.inet_aton(ip))
+group.setblocking(False)
+members = []
+for i in range(10):
+    node = MeshNode("member-%02d" % i, "mem", bytes.fromhex(key), 1, cbor.dumps, cbor.loads,
+                    buffer_size=32, seed=i + 1)
+    node.set_power(300 + i, 500, False)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((ip, 48000 + i))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(ip))
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+    sock.setblocking(False)
+    members.append((node, sock))
+
+def now_ms():
+    return int((time.monotonic() - start) * 1000)
+
+def flush(node, sock):
+    for dest, name, kind, frame in node.out:
+        if dest == DEST_MESH:
+            sock.sendto(frame, (GROUP, PORT))
+        elif dest == DEST_NODE and node.address(name) is not None:
+            sock.sendto(frame, node.address(name))
+    del node.out[:]
+
+start = time.monotonic()
+for node, sock in members:
+    node.start(0)
+    flush(node, sock)
+next_sample = 0
+while now_ms() < seconds * 1000:
+    now = now_ms()
+    for s in [group] + [sock for _, sock in members]:
+        while True:
+            try:
+                data, addr = s.recvfrom(8192)
+            except BlockingIOError:
+                break
+            targets = members if s is group else [m for m in members if m[1] is s]
+            for node, sock in targets:
+                if addr != sock.getsockname():
+                    node.frame(data, addr, now)
+    if now >= next_sample:
+        next_sample = now + 1000
+        for node, _ in members:
+            node.sample(now, int(time.time() * 1000), {"temp_mc": 21000, "hum_mpct": 40000, "bat_pm": 900, "rssi": -60})
+    for node, sock in members:
+        node.tick(now)
+        flush(node, sock)
+    time.sleep(0.005)
+print("members", sorted({n.node.leader for n, _ in members}),
+      "confirmed", sum(n.buffer.confirmed for n, _ in members),
+      "taken", sum(n.buffer.taken for n, _ in members), flush=True)
+"""
+
+
+def test_firmware_process_leads_ten_members_in_a_limited_heap(
+    lab_factory: Callable[..., Lab], tmp_path: Path
+) -> None:
+    exe = require_tool("micropython")
+    require_tool("mpy-cross")
+    lab = lab_factory(prefix="mf-", subnet="10.94.0.0/24", hosts=2)
+    build = tmp_path / "build"
+    manifest = firmware_tool.build(build)
+    fw_ip, swarm_ip = lab.address(1), lab.address(2)
+    gw_port = 47471
+    files: list[Any] = []
+
+    def log(name: str) -> Any:
+        f = (tmp_path / name).open("w")
+        files.append(f)
+        return f
+
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        lab.run(
+            2,
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "--db",
+                str(tmp_path / "gw.db"),
+                "--udp-host",
+                swarm_ip,
+                "--udp-port",
+                str(gw_port),
+                "--no-mdns",
+                "--http-port",
+                "0",
+                "--mesh-key",
+                "%s=%s" % (MESH, KEY),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log("gateway.log"),
+            cwd=REPO_ROOT,
+            env=env,
+        )
+        folder = tmp_path / "leader"
+        folder.mkdir()
+        for entry in build.iterdir():
+            os.symlink(entry, folder / entry.name)
+        config = firmware_tool.device_config(
+            {
+                "node_id": "fw-lead",
+                "mesh": MESH,
+                "mesh_key": KEY,
+                "status_ms": 500,
+                "print_status": False,
+                "status_file": str(folder / "status.json"),
+                "run_ms": int(RUN_S * 1000) + 2000,
+                "udp": {"interface": fw_ip},
+                "gateway": {"address": "%s:%d" % (swarm_ip, gw_port)},
+                "discovery": {"enabled": True},
+                "data": {"sample_ms": 1000, "buffer_capacity": 32, "collector_capacity": 64},
+                "hw": {"kind": "unix", "battery": 1000, "link": 1000},
+            }
+        )
+        (folder / "config.json").write_text(json.dumps(config))
+        leader = lab.run(
+            1,
+            ["env", "MICROPYPATH=.frozen:.", exe, "-X", "heapsize=192k", "main.py"],
+            stdout=log("leader.log"),
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+        )
+        time.sleep(0.5)
+        script = tmp_path / "swarm.py"
+        script.write_text(SWARM)
+        swarm = lab.exec(
+            2,
+            [sys.executable, str(script), str(REPO_ROOT), swarm_ip, str(gw_port), str(RUN_S), KEY],
+            timeout=RUN_S + 30,
+        )
+        leader.wait(30)
+        status = json.loads((folder / "status.json").read_text())
+        out = (tmp_path / "leader.log").read_text()
+    finally:
+        lab.close()
+        for f in files:
+            f.close()
+    assert "members ['fw-lead']" in swarm.stdout, swarm.stdout + swarm.stderr + out
+    confirmed = int(swarm.stdout.split("confirmed ")[1].split()[0])
+    assert confirmed > 0, swarm.stdout
+    assert leader.returncode == 0, out
+    assert status["role"] == "leader" and len(status["peers"]) == 10
+    assert status["errors"] == 0, status
+    assert "MemoryError" not in out
+    print(
+        "firmware process leading 10 members under -X heapsize=192k: peak live heap %d bytes, "
+        "collector batches acked %d; members confirmed %s; total .mpy %d bytes"
+        % (
+            status["peak_heap"],
+            status["collector"]["batches_acked"],
+            confirmed,
+            manifest["mpy_bytes"],
+        )
+    )
