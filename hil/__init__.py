@@ -1,0 +1,11 @@
+"""Hardware-in-the-loop testing for meshelect meshes, labgrid-style, as a pytest plugin.
+
+- ``hil.resources``: passive descriptions (serial port, power port, virtual board, gateway)
+- ``hil.labfile``: a lab TOML file -> those descriptions
+- ``hil.drivers``: active code (firmware, power, console, gateway API)
+- ``hil.strategy``: ``BoardStrategy``, a board from ``off`` to ``joined``, sticky on failure
+- ``hil.lab``: a lab file turned into running drivers (real boards, or a virtual lab)
+- ``hil.plugin``: the pytest plugin (``--hil-lab FILE``, fixtures, ``hil_feature`` marker)
+
+See hil/README.md.
+"""
