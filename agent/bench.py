@@ -3,11 +3,14 @@
     meshelect bench core [--sizes 10,100,1000] [--replay-timing]
         The election core on the in-memory mesh (simulated time): failover, messages and bytes
         per election, heartbeat size, CPU per simulated second (agent/bench_core.py).
-    meshelect bench failover --agents 5 --kills 20 --transport udp|mqtt
-        N agent processes, one per network namespace (root), a gateway sink, and M kill -9 of
-        the leader. Prints failover time (median, p99) from the kill to every member following
-        the new leader and to the first batch from the new leader, readings sent vs delivered,
-        and CPU and memory per agent.
+    meshelect bench failover --agents 5 --kills 20 --transport udp|mqtt [--gateway real|sink]
+        N agent processes, one per network namespace (root), the real gateway (or the minimal
+        sink below, `--gateway sink`), and M kill -9 of the leader. Prints failover time
+        (median, p99) from the kill to every member following the new leader and to the first
+        batch from the new leader, readings sent vs delivered, and CPU and memory per agent.
+    meshelect bench idle --transport udp|mqtt --seconds N
+        3 agents with default settings on loopback (agent/bench_idle.py): CPU % of one core
+        and RSS per agent, median and max.
     meshelect bench sink --mesh M --out FILE [--mqtt HOST:PORT] [--mdns]
         A minimal gateway for tests and benchmarks: fences by term, stores each reading once
         (in memory), acknowledges batches, and writes one JSON line per batch to FILE.
@@ -316,6 +319,7 @@ class MeshUnderTest:
         mdns_gateway: bool = False,
         sample_ms: int = 200,
         status_ms: int = 100,
+        gateway: str = "sink",
     ) -> None:
         from tests.helpers.netns import Lab
 
@@ -333,6 +337,10 @@ class MeshUnderTest:
         self.procs: dict[int, subprocess.Popen[Any]] = {}
         self.sink_out = os.path.join(self.dir, "sink.jsonl")
         self.sink: subprocess.Popen[Any] | None = None
+        # "sink": the bench's own sink; "real": `python -m gateway` (agent/bench_gateway.py).
+        self.gateway_kind = gateway
+        self.gateway: Any = None
+        self.gateway_db = os.path.join(self.dir, "gateway.db")
         self.broker: Any = None
         self.batteries: dict[int, int] = {}
 
@@ -357,6 +365,14 @@ class MeshUnderTest:
                 )
                 self.broker.start()
                 broker_arg = ["--mqtt", "%s:%d" % (self.broker.host, self.broker.port)]
+            if self.gateway_kind == "real":
+                from agent.bench_gateway import start_real_gateway
+
+                broker = (self.broker.host, self.broker.port) if self.broker else None
+                self.gateway = start_real_gateway(
+                    self.lab, self.gw_host, self.gateway_db, GATEWAY_PORT, broker
+                )
+                return self
             mdns = ["--mdns", self.lab.address(self.gw_host)] if self.mdns_gateway else []
             self.sink = self.lab.run(
                 self.gw_host,
@@ -470,7 +486,20 @@ class MeshUnderTest:
         return None
 
     def sink_records(self) -> list[dict[str, Any]]:
+        if self.gateway_kind == "real":
+            from agent.bench_gateway import gateway_records
+
+            return gateway_records(self.gateway_db, self.mesh)
         return read_jsonl(self.sink_out)
+
+    def duplicate_arrivals(self) -> int | None:
+        """Readings the gateway got again (dedup hits); the real gateway counts them in its
+        /metrics, not in its database, so ask it (None if it does not answer)."""
+        if self.gateway_kind != "real" or self.gateway is None:
+            return None
+        from agent.bench_gateway import dedup_hits
+
+        return dedup_hits(self.lab, self.gw_host, self.gateway.url)
 
     def agent_events(self, host: int) -> list[dict[str, Any]]:
         return read_jsonl(self.log_path(host))
@@ -482,6 +511,9 @@ class MeshUnderTest:
         for host in list(self.procs):
             with contextlib.suppress(Exception):
                 self.stop_agent(host)
+        if self.gateway is not None:
+            with contextlib.suppress(Exception):
+                self.gateway.stop()
         if self.sink is not None and self.sink.poll() is None:
             self.sink.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -587,6 +619,7 @@ def failover(args: argparse.Namespace) -> int:
         heartbeat_ms=args.heartbeat_ms,
         sample_ms=args.sample_ms,
         status_ms=args.status_ms,
+        gateway=args.gateway,
     )
     with mesh:
         # Close batteries (within the hysteresis margin): a restarted node does not take the
@@ -641,6 +674,9 @@ def failover(args: argparse.Namespace) -> int:
         # Let the last resends settle before counting.
         time.sleep(args.settle_s)
         report = delivery_report(mesh, killed_boots)
+        dups = mesh.duplicate_arrivals()
+        if dups is not None:
+            report["duplicate_arrivals"] = dups
     mesh.cleanup()
     _print_failover(args, follow_times, batch_times, report, usage)
     return 0 if follow_times else 1
@@ -702,8 +738,15 @@ def _print_failover(
 ) -> None:
     print()
     print(
-        "failover over %s, %d agents, heartbeat %d ms, sample %d ms, %d kills"
-        % (args.transport, args.agents, args.heartbeat_ms, args.sample_ms, len(follow))
+        "failover over %s, %d agents, heartbeat %d ms, sample %d ms, %d kills, gateway %s"
+        % (
+            args.transport,
+            args.agents,
+            args.heartbeat_ms,
+            args.sample_ms,
+            len(follow),
+            "python -m gateway" if args.gateway == "real" else "bench sink",
+        )
     )
     if follow:
         print(
@@ -735,15 +778,47 @@ def _print_failover(
 
 
 def failover_cli(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="meshelect bench failover", description=__doc__)
-    p.add_argument("--agents", type=int, default=5)
-    p.add_argument("--kills", type=int, default=10)
-    p.add_argument("--transport", choices=("udp", "mqtt"), default="udp")
-    p.add_argument("--heartbeat-ms", type=int, default=250)
-    p.add_argument("--sample-ms", type=int, default=500, help="each agent's reading interval")
-    p.add_argument("--status-ms", type=int, default=250, help="status file refresh")
-    p.add_argument("--idle-s", type=float, default=5.0, help="quiet window for CPU figures")
-    p.add_argument("--settle-s", type=float, default=6.0, help="wait before counting readings")
+    p = argparse.ArgumentParser(
+        prog="meshelect bench failover",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--agents", type=int, default=5, help="agent processes (default: %(default)s)")
+    p.add_argument(
+        "--kills", type=int, default=10, help="leader kills (kill -9) (default: %(default)s)"
+    )
+    p.add_argument(
+        "--transport", choices=("udp", "mqtt"), default="udp", help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--gateway",
+        choices=("real", "sink"),
+        default="real",
+        help="what takes the batches: the real gateway process (python -m gateway, counted "
+        "from its SQLite and /metrics) or the bench's minimal sink (default: %(default)s)",
+    )
+    p.add_argument("--heartbeat-ms", type=int, default=250, help="(default: %(default)s)")
+    p.add_argument(
+        "--sample-ms",
+        type=int,
+        default=500,
+        help="each agent's reading interval (default: %(default)s)",
+    )
+    p.add_argument(
+        "--status-ms", type=int, default=250, help="status file refresh (default: %(default)s)"
+    )
+    p.add_argument(
+        "--idle-s",
+        type=float,
+        default=5.0,
+        help="quiet window for CPU figures (default: %(default)s)",
+    )
+    p.add_argument(
+        "--settle-s",
+        type=float,
+        default=6.0,
+        help="wait before counting readings (default: %(default)s)",
+    )
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("meshelect bench failover: needs root (network namespaces)", file=sys.stderr)
@@ -756,6 +831,16 @@ def failover_cli(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.gateway == "real":
+        try:
+            import gateway.service  # noqa: F401
+        except ImportError as exc:
+            print(
+                "meshelect bench failover: the real gateway needs meshelect[gateway] (%s); "
+                "or use --gateway sink" % exc,
+                file=sys.stderr,
+            )
+            return 2
     return failover(args)
 
 
@@ -766,8 +851,15 @@ def core_cli(argv: list[str]) -> int:
     return core_main(argv)
 
 
+def idle_cli(argv: list[str]) -> int:
+    from agent.bench_idle import idle_cli as idle_main
+
+    return idle_main(argv)
+
+
 SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "core": (core_cli, "the election core on the in-memory mesh: 10/100/1000 nodes"),
+    "idle": (idle_cli, "CPU and memory of idle agents with default settings (loopback)"),
     "failover": (failover_cli, "kill the leader of a real mesh M times; failover figures"),
     "sink": (sink_cli, "a minimal gateway sink for tests and benchmarks"),
 }

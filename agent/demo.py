@@ -269,23 +269,63 @@ def _drain_to_file(stream: IO[bytes], path: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meshelect demo", description=__doc__.split("\n")[0])
-    p.add_argument("--agents", type=int, default=4, help="agent processes (default 4)")
-    p.add_argument("--mesh", default="demo")
-    p.add_argument("--mqtt", metavar="HOST:PORT", help="run over this MQTT broker")
-    p.add_argument("--http-port", type=int, default=8470, help="dashboard port (0: any free)")
-    p.add_argument("--heartbeat-ms", type=int, default=250)
-    p.add_argument("--drain-per-min", type=int, default=30, help="battery drain, per-mille/min")
     p.add_argument(
-        "--leader-drain-per-min", type=int, default=300, help="extra drain while leading"
+        "--agents",
+        metavar="N",
+        type=int,
+        default=4,
+        help="Pi-style agent processes, 1..32 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--mesh", default="demo", metavar="NAME", help="mesh name (default: %(default)s)"
+    )
+    p.add_argument(
+        "--mqtt",
+        metavar="HOST:PORT",
+        help="run over this MQTT broker (default: UDP multicast and mDNS on loopback)",
+    )
+    p.add_argument(
+        "--http-port",
+        metavar="PORT",
+        type=int,
+        default=8470,
+        help="dashboard port, 0 picks a free one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat-ms",
+        metavar="MS",
+        type=int,
+        default=250,
+        help="election heartbeat interval in ms (default: %(default)s)",
+    )
+    p.add_argument(
+        "--drain-per-min",
+        metavar="PER_MILLE",
+        type=int,
+        default=30,
+        help="simulated battery drain, per mille per minute (default: %(default)s)",
+    )
+    p.add_argument(
+        "--leader-drain-per-min",
+        metavar="PER_MILLE",
+        type=int,
+        default=300,
+        help="extra drain while leading, per mille per minute (default: %(default)s)",
     )
     p.add_argument(
         "--firmware",
         type=int,
         default=0,
         metavar="N",
-        help="also run N ESP32-style nodes: the firmware on the MicroPython unix port",
+        help="also run N ESP32-style nodes: the firmware on the MicroPython unix port "
+        "(default: %(default)s)",
     )
-    p.add_argument("--duration", type=float, help="stop after this many seconds (for tests)")
+    p.add_argument(
+        "--duration",
+        metavar="SECONDS",
+        type=float,
+        help="stop after this many seconds (default: run until Ctrl-C)",
+    )
     return p
 
 

@@ -1,26 +1,24 @@
 """`meshelect agent`: the asyncio runtime around the sans-IO core.
 
 It owns the I/O the core must not have: sockets (a transport), the clock, sensors, mDNS, the
-state dir (boot counter, status file) and signals. Every loop turn it feeds the core what
-arrived, ticks it at `node.wakeup`, and sends what it queued; the data path (member buffer ->
-leader collector -> gateway, acks back) runs beside it on the same clock.
+state dir (boot counter, status file, readings journal) and signals. Every loop turn it feeds
+the core what arrived, ticks it at `node.wakeup`, and sends what it queued; the data path
+(member buffer -> leader collector -> gateway, acks back) runs beside it on the same clock.
 
-The clock is monotonic ms that *pauses* while an MQTT broker is unreachable: without a
-broker nobody hears anybody, and letting the election time out would make every node claim
-and then merge when the broker returns. Pausing keeps the view the nodes had; it resumes when
-the leader is heard again (or after a grace period, so a leader that died meanwhile is still
+The clock (agent/clock.py) *pauses* while an MQTT broker is unreachable: without a broker
+nobody hears anybody, and letting the election time out would make every node claim and then
+merge when the broker returns. Pausing keeps the view the nodes had; it resumes when the
+leader is heard again (or after a grace period, so a leader that died meanwhile is still
 replaced).
 
-Readings also go to a journal in the state dir until the gateway confirmed them, so a kill -9
-loses none: the next boot resends what the journal still holds.
+Readings also go to a journal in the state dir (agent/journal.py) until the gateway confirmed
+them, so a kill -9 loses none: the next boot resends what the journal still holds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import json
 import os
 import random
 import signal
@@ -30,8 +28,8 @@ from typing import Any
 
 import cbor2
 
+from agent.clock import PausableClock, real_ms
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.core import datapath
 from agent.core.messages import (
     BATCH,
     BATCH_ACK,
@@ -46,46 +44,16 @@ from agent.core.messages import (
 from agent.core.node import ROLE_DOWN, ROLE_LEADER, ROLE_NAMES, Config, Node
 from agent.core.score import Weights
 from agent.core.wire import Codec, WireError
+from agent.datadriver import DataPathDriver
 from agent.linkquality import LinkQuality
 from agent.logs import EventLog
 from agent.sensors import SensorHub
-from agent.status import write_status
+from agent.status import REFRESH_MS, settled_view, write_status
 from agent.transport import Transport, format_address, make_transport
 
 ELECTION_KINDS = (HEARTBEAT, CLAIM, HANDOFF, LEAVE)
-# A leader polls its collector this often (batches go out every BATCH_MS, 1 s); a member runs
-# its buffer when a reading is taken, the leader changes, or a resend falls due.
-LEADER_DATAPATH_MS = 200
-IDLE_DATAPATH_MS = 1000
 DROP_LOG_EVERY_MS = 10000  # one log line per drop reason per 10 s; counters count them all
 STOP_REPEATS = 2  # the goodbye (HANDOFF/LEAVE) is sent twice: UDP may lose one
-JOURNAL_COMPACT_SLACK = 256  # journal lines beyond twice the held readings before compacting
-
-
-class PausableClock:
-    """Monotonic milliseconds that can be paused (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self._origin = time.monotonic()
-        self._paused_at: float | None = None
-        self._paused_total = 0.0
-
-    def now(self) -> int:
-        real = self._paused_at if self._paused_at is not None else time.monotonic()
-        return int((real - self._origin - self._paused_total) * 1000)
-
-    @property
-    def paused(self) -> bool:
-        return self._paused_at is not None
-
-    def pause(self) -> None:
-        if self._paused_at is None:
-            self._paused_at = time.monotonic()
-
-    def resume(self) -> None:
-        if self._paused_at is not None:
-            self._paused_total += time.monotonic() - self._paused_at
-            self._paused_at = None
 
 
 def next_boot(state_dir: str) -> int:
@@ -107,134 +75,6 @@ def next_boot(state_dir: str) -> int:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return boot
-
-
-class ReadingJournal:
-    """This boot's unconfirmed readings, mirrored in `<state_dir>/journal-<boot>.jsonl`.
-
-    The data path keeps readings in RAM until the gateway confirms them; a kill -9 or a power
-    cut would lose those. So each reading is also appended here (one JSON line: seq, t_ms,
-    metrics; written through to the OS, which keeps it when the process is killed; there is
-    no fsync per reading, so a power cut can still lose the last few seconds), trimmed to the
-    unconfirmed ones as confirmations arrive, and compacted when mostly stale. The next boot
-    resends what the journal still holds (see `RecoveredReadings`); the gateway's dedup makes
-    a resend of an already stored reading harmless.
-    """
-
-    def __init__(self, state_dir: str, boot: int) -> None:
-        self.state_dir = state_dir
-        self.path = os.path.join(state_dir, f"journal-{boot}.jsonl")
-        self.held: dict[int, tuple[int, dict[str, int]]] = {}
-        self.lines = 0
-        self._file = open(self.path, "a")  # noqa: SIM115 (kept open for the whole boot)
-
-    def add(self, seq: int, t_ms: int, metrics: dict[str, int]) -> None:
-        self.held[seq] = (t_ms, metrics)
-        self._file.write(json.dumps([seq, t_ms, metrics], separators=(",", ":")) + "\n")
-        self._file.flush()
-        self.lines += 1
-
-    def trim(self, first_held: int | None) -> None:
-        """Forget what the buffer no longer holds (confirmed, or dropped when full)."""
-        for seq in [s for s in self.held if first_held is None or s < first_held]:
-            del self.held[seq]
-        if self.lines > JOURNAL_COMPACT_SLACK + 2 * len(self.held):
-            self._compact()
-
-    def _compact(self) -> None:
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            for seq in sorted(self.held):
-                t_ms, metrics = self.held[seq]
-                f.write(json.dumps([seq, t_ms, metrics], separators=(",", ":")) + "\n")
-        self._file.close()
-        os.replace(tmp, self.path)
-        self._file = open(self.path, "a")  # noqa: SIM115
-        self.lines = len(self.held)
-
-    def close(self) -> None:
-        self._file.close()
-        if not self.held:
-            with contextlib.suppress(OSError):
-                os.remove(self.path)
-
-    @staticmethod
-    def recover(state_dir: str, boot: int, limit: int) -> tuple[list[list[Any]], list[str], int]:
-        """Readings that earlier boots journaled and may not have delivered: ([[boot, seq,
-        t_ms, metrics], ...] oldest first, at most `limit`), the journal files read, and how
-        many older ones did not fit the limit (dropped, like a full buffer drops)."""
-        found: list[list[Any]] = []
-        paths = []
-        try:
-            names = sorted(os.listdir(state_dir))
-        except OSError:
-            return [], [], 0
-        for name in names:
-            if not (name.startswith("journal-") and name.endswith(".jsonl")):
-                continue
-            try:
-                old_boot = int(name[len("journal-") : -len(".jsonl")])
-            except ValueError:
-                continue
-            if old_boot >= boot:
-                continue
-            path = os.path.join(state_dir, name)
-            paths.append(path)
-            seen: dict[int, list[Any]] = {}
-            with open(path) as f:
-                for line in f:
-                    try:
-                        seq, t_ms, metrics = json.loads(line)
-                    except ValueError:
-                        continue  # a line cut short by the kill
-                    if isinstance(seq, int) and isinstance(t_ms, int) and isinstance(metrics, dict):
-                        seen[seq] = [old_boot, seq, t_ms, metrics]
-            found.extend(seen[seq] for seq in sorted(seen))
-        return found[-limit:], paths, max(0, len(found) - limit)
-
-
-class RecoveredReadings:
-    """Readings of earlier boots (from their journals), resent until confirmed.
-
-    READINGS carry each reading's own boot, so these travel like any other; confirmations
-    come back as ranges of that old boot, which the current buffer ignores and we take here.
-    """
-
-    def __init__(self, items: list[list[Any]], paths: list[str]) -> None:
-        self.items = {(item[0], item[1]): item for item in items}
-        self.paths = paths
-        self.sent_at: dict[tuple[int, int], int] = {}
-        self.target: tuple[str | None, int] = (None, -1)
-        self.confirmed = 0
-
-    def due(self, now: int, leader: str, term: int) -> list[list[Any]]:
-        if (leader, term) != self.target:
-            self.target = (leader, term)
-            self.sent_at.clear()
-        out = []
-        for key in sorted(self.items):
-            if now - self.sent_at.get(key, -datapath.RESEND_MS) >= datapath.RESEND_MS:
-                self.sent_at[key] = now
-                out.append(self.items[key])
-                if len(out) >= datapath.MAX_READINGS_PER_FRAME:
-                    break
-        return out
-
-    def confirm(self, ranges: Any) -> None:
-        if not isinstance(ranges, list):
-            return
-        for item in ranges:
-            if isinstance(item, list) and len(item) == 3 and all(type(v) is int for v in item):
-                boot, first, last = item
-                for key in [k for k in self.items if k[0] == boot and first <= k[1] <= last]:
-                    del self.items[key]
-                    self.sent_at.pop(key, None)
-                    self.confirmed += 1
-        if not self.items:
-            for path in self.paths:
-                with contextlib.suppress(OSError):
-                    os.remove(path)
-            self.paths = []
 
 
 def core_config(cfg: AgentConfig) -> Config:
@@ -265,15 +105,17 @@ class Agent:
         self.node = Node(cfg.node_id, core_config(cfg), boot=boot, seed=seed)
         self.sensors = SensorHub.from_config(cfg.sensors)
         self.linkq = LinkQuality(cfg.heartbeat_ms)
-        self.buffer = datapath.ReadingBuffer(cfg.node_id, boot, cfg.buffer_capacity)
-        self.collector = datapath.Collector(cfg.node_id, cfg.mesh, cfg.collector_capacity)
         self.transport: Transport = make_transport(cfg, self._on_frame, log)
-        items, paths, over = ReadingJournal.recover(cfg.state_dir, boot, cfg.buffer_capacity)
-        self.recovered = RecoveredReadings(items, paths)
-        if items or over:
-            log.info("readings_recovered", count=len(items), dropped=over, journals=len(paths))
-            self.count("recovered_dropped", over)
-        self.journal = ReadingJournal(cfg.state_dir, boot)
+        self.data = DataPathDriver(
+            cfg,
+            boot,
+            self.node,
+            self.transport,
+            self._encode,
+            self.count,
+            log,
+            batch_rtt=self.linkq.rtt_sample if cfg.transport == "udp" else None,
+        )
         self.discovery: Any = None
         self._drop_logged: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -282,13 +124,14 @@ class Agent:
         self._seen_leader: str | None = None
         self._seen_term = 0
         self._seen_peers: set[str] = set()
-        self._elections: list[list[Any]] = []
-        self._batch_sent_at: dict[int, int] = {}
         self._resume_deadline: float | None = None
         self.broker_leader: list[Any] | None = None
         self.frames_in = 0
         self.loop_turns = 0
-        self._next_datapath = 0
+        self._status_view: dict[str, Any] | None = None
+        self._status_written = 0
+        # What the loop sleeps until on the (pausable) clock; None: paused or not asleep.
+        self._sleep_deadline: int | None = None
 
     # ---- counters and logs -------------------------------------------------------------
 
@@ -333,52 +176,26 @@ class Agent:
                 self._maybe_resume(msg)
                 self.node.receive(msg, now)
             elif kind == READINGS:
-                self._on_readings(msg, now)
+                self.data.on_readings(msg)
             elif kind == READINGS_ACK:
-                if msg.target == self.cfg.node_id:
-                    self.count("readings_confirmed", self.buffer.on_ack(msg))
-                    self.recovered.confirm(msg.body)
+                self.data.on_readings_ack(msg)
             elif kind == BATCH_ACK:
-                self._on_batch_ack(msg, now)
+                self.data.on_batch_ack(msg, now)
             elif kind == BATCH:
                 self.count("ignored_batch")  # for the gateway; MQTT/UDP may show it to us
         except Exception as exc:  # never let one frame kill the agent
             self.count("frame_errors")
             self.log.error("frame_error", kind=kind, sender=msg.sender, error=repr(exc))
         self._after_core(now)
-        self._wake.set()
+        self._wake_if_sooner()
 
-    def _on_readings(self, msg: Msg, now: int) -> None:
-        if msg.target != self.cfg.node_id or self.node.role != ROLE_LEADER:
-            # Sent to us as leader, but we are not (any more): the member resends to the new one.
-            self.count("readings_not_leader")
-            return
-        added = self.collector.add(msg)
-        self.count("readings_collected", added)
-
-    def _on_batch_ack(self, msg: Msg, now: int) -> None:
-        if msg.target != self.cfg.node_id:
-            return
-        body = msg.body if isinstance(msg.body, list) else []
-        if body and isinstance(body[0], int):
-            sent_at = self._batch_sent_at.pop(body[0], None)
-            if sent_at is not None and self.cfg.transport == "udp":
-                self.linkq.rtt_sample(now - sent_at)
-        if len(body) == 3 and body[1] == 1:
-            self.log.warning(
-                "batch_fenced", batch=body[0], highest_term=body[2], term=self.node.term
-            )
-        confirmations = []
-        for member, ranges in self.collector.on_ack_msg(msg, now):
-            if member == self.cfg.node_id:
-                self.buffer.confirm(ranges)
-                self.recovered.confirm(ranges)
-            else:
-                confirmations.append((member, ranges))
-        for ack in datapath.make_ack_messages(self.cfg.node_id, self.node.term, confirmations):
-            frame = self._encode(ack)
-            if frame is not None:
-                self.transport.send_readings_ack(ack.target, frame)
+    def _wake_if_sooner(self) -> None:
+        """Wake the loop only if a frame moved a deadline before the one it sleeps until:
+        most frames (heartbeats) change nothing it waits for, and a loop turn per frame was
+        half of an idle agent's loop turns."""
+        deadline = self._sleep_deadline
+        if deadline is None or min(self.node.wakeup, self.data.next_due) < deadline:
+            self._wake.set()
 
     # ---- sending -----------------------------------------------------------------------
 
@@ -422,18 +239,14 @@ class Agent:
             )
         self._seen_role, self._seen_leader, self._seen_term = node.role, node.leader, node.term
         self.sensors.set_leading(node.role == ROLE_LEADER)
-        self._next_datapath = 0  # resend to the new leader / start collecting now
-        if was_leader and node.role != ROLE_LEADER:
-            self.collector.lost_leadership()
-            self._batch_sent_at.clear()
+        self.data.on_role_change(was_leader)
         if node.role == ROLE_LEADER and not was_leader:
-            self._elections.append([node.term, node.id, node.lead_reason or "start"])
             record = cbor2.dumps([node.term, node.id])
             self.transport.publish_leader(node.term, node.id, record)
         if self.discovery is not None:
             self.discovery.update(ROLE_NAMES[node.role], node.score)
 
-    # ---- the data path -----------------------------------------------------------------
+    # ---- sensors and the members view (the data path itself: agent/datadriver.py) ------
 
     def _sample(self, now: int) -> None:
         metrics = self.sensors.read(now)
@@ -444,21 +257,9 @@ class Agent:
         if not metrics:
             self.count("empty_samples")
             return
-        self._next_datapath = 0  # send it now
-        t_ms = int(time.time() * 1000)
-        try:
-            seq = self.buffer.add(t_ms, metrics)
-        except ValueError as exc:
-            self.count("bad_samples")
-            self.log.warning("sample_rejected", error=str(exc))
-            return
-        try:
-            self.journal.add(seq, t_ms, metrics)
-        except OSError as exc:  # a full disk must not stop the mesh; RAM still holds it
-            self.count("journal_errors")
-            self.log.warning("journal_failed", error=str(exc))
+        self.data.take(metrics)
 
-    def _members_view(self, now: int) -> list[list[Any]]:
+    def members_view(self, now: int) -> list[list[Any]]:
         node = self.node
         rows: list[list[Any]] = [
             [node.id, node.score, node.battery, node.link, _own_flags(node), 0]
@@ -469,42 +270,6 @@ class Agent:
             if p.heard >= since:
                 rows.append([p.id, p.score, p.battery, p.link, p.flags, max(0, now - p.heard)])
         return rows
-
-    def _run_datapath(self, now: int) -> None:
-        node = self.node
-        if node.role == ROLE_LEADER:
-            self.collector.pull_own(self.buffer, now, node.term)
-            if self.recovered.items:
-                self.collector.add(self.recovered.due(now, node.id, node.term), node.id)
-            elections = self._elections
-            self._elections = []
-            members = self._members_view(now)
-            for _ in range(datapath.MAX_IN_FLIGHT + 1):
-                batch = self.collector.due_batch(now, node.term, members, elections)
-                elections = []
-                if batch is None:
-                    break
-                frame = self._encode(datapath.batch_message(node.id, node.term, batch))
-                if frame is None:
-                    continue
-                if self.transport.send_batch(frame):
-                    self._batch_sent_at[batch["id"]] = now
-                    self.count("batches_sent")
-                else:
-                    self.count("batches_unsent")  # no gateway known yet: resent later
-        elif node.leader is not None:
-            msgs = (
-                self.buffer.due_messages(now, node.leader, node.term)
-                if now >= self.buffer.wakeup
-                else []
-            )
-            if self.recovered.items:
-                readings = self.recovered.due(now, node.leader, node.term)
-                msgs += datapath.make_messages(node.id, node.leader, node.term, readings)
-            for msg in msgs:
-                frame = self._encode(msg)
-                if frame is not None and not self.transport.send_readings(node.leader, frame):
-                    self.count("readings_unsent")
 
     # ---- the broker pause (MQTT) -------------------------------------------------------
 
@@ -579,8 +344,6 @@ class Agent:
                     "age_ms": max(0, now - p.heard),
                 }
             )
-        buffer = self.buffer
-        collector = self.collector
         return {
             "node": node.id,
             "mesh": self.cfg.mesh,
@@ -598,26 +361,7 @@ class Agent:
             "link": node.link,
             "mains": node.mains,
             "peers": peers,
-            "buffer": {
-                "depth": buffer.depth,
-                "taken": buffer.taken,
-                "dropped": buffer.dropped,
-                "sent": buffer.sent,
-                "resent": buffer.resent,
-                "confirmed": buffer.confirmed,
-                "unconfirmed_from": buffer.unconfirmed()[0] if buffer.depth else None,
-                "recovered_pending": len(self.recovered.items),
-                "recovered_confirmed": self.recovered.confirmed,
-            },
-            "collector": {
-                "held": collector.held,
-                "received": collector.received,
-                "duplicates": collector.duplicates,
-                "batches_sent": collector.batches_sent,
-                "batches_acked": collector.batches_acked,
-                "batches_fenced": collector.batches_fenced,
-                "discarded": collector.discarded,
-            },
+            **self.data.status(),
             "drops": {k: v for k, v in self.codec.drops.items() if v},
             "counters": dict(self.counters),
             "events": dict(self.log.counts),
@@ -635,18 +379,25 @@ class Agent:
             },
         }
 
-    def _write_status(self, now: int) -> None:
-        held = self.buffer.unconfirmed()
+    def _write_status(self, now: int, force: bool = False) -> None:
         try:
-            self.journal.trim(held[0] if held else None)
+            self.data.trim_journal()
         except OSError as exc:
             self.count("journal_errors")
             self.log.warning("journal_failed", error=str(exc))
-        try:
-            write_status(self.cfg.state_dir, self.status(now))
-        except OSError as exc:
-            self.count("status_write_errors")
-            self.log.warning("status_write_failed", error=str(exc))
+        status = self.status(now)
+        view = settled_view(status)
+        real = real_ms()
+        # Unchanged but for the ever-moving figures: skip the write until REFRESH_MS (see
+        # agent/status.py); an idle agent then writes ~1/s instead of every status_ms.
+        if force or view != self._status_view or real - self._status_written >= REFRESH_MS:
+            try:
+                write_status(self.cfg.state_dir, status)
+                self._status_view = view
+                self._status_written = real
+            except OSError as exc:
+                self.count("status_write_errors")
+                self.log.warning("status_write_failed", error=str(exc))
         live = set(self.node.peers.by_id)
         for gone in sorted(self._seen_peers - live):
             self.log.info("peer_left", peer=gone)
@@ -688,9 +439,9 @@ class Agent:
             score=self.node.score,
         )
         # Sampling and status follow real time; the core and the data path the pausable clock.
-        next_sample = _real_ms() + cfg.sample_ms
-        next_status = _real_ms()
-        self._next_datapath = now
+        next_sample = real_ms() + cfg.sample_ms
+        next_status = real_ms()
+        self.data.next_due = now
         loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set():
@@ -698,7 +449,7 @@ class Agent:
                 if self._resume_deadline is not None and time.monotonic() >= self._resume_deadline:
                     self._resume("grace period over")
                 now = self.clock.now()
-                real = _real_ms()
+                real = real_ms()
                 if real >= next_sample:
                     self._sample(now)
                     self._after_core(now)
@@ -707,31 +458,25 @@ class Agent:
                     if now >= self.node.wakeup:
                         self.node.tick(now)
                         self._after_core(now)
-                    if now >= self._next_datapath:
-                        self._run_datapath(now)
-                        self._next_datapath = self._datapath_due(now)
+                    if now >= self.data.next_due:
+                        self.data.run(now, self.members_view)
                 if real >= next_status:
                     self._write_status(now)
                     next_status = real + cfg.status_ms
-                delay_ms = min(next_sample, next_status) - _real_ms()
+                delay_ms = min(next_sample, next_status) - real_ms()
+                self._sleep_deadline = None
                 if not self.clock.paused:
-                    core_deadline = min(self.node.wakeup, self._next_datapath)
+                    core_deadline = min(self.node.wakeup, self.data.next_due)
                     delay_ms = min(delay_ms, core_deadline - self.clock.now())
+                    self._sleep_deadline = core_deadline
                 self._wake.clear()
-                # A plain timer, not wait_for: no task per turn (this loop turns ~20 times/s).
+                # A plain timer, not wait_for: no task per turn (this loop turns ~10 times/s).
                 timer = loop.call_later(max(1, delay_ms) / 1000, self._wake.set)
                 await self._wake.wait()
+                self._sleep_deadline = None
                 timer.cancel()
         finally:
             await self._shutdown()
-
-    def _datapath_due(self, now: int) -> int:
-        node = self.node
-        if node.role == ROLE_LEADER:
-            return now + LEADER_DATAPATH_MS
-        if node.leader is None:
-            return now + IDLE_DATAPATH_MS
-        return max(now + 1, min(self.buffer.wakeup, now + IDLE_DATAPATH_MS))
 
     async def _shutdown(self) -> None:
         now = self.clock.now()
@@ -755,12 +500,8 @@ class Agent:
         if self.discovery is not None:
             await self.discovery.stop()
         await self.transport.stop()
-        self.journal.close()
-        self._write_status(self.clock.now())
-
-
-def _real_ms() -> int:
-    return int(time.monotonic() * 1000)
+        self._write_status(self.clock.now(), force=True)  # trims the journal one last time
+        self.data.close()
 
 
 def _own_flags(node: Node) -> int:
@@ -774,10 +515,29 @@ def _own_flags(node: Node) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshelect agent", description="Run a meshelect agent.")
-    parser.add_argument("--config", help="TOML config file (default: built-in defaults)")
-    parser.add_argument("--log-format", choices=("text", "json"), help="override log_format")
-    parser.add_argument("--state-dir", help="override state_dir")
-    parser.add_argument("--node-id", help="override node_id")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML config file, see examples/agent.toml (default: none; every setting takes "
+        "its built-in default)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log line format; overrides log_format (default: the config's, else text)",
+    )
+    parser.add_argument(
+        "--state-dir",
+        metavar="DIR",
+        help="boot counter, status file and readings journal; overrides state_dir "
+        "(default: the config's, else /var/lib/meshelect)",
+    )
+    parser.add_argument(
+        "--node-id",
+        metavar="ID",
+        help="this node's id, 1..16 bytes; overrides node_id (default: the config's, else "
+        "the host name)",
+    )
     return parser
 
 

@@ -1,7 +1,10 @@
 """`meshelect status`: the mesh as this node sees it, from the status file the agent keeps.
 
-The agent rewrites `<state_dir>/status.json` (atomically) a few times a second; this command
-reads it, so it works without any socket or privileges beyond reading the state dir.
+The agent rewrites `<state_dir>/status.json` (atomically) every `status_ms` when anything that
+matters changed (role, term, leader, peers, buffer, counters, ...), and at least every
+`REFRESH_MS` otherwise, so figures that move on every heartbeat (`updated`, `clock_ms`, peers'
+`age_ms`, frame and send totals) can be up to that old. This command reads it, so it works
+without any socket or privileges beyond reading the state dir.
 """
 
 from __future__ import annotations
@@ -17,6 +20,14 @@ from agent.config import ConfigError, load_config
 
 STATUS_FILE = "status.json"
 STALE_AFTER_S = 5.0
+# An unchanged status is still rewritten this often: `updated` must stay well within
+# STALE_AFTER_S of now, or `meshelect status` would call a healthy agent stale.
+REFRESH_MS = 2000
+# Figures that move on every heartbeat or loop turn: alone, they do not make the file worth
+# rewriting before REFRESH_MS (rewriting it twice a second was a third of an idle agent's CPU).
+_MOVING_TOP = ("updated", "clock_ms")
+_MOVING_STATS = ("sent", "frames_in", "loop_turns")
+_MOVING_TRANSPORT = ("sent", "received")
 _ROW = "{:<16} {:>6} {:>7} {:>5} {:>5} {:>8}  {}"
 
 
@@ -31,6 +42,21 @@ def write_status(state_dir: str, status: dict[str, Any]) -> None:
     with open(tmp, "w") as f:
         json.dump(status, f, separators=(",", ":"), sort_keys=True)
     os.replace(tmp, path)
+
+
+def settled_view(status: dict[str, Any]) -> dict[str, Any]:
+    """The status without the figures that move all the time: compare two of these to tell
+    whether anything worth rewriting the file for has changed."""
+    view = {k: v for k, v in status.items() if k not in _MOVING_TOP}
+    if isinstance(view.get("peers"), list):
+        view["peers"] = [
+            {k: v for k, v in peer.items() if k != "age_ms"} if isinstance(peer, dict) else peer
+            for peer in view["peers"]
+        ]
+    for key, moving in (("stats", _MOVING_STATS), ("transport", _MOVING_TRANSPORT)):
+        if isinstance(view.get(key), dict):
+            view[key] = {k: v for k, v in view[key].items() if k not in moving}
+    return view
 
 
 def read_status(state_dir: str) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ import pytest
 
 from agent import runtime, status
 from agent.bench import Sink, read_jsonl
+from agent.clock import PausableClock
 from agent.config import ConfigError, from_dict, load_config
 from agent.core.messages import ACK_FENCED, ACK_OK, BATCH, BATCH_ACK, Msg
 from agent.core.wire import Codec
@@ -110,7 +111,7 @@ def test_boot_counter_grows_and_persists(tmp_path: Path) -> None:
 
 
 def test_pausable_clock_freezes() -> None:
-    clock = runtime.PausableClock()
+    clock = PausableClock()
     clock.pause()
     frozen = clock.now()
     assert clock.now() == frozen
@@ -328,41 +329,6 @@ def test_status_module_runs_as_script(tmp_path: Path) -> None:
     assert "is the agent running" in result.stderr
 
 
-# ------------------------------------------------------------------------- reading journal
-
-
-def test_journal_keeps_unconfirmed_readings_for_the_next_boot(tmp_path: Path) -> None:
-    journal = runtime.ReadingJournal(str(tmp_path), boot=3)
-    for seq in range(1, 6):
-        journal.add(seq, 1000 + seq, {"t": seq})
-    journal.trim(first_held=4)  # 1..3 confirmed
-    # A kill -9 here: nothing closes the journal. The next boot finds 4 and 5 (the journal
-    # may still list 1..3 until it compacts; the gateway's dedup absorbs such resends).
-    items, paths, over = runtime.ReadingJournal.recover(str(tmp_path), boot=4, limit=100)
-    assert over == 0
-    assert [item[:2] for item in items if item[1] >= 4] == [[3, 4], [3, 5]]
-    recovered = runtime.RecoveredReadings(items, paths)
-    first = recovered.due(0, "leader", 1)
-    assert {tuple(item[:2]) for item in first} == {(3, s) for s in range(1, 6)}
-    assert recovered.due(10, "leader", 1) == []  # not due again before RESEND_MS
-    assert recovered.due(10, "other", 2)  # a new leader gets everything at once
-    recovered.confirm([[3, 1, 5], [9, 1, 1]])
-    assert not recovered.items
-    assert not Path(paths[0]).exists()  # delivered: the old journal is gone
-
-
-def test_journal_compacts_and_removes_itself_when_empty(tmp_path: Path) -> None:
-    journal = runtime.ReadingJournal(str(tmp_path), boot=1)
-    for seq in range(1, 600):
-        journal.add(seq, seq, {"t": seq})
-        journal.trim(first_held=seq)  # everything but the newest confirmed
-    assert journal.lines < 300
-    assert len(Path(journal.path).read_text().splitlines()) == journal.lines
-    journal.trim(first_held=None)
-    journal.close()
-    assert not Path(journal.path).exists()
-
-
 def test_udp_interface_by_address_or_name() -> None:
     from agent.transport.udp import interface_address
 
@@ -370,3 +336,48 @@ def test_udp_interface_by_address_or_name() -> None:
     assert interface_address("lo", "239.255.77.77") == "127.0.0.1"
     with pytest.raises(OSError, match="no IPv4 address"):
         interface_address("no-such-if0", "239.255.77.77")
+
+
+# ------------------------------------------------------------------------------------- --help
+
+
+@pytest.mark.parametrize("module", ["agent.runtime", "agent.demo", "agent.bench_idle"])
+def test_every_option_has_a_help_text_with_its_default(module: str) -> None:
+    import argparse
+    import importlib
+
+    parser = importlib.import_module(module).build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, action.option_strings
+        assert "default" in action.help, action.option_strings
+
+
+# ----------------------------------------------------------------------------------- runtime
+
+
+def test_a_frame_wakes_the_loop_only_if_it_moved_a_deadline_sooner(tmp_path: Path) -> None:
+    cfg = from_dict({"state_dir": str(tmp_path), "discovery": {"enabled": False}})
+    agent = runtime.Agent(cfg, EventLog("n1", "json", stream=io.StringIO()), boot=1)
+    try:
+        agent.node.wakeup = 2000
+        agent.data.next_due = 1500
+        agent._sleep_deadline = 1500  # what the loop sleeps until
+        agent._wake_if_sooner()
+        assert not agent._wake.is_set()  # a heartbeat that changed nothing it waits for
+        agent.node.wakeup = 1200
+        agent._wake_if_sooner()
+        assert agent._wake.is_set()
+        agent._wake.clear()
+        agent.node.wakeup = 2000
+        agent.data.next_due = 0  # a new leader: resend now
+        agent._wake_if_sooner()
+        assert agent._wake.is_set()
+        agent._wake.clear()
+        agent.data.next_due = 1500
+        agent._sleep_deadline = None  # paused (MQTT) or not asleep: always wake
+        agent._wake_if_sooner()
+        assert agent._wake.is_set()
+    finally:
+        agent.data.close()
