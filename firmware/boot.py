@@ -63,5 +63,6 @@ if sys.platform not in ("linux", "darwin"):
 
         if connect_wifi(load()):
             set_clock()
+        del load  # boot.py's names outlive it: app.runtime unloads app.config after boot
     except Exception as e:  # never stop the boot: main.py must still run
         print("boot: %r" % (e,))

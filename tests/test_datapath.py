@@ -695,7 +695,7 @@ def test_collector_batches_on_time_or_size_resends_with_the_same_id() -> None:
     second = collector.due_batch(1000, 3)
     assert second is not None and second["id"] == first["id"] + 1
     assert collector.due_batch(1001, 3) is None  # MAX_IN_FLIGHT (2) batches wait
-    assert collector.due_batch(2000, 3) is first  # resent: the same map, the same id
+    assert collector.due_batch(2000, 3) == first  # resent: the same id, the same content
     assert collector.due_batch(2001, 3) is None
     assert collector.on_batch_ack(first["id"], ACK_OK, 2002) == []
     many = [[1, seq, seq, {"temp": seq}] for seq in range(2, 2 + datapath.BATCH_MAX_READINGS)]
@@ -913,3 +913,64 @@ def test_micropython_data_path_runs_in_a_64k_heap_from_mpy(tmp_path: Path) -> No
     for line in out.splitlines():
         if line.startswith("figure:"):
             print(line)  # shown with -s: the bytes a full buffer and collector hold
+
+
+@pytest.mark.parametrize("max_frame_bytes", [1100, 1400, 2048])
+def test_small_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes(
+    max_frame_bytes: int,
+) -> None:
+    """A board sends one-datagram batches (``max_frame_bytes=1400``): every frame stays under
+    it, every batch carries a reading, and elections, dropped totals and members all get
+    through (members in turns; at the smallest size, dropped totals of a full table leave no
+    room for members)."""
+    collector = Collector(
+        WORST_ID, "m" * datapath.MAX_MESH_BYTES, 512, max_frame_bytes=max_frame_bytes
+    )
+    for node in range(30):
+        sender = "%016d" % node
+        readings: list[list[Any]] = [
+            [0xFFFFFFFF, 0xFFFFFFFF - seq, datapath.MAX_VALUE, dict(WORST_METRICS)]
+            for seq in range(4)
+        ]
+        readings[0][3][DROPPED_METRIC] = datapath.MAX_VALUE
+        collector.add(readings, sender)
+    members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(30)]
+    elections = [[0xFFFFFFFF - i, WORST_ID, "r" * datapath.MAX_REASON_BYTES] for i in range(4)]
+    codec = Codec("m" * datapath.MAX_MESH_BYTES, key=KEY, boot=0xFFFFFFFF)
+    codec.counter = 0xFFFFFFFF - 1000
+    sent = 0
+    seen_members: set[str] = set()
+    seen_elections: list[int] = []
+    now = 0
+    while collector.held:
+        batch = collector.due_batch(now, 0xFFFFFFFF, members, elections)
+        elections = []
+        if batch is None:
+            now += 10_000
+            continue
+        frame = codec.encode(batch_message(WORST_ID, 0xFFFFFFFF, batch))
+        assert len(frame) <= max_frame_bytes
+        assert batch["readings"], "a batch always carries at least one waiting reading"
+        sent += len(batch["readings"])
+        seen_members.update(row[0] for row in batch["members"])
+        seen_elections.extend(e[0] for e in batch["elections"])
+        collector.on_batch_ack(batch["id"], ACK_OK, now)
+    assert sent == 120
+    if max_frame_bytes >= 1400:
+        assert len(seen_members) == 30  # the window moved on
+    assert sorted(seen_elections) == [0xFFFFFFFF - i for i in range(3, -1, -1)]  # none lost
+
+
+def test_max_frame_bytes_defaults_to_the_codec_limit_and_is_checked() -> None:
+    assert Collector("pi-1", MESH, 8).max_frame_bytes == MAX_FRAME_BYTES
+    for bad in (0, 1099, MAX_FRAME_BYTES + 1):
+        with pytest.raises(ValueError, match="max_frame_bytes"):
+            Collector("pi-1", MESH, 8, max_frame_bytes=bad)
+    collector = Collector("pi-1", MESH, 64, batch_ms=0, max_frame_bytes=1400)
+    for seq in range(1, 65):
+        collector.add([[1, seq, 0, {"temp_mc": 21000, "hum_mpct": 40000}]], "n%02d" % (seq % 10))
+    codec = Codec(MESH, key=KEY)
+    batch = collector.due_batch(0, 1)
+    assert batch is not None
+    assert 0 < len(batch["readings"]) < 64  # split into datagram-sized batches
+    assert len(codec.encode(batch_message("pi-1", 1, batch))) <= 1400

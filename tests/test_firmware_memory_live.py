@@ -3,8 +3,13 @@ members, under a limited MicroPython heap, in a network namespace lab.
 
 The 10 members are the same firmware glue (``firmware/app/meshnode.py`` with the firmware's
 CBOR) run on CPython in one process on a second host, each with its own UDP socket, beside
-the real gateway; the leader is ``micropython -X heapsize=...`` on the first host. After the
-run the leader reports its peak live heap and that no allocation failed.
+the real gateway (on a third host, cut off for the first half of the run, so that the leader's
+buffers fill to their bounds: buffer 32, collector 64); the leader is ``micropython -X
+heapsize=...`` on the first host. After the run the leader reports its peak live heap and that
+no allocation failed. The budget asserted is the 160k the process fits today, so a regression
+fails here; issue 5 asks for 128k, which the whole process does not reach yet on the 64-bit unix
+port (about 100 KB of the heap is loaded code and names). ``MESHELECT_FW_HEAP=128k`` shows it;
+see firmware/README.md ("Memory") for where the process stands.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.micropython, pytest.mark.slow]
 MESH = "mem"
 KEY = "6d656d6f7279"
 RUN_S = 12.0
+# What the whole process fits today (issue 5's target, 128k, is not met: see the docstring).
+HEAP = os.environ.get("MESHELECT_FW_HEAP", "160k")
 
 SWARM = r"""
 import asyncio, socket, struct, sys, time
@@ -103,10 +110,10 @@ def test_firmware_process_leads_ten_members_in_a_limited_heap(
 ) -> None:
     exe = require_tool("micropython")
     require_tool("mpy-cross")
-    lab = lab_factory(prefix="mf-", subnet="10.94.0.0/24", hosts=2)
+    lab = lab_factory(prefix="mm-", subnet="10.95.0.0/24", hosts=3)
     build = tmp_path / "build"
     manifest = firmware_tool.build(build)
-    fw_ip, swarm_ip = lab.address(1), lab.address(2)
+    fw_ip, swarm_ip, gw_ip = lab.address(1), lab.address(2), lab.address(3)
     gw_port = 47471
     files: list[Any] = []
 
@@ -118,7 +125,7 @@ def test_firmware_process_leads_ten_members_in_a_limited_heap(
     try:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         lab.run(
-            2,
+            3,
             [
                 sys.executable,
                 "-m",
@@ -126,7 +133,7 @@ def test_firmware_process_leads_ten_members_in_a_limited_heap(
                 "--db",
                 str(tmp_path / "gw.db"),
                 "--udp-host",
-                swarm_ip,
+                gw_ip,
                 "--udp-port",
                 str(gw_port),
                 "--no-mdns",
@@ -156,46 +163,61 @@ def test_firmware_process_leads_ten_members_in_a_limited_heap(
                 "status_file": str(folder / "status.json"),
                 "run_ms": int(RUN_S * 1000) + 2000,
                 "udp": {"interface": fw_ip},
-                "gateway": {"address": "%s:%d" % (swarm_ip, gw_port)},
+                "gateway": {"address": "%s:%d" % (gw_ip, gw_port)},
                 "discovery": {"enabled": True},
-                "data": {"sample_ms": 1000, "buffer_capacity": 32, "collector_capacity": 64},
+                "data": {"sample_ms": 150, "buffer_capacity": 32, "collector_capacity": 64},
                 "hw": {"kind": "unix", "battery": 1000, "link": 1000},
             }
         )
         (folder / "config.json").write_text(json.dumps(config))
         leader = lab.run(
             1,
-            ["env", "MICROPYPATH=.frozen:.", exe, "-X", "heapsize=192k", "main.py"],
+            ["env", "MICROPYPATH=.frozen:.", exe, "-X", "heapsize=" + HEAP, "main.py"],
             stdout=log("leader.log"),
             stderr=subprocess.STDOUT,
             cwd=folder,
         )
+        # The gateway is cut off for the first half: the leader's buffers fill to their bounds.
+        lab.partition([[1, 2], [3]])
         time.sleep(0.5)
         script = tmp_path / "swarm.py"
         script.write_text(SWARM)
-        swarm = lab.exec(
+        swarm = lab.run(
             2,
             [sys.executable, str(script), str(REPO_ROOT), swarm_ip, str(gw_port), str(RUN_S), KEY],
-            timeout=RUN_S + 30,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
+        time.sleep(RUN_S / 2)
+        lab.heal()
+        swarm_out, _ = swarm.communicate(timeout=RUN_S + 30)
         leader.wait(30)
-        status = json.loads((folder / "status.json").read_text())
         out = (tmp_path / "leader.log").read_text()
+        status_file = folder / "status.json"
+        assert status_file.exists(), "the leader did not run under -X heapsize=%s:\n%s" % (
+            HEAP,
+            out,
+        )
+        status = json.loads(status_file.read_text())
     finally:
         lab.close()
         for f in files:
             f.close()
-    assert "members ['fw-lead']" in swarm.stdout, swarm.stdout + swarm.stderr + out
-    confirmed = int(swarm.stdout.split("confirmed ")[1].split()[0])
-    assert confirmed > 0, swarm.stdout
+    assert "members ['fw-lead']" in swarm_out, swarm_out + out
+    confirmed = int(swarm_out.split("confirmed ")[1].split()[0])
+    assert confirmed > 0, swarm_out
     assert leader.returncode == 0, out
     assert status["role"] == "leader" and len(status["peers"]) == 10
     assert status["errors"] == 0, status
+    # Full buffers: the collector refused readings at its bound, the leader's own ring dropped.
+    assert status["collector"]["overflow"] > 0 and status["buffer"]["dropped"] > 0, status
     assert "MemoryError" not in out
     print(
-        "firmware process leading 10 members under -X heapsize=192k: peak live heap %d bytes, "
+        "firmware process leading 10 members under -X heapsize=%s: peak live heap %d bytes, "
         "collector batches acked %d; members confirmed %s; total .mpy %d bytes"
         % (
+            HEAP,
             status["peak_heap"],
             status["collector"]["batches_acked"],
             confirmed,

@@ -15,7 +15,15 @@ from typing import Any
 
 import pytest
 
-from agent.core.messages import ACK_OK, BATCH_ACK, Msg
+from agent.core.messages import (
+    ACK_OK,
+    BATCH,
+    BATCH_ACK,
+    HEARTBEAT,
+    READINGS,
+    READINGS_ACK,
+    Msg,
+)
 from agent.core.wire import Codec
 from tests.helpers.mpy import MPY_SCRIPTS, run_micropython
 from tests.helpers.tools import REPO_ROOT, require_tool
@@ -50,8 +58,10 @@ class Gateway:
         self.duplicates = 0
         self.batches = 0
         self.highest_term = 0
+        self.frame_sizes: list[int] = []
 
     def receive(self, frame: bytes, now: int) -> bytes:
+        self.frame_sizes.append(len(frame))
         msg = self.codec.decode(frame, now)
         batch = msg.body
         self.batches += 1
@@ -74,11 +84,15 @@ class Gateway:
 class SimMesh:
     """Firmware nodes wired together; frames are delivered at the next step."""
 
-    def __init__(self, powers: dict[str, int]) -> None:
+    def __init__(
+        self, powers: dict[str, int], metrics: int = 1, reuse_encoder: bool = False
+    ) -> None:
         self.nodes = {}
+        self.metrics = metrics
         for i, (name, battery) in enumerate(sorted(powers.items())):
+            dumps = cbor.Encoder(meshnode.BATCH_FRAME_BYTES).dumps if reuse_encoder else cbor.dumps
             node = meshnode.MeshNode(
-                name, "fwmesh", KEY, 1, cbor.dumps, cbor.loads, buffer_size=32, seed=i + 1
+                name, "fwmesh", KEY, 1, dumps, cbor.loads, buffer_size=32, seed=i + 1
             )
             node.set_power(battery, 900, False)
             node.gateway_known = True
@@ -109,7 +123,10 @@ class SimMesh:
                 continue
             node = self.nodes[name]
             if sample_every and now % sample_every == 0:
-                node.sample(now, 1_700_000_000_000 + now, {"temp_mc": now})
+                metrics = {"temp_mc": now, "hum_mpct": 40000, "bat_pm": 900, "rssi": -60}
+                if self.metrics == 1:
+                    metrics = {"temp_mc": now}
+                node.sample(now, 1_700_000_000_000 + now, metrics)
             node.tick(now)
             for dest, to, _kind, frame in node.out:
                 if dest == meshnode.DEST_MESH:
@@ -119,7 +136,7 @@ class SimMesh:
                 elif dest == meshnode.DEST_NODE:
                     self.in_flight.append((to, frame))
                 else:
-                    self.in_flight.append((name, self.gateway.receive(frame, now)))
+                    self.in_flight.append((name, self.gateway.receive(bytes(frame), now)))
             del node.out[:]
 
     def leaders(self) -> set[str]:
@@ -183,6 +200,59 @@ def test_malformed_frames_are_counted_never_raised() -> None:
     assert node.frame(own, ("10.94.0.9", 47470), 6) is None
 
 
+def test_the_reused_encode_buffer_gives_the_same_frames_as_cbor2() -> None:
+    """``cbor.Encoder`` (one buffer for the node's life, the tag written into the frame's
+    single copy) gives byte for byte the frames of the default codec, for every kind."""
+    encoder = cbor.Encoder(16)  # small: it must grow, once per size
+    readings = [
+        [1, seq, 1_700_000_000_000 + seq, {"temp_mc": -seq, "hum_mpct": 40000}] for seq in range(30)
+    ]
+    batch = {
+        "id": 9,
+        "mesh": "fwmesh",
+        "leader": "fw-a",
+        "readings": [["fw-b", *r] for r in readings],
+    }
+    messages = [
+        Msg(HEARTBEAT, "fw-a", 3, 1, 900, 65535, 800, 700),
+        Msg(READINGS, "fw-b", 3, target="fw-a", body=readings),
+        Msg(READINGS_ACK, "fw-a", 3, target="fw-b", body=[[1, 0, 29]]),
+        Msg(BATCH, "fw-a", 3, body=batch),
+    ]
+    for key in (KEY, None):
+        plain = Codec("fwmesh", key, boot=4)  # cbor2
+        reused = Codec("fwmesh", key, encoder.dumps, cbor.loads, boot=4)
+        frames = [reused.encode(m) for m in messages]
+        assert [bytes(f) for f in frames] == [plain.encode(m) for m in messages]
+        # Each frame is its own copy: later encodes do not touch it.
+        assert bytes(frames[0]) == plain.__class__("fwmesh", key, boot=4).encode(messages[0])
+        decoded = Codec("fwmesh", key).decode(frames[3], 0)
+        assert decoded.body["readings"] == batch["readings"]
+    assert len(encoder.buf) >= len(frames[3])
+
+
+def test_a_leader_of_ten_sends_one_datagram_batches_and_delivers_everything_once() -> None:
+    """The firmware's batches fit one Wi-Fi datagram (``BATCH_FRAME_BYTES``), and what one
+    batch cannot carry goes in the next at once: 11 nodes with 4 metrics each, every reading
+    stored once."""
+    powers = {"fw-%02d" % i: 300 + i for i in range(10)}
+    powers["fw-lead"] = 1000
+    mesh = SimMesh(powers, metrics=4, reuse_encoder=True)
+    mesh.start()
+    mesh.run(6000, sample_every=250)
+    mesh.run(8000)  # no new samples: everything drains
+    assert mesh.leaders() == {"fw-lead"}
+    assert mesh.gateway.batches > 0
+    assert max(mesh.gateway.frame_sizes) <= meshnode.BATCH_FRAME_BYTES
+    # Sized by worst cases (agg rows of 9-byte ints), a batch still carries several readings.
+    assert len(mesh.gateway.stored) >= 3 * mesh.gateway.batches
+    taken = sum(n.buffer.taken for n in mesh.nodes.values())
+    assert taken == 11 * 24
+    assert len(mesh.gateway.stored) == taken and set(mesh.gateway.stored.values()) == {1}
+    for node in mesh.nodes.values():
+        assert node.buffer.depth == 0 and node.errors == 0
+
+
 # ------------------------------------------------------------------ under MicroPython
 
 
@@ -214,6 +284,22 @@ def test_hardware_helpers_and_config_under_micropython(tmp_path: Path) -> None:
         True,
         250,
     ]
+
+
+@pytest.mark.micropython
+def test_the_reused_encode_buffer_under_micropython() -> None:
+    """Same frames as ``cbor.dumps`` on MicroPython too, with fewer bytes allocated per frame
+    (printed: heartbeat, READINGS_ACK, a 1.1 KB batch)."""
+    rc, out = run_micropython(MPY_SCRIPTS / "fw_encoder.py", path=[REPO_ROOT, FIRMWARE / "lib"])
+    assert rc == 0, out
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["same"] is True
+    for plain, reused in zip(r["allocated"]["plain"], r["allocated"]["reused"], strict=True):
+        assert reused < plain
+    print(
+        "bytes allocated per encode %s: cbor.dumps %s, cbor.Encoder %s"
+        % (r["frame_bytes"], r["allocated"]["plain"], r["allocated"]["reused"])
+    )
 
 
 @pytest.mark.micropython

@@ -63,6 +63,13 @@ BATCH_IDLE_MS = 10000
 # Wi-Fi/Ethernet MTU without IP fragmentation; a BATCH must stay under the codec's MAX_FRAME_BYTES.
 READINGS_FRAME_BYTES = const(1200)
 BATCH_FRAME_BYTES = const(4096)
+# One reading of the most metrics at worst-case sizes with the agg rows it adds to a batch:
+# 1 + 17 + 3 * 5 + 9 + 1 + 8 * (17 + 9) = 251, and 8 * (_AGG_ROW_MAX + 16 + 16) = 512; the
+# 56 bytes of slack keep it the bound it was with a 9-byte count.
+_READING_MAX = const(819)
+# The smallest ``Collector(max_frame_bytes=...)``: the overheads below and _READING_MAX (1043)
+# with room to spare; elections, dropped totals and members fill what is left, in turns.
+_MIN_BATCH_FRAME_BYTES = const(1100)
 # Worst-case size of everything in a frame but the body's big item: array header, vk, mesh hash,
 # sender (16 bytes), boot, counter, term (9 bytes each), target (16 bytes), 8-byte tag.
 _FRAME_OVERHEAD = const(88)
@@ -97,9 +104,10 @@ MAX_REASON_BYTES = const(16)
 _MAX_RANGES_IN = const(64)
 
 _NEVER = const(-1)
-# Worst case of an agg row without its two strings: array header, two string headers, 4 ints.
+# Worst case of an agg row without its two strings: array header, two string headers, the
+# count (at most BATCH_MAX_READINGS: 2 bytes) and min, max, mean (9 bytes each).
 # (Underscored consts are inlined by MicroPython's compiler, so they sit above every use.)
-_AGG_ROW_MAX = const(1 + 2 + 4 * 9)
+_AGG_ROW_MAX = const(1 + 2 + 2 + 3 * 9)
 
 
 def validate_metrics(metrics):
@@ -113,9 +121,7 @@ def make_message(sender, leader, term, readings):
     """One READINGS Msg for ``readings`` (wire lists); ValueError if they do not fit one frame."""
     if len(readings) > MAX_READINGS_PER_FRAME:
         raise ValueError("too many readings for one frame: %d" % len(readings))
-    size = _FRAME_OVERHEAD
-    for reading in readings:
-        size += cbor_size(reading)
+    size = _FRAME_OVERHEAD + cbor_size(readings)  # with the body's array head
     if size > READINGS_FRAME_BYTES:
         raise ValueError("readings too big for one frame: %d bytes" % size)
     return Msg(READINGS, sender, term=term, target=leader, body=readings)
@@ -141,10 +147,10 @@ def make_messages(sender, leader, term, readings):
 
 def make_ack_messages(sender, term, confirmations):
     """READINGS_ACK Msgs for the ``(member, ranges)`` pairs that ``Collector.on_batch_ack`` returns."""
-    return [
-        Msg(READINGS_ACK, sender, term=term, target=member, body=ranges)
-        for member, ranges in confirmations
-    ]
+    out = []
+    for member, ranges in confirmations:
+        out.append(Msg(READINGS_ACK, sender, term=term, target=member, body=ranges))
+    return out
 
 
 def batch_message(sender, term, batch):
@@ -412,9 +418,12 @@ class Collector:
         batch_ms=BATCH_MS,
         batch_resend_ms=BATCH_RESEND_MS,
         batch_idle_ms=BATCH_IDLE_MS,
+        max_frame_bytes=BATCH_FRAME_BYTES,
     ):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if not _MIN_BATCH_FRAME_BYTES <= max_frame_bytes <= BATCH_FRAME_BYTES:
+            raise ValueError("max_frame_bytes")
         if not _is_name(node):
             raise ValueError("node ids are 1..%d UTF-8 bytes" % MAX_NAME_BYTES)
         if not isinstance(mesh, str) or not 0 < len(mesh.encode()) <= MAX_MESH_BYTES:
@@ -425,9 +434,12 @@ class Collector:
         self.batch_ms = batch_ms
         self.batch_resend_ms = batch_resend_ms
         self.batch_idle_ms = batch_idle_ms
+        # A board sends batches of one Wi-Fi datagram (about 1400 bytes): no IP fragments, and
+        # no 4 KB block to find in a small fragmented heap when the frame is encoded.
+        self.max_frame_bytes = max_frame_bytes
         self._held = {}
         self._pending = []  # entries [node, boot, seq, t_ms, metrics], arrival order
-        self._in_flight = []  # records [batch_id, batch map, sent_at, entries, term]
+        self._in_flight = []  # records [batch_id, batch map but agg, sent_at, entries, term]
         self._elections = []
         self._dropped = {}  # node -> running overflow total its buffer reported
         self._members_from = 0  # where the next window of a too-big mesh view starts
@@ -549,20 +561,26 @@ class Collector:
                 record[2] = now
                 record[4] = term
                 self.batches_resent += 1
-                return record[1]
-        if len(self._in_flight) >= MAX_IN_FLIGHT:
-            return None
-        waited = None if self._last_batch_at is None else now - self._last_batch_at
-        if self._pending or self._elections:
-            if (
-                waited is not None
-                and waited < self.batch_ms
-                and len(self._pending) < BATCH_MAX_READINGS
-            ):
+                break
+        else:
+            if len(self._in_flight) >= MAX_IN_FLIGHT:
                 return None
-        elif waited is not None and waited < self.batch_idle_ms:
-            return None
-        return self._make_batch(now, term, members)
+            waited = None if self._last_batch_at is None else now - self._last_batch_at
+            if self._pending or self._elections:
+                if (
+                    waited is not None
+                    and waited < self.batch_ms
+                    and len(self._pending) < BATCH_MAX_READINGS
+                ):
+                    return None
+            elif waited is not None and waited < self.batch_idle_ms:
+                return None
+            record = self._make_batch(now, term, members)
+        # In flight, a batch is kept without its agg rows (its biggest part on a board): they
+        # are computed again from its entries, the same, for every (re)send.
+        batch = dict(record[1])
+        batch["agg"] = _aggregates(record[3])
+        return batch
 
     def on_batch_ack(self, batch_id, status, now, own_buffer=None, highest_term=0):
         """Handle the gateway's answer to a batch; return [(member, ranges), ...] to confirm.
@@ -631,14 +649,32 @@ class Collector:
         self._last_batch_at = None
 
     def _make_batch(self, now, term, members):
-        members_out = self._members_window(members)
-        dropped_out = sorted([[node, self._dropped[node]] for node in self._dropped])
-        elections_out = self._elections
-        self._elections = []
-        budget = BATCH_FRAME_BYTES - _FRAME_OVERHEAD - _BATCH_MAP_OVERHEAD
+        budget = self.max_frame_bytes - _FRAME_OVERHEAD - _BATCH_MAP_OVERHEAD
+        # The mesh view takes what one reading at worst-case sizes leaves, so that the first
+        # waiting reading always goes; in this order: elections (what does not fit waits for
+        # the next batch), dropped totals, members (a window that moves on).
+        view = budget - _READING_MAX
+        elections_out, self._elections, view = _fit(self._elections, view)
+        dropped_out = []
+        for node in sorted(self._dropped):
+            dropped_out.append([node, self._dropped[node]])
+        # Members: valid rows sorted by node, a window of what fits that moves on each batch;
+        # dropped totals get the room left.
+        rows = []
+        for item in members or ():
+            if _is_member(item):
+                rows.append(list(item))
+            else:
+                self.invalid_view += 1
+        rows.sort()
+        start = self._members_from % len(rows) if rows else 0
+        members_out, _, view = _fit((rows[start:] + rows[:start])[:_MAX_MEMBERS], view)
+        self._members_from = start + len(members_out)  # all fit: the same start again
+        dropped_out, rest, _ = _fit(dropped_out, view)
+        self.truncated += len(rows) - len(members_out) + len(rest)
         budget -= cbor_size(members_out) + cbor_size(dropped_out) + cbor_size(elections_out)
         # Take pending readings in arrival order while they (and the worst case of the agg
-        # rows they add) fit; always at least one, which fits by the bounds on a reading.
+        # rows they add) fit; always at least one.
         taken = 0
         seen_pairs = {}
         for entry in self._pending:
@@ -649,10 +685,9 @@ class Collector:
                 pair = (entry[0], name)
                 if pair not in seen_pairs:
                     size += _AGG_ROW_MAX + len(entry[0].encode()) + len(name.encode())
+                    seen_pairs[pair] = True  # if this entry does not fit, the loop ends anyway
             if taken and size > budget:
                 break
-            for name in entry[4]:
-                seen_pairs[(entry[0], name)] = True
             budget -= size
             taken += 1
         entries = self._pending[:taken]
@@ -664,34 +699,16 @@ class Collector:
             "leader": self.node,
             # The held entries are already [node, boot, seq, t_ms, metrics]: no copies.
             "readings": entries,
-            "agg": _aggregates(entries),
             "members": members_out,
             "dropped": dropped_out,
             "elections": elections_out,
         }
-        self._in_flight.append([self._last_batch_id, batch, now, entries, term])
-        self._last_batch_at = now
+        record = [self._last_batch_id, batch, now, entries, term]
+        self._in_flight.append(record)
+        # What the frame budget left behind may go at once, without waiting batch_ms.
+        self._last_batch_at = now - self.batch_ms if self._pending else now
         self.batches_sent += 1
-        return batch
-
-    def _members_window(self, members):
-        """Valid member rows sorted by node; a window of _MAX_MEMBERS, moving on each batch."""
-        if not members:
-            return []
-        rows = []
-        for item in members:
-            if _is_member(item):
-                rows.append(list(item))
-            else:
-                self.invalid_view += 1
-        rows.sort()
-        if len(rows) <= _MAX_MEMBERS:
-            return rows
-        start = self._members_from % len(rows)
-        self._members_from = start + _MAX_MEMBERS
-        self.truncated += len(rows) - _MAX_MEMBERS
-        window = rows[start : start + _MAX_MEMBERS]
-        return window + rows[: _MAX_MEMBERS - len(window)]
+        return record
 
     def _take_dropped(self, node, metrics):
         """Record a member's reported overflow total; return its metrics without it."""
@@ -708,6 +725,19 @@ class Collector:
             if name != DROPPED_METRIC:
                 rest[name] = metrics[name]
         return rest
+
+
+def _fit(rows, room):
+    """(the first rows that fit ``room`` bytes, the rest, the room left); keeps 1 byte spare
+    for the list head growing."""
+    taken = 0
+    for row in rows:
+        size = cbor_size(row)
+        if size > room - 1:
+            break
+        room -= size
+        taken += 1
+    return rows[:taken], rows[taken:], room
 
 
 def _aggregates(entries):

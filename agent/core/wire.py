@@ -193,7 +193,16 @@ class Codec:
         if why:
             raise WireError(BAD_FIELD, why)
         data = self._dumps(arr)
-        if self._key is not None:
+        if type(data) is memoryview:
+            # An encoder that reuses its buffer (the firmware's): one exact-size copy, the tag
+            # written in place, no ``data + tag``.
+            n = len(data)
+            frame = bytearray(n + (TAG_BYTES if self._key is not None else 0))
+            frame[:n] = data
+            if self._key is not None:
+                frame[n:] = self._key.tag(data, TAG_BYTES)
+            data = frame
+        elif self._key is not None:
             data = data + self._key.tag(data, TAG_BYTES)
         if len(data) > MAX_FRAME_BYTES:
             raise WireError(TOO_BIG, "%d bytes" % len(data))

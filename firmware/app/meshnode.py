@@ -42,9 +42,13 @@ _DATA_EVERY_MS = 50
 # Bounded table of where each node's authenticated frames came from (UDP unicast targets).
 _MAX_ADDRESSES = 64
 _MAX_ELECTIONS = 8
-_MAX_NAMES = 32
+# Node ids and metric names that held readings share (a mesh of 48 nodes with 16 names).
+_MAX_NAMES = 64
 # Bounded outgoing queue: if the transport stalls, the oldest frames go (the core resends).
 _MAX_OUT = 64
+# Batches to the gateway fit one Wi-Fi datagram: no IP fragments, and no 4 KB block to find
+# in a small, fragmented heap while the frame is encoded.
+BATCH_FRAME_BYTES = 1400
 
 
 class MeshNode:
@@ -62,6 +66,7 @@ class MeshNode:
         score=None,
         seed=0,
         collector_size=None,
+        max_frame_bytes=BATCH_FRAME_BYTES,
     ):
         # [election] and [score] of the config, as the Pi agent passes them (0: core default).
         settings = {}
@@ -81,7 +86,9 @@ class MeshNode:
         self.codec = Codec(mesh, key or None, dumps, loads, boot=boot)
         self.buffer = datapath.ReadingBuffer(node_id, boot, buffer_size)
         # The leader holds up to a full batch per member; bounded all the same.
-        self.collector = datapath.Collector(node_id, mesh, collector_size or buffer_size * 2)
+        self.collector = datapath.Collector(
+            node_id, mesh, collector_size or buffer_size * 2, max_frame_bytes=max_frame_bytes
+        )
         self.addresses = {}  # node -> [source, learned_at]
         self.out = []
         self.out_dropped = 0
@@ -94,7 +101,7 @@ class MeshNode:
         self._was_leader = False
         self._data_at = -_DATA_EVERY_MS
         self._elections = []
-        self._names = {}  # metric name -> the one str held readings share
+        self._names = {}  # node id or metric name -> the one str held readings share
 
     # ---- the three entry points ----------------------------------------------------------
 
@@ -173,6 +180,7 @@ class MeshNode:
             self._after(now)
         elif kind == READINGS:
             if msg.target == self.id and self.node.role == ROLE_LEADER:
+                msg.sender = self._share(msg.sender)
                 self._share_names(msg.body)
                 self.collector.add(msg)
             else:
@@ -247,7 +255,6 @@ class MeshNode:
         """
         if not isinstance(readings, list):
             return
-        names = self._names
         for reading in readings:
             if not isinstance(reading, list) or len(reading) != 4:
                 continue  # malformed: the collector counts it
@@ -256,13 +263,18 @@ class MeshNode:
                 continue
             shared = {}
             for name in metrics:
-                key = names.get(name)
-                if key is None:
-                    key = name
-                    if len(names) < _MAX_NAMES:
-                        names[name] = name
-                shared[key] = metrics[name]
+                shared[self._share(name)] = metrics[name]
             reading[3] = shared
+
+    def _share(self, name):
+        """The one str held for ``name`` (a node id or a metric name; bounded table)."""
+        names = self._names
+        key = names.get(name)
+        if key is None:
+            key = name
+            if len(names) < _MAX_NAMES and type(name) is str:
+                names[name] = name
+        return key
 
     def _members(self, now):
         node = self.node

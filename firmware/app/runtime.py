@@ -24,8 +24,7 @@ import cbor
 import mdns
 import udp
 
-from app import config as app_config
-from app.meshnode import DEST_GATEWAY, DEST_MESH, DEST_NODE, MeshNode
+from app.meshnode import BATCH_FRAME_BYTES, DEST_GATEWAY, DEST_MESH, DEST_NODE, MeshNode
 
 AGENT_TYPE = "_meshelect._udp.local"
 GATEWAY_TYPE = "_meshelect-gw._udp.local"
@@ -36,6 +35,9 @@ SCORE_CHANGE_TO_ANNOUNCE = 100
 MIN_ANNOUNCE_INTERVAL_MS = 5000
 _MAX_SLEEP_MS = 100
 GC_THRESHOLD = 16384
+# Every receive allocates this much first: one datagram, not the codec's 4 KB frame limit (what
+# the mesh sends a node is under READINGS_FRAME_BYTES; a longer datagram is cut and dropped).
+_RX_BYTES = 1500
 
 
 class Clock:
@@ -111,6 +113,8 @@ class Runtime:
         self.cfg = cfg
         self.hw = hw
         self.clock = Clock()
+        from app import config as app_config  # boot only: main() unloads it after
+
         boot = app_config.next_boot(cfg["boot_file"])
         self.boot = boot
         self.mesh = MeshNode(
@@ -118,7 +122,8 @@ class Runtime:
             cfg["mesh"],
             cfg["key_bytes"],
             boot,
-            cbor.dumps,
+            # One reused encode buffer, a batch datagram long: no growing copies per frame.
+            cbor.Encoder(BATCH_FRAME_BYTES).dumps,
             cbor.loads,
             buffer_size=cfg["data"]["buffer_capacity"],
             collector_size=cfg["data"]["collector_capacity"],
@@ -271,14 +276,27 @@ class Runtime:
 
     async def rx_mesh(self, sock):
         while True:
-            data, addr = await udp.recv(sock, 4200)
-            self.mesh.frame(data, addr, self.clock.now())
-            self.flush()
+            try:
+                data, addr = await udp.recv(sock, _RX_BYTES)
+                self.mesh.frame(data, addr, self.clock.now())
+                self.flush()
+            except MemoryError:
+                await self._out_of_memory()
 
     async def rx_mdns(self):
         while True:
-            data, addr = await udp.recv(self.mdns_sock, 1500)
-            self._mdns_send(self.mdns.receive(data, addr, self.clock.now()))
+            try:
+                data, addr = await udp.recv(self.mdns_sock, 1500)
+                self._mdns_send(self.mdns.receive(data, addr, self.clock.now()))
+            except MemoryError:
+                await self._out_of_memory()
+
+    async def _out_of_memory(self):
+        # A receiver out of heap: count it, let the other tasks run (and free), and go on
+        # receiving: a dead receiver would be a deaf node. Senders resend.
+        self.loop_errors += 1
+        gc.collect()
+        await _sleep_ms(_MAX_SLEEP_MS)
 
     def _mdns_send(self, packets):
         if self.mdns_sock is None:
@@ -333,34 +351,35 @@ class Runtime:
             now = self.clock.now()
             if run_ms and now >= run_ms:
                 break
-            if now >= next_power:
-                next_power = now + cfg["heartbeat_ms"]
-                battery, link, mains = self.hw.power(now)
-                mesh.set_power(battery, link, mains, cfg["eligible"])
-            if now >= next_sample:
-                next_sample = now + cfg["data"]["sample_ms"]
-                try:
-                    metrics = self.hw.sample(now)
-                except Exception:
-                    mesh.sample_errors += 1
-                    metrics = None
-                if metrics:
-                    mesh.sample(now, wall_ms(), metrics)
             try:
+                if now >= next_power:
+                    next_power = now + cfg["heartbeat_ms"]
+                    battery, link, mains = self.hw.power(now)
+                    mesh.set_power(battery, link, mains, cfg["eligible"])
+                if now >= next_sample:
+                    next_sample = now + cfg["data"]["sample_ms"]
+                    try:
+                        metrics = self.hw.sample(now)
+                    except Exception:
+                        mesh.sample_errors += 1
+                        metrics = None
+                    if metrics:
+                        mesh.sample(now, wall_ms(), metrics)
                 mesh.tick(now)
+                self.flush()
+                self._check_network(now)
+                self._discovery(now)
+                self._role_change(now)
+                self.hw.feed()
+                self.hw.show(self._led_state(), now)
+                if now >= next_status:
+                    next_status = now + status_ms
+                    self._status(now)
             except MemoryError:
-                # Out of heap: count it, free what we can, keep the election going.
+                # Out of heap: count it, free what we can, go on with the next round (the
+                # core and the data path resend what this one could not send).
                 self.loop_errors += 1
                 gc.collect()
-            self.flush()
-            self._check_network(now)
-            self._discovery(now)
-            self._role_change(now)
-            self.hw.feed()
-            self.hw.show(self._led_state(), now)
-            if now >= next_status:
-                next_status = now + status_ms
-                self._status(now)
             wait = mesh.wakeup - self.clock.now()
             wait = min(wait, next_sample - now, next_power - now, _MAX_SLEEP_MS)
             await _sleep_ms(wait if wait > 0 else 0)
@@ -452,6 +471,7 @@ class Runtime:
             "collector": {
                 "held": col.held,
                 "received": col.received,
+                "overflow": col.overflow,
                 "duplicates": col.duplicates,
                 "batches_sent": col.batches_sent,
                 "batches_acked": col.batches_acked,
@@ -469,14 +489,13 @@ class Runtime:
             "gateway": "%s:%d" % self.gateway if self.gateway else None,
             "transport": self._transport_status(),
         }
-        line = json.dumps(status)
         if self.cfg.get("print_status", True):
-            print("status " + line)
+            print("status", json.dumps(status))
         path = self.cfg.get("status_file")
         if path:
             try:
                 with open(path + ".tmp", "w") as f:
-                    f.write(line)
+                    json.dump(status, f)  # streamed: no 2 KB string on the heap
                 os.rename(path + ".tmp", path)  # readers never see half a file
             except OSError:
                 pass
@@ -550,6 +569,8 @@ async def run(rt, run_ms=0):
 
 
 def main(path="config.json", hw=None):
+    from app import config as app_config
+
     try:
         cfg = app_config.load(path)
     except app_config.ConfigError as e:
@@ -561,6 +582,9 @@ def main(path="config.json", hw=None):
 
         hw = hw_layers.load(cfg)
     rt = Runtime(cfg, hw)
+    app_config = None
+    if rt.transport != "mqtt":  # (the MQTT transport uses its host_port)
+        _unload("app", "config")  # read once at boot: its code goes back to the heap
     crashed = False
     try:
         asyncio.run(run(rt, int(cfg.get("run_ms", 0))))
@@ -580,6 +604,15 @@ def main(path="config.json", hw=None):
             hw.close()
     if crashed:
         _restart_board()
+
+
+def _unload(package, name):
+    """Forget module ``package.name`` so that the collector frees its code (nothing else may
+    hold one of its functions); a later import loads it again."""
+    sys.modules.pop(package + "." + name, None)
+    parent = sys.modules.get(package)
+    if parent is not None and hasattr(parent, name):
+        delattr(parent, name)
 
 
 def _restart_board():

@@ -58,6 +58,43 @@ def dumps(obj):
     return bytes(out)
 
 
+class Encoder:
+    """``dumps`` into one buffer kept for the encoder's life: a frame costs no growing copies.
+
+    ``dumps`` returns a memoryview of the buffer, valid until the next call (``Codec.encode``
+    copies it once into the frame, with the tag). The buffer grows, once, for a bigger value.
+    """
+
+    def __init__(self, size=1536):
+        self.buf = bytearray(size)
+        self.pos = 0
+
+    def dumps(self, obj):
+        self.pos = 0
+        _encode(self, obj, 0)
+        return memoryview(self.buf)[: self.pos]
+
+    # ``_encode`` writes through these two, as it does to a bytearray.
+    def append(self, byte):
+        if self.pos >= len(self.buf):
+            self._grow(1)
+        self.buf[self.pos] = byte
+        self.pos += 1
+
+    def extend(self, data):
+        p = self.pos
+        n = len(data)
+        if p + n > len(self.buf):
+            self._grow(n)
+        self.buf[p : p + n] = data
+        self.pos = p + n
+
+    def _grow(self, n):
+        bigger = bytearray(max(2 * len(self.buf), self.pos + n))
+        bigger[: self.pos] = memoryview(self.buf)[: self.pos]
+        self.buf = bigger
+
+
 def _head(out, major, n):
     # The shortest head for ``n``, as RFC 8949 preferred serialization (and cbor2) does.
     if n < 24:
