@@ -44,7 +44,7 @@ COMMANDS: tuple[Command, ...] = (
         "gateway", "gateway.cli", "run the gateway: ingest, storage, API, dashboard", "gateway"
     ),
     Command("demo", "agent.demo", "start a small local mesh with a gateway and dashboard", "all"),
-    Command("replay", "agent.core.replay", "replay a recorded election trace through the core"),
+    Command("replay", "agent.core.replay", "replay a scenario on the election core"),
     Command("bench", "agent.bench", "measure election and data-path performance"),
     Command(
         "firmware",
