@@ -685,6 +685,46 @@ def test_collector_dedups_what_it_holds_and_refuses_when_full() -> None:
     assert collector.add(wrong) == 0 and collector.wrong_target == 1
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_collector_dedup_matches_a_plain_set_of_names(seed: int) -> None:
+    """The collector keeps no index of held names (only each node's newest seq): whatever
+    order readings come in (resends, out of order, two boots with the same seqs, more nodes
+    than the newest-seq table keeps, batches acked, rejected or fenced), it takes a reading
+    exactly when a plain set of the names it holds says it is new."""
+    rng = random.Random(seed)
+    nodes = ["n%02d" % i for i in range(80)] if seed % 2 else ["a", "b", "c"]
+    collector = Collector("pi-1", MESH, 48, batch_ms=0)
+    held: set[tuple[str, int, int]] = set()
+    in_flight: dict[int, list[tuple[str, int, int]]] = {}
+    for _ in range(400):
+        op = rng.random()
+        if op < 0.7:
+            node = rng.choice(nodes)
+            boot = rng.choice((1, 1, 1, 2))
+            seq = rng.randint(1, 12)
+            new = (node, boot, seq) not in held and len(held) < 48
+            assert collector.add([[boot, seq, seq, {"v": seq, "w": boot}]], node) == int(new)
+            if new:
+                held.add((node, boot, seq))
+        elif op < 0.85:
+            batch = collector.due_batch(rng.randint(0, 10**6), 1)
+            if batch is not None and batch["id"] not in in_flight:
+                names = [(r[0], r[1], r[2]) for r in batch["readings"]]
+                assert all(name in held for name in names)
+                in_flight[batch["id"]] = names
+        elif in_flight:
+            batch_id = rng.choice(sorted(in_flight))
+            status = rng.choice((ACK_OK, ACK_OK, ACK_REJECTED, ACK_FENCED))
+            collector.on_batch_ack(batch_id, status, 0)
+            if status == ACK_FENCED:
+                held.clear()
+                in_flight.clear()
+                collector.fenced_term = None  # the next batch may go out (a new term)
+            else:
+                held.difference_update(in_flight.pop(batch_id))
+        assert collector.held == len(held)
+
+
 def test_collector_batches_on_time_or_size_resends_with_the_same_id() -> None:
     collector = Collector("pi-1", MESH, 256, batch_ms=1000, batch_resend_ms=2000)
     first = collector.due_batch(0, 3, [["pi-1", 5, 900, 800, 1, 0]], [[3, "pi-1", "start"]])

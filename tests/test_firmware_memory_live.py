@@ -6,10 +6,11 @@ CBOR) run on CPython in one process on a second host, each with its own UDP sock
 the real gateway (on a third host, cut off for the first half of the run, so that the leader's
 buffers fill to their bounds: buffer 32, collector 64); the leader is ``micropython -X
 heapsize=...`` on the first host. After the run the leader reports its peak live heap and that
-no allocation failed. The budget asserted is the 160k the process fits today, so a regression
-fails here; issue 5 asks for 128k, which the whole process does not reach yet on the 64-bit unix
-port (about 100 KB of the heap is loaded code and names). ``MESHELECT_FW_HEAP=128k`` shows it;
-see firmware/README.md ("Memory") for where the process stands.
+no allocation failed. The process fits in 152k today (peak live heap about 137 KB); the test
+asserts 160k, a margin against timing on a loaded machine, so a real regression fails here; issue 5 asks for 128k, which the whole process does
+not reach yet on the 64-bit unix port (about 97 KB of the heap is loaded code and names, 114 KB
+with the runtime's own state before any reading). ``MESHELECT_FW_HEAP=128k`` shows it; see
+firmware/README.md ("Memory") for where the process stands.
 """
 
 from __future__ import annotations

@@ -351,7 +351,7 @@ def test_parsers_fuzzed_under_micropython() -> None:
     print("fuzz (3000 inputs per parser): %s" % json.dumps(r, sort_keys=True))
 
 
-HEAPS = ("128k", "144k", "160k", "192k", "224k", "256k", "320k")
+HEAPS = ("104k", "112k", "120k", "128k", "144k", "160k", "192k", "224k", "256k", "320k")
 
 
 @pytest.mark.micropython
@@ -420,4 +420,6 @@ def test_memory_of_a_leader_with_ten_members(tmp_path: Path) -> None:
                 )
             )
     print("\n".join(lines))
-    assert smallest[(32, 64, 16384)] == "128k"
+    # Issue 5's budget (the bench measures 112k since the collector holds compact entries).
+    fits = smallest[(32, 64, 16384)]
+    assert fits is not None and HEAPS.index(fits) <= HEAPS.index("128k"), fits
