@@ -8,6 +8,7 @@ meets a broker that refuses it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -15,8 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +25,15 @@ from agent.core.messages import HEARTBEAT, Msg
 from agent.core.wire import Codec
 from agent.status import read_status
 from tests.helpers.broker import Mosquitto
+from tests.helpers.tls import make_test_certificates
+from tests.helpers.waiting import poll_until
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "00112233445566778899aabbccddeeff"
 WAIT_S = 15.0
 
 
-def _wait(predicate: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return None
+_wait = functools.partial(poll_until, timeout=WAIT_S)
 
 
 def _start_agent(tmp_path: Path, extra: str) -> subprocess.Popen[bytes]:
@@ -155,21 +149,6 @@ def test_broker_refusing_the_connection_is_logged_and_counted(tmp_path: Path) ->
     assert proc.returncode == 0
 
 
-def _make_tls_files(folder: Path) -> None:
-    """A throwaway CA and a server certificate for 127.0.0.1 (openssl, no network)."""
-
-    def run(*argv: str) -> None:
-        subprocess.run(["openssl", *argv], cwd=folder, check=True, capture_output=True, timeout=30)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-        "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-        "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
-    (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
-
-
 @pytest.mark.broker
 def test_mqtt_over_tls_with_username_and_password(tmp_path: Path) -> None:
     for tool in ("openssl", "mosquitto_passwd"):
@@ -177,7 +156,7 @@ def test_mqtt_over_tls_with_username_and_password(tmp_path: Path) -> None:
             pytest.skip("%s not found" % tool)
     certs = tmp_path / "certs"
     certs.mkdir()
-    _make_tls_files(certs)
+    make_test_certificates(certs)
     passwords = certs / "passwd"
     passwords.write_text("")
     subprocess.run(

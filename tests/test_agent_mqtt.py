@@ -3,13 +3,12 @@ record a newcomer learns at once, and the last will when an agent dies."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 
 from agent.status import read_status
 from tests.helpers.broker import Mosquitto
+from tests.helpers.waiting import poll_until
 
 pytestmark = pytest.mark.broker
 
@@ -27,14 +27,7 @@ MESH = "t-mqtt-lo"
 WAIT_S = 15.0
 
 
-def _wait(predicate: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return None
+_wait = functools.partial(poll_until, timeout=WAIT_S)
 
 
 def _agent(tmp_path: Path, node: str, battery: int, broker: Mosquitto) -> subprocess.Popen[bytes]:

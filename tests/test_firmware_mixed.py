@@ -10,6 +10,7 @@ exactly once, and the killed nodes lose nothing they saw confirmed. Failover tim
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -25,6 +26,7 @@ import pytest
 from agent import firmware_tool
 from tests.helpers.netns import Lab
 from tests.helpers.tools import REPO_ROOT, require_tool
+from tests.helpers.waiting import poll_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.micropython, pytest.mark.slow]
 
@@ -228,14 +230,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def wait_for(check: Callable[[], Any], timeout: float = WAIT_S, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(step)
-    return None
+wait_for = functools.partial(poll_until, timeout=WAIT_S)
 
 
 def test_mixed_mesh_elects_fails_over_both_ways_and_stores_every_reading_once(

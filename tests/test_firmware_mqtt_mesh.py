@@ -5,6 +5,7 @@ leader publishes its last will and the next best node (firmware) takes over."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -13,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import pytest
 from agent import firmware_tool
 from tests.helpers.broker import Mosquitto
 from tests.helpers.tools import REPO_ROOT, require_tool
+from tests.helpers.waiting import poll_until
 
 pytestmark = [pytest.mark.micropython, pytest.mark.slow]
 
@@ -32,14 +33,7 @@ WAIT_S = 30.0
 BATTERY = {"fw-1": 950, "fw-2": 800, "pi-1": 600}
 
 
-def wait_for(check: Callable[[], Any], timeout: float = WAIT_S, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(step)
-    return None
+wait_for = functools.partial(poll_until, timeout=WAIT_S)
 
 
 class Processes:

@@ -4,11 +4,11 @@ leaderless moment, and the successor records why it leads."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,20 +18,14 @@ import pytest
 from agent import firmware_tool
 from tests.helpers.netns import Lab
 from tests.helpers.tools import require_tool
+from tests.helpers.waiting import poll_until
 
 pytestmark = [pytest.mark.netns, pytest.mark.micropython]
 
 WAIT_S = 20.0
 
 
-def wait_for(check: Callable[[], Any], timeout: float = WAIT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    return None
+wait_for = functools.partial(poll_until, timeout=WAIT_S)
 
 
 def test_graceful_stop_hands_over_without_a_leaderless_moment(

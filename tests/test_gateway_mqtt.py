@@ -12,6 +12,7 @@ import pytest
 from agent.core.messages import ACK_FENCED, ACK_OK
 from gateway.testing import GatewayProcess, MqttBatchSender, make_batch
 from tests.helpers.broker import Mosquitto
+from tests.helpers.tls import make_test_certificates
 
 pytestmark = pytest.mark.broker
 KEY = bytes.fromhex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf")
@@ -95,25 +96,10 @@ def test_mqtt_gateway_restart_mid_stream(mosquitto: Mosquitto, tmp_path: Path) -
     assert stored(db) == (200, 200)
 
 
-def make_certificates(folder: Path) -> None:
-    """A throw-away CA and a server certificate for 127.0.0.1 (openssl, offline)."""
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True, timeout=60)
-
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt")  # fmt: skip
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
-            "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
-    (folder / "san.ext").write_text("subjectAltName = IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt")  # fmt: skip
-
-
 def test_mqtt_over_tls_with_user_and_custom_prefix(tmp_path: Path) -> None:
     folder = tmp_path / "tls"
     folder.mkdir()
-    make_certificates(folder)
+    make_test_certificates(folder)
     subprocess.run(
         ["mosquitto_passwd", "-b", "-c", str(folder / "passwd"), "gw", "gw-secret"],
         check=True, capture_output=True, timeout=30,
