@@ -176,3 +176,24 @@ def test_an_election_costs_O_n_messages() -> None:
     live = mesh.live()
     leaders = {s.node.leader for s in live}
     assert len(leaders) == 1 and None not in leaders
+
+
+@pytest.mark.parametrize("start_ms", [0, (1 << 30) - 5000, 3 << 30, 1 << 40])
+def test_long_uptime_changes_nothing(start_ms: int) -> None:
+    # ``now`` never wraps (the runtimes count ms since boot), so after 12.4 days it passes
+    # 2**30: "no deadline" must stay later than any now, or every follower would claim.
+    mesh = Mesh(Config(heartbeat_ms=250), seed=7)
+    for i in range(4):
+        mesh.add("n%d" % i, battery=900 - 100 * i)
+    mesh.now = start_ms
+    for i in range(4):
+        mesh.start("n%d" % i)
+    mesh.run_until(start_ms + 60_000)
+    nodes = [sim.node for sim in mesh.live()]
+    assert sum(node.stats_terms_started for node in nodes) == 1
+    assert {node.leader for node in nodes} == {"n0"}
+    mesh.crash("n0")
+    mesh.run_until(start_ms + 120_000)
+    nodes = [sim.node for sim in mesh.live()]
+    assert {node.leader for node in nodes} == {"n1"}
+    assert sum(node.stats_terms_started for node in nodes) <= 2

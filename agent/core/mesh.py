@@ -20,7 +20,7 @@ from agent.core.prng import Prng
 _STEP = const(0)
 _DELIVER = const(1)
 _TICK = const(2)
-_NO_TICK = const(1 << 30)
+_NO_TICK = const(1 << 62)  # beyond any simulated time (see node._NO_TIME)
 
 DEFAULT_MAX_DELAY_MS = const(10)
 

@@ -22,7 +22,7 @@ with scores): when the leader is suspected, every node computes its rank among t
 eligible peers it knows, and claims after ``rank * claim_slot_ms``. The best claims at once,
 the others hear its claim first and follow it. A node that ranks above a claimant, and above
 every live peer it knows, counters with a claim for the same term; within a term the better
-claim wins. A candidate becomes leader after ``claim_window_ms`` without a better claim.
+claim wins. A candidate becomes leader after one claim slot without a better claim.
 
 Hysteresis: an incumbent keeps leading until a peer is better by more than ``margin`` (15% of
 the score scale by default), or its own battery falls below the low-battery threshold off
@@ -37,7 +37,10 @@ adds votes: followers answer a claim with an immediate heartbeat, a candidate ne
 of the mesh size (itself included) to lead, and a leader that loses its majority steps down.
 """
 
-from agent.core._compat import const
+try:
+    from micropython import const  # built in on a board: no _compat module to load
+except ImportError:  # CPython
+    from agent.core._compat import const
 from agent.core.messages import (
     CLAIM,
     F_CANDIDATE,
@@ -67,43 +70,46 @@ ROLE_LEADER = const(3)
 ROLE_NAMES = ("down", "follower", "candidate", "leader")
 
 # Why a node leads (node.lead_reason), for the gateway's election history.
-REASON_START = "start"  # no leader was known: first election of a mesh
-REASON_CRASH = "crash"  # the previous leader was suspected dead
-REASON_HANDOFF = "score"  # the previous leader handed over to a better node
-REASON_BATTERY = "battery"  # the previous leader's battery fell below the threshold
-REASON_SHUTDOWN = "shutdown"  # the previous leader shut down gracefully
-REASON_MERGE = "merge"  # two leaders met after a partition healed
+_REASON_START = const("start")  # no leader was known: first election of a mesh
+_REASON_CRASH = const("crash")  # the previous leader was suspected dead
+_REASON_HANDOFF = const("score")  # the previous leader handed over to a better node
+_REASON_BATTERY = const("battery")  # the previous leader's battery fell below the threshold
+_REASON_SHUTDOWN = const("shutdown")  # the previous leader shut down gracefully
+_REASON_MERGE = const("merge")  # two leaders met after a partition healed
 
-MAX_NODE_ID_BYTES = const(16)
+_MAX_NODE_ID_BYTES = const(16)
 HEARD_NONE = const(65535)  # "heard" field: no leader heard (also the cap of the field)
-_NEVER = const(-(1 << 30))  # a time long before any event
-_NO_TIME = const(1 << 30)  # "no deadline"
+# ``now`` never wraps (ms since boot), so these lie far beyond any uptime: 2**30 ms would be
+# reached after 12.4 days, and every "no deadline" would then fire at once. (Not small ints
+# on a 32-bit board, but so is ``now`` itself after 12.4 days.)
+_NEVER = const(-(1 << 62))  # a time long before any event
+_NO_TIME = const(1 << 62)  # "no deadline"
 
 # --- Timing defaults, all in heartbeat intervals ------------------------------------------
 # 250 ms heartbeats: failover under 1 s needs detection in 3 intervals plus a claim round, and
 # on Wi-Fi a 250 ms interval is a few per mille of airtime for a 50-byte frame.
-DEFAULT_HEARTBEAT_MS = const(250)
+_DEFAULT_HEARTBEAT_MS = const(250)
 # Suspect the leader after 3 intervals without any evidence (direct or reported by a peer):
 # 2 would trip on two lost packets on a two-node mesh; 4 would miss the 1 s failover goal.
-SUSPECT_INTERVALS = const(3)
+_SUSPECT_INTERVALS = const(3)
 # A booting node listens 2 intervals before it may claim: long enough to hear the current
 # leader (or a follower's report of it) even if one of its heartbeats is lost.
-LISTEN_INTERVALS = const(2)
+_LISTEN_INTERVALS = const(2)
 # A peer counts as live (for ranking, handoff and quorum) if heard within 4 intervals.
-LIVE_INTERVALS = const(4)
+_LIVE_INTERVALS = const(4)
 # Peers silent for 240 intervals (60 s at 250 ms) are forgotten.
-FORGET_INTERVALS = const(240)
+_FORGET_INTERVALS = const(240)
 # A claim slot is a quarter interval: longer than a LAN/Wi-Fi delivery delay, so the best
 # ranked claim is heard before the next rank's slot comes; short enough that a second-best
 # claim (the best died too) costs only 62 ms.
-SLOT_DIVISOR = const(4)
-MIN_SLOT_MS = const(20)
+_SLOT_DIVISOR = const(4)
+_MIN_SLOT_MS = const(20)
 # A leader repeats an unanswered HANDOFF at most 3 times, then re-evaluates.
-MAX_HANDOFF_TRIES = const(3)
+_MAX_HANDOFF_TRIES = const(3)
 # Quorum mode: a failed claim backs off 2, 4, 8, 16, then 32 intervals.
-MAX_BACKOFF_DOUBLINGS = const(5)
+_MAX_BACKOFF_DOUBLINGS = const(5)
 # Hysteresis: 15% of the score scale.
-DEFAULT_MARGIN = const(150)
+_DEFAULT_MARGIN = const(150)
 
 
 class Config:
@@ -111,13 +117,13 @@ class Config:
 
     def __init__(
         self,
-        heartbeat_ms=DEFAULT_HEARTBEAT_MS,
-        margin=DEFAULT_MARGIN,
+        heartbeat_ms=_DEFAULT_HEARTBEAT_MS,
+        margin=_DEFAULT_MARGIN,
         quorum=0,
         max_peers=DEFAULT_MAX_PEERS,
         weights=None,
-        suspect_intervals=SUSPECT_INTERVALS,
-        listen_intervals=LISTEN_INTERVALS,
+        suspect_intervals=_SUSPECT_INTERVALS,
+        listen_intervals=_LISTEN_INTERVALS,
     ):
         if heartbeat_ms < 20:
             raise ValueError("heartbeat_ms must be >= 20")
@@ -134,17 +140,12 @@ class Config:
         self.weights = weights if weights is not None else DEFAULT_WEIGHTS
         self.suspect_ms = heartbeat_ms * suspect_intervals
         self.listen_ms = heartbeat_ms * listen_intervals
-        self.live_ms = heartbeat_ms * LIVE_INTERVALS
-        self.forget_ms = heartbeat_ms * FORGET_INTERVALS
-        slot = heartbeat_ms // SLOT_DIVISOR
-        self.claim_slot_ms = slot if slot > MIN_SLOT_MS else MIN_SLOT_MS
-        self.claim_window_ms = self.claim_slot_ms
-        # +-1/16 interval of jitter keeps radios from colliding; the mean stays one interval.
-        self.jitter_ms = heartbeat_ms // 16
-
-    @property
-    def majority(self):
-        return self.quorum // 2 + 1 if self.quorum else 0
+        self.live_ms = heartbeat_ms * _LIVE_INTERVALS
+        self.forget_ms = heartbeat_ms * _FORGET_INTERVALS
+        # The claim slot is also the claim window: how long a candidate waits for a better claim.
+        slot = heartbeat_ms // _SLOT_DIVISOR
+        self.claim_slot_ms = slot if slot > _MIN_SLOT_MS else _MIN_SLOT_MS
+        self.majority = quorum // 2 + 1 if quorum else 0  # quorum mode: votes needed to lead
 
 
 class Node:
@@ -154,29 +155,20 @@ class Node:
         if not isinstance(node_id, str):
             raise TypeError("node id must be a str")
         n = len(node_id.encode())
-        if n < 1 or n > MAX_NODE_ID_BYTES:
+        if n < 1 or n > _MAX_NODE_ID_BYTES:
             raise ValueError("node id must be 1..16 UTF-8 bytes")
         self.id = node_id
         self.config = config if config is not None else Config()
         self.boot = boot
         self.prng = Prng(seed ^ fnv1a32(node_id))
-        self.peers = PeerTable(self.config.max_peers)
         self.outbox = []
-        self.battery = SCORE_MAX
-        self.link = SCORE_MAX
-        self.mains = False
-        self.eligible = True
-        self.score = compute_score(SCORE_MAX, SCORE_MAX, False, True, self.config.weights)
-        self.role = ROLE_DOWN
-        self.term = 0
-        self.leader = None
-        self.lead_reason = None
+        self.set_power(SCORE_MAX, SCORE_MAX)  # full battery and link until told otherwise
         self.wakeup = _NO_TIME
         self.stats_sent = 0
         self.stats_terms_started = 0
         self.stats_suspicions = 0
         self.stats_handoffs = 0
-        self._reset(0)
+        self._reset(0)  # peers, role, term, leader and every timer
 
     # ---- public API -------------------------------------------------------------------
 
@@ -202,7 +194,7 @@ class Node:
             return
         successor = None
         if self.role == ROLE_LEADER:
-            successor = self._pick_successor(now)
+            successor = self.peers.best(now - self.config.live_ms)
         if successor is not None:
             self._send(Msg(HANDOFF, self.id, self.term, F_LEAVING, target=successor.id))
             self.stats_handoffs += 1
@@ -277,7 +269,7 @@ class Node:
         elif self.role == ROLE_LEADER and m.term > self.term and not m.flags & F_CANDIDATE:
             # A peer stuck in a newer term without a leader (say, its leader died on the far
             # side of a healed partition) ignores our older term: lead it in a term above.
-            self._claim(now, REASON_MERGE)
+            self._claim(now, _REASON_MERGE)
         if self.role == ROLE_CANDIDATE and self.config.quorum and now >= self._cand_until:
             self._candidate_timers(now)
 
@@ -290,7 +282,7 @@ class Node:
                 self._adopt(sender, term, now)
             elif better(self.score, self.id, m.score, sender):
                 if term >= self.term:
-                    self._claim(now, REASON_MERGE)
+                    self._claim(now, _REASON_MERGE)
                 else:
                     self._answer(now)
             elif term >= self.term:
@@ -310,7 +302,7 @@ class Node:
             self._ev_time = now
             self._direct = now
         else:
-            current = self.peers.get(self.leader)
+            current = self.peers.by_id.get(self.leader)
             if current is None or better(m.score, sender, current.score, current.id):
                 self._adopt(sender, term, now)
 
@@ -359,7 +351,7 @@ class Node:
                 elif role == ROLE_LEADER:
                     self._answer(now)
                 return
-            current = self.peers.get(self.leader) if self.leader is not None else None
+            current = self.peers.by_id.get(self.leader)  # None when we follow nobody
             if current is None or better(m.score, sender, current.score, current.id):
                 self._adopt(sender, term, now)
             return
@@ -367,7 +359,7 @@ class Node:
             if role == ROLE_LEADER:
                 reason = self.lead_reason
             else:
-                reason = REASON_CRASH if self._had_leader else REASON_START
+                reason = _REASON_CRASH if self._had_leader else _REASON_START
             self.term = term
             self._become_candidate(now, reason)
         else:
@@ -387,22 +379,22 @@ class Node:
             self._max_seen = self.term
             self.stats_terms_started += 1
             if m.flags & F_LEAVING:
-                reason = REASON_SHUTDOWN
+                reason = _REASON_SHUTDOWN
             elif m.flags & F_LOW_BATTERY:
-                reason = REASON_BATTERY
+                reason = _REASON_BATTERY
             else:
-                reason = REASON_HANDOFF
+                reason = _REASON_HANDOFF
             self._become_leader(now, reason)
             return
         if m.flags & F_LEAVING:
-            self.peers.remove(m.sender)
+            self.peers.by_id.pop(m.sender, None)
             if self.leader == m.sender:
                 # Keep following until the successor's heartbeat arrives, but if it never
                 # does, suspect after one interval instead of the full timeout.
                 self._leaving_deadline = now + self.config.heartbeat_ms
 
     def _on_leave(self, m, now):
-        self.peers.remove(m.sender)
+        self.peers.by_id.pop(m.sender, None)
         if self.leader == m.sender and self.role == ROLE_FOLLOWER:
             self._suspect(now, True)
 
@@ -424,7 +416,7 @@ class Node:
         if self._claim_at == _NO_TIME:
             self._schedule_claim(now)
         if now >= self._claim_at:
-            self._claim(now, REASON_CRASH if self._had_leader else REASON_START)
+            self._claim(now, _REASON_CRASH if self._had_leader else _REASON_START)
 
     def _candidate_timers(self, now):
         if now < self._cand_until:
@@ -452,7 +444,7 @@ class Node:
                 self._give_up(now)
                 return
         if self._handoff_to is not None:
-            if self._handoff_tries < MAX_HANDOFF_TRIES and self._handoff_to in self.peers:
+            if self._handoff_tries < _MAX_HANDOFF_TRIES and self._handoff_to in self.peers:
                 self._handoff_tries += 1
                 self._send(
                     Msg(HANDOFF, self.id, self.term, self._handoff_flags, target=self._handoff_to)
@@ -467,7 +459,7 @@ class Node:
             flags = 0
         elif (
             is_low_battery(self.battery, self.mains, cfg.weights)
-            and not best.low_battery
+            and not best.flags & F_LOW_BATTERY
             and better(best.score, best.id, self.score, self.id)
         ):
             flags = F_LOW_BATTERY
@@ -500,7 +492,7 @@ class Node:
         self._cand_until = _NO_TIME
         self._cand_since = now
         self._cand_deadline = _NO_TIME
-        self._cand_reason = REASON_START
+        self._cand_reason = _REASON_START
         self._handoff_to = None
         self._handoff_flags = 0
         self._handoff_tries = 0
@@ -538,7 +530,7 @@ class Node:
         self.leader = None
         self._schedule_claim(now)
         if now >= self._claim_at:
-            self._claim(now, REASON_SHUTDOWN if gone else REASON_CRASH)
+            self._claim(now, _REASON_SHUTDOWN if gone else _REASON_CRASH)
 
     def _schedule_claim(self, now):
         cfg = self.config
@@ -565,7 +557,7 @@ class Node:
         self.leader = None
         self._claim_at = _NO_TIME
         self._cand_since = now
-        self._cand_until = now + cfg.claim_window_ms
+        self._cand_until = now + cfg.claim_slot_ms  # the claim window
         self._cand_deadline = now + cfg.suspect_ms
         self._cand_reason = reason
         self._send(Msg(CLAIM, self.id, self.term, 0, self.score))
@@ -592,7 +584,7 @@ class Node:
         # Back off exponentially (2, 4, ... 32 intervals, plus up to one of jitter) so a
         # minority partition does not burn a term every few hundred milliseconds.
         cfg = self.config
-        if self._failed_claims < MAX_BACKOFF_DOUBLINGS:
+        if self._failed_claims < _MAX_BACKOFF_DOUBLINGS:
             self._failed_claims += 1
         backoff = cfg.heartbeat_ms << self._failed_claims
         self._listen_until = now + backoff + self.prng.below(cfg.heartbeat_ms)
@@ -614,9 +606,6 @@ class Node:
             if better(theirs, p.id, mine, self.id):
                 return False
         return True
-
-    def _pick_successor(self, now):
-        return self.peers.best(now - self.config.live_ms)
 
     # ---- sending ----------------------------------------------------------------------
 
@@ -646,7 +635,8 @@ class Node:
             Msg(HEARTBEAT, self.id, self.term, flags, self.score, heard, self.battery, self.link)
         )
         cfg = self.config
-        j = cfg.jitter_ms
+        # +-1/16 interval of jitter keeps radios from colliding; the mean stays one interval.
+        j = cfg.heartbeat_ms // 16
         self._next_hb = now + cfg.heartbeat_ms + (self.prng.below(2 * j + 1) - j if j else 0)
 
     def _answer(self, now):
