@@ -4,8 +4,11 @@ The table is a dict keyed by node id. Nothing here depends on its iteration orde
 computes an order-independent result (a count, or a best with a total tie-break by id).
 """
 
-from agent.core._compat import const
-from agent.core.messages import F_CANDIDATE, F_LEADER, F_LOW_BATTERY, F_MAINS
+try:
+    from micropython import const  # built in on a board: no _compat module to load
+except ImportError:  # CPython
+    from agent.core._compat import const
+from agent.core.messages import F_CANDIDATE, F_LEADER
 from agent.core.score import INELIGIBLE, better
 
 # Enough for a building-sized mesh on an ESP32 (each entry is a small object); the Pi agent and
@@ -14,6 +17,10 @@ DEFAULT_MAX_PEERS = const(64)
 
 
 class Peer:
+    """One entry of the table. Plain attributes, no properties (each would cost a function
+    object on the board): a peer is eligible when ``score >= 0``, and its role and power are
+    bits of ``flags`` (``messages.F_*``)."""
+
     __slots__ = ("battery", "evidence", "flags", "heard", "id", "link", "score", "term")
 
     def __init__(self, node_id):
@@ -25,22 +32,6 @@ class Peer:
         self.term = 0
         self.heard = 0  # local ms when we last heard anything from it
         self.evidence = -1  # local ms when, by its report, it last heard its leader directly
-
-    @property
-    def eligible(self):
-        return self.score >= 0
-
-    @property
-    def is_leader(self):
-        return bool(self.flags & F_LEADER)
-
-    @property
-    def mains(self):
-        return bool(self.flags & F_MAINS)
-
-    @property
-    def low_battery(self):
-        return bool(self.flags & F_LOW_BATTERY)
 
 
 class PeerTable:
@@ -57,27 +48,35 @@ class PeerTable:
     def __contains__(self, node_id):
         return node_id in self.by_id
 
-    def get(self, node_id):
-        return self.by_id.get(node_id)
-
     def touch(self, node_id, now):
         """The entry for node_id, created (evicting the stalest if full), marked heard now."""
         peer = self.by_id.get(node_id)
         if peer is None:
             if len(self.by_id) >= self.max_peers:
-                self._evict_stalest()
+                # Full: evict the peer heard least recently (the largest id among equals).
+                victim = None
+                for p in self.by_id.values():
+                    if (
+                        victim is None
+                        or p.heard < victim.heard
+                        or (p.heard == victim.heard and p.id > victim.id)
+                    ):
+                        victim = p
+                del self.by_id[victim.id]
+                self.evicted += 1
             peer = Peer(node_id)
             self.by_id[node_id] = peer
         peer.heard = now
         return peer
 
-    def remove(self, node_id):
-        if node_id in self.by_id:
-            del self.by_id[node_id]
-
     def forget_older_than(self, cutoff):
         """Drop peers not heard since ``cutoff`` (ms)."""
-        stale = [p.id for p in self.by_id.values() if p.heard < cutoff]
+        # Plain loops rather than comprehensions here: on MicroPython each comprehension is one
+        # more function object to load.
+        stale = []
+        for p in self.by_id.values():
+            if p.heard < cutoff:
+                stale.append(p.id)
         for node_id in stale:
             del self.by_id[node_id]
         return len(stale)
@@ -118,17 +117,9 @@ class PeerTable:
         return n
 
     def live_ids(self, since):
-        return sorted(p.id for p in self.by_id.values() if p.heard >= since)
-
-    def _evict_stalest(self):
-        victim = None
+        ids = []
         for p in self.by_id.values():
-            if (
-                victim is None
-                or p.heard < victim.heard
-                or (p.heard == victim.heard and p.id > victim.id)
-            ):
-                victim = p
-        if victim is not None:
-            del self.by_id[victim.id]
-            self.evicted += 1
+            if p.heard >= since:
+                ids.append(p.id)
+        ids.sort()
+        return ids

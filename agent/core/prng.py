@@ -4,7 +4,10 @@ The core must not use the ``random`` module: its algorithms differ between the r
 replay contract demands identical decisions on both.
 """
 
-from agent.core._compat import const
+try:
+    from micropython import const  # built in on a board: no _compat module to load
+except ImportError:  # CPython
+    from agent.core._compat import const
 
 _MASK32 = const(0xFFFFFFFF)
 

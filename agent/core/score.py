@@ -4,26 +4,29 @@ A score is an integer from 0 to ``SCORE_MAX`` (1000), or ``INELIGIBLE`` (-1) for
 never leads. It weighs the energy a node can spend (battery charge in per-mille, or full when on
 mains power) against the quality of its link (per-mille; the runtime derives it from loss,
 round-trip time and RSSI). A node off mains whose battery is below the low-battery threshold has
-its score divided by ``LOW_BATTERY_DIVISOR``, so it leads only when nobody healthy can: this is
-the LEACH/HEED idea of rotating the costly aggregator role by residual energy.
+its score divided by 4, so it leads only when nobody healthy can: this is the LEACH/HEED idea of
+rotating the costly aggregator role by residual energy.
 
 Ties break by node id: the smaller id wins. Every node computes the same order from the same
 numbers, so every node reaches the same decision without a vote.
 """
 
-from agent.core._compat import const
+try:
+    from micropython import const  # built in on a board: no _compat module to load
+except ImportError:  # CPython
+    from agent.core._compat import const
 
 SCORE_MAX = const(1000)
 INELIGIBLE = const(-1)
 
 # Default weights: energy counts a little more than the link, because a leader that drains its
 # battery fails the whole mesh, while a weaker link only costs retries. Weights are relative.
-DEFAULT_BATTERY_WEIGHT = const(600)
-DEFAULT_LINK_WEIGHT = const(400)
+_DEFAULT_BATTERY_WEIGHT = const(600)
+_DEFAULT_LINK_WEIGHT = const(400)
 # Below 20% charge a battery node should stop aggregating (the Thread leader-weight idea: a
 # battery-powered router is a poor leader). The same threshold triggers a leader's handoff.
-DEFAULT_LOW_BATTERY = const(200)
-LOW_BATTERY_DIVISOR = const(4)
+_DEFAULT_LOW_BATTERY = const(200)
+_LOW_BATTERY_DIVISOR = const(4)
 
 
 class Weights:
@@ -31,9 +34,9 @@ class Weights:
 
     def __init__(
         self,
-        battery=DEFAULT_BATTERY_WEIGHT,
-        link=DEFAULT_LINK_WEIGHT,
-        low_battery=DEFAULT_LOW_BATTERY,
+        battery=_DEFAULT_BATTERY_WEIGHT,
+        link=_DEFAULT_LINK_WEIGHT,
+        low_battery=_DEFAULT_LOW_BATTERY,
     ):
         if battery < 0 or link < 0 or battery + link <= 0:
             raise ValueError("score weights must be >= 0 and not both 0")
@@ -47,14 +50,6 @@ class Weights:
 DEFAULT_WEIGHTS = Weights()
 
 
-def _clamp(value):
-    if value < 0:
-        return 0
-    if value > SCORE_MAX:
-        return SCORE_MAX
-    return value
-
-
 def is_low_battery(battery, mains, weights=DEFAULT_WEIGHTS):
     return (not mains) and battery < weights.low_battery
 
@@ -63,11 +58,12 @@ def compute_score(battery, link, mains=False, eligible=True, weights=DEFAULT_WEI
     """The node's score, an int in 0..1000, or INELIGIBLE."""
     if not eligible:
         return INELIGIBLE
-    energy = SCORE_MAX if mains else _clamp(battery)
+    # Inputs are clamped to 0..SCORE_MAX (min/max: one function object less than a helper).
+    energy = SCORE_MAX if mains else min(max(battery, 0), SCORE_MAX)
     total = weights.battery + weights.link
-    score = (weights.battery * energy + weights.link * _clamp(link)) // total
+    score = (weights.battery * energy + weights.link * min(max(link, 0), SCORE_MAX)) // total
     if is_low_battery(battery, mains, weights):
-        score //= LOW_BATTERY_DIVISOR
+        score //= _LOW_BATTERY_DIVISOR
     return score
 
 
