@@ -39,7 +39,10 @@ Everything here runs on CPython and MicroPython: no clock (``now`` is integer ms
 counter that does not wrap), no I/O, no dict-order reliance, integers only, named bounds.
 """
 
-from agent.core._compat import const
+try:
+    from micropython import const  # type: ignore[import-not-found]
+except ImportError:  # CPython
+    from agent.core._compat import const
 from agent.core.messages import (
     ACK_FENCED,
     ACK_OK,
@@ -119,16 +122,6 @@ def validate_metrics(metrics):
         raise ValueError("bad metrics: %s" % reason)
 
 
-def make_message(sender, leader, term, readings):
-    """One READINGS Msg for ``readings`` (wire lists); ValueError if they do not fit one frame."""
-    if len(readings) > MAX_READINGS_PER_FRAME:
-        raise ValueError("too many readings for one frame: %d" % len(readings))
-    size = _FRAME_OVERHEAD + cbor_size(readings)  # with the body's array head
-    if size > READINGS_FRAME_BYTES:
-        raise ValueError("readings too big for one frame: %d bytes" % size)
-    return Msg(READINGS, sender, term=term, target=leader, body=readings)
-
-
 def make_messages(sender, leader, term, readings):
     """Split ``readings`` into as few READINGS Msgs as fit the frame budget, in order."""
     out = []
@@ -190,8 +183,9 @@ class ReadingBuffer:
     """A member's readings, held until the gateway confirmed them (bounded ring).
 
     Preallocated parallel lists of ``capacity`` slots. The ``_used`` slots from ``_start``
-    (wrapping) hold readings in growing seq order; a slot whose metrics is None was confirmed
-    out of order (a hole). Holes at either end are trimmed at once; a full ring with holes
+    (wrapping) hold readings in growing seq order; a slot's metrics are one flat tuple
+    (name, value, ...), about a third of a dict's room (a dict is built only to send); a slot
+    whose metrics is None was confirmed out of order (a hole). Holes at either end are trimmed at once; a full ring with holes
     inside is compacted before anything is dropped, so only ``capacity`` unconfirmed readings
     ever make the ring drop its oldest.
     """
@@ -250,7 +244,7 @@ class ReadingBuffer:
         slot = (self._start + self._used) % cap
         self._seq[slot] = seq
         self._t[slot] = t_ms
-        self._metrics[slot] = dict(metrics)  # a copy: the caller may reuse its dict
+        self._metrics[slot] = _pairs(metrics)  # a copy: the caller may reuse its dict
         self._sent_at[slot] = _NEVER
         self._used += 1
         self._next_seq = seq + 1
@@ -294,16 +288,13 @@ class ReadingBuffer:
             else:
                 self.resent += 1
             self._sent_at[slot] = now
-            out.append([self.boot, self._seq[slot], self._t[slot], metrics])
+            out.append([self.boot, self._seq[slot], self._t[slot], _unpack(metrics, 0)])
             again = now + self.resend_ms
             if wakeup == _NEVER or again < wakeup:
                 wakeup = again
         self.wakeup = wakeup if wakeup != _NEVER else now + self.resend_ms
         if out and self.dropped:
-            first = out[0]
-            tagged = dict(first[3])
-            tagged[DROPPED_METRIC] = self.dropped
-            first[3] = tagged
+            out[0][3][DROPPED_METRIC] = self.dropped  # (a fresh dict: the held tuple stays)
         return out
 
     def due_messages(self, now, leader, term, max_count=MAX_READINGS_PER_FRAME):
@@ -428,9 +419,12 @@ class Collector:
         batch_resend_ms=BATCH_RESEND_MS,
         batch_idle_ms=BATCH_IDLE_MS,
         max_frame_bytes=BATCH_FRAME_BYTES,
+        max_in_flight=MAX_IN_FLIGHT,
     ):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if not 1 <= max_in_flight <= MAX_IN_FLIGHT:
+            raise ValueError("max_in_flight must be 1..%d" % MAX_IN_FLIGHT)
         if not _MIN_BATCH_FRAME_BYTES <= max_frame_bytes <= BATCH_FRAME_BYTES:
             raise ValueError("max_frame_bytes")
         if not _is_name(node):
@@ -446,6 +440,9 @@ class Collector:
         # A board sends batches of one Wi-Fi datagram (about 1400 bytes): no IP fragments, and
         # no 4 KB block to find in a small fragmented heap when the frame is encoded.
         self.max_frame_bytes = max_frame_bytes
+        # A board keeps one batch in flight: the second's mesh view and map are about 1.6 KB
+        # of a small heap, and on a LAN the ack is back long before the next batch is due.
+        self.max_in_flight = max_in_flight
         self._held = 0  # entries held, pending and in flight
         # node -> [boot, seq]: every held entry of that node and boot has a seq <= seq.
         self._newest = {}
@@ -483,7 +480,7 @@ class Collector:
 
     @property
     def in_flight(self):
-        """How many batches wait for the gateway's ack (at most MAX_IN_FLIGHT)."""
+        """How many batches wait for the gateway's ack (at most ``max_in_flight``)."""
         return len(self._in_flight)
 
     def add(self, msg_or_readings, from_node=None):
@@ -552,7 +549,8 @@ class Collector:
         ``batch_resend_ms`` ran out (same id, same content), or makes a new one when
         ``batch_ms`` passed with readings waiting, ``BATCH_MAX_READINGS`` wait, or
         ``batch_idle_ms`` passed (a batch with only the mesh view). ``members``: entries
-        [node, score, battery, link, flags, age_ms]; ``elections``: new entries
+        [node, score, battery, link, flags, age_ms], or a function of ``now`` that returns them
+        (called only when a new batch is made: no garbage on the calls that send nothing); ``elections``: new entries
         [term, leader, reason] to report (held until they go out in a batch). Nothing goes
         out while ``term`` is not above ``fenced_term``.
         """
@@ -574,7 +572,7 @@ class Collector:
                 self.batches_resent += 1
                 break
         else:
-            if len(self._in_flight) >= MAX_IN_FLIGHT:
+            if len(self._in_flight) >= self.max_in_flight:
                 return None
             waited = None if self._last_batch_at is None else now - self._last_batch_at
             if self._pending or self._elections:
@@ -680,6 +678,8 @@ class Collector:
         # Members: valid rows sorted by node, a window of what fits that moves on each batch;
         # dropped totals get the room left.
         rows = []
+        if callable(members):
+            members = members(now)
         for item in members or ():
             if _is_member(item):
                 rows.append(list(item))
@@ -855,6 +855,13 @@ def _unpack(items, start):
     for k in range(start, len(items), 2):
         metrics[items[k]] = items[k + 1]
     return metrics
+
+
+def _pairs(metrics):
+    """The flat tuple (name, value, ...) of a metrics dict."""
+    items = [None] * (2 * len(metrics))
+    _put(items, 0, metrics)
+    return tuple(items)
 
 
 def _entry(node, boot, seq, t_ms, metrics):

@@ -67,6 +67,7 @@ class MeshNode:
         seed=0,
         collector_size=None,
         max_frame_bytes=BATCH_FRAME_BYTES,
+        max_in_flight=1,
     ):
         # [election] and [score] of the config, as the Pi agent passes them (0: core default).
         settings = {}
@@ -87,7 +88,11 @@ class MeshNode:
         self.buffer = datapath.ReadingBuffer(node_id, boot, buffer_size)
         # The leader holds up to a full batch per member; bounded all the same.
         self.collector = datapath.Collector(
-            node_id, mesh, collector_size or buffer_size * 2, max_frame_bytes=max_frame_bytes
+            node_id,
+            mesh,
+            collector_size or buffer_size * 2,
+            max_frame_bytes=max_frame_bytes,
+            max_in_flight=max_in_flight,
         )
         self.addresses = {}  # node -> [source, learned_at]
         self.out = []
@@ -237,9 +242,9 @@ class MeshNode:
             return  # batches wait (bounded) until a gateway is configured or found
         elections = self._elections
         self._elections = []
-        members = self._members(now)
-        for _ in range(datapath.MAX_IN_FLIGHT + 1):
-            batch = collector.due_batch(now, node.term, members, elections)
+        for _ in range(collector.max_in_flight + 1):
+            # The mesh view is built only if a new batch is made (this runs every 50 ms).
+            batch = collector.due_batch(now, node.term, self._members, elections)
             elections = None
             if batch is None:
                 break
