@@ -15,7 +15,7 @@ from typing import Any
 
 import cbor2
 
-from agent.core import wire
+from agent.core import batchcheck, wire
 from agent.core.messages import BATCH, BATCH_ACK, Msg
 
 MAX_FRAME_BYTES = wire.MAX_FRAME_BYTES
@@ -142,4 +142,8 @@ def _peek_batch_mesh(data: bytes) -> str | None:
         return None
     batch = value[6]
     name = batch.get("mesh") if isinstance(batch, dict) else None
-    return name if isinstance(name, str) and 0 < len(name.encode()) <= wire.MAX_MESH_BYTES else None
+    return (
+        name
+        if isinstance(name, str) and 0 < len(name.encode()) <= batchcheck.MAX_MESH_BYTES
+        else None
+    )

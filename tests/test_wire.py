@@ -10,10 +10,11 @@ from typing import Any
 import cbor2
 import pytest
 
-from agent.core import auth, wire
+from agent.core import auth, batchcheck, messages, wire
 from agent.core.messages import (
     ACK_FENCED,
     ACK_OK,
+    ACK_REJECTED,
     BATCH,
     BATCH_ACK,
     CLAIM,
@@ -27,8 +28,11 @@ from agent.core.messages import (
     Msg,
 )
 from firmware.lib import cbor as fw_cbor
+from tests.helpers.mpy import run_micropython
+from tests.helpers.tools import REPO_ROOT
 
 MESH = "greenhouse"
+U32 = 0xFFFFFFFF
 KEY = b"mesh-key-of-greenhouse"
 
 BATCH_BODY = {
@@ -62,7 +66,7 @@ def codec(key: bytes | None = KEY, **kw: Any) -> wire.Codec:
 def raw_frame(arr: list[Any], key: bytes | None = KEY) -> bytes:
     """A frame built by hand with cbor2 (to send what a buggy or hostile peer would)."""
     data = cbor2.dumps(arr)
-    return data + (auth.tag(key, data) if key else b"")
+    return data + (auth.Key(key).tag(data) if key else b"")
 
 
 def header(kind: int, sender: str = "pi-9", boot: int = 1, counter: int = 1) -> list[Any]:
@@ -88,20 +92,21 @@ def test_hmac_matches_cpython_hmac_on_many_inputs() -> None:
         key = rng.randbytes(key_lengths[i % len(key_lengths)])
         data = rng.randbytes(rng.randrange(0, 300))
         expected = hmac.new(key, data, hashlib.sha256).digest()
-        assert auth.Key(key).digest(data) == expected
+        k = auth.Key(key)
+        assert k.digest(data) == expected
         n = 1 + i % 32
-        assert auth.tag(key, data, n) == expected[:n]
-        assert auth.verify(key, data, expected[:n])
+        assert k.tag(data, n) == expected[:n]
+        assert k.verify(data, expected[:n])
         wrong = bytearray(expected[:n])
         wrong[i % n] ^= 1 << (i % 8)
-        assert not auth.verify(key, data, bytes(wrong))
+        assert not k.verify(data, bytes(wrong))
 
 
 def test_hmac_accepts_str_key_and_buffer_data() -> None:
     data = bytearray(b"frame bytes")
     expected = hmac.new(b"k\xc3\xa9y", bytes(data), hashlib.sha256).digest()[:8]
-    assert auth.tag("kéy", data) == expected
-    assert auth.tag(b"k\xc3\xa9y", memoryview(data)) == expected
+    assert auth.Key("kéy").tag(data) == expected
+    assert auth.Key(b"k\xc3\xa9y").tag(memoryview(data)) == expected
 
 
 def test_verify_refuses_empty_and_overlong_tags() -> None:
@@ -202,14 +207,14 @@ def test_counter_grows_per_frame_and_boot_is_the_codecs() -> None:
 
 
 def test_worst_case_heartbeat_with_16_byte_id_and_tag_fits_64_bytes() -> None:
-    tx = codec(boot=wire.U32)
-    tx.counter = wire.U32 - 1
+    tx = codec(boot=U32)
+    tx.counter = U32 - 1
     msg = Msg(
         HEARTBEAT,
         "\u00e9" * 8,  # 16 UTF-8 bytes
-        term=wire.U32,
+        term=U32,
         flags=255,
-        score=wire.I32_MIN,
+        score=-(2**31),
         heard=65535,
         battery=65535,
         link=65535,
@@ -366,6 +371,7 @@ BAD_FIELDS = [
         [*header(BATCH), 1, {"id": 1, "readings": [], "members": [["a", 1, 2, 3, 4]]}],
     ),
     ("batch_ack unknown status", [*header(BATCH_ACK), 1, "pi-1", [7, 9, 1]]),
+    ("batch_ack status 3", [*header(BATCH_ACK), 1, "pi-1", [7, 3, 1]]),
     ("batch_ack bool status", [*header(BATCH_ACK), 1, "pi-1", [7, True, 1]]),
     ("batch_ack short", [*header(BATCH_ACK), 1, "pi-1", [7, ACK_OK]]),
 ]
@@ -513,3 +519,86 @@ def test_drops_are_counted_by_reason() -> None:
     expect_drop(rx, b"", wire.MALFORMED)
     expect_drop(rx, b"\xff" * 20, wire.MALFORMED)
     assert rx.drops[wire.MALFORMED] == 2
+
+
+# -- codecs that do not check batches (the firmware's) -------------------------------------
+
+
+def test_batchcheck_bounds_agree_with_wire() -> None:
+    # batchcheck.py repeats some of wire.py's bounds (underscored consts cannot be imported
+    # on MicroPython); on CPython both are module attributes.
+    for name in (
+        "_MAX_ID_BYTES",
+        "_MAX_NAME_BYTES",
+        "_U8",
+        "_U16",
+        "_U32",
+        "_U64",
+        "_I32_MIN",
+        "_I32_MAX",
+        "_I64_MIN",
+        "_I64_MAX",
+    ):
+        assert getattr(batchcheck, name) == getattr(wire, name), name
+    assert wire._TAG_BYTES == auth.TAG_BYTES
+
+
+def test_wire_kinds_agree_with_messages() -> None:
+    # wire.py repeats the kinds as consts (imported names would cost the firmware heap).
+    kinds = ["HEARTBEAT", "CLAIM", "HANDOFF", "LEAVE", "READINGS", "READINGS_ACK", "BATCH"]
+    kinds.append("BATCH_ACK")
+    for name in kinds:
+        assert getattr(wire, "_" + name) == getattr(messages, name), name
+    assert sorted(wire._BODY_FIELDS) == sorted(getattr(messages, name) for name in kinds)
+    assert (ACK_OK, ACK_FENCED, ACK_REJECTED) == (0, 1, wire._ACK_REJECTED)  # checked as 0..2
+
+
+def test_codec_without_batch_checks_drops_batches_unread() -> None:
+    rx = codec(check_batches=False)
+    data = codec().encode(SAMPLES[6])
+    expect_drop(rx, data, wire.NO_BATCHES)
+    # Dropped before the tag is checked and before the replay window moves.
+    expect_drop(rx, data[:-1] + bytes([data[-1] ^ 1]), wire.NO_BATCHES)
+    assert rx.accepted == 0 and rx._senders == {}
+    # Every other kind is decoded as usual.
+    tx = codec(boot=2)
+    for sample in SAMPLES:
+        if sample.kind != BATCH:
+            assert rx.decode(tx.encode(sample), 1) == sample
+
+
+def test_codec_without_batch_checks_encodes_batch_bodies_unchecked() -> None:
+    tx = codec(check_batches=False)
+    unchecked = Msg(BATCH, "pi-1", term=5, body={"id": 1, "readings": [], "x": 1})
+    data = tx.encode(unchecked)  # a checking codec refuses this body ...
+    with pytest.raises(wire.WireError) as info:
+        codec().encode(Msg(BATCH, "pi-1", term=5, body=unchecked.body))
+    assert info.value.reason == wire.BAD_FIELD
+    expect_drop(codec(), data, wire.BAD_FIELD)  # ... and so does every receiver
+    # The header and the term are still checked.
+    for bad in (Msg(BATCH, "pi-1", term=-1, body={}), Msg(BATCH, "", body={})):
+        with pytest.raises(wire.WireError) as info:
+            tx.encode(bad)
+        assert info.value.reason == wire.BAD_FIELD
+    assert codec().decode(tx.encode(SAMPLES[6]), 0) == SAMPLES[6]
+
+
+@pytest.mark.micropython
+def test_codec_without_batch_checks_never_loads_batchcheck_on_micropython() -> None:
+    code = (
+        "import sys\n"
+        "import cbor\n"
+        "from agent.core import wire, messages as m\n"
+        "c = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads, check_batches=False)\n"
+        "f = c.encode(m.Msg(m.BATCH, 'esp32-1', term=3, body={'id': 1, 'readings': []}))\n"
+        "try:\n"
+        "    c.decode(f, 0)\n"
+        "except wire.WireError as e:\n"
+        "    print(e.reason)\n"
+        "print('agent.core.batchcheck' in sys.modules)\n"
+        "c2 = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads)\n"
+        "print(c2.decode(f, 0).body['id'], 'agent.core.batchcheck' in sys.modules)\n"
+    )
+    rc, out = run_micropython(code=code, path=[REPO_ROOT / "firmware" / "lib"])
+    assert rc == 0, out
+    assert out.split() == ["no_batches", "False", "1", "True"]

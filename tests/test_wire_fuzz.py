@@ -95,7 +95,7 @@ def test_valid_header_then_any_bytes(kind: int, tail: bytes) -> None:
         data = bytes([0x80 + count]) + head[1:] + tail
         for codec in codecs():
             decode_or_drop(codec, data)
-            decode_or_drop(codec, data + auth.tag(KEY, data))
+            decode_or_drop(codec, data + auth.Key(KEY).tag(data))
 
 
 # Values of every CBOR type, near every field's edges, nested a little.
@@ -157,7 +157,7 @@ def test_any_cbor_in_the_fields_gives_well_typed_msg_or_drop(
     data = cbor2.dumps(arr)
     for codec in codecs():
         decode_or_drop(codec, data)
-        decode_or_drop(codec, data + auth.tag(KEY, data))
+        decode_or_drop(codec, data + auth.Key(KEY).tag(data))
 
 
 MUTATION = st.tuples(

@@ -7,9 +7,15 @@ size 64. The same code runs on CPython, where tests check it against the ``hmac`
 
 import hashlib
 
-BLOCK_BYTES = 64  # SHA-256 block size (RFC 2104 "B")
-DIGEST_BYTES = 32
-TAG_BYTES = 8  # the wire's tag: first 8 bytes of the HMAC (docs/design.md)
+try:
+    from micropython import const  # built in on a board: no _compat module to load
+except ImportError:  # CPython
+    from agent.core._compat import const
+
+
+_BLOCK_BYTES = const(64)  # SHA-256 block size (RFC 2104 "B")
+_DIGEST_BYTES = const(32)
+TAG_BYTES = const(8)  # the wire's tag: first 8 bytes of the HMAC (docs/design.md)
 
 
 class Key:
@@ -19,20 +25,18 @@ class Key:
     are done here and not per frame (they cost more than the hashing on MicroPython).
     """
 
-    __slots__ = ("_inner", "_outer")
-
     def __init__(self, key):
         if isinstance(key, str):
             key = key.encode()
         if not isinstance(key, (bytes, bytearray)):
             raise TypeError("key must be bytes or str")
-        if len(key) > BLOCK_BYTES:
+        if len(key) > _BLOCK_BYTES:
             key = hashlib.sha256(key).digest()
-        padded = bytearray(BLOCK_BYTES)
+        padded = bytearray(_BLOCK_BYTES)
         padded[: len(key)] = key
-        inner = bytearray(BLOCK_BYTES)
-        outer = bytearray(BLOCK_BYTES)
-        for i in range(BLOCK_BYTES):
+        inner = bytearray(_BLOCK_BYTES)
+        outer = bytearray(_BLOCK_BYTES)
+        for i in range(_BLOCK_BYTES):
             inner[i] = padded[i] ^ 0x36
             outer[i] = padded[i] ^ 0x5C
         self._inner = bytes(inner)
@@ -48,33 +52,18 @@ class Key:
 
     def tag(self, data, n=TAG_BYTES):
         """The first ``n`` bytes (1..32) of the HMAC of ``data``."""
-        if not 1 <= n <= DIGEST_BYTES:
+        if not 1 <= n <= _DIGEST_BYTES:
             raise ValueError("tag length must be 1..32")
         d = self.digest(data)
-        return d if n == DIGEST_BYTES else d[:n]
+        return d if n == _DIGEST_BYTES else d[:n]
 
     def verify(self, data, tag):
         """True if ``tag`` (1..32 bytes) is the truncated HMAC of ``data``; constant time."""
         n = len(tag)
-        if not 1 <= n <= DIGEST_BYTES:
+        if not 1 <= n <= _DIGEST_BYTES:
             # An empty tag would compare equal to anything: never accept it.
             return False
         return equal(self.digest(data)[:n], tag)
-
-
-def as_key(key):
-    """``key`` as a ``Key`` (accepts a ``Key``, bytes or str)."""
-    return key if isinstance(key, Key) else Key(key)
-
-
-def tag(key, data, n=TAG_BYTES):
-    """The first ``n`` bytes of HMAC-SHA256(key, data). ``key``: bytes, str or ``Key``."""
-    return as_key(key).tag(data, n)
-
-
-def verify(key, data, tag):
-    """True if ``tag`` is the (truncated) HMAC-SHA256 of ``data`` under ``key``."""
-    return as_key(key).verify(data, tag)
 
 
 def equal(a, b):

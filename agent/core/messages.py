@@ -10,17 +10,6 @@ READINGS_ACK = 9
 BATCH = 10
 BATCH_ACK = 11
 
-KIND_NAMES = {
-    HEARTBEAT: "heartbeat",
-    CLAIM: "claim",
-    HANDOFF: "handoff",
-    LEAVE: "leave",
-    READINGS: "readings",
-    READINGS_ACK: "readings_ack",
-    BATCH: "batch",
-    BATCH_ACK: "batch_ack",
-}
-
 # Heartbeat (and handoff) flags.
 F_LEADER = 1
 F_CANDIDATE = 2
@@ -85,8 +74,10 @@ class Msg:
         self.body = body
 
     def __repr__(self):
-        return "Msg(%s from %s term=%d flags=%d score=%d heard=%d target=%r)" % (
-            KIND_NAMES.get(self.kind, str(self.kind)),
+        # The kind as its number (see the table above): a table of names would cost every
+        # node heap for debugging output only.
+        return "Msg(kind %d from %s term=%d flags=%d score=%d heard=%d target=%r)" % (
+            self.kind,
             self.sender,
             self.term,
             self.flags,
@@ -98,4 +89,9 @@ class Msg:
     def __eq__(self, other):
         if not isinstance(other, Msg):
             return False
-        return all(getattr(self, name) == getattr(other, name) for name in Msg.__slots__)
+        # A loop, not all(<generator>): a generator expression is one more function object
+        # in the heap of every node.
+        for name in Msg.__slots__:  # noqa: SIM110
+            if getattr(self, name) != getattr(other, name):
+                return False
+        return True

@@ -14,7 +14,8 @@ Theory of operation for ``Codec.decode`` (cheapest and least trusting first):
    unsigned ints); read by hand, so the frames of a neighbouring mesh are counted
    ``other_mesh`` before anything else, and no full CBOR decode runs before the tag is
    checked;
-3. mesh, version, kind and field count;
+3. mesh, version, kind and field count; a codec made with ``check_batches=False`` drops a
+   BATCH frame here, unread (``no_batches``);
 4. tag (with a key): HMAC-SHA256 over the CBOR bytes, first 8 bytes, constant-time compare;
 5. full CBOR decode, then every field's type and range for the kind: a frame never yields a
    ``Msg`` with a wrong-typed field;
@@ -27,35 +28,45 @@ escapes ``decode``.
 import hashlib
 
 from agent.core import auth
-from agent.core.messages import (
-    ACK_FENCED,
-    ACK_OK,
-    ACK_REJECTED,
-    BATCH,
-    BATCH_ACK,
-    CLAIM,
-    HANDOFF,
-    HEARTBEAT,
-    LEAVE,
-    READINGS,
-    READINGS_ACK,
-    Msg,
-)
+from agent.core.messages import Msg
 
-VERSION = 1
-MAX_FRAME_BYTES = 4096  # whole frame, tag included; larger frames are dropped unread
-TAG_BYTES = auth.TAG_BYTES
+try:
+    from micropython import const  # built in on a board: no _compat module to load
+except ImportError:  # CPython
+    from agent.core._compat import const
+
+
+# An underscored ``const`` costs no heap on MicroPython (the compiler folds it away); public
+# names stay module globals. So only what other modules read is public here.
+
+# The message kinds and the highest BATCH_ACK status of agent/core/messages.py, repeated as
+# consts: imported names would be globals of this module too (tests/test_wire.py checks that
+# both agree).
+_HEARTBEAT = const(1)
+_CLAIM = const(2)
+_HANDOFF = const(3)
+_LEAVE = const(4)
+_READINGS = const(8)
+_READINGS_ACK = const(9)
+_BATCH = const(10)
+_BATCH_ACK = const(11)
+_ACK_REJECTED = const(2)  # statuses: ACK_OK 0, ACK_FENCED 1, ACK_REJECTED 2
+
+VERSION = const(1)
+MAX_FRAME_BYTES = const(4096)  # whole frame, tag included; larger frames are dropped unread
+_TAG_BYTES = const(8)  # auth.TAG_BYTES: the first 8 bytes of the HMAC
 
 # Replay protection. 32 frames of reordering is more than a mesh of one radio hop shows.
 # The window is one int: a small int on 64-bit ports, a short long-int on a 32-bit ESP32.
-REPLAY_WINDOW = 32
+_REPLAY_WINDOW = const(32)
+_WINDOW_MASK = const((1 << _REPLAY_WINDOW) - 1)
 # A sender silent this long is forgotten: a node that lost its boot counter (flash wiped)
 # is accepted again after this quiet time instead of never. Long against the heartbeat
 # interval (250 ms default), so a healthy sender is never forgotten.
-REPLAY_FORGET_MS = 60000
+REPLAY_FORGET_MS = const(60000)
 # Default bound of the replay table; a mesh larger than this evicts the least recently
 # heard sender (whose old frames then pass the window once more, until it is heard again).
-_MAX_SENDERS = 64
+_MAX_SENDERS = const(64)
 
 # Drop reasons: the only values ``WireError.reason`` takes.
 TOO_BIG = "too_big"  # over MAX_FRAME_BYTES
@@ -65,40 +76,37 @@ OTHER_MESH = "other_mesh"  # mesh_hash of another mesh
 BAD_TAG = "bad_tag"  # missing or wrong HMAC tag
 BAD_FIELD = "bad_field"  # unknown kind, or a field of the wrong type or out of range
 REPLAYED = "replayed"  # older boot, or a counter already seen or below the window
-REASONS = (TOO_BIG, MALFORMED, BAD_VERSION, OTHER_MESH, BAD_TAG, BAD_FIELD, REPLAYED)
+NO_BATCHES = "no_batches"  # a BATCH frame reached a codec made with check_batches=False
+REASONS = (TOO_BIG, MALFORMED, BAD_VERSION, OTHER_MESH, BAD_TAG, BAD_FIELD, REPLAYED, NO_BATCHES)
 
 # Field ranges. The 32-bit bounds on boot, counter, term and score keep the worst-case
 # heartbeat (16-byte id, every field at its maximum) at 53 CBOR bytes + 8 tag <= 64.
-MAX_ID_BYTES = 16  # node ids (sender, target, node names in bodies): 1..16 UTF-8 bytes
-MAX_NAME_BYTES = 32  # metric names, election reasons, batch ids given as text
-MAX_MESH_BYTES = 64  # the mesh name inside a batch
-MAX_ITEMS = 256  # readings, ranges and every list inside a batch
-MAX_METRICS = 16  # metrics in one reading
-U8 = 0xFF
-U16 = 0xFFFF
-U32 = 0xFFFFFFFF
-U64 = 0xFFFFFFFFFFFFFFFF
-I32_MIN = -0x80000000
-I32_MAX = 0x7FFFFFFF
-I64_MIN = -0x8000000000000000
-I64_MAX = 0x7FFFFFFFFFFFFFFF
-ACK_STATUSES = (ACK_OK, ACK_FENCED, ACK_REJECTED)
+# agent/core/batchcheck.py repeats the ones it needs (a test checks that they agree).
+_MAX_ID_BYTES = const(16)  # node ids (sender, target, node names in bodies): 1..16 UTF-8 bytes
+_MAX_NAME_BYTES = const(32)  # metric names, batch ids given as text
+_MAX_ITEMS = const(256)  # readings, ranges and every list inside a batch
+_MAX_METRICS = const(16)  # metrics in one reading
+_U8 = const(0xFF)
+_U16 = const(0xFFFF)
+_U32 = const(0xFFFFFFFF)
+_U64 = const(0xFFFFFFFFFFFFFFFF)
+_I32_MIN = const(-0x80000000)
+_I32_MAX = const(0x7FFFFFFF)
+_I64_MIN = const(-0x8000000000000000)
+_I64_MAX = const(0x7FFFFFFFFFFFFFFF)
 
 # Number of body fields after [vk, mesh_hash, sender, boot, counter], per kind.
 _BODY_FIELDS = {
-    HEARTBEAT: 6,
-    CLAIM: 2,
-    HANDOFF: 3,
-    LEAVE: 1,
-    READINGS: 3,
-    READINGS_ACK: 3,
-    BATCH: 2,
-    BATCH_ACK: 3,
+    _HEARTBEAT: 6,
+    _CLAIM: 2,
+    _HANDOFF: 3,
+    _LEAVE: 1,
+    _READINGS: 3,
+    _READINGS_ACK: 3,
+    _BATCH: 2,
+    _BATCH_ACK: 3,
 }
-_HEADER_FIELDS = 5
-_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
-# Nesting a frame can need: frame > batch > readings > reading > metrics.
-_MAX_DEPTH = 6
+_HEADER_FIELDS = const(5)
 
 
 class WireError(ValueError):
@@ -126,27 +134,51 @@ class Codec:
     ``dumps``/``loads``: CBOR functions; default cbor2 on CPython (MicroPython: pass
     ``cbor.dumps, cbor.loads`` from firmware/lib). ``boot``: this node's persisted boot
     counter, grown at every boot. ``max_senders``: bound of the replay table.
+    ``check_batches``: with False, the codec never loads the BATCH body check
+    (agent/core/batchcheck.py): a received BATCH frame is dropped (``no_batches``) and an
+    encoded one goes out with its body unchecked. For nodes that only send batches they
+    built within the bounds (the firmware's ``datapath.Collector``) and never read one.
     """
 
-    def __init__(self, mesh, key=None, dumps=None, loads=None, boot=0, max_senders=_MAX_SENDERS):
+    def __init__(
+        self,
+        mesh,
+        key=None,
+        dumps=None,
+        loads=None,
+        boot=0,
+        max_senders=_MAX_SENDERS,
+        check_batches=True,
+    ):
         if dumps is None or loads is None:
-            default_dumps, default_loads = _default_cbor()
-            dumps = dumps or default_dumps
-            loads = loads or default_loads
+            # CPython: cbor2 made strict (agent/strict_cbor.py, CPython-only, left out of the
+            # firmware build). MicroPython, or no cbor2: firmware/lib/cbor.py on a board's /lib.
+            try:
+                from agent import strict_cbor as default
+            except ImportError:
+                try:
+                    import cbor as default
+                except ImportError:
+                    raise ImportError("no CBOR codec: pass dumps= and loads= to Codec") from None
+            dumps = dumps or default.dumps
+            loads = loads or default.loads
         if isinstance(key, (bytes, bytearray, str)) and len(key) == 0:
             raise ValueError("empty mesh key: pass None for unauthenticated frames")
-        if type(boot) is not int or not 0 <= boot <= U32:
+        if type(boot) is not int or not 0 <= boot <= _U32:
             raise ValueError("boot must be an int in 0..2**32-1")
         if max_senders < 1:
             raise ValueError("max_senders must be at least 1")
         self.mesh = mesh
         self.mesh_hash = mesh_hash(mesh)
-        self._key = None if key is None else auth.as_key(key)
+        if key is not None and not isinstance(key, auth.Key):
+            key = auth.Key(key)
+        self._key = key
         self._dumps = dumps
         self._loads = loads
         self.boot = boot
         self.counter = 0  # of the last frame encoded; the first frame carries 1
         self.max_senders = max_senders
+        self.check_batches = check_batches
         # sender -> [boot, highest counter, window bits (bit i: highest - i seen), heard ms]
         self._senders = {}
         self.drops = {}
@@ -160,7 +192,7 @@ class Codec:
     def encode(self, msg):
         """The frame for ``msg``; fills ``msg.boot`` and ``msg.counter`` (next counter)."""
         counter = self.counter + 1
-        if counter > U32:
+        if counter > _U32:
             # 2**32 frames in one boot: the node must restart with a higher boot counter.
             raise WireError(BAD_FIELD, "counter exhausted for this boot")
         kind = msg.kind
@@ -174,22 +206,22 @@ class Codec:
             counter,
             msg.term,
         ]
-        if kind == HEARTBEAT:
+        if kind == _HEARTBEAT:
             # "heard" saturates (docs/design.md); cap here so no caller can overflow it.
-            heard = msg.heard if type(msg.heard) is not int or msg.heard <= U16 else U16
+            heard = msg.heard if type(msg.heard) is not int or msg.heard <= _U16 else _U16
             arr.extend((msg.flags, msg.score, heard, msg.battery, msg.link))
-        elif kind == CLAIM:
+        elif kind == _CLAIM:
             arr.append(msg.score)
-        elif kind == HANDOFF:
+        elif kind == _HANDOFF:
             arr.append(msg.target)
             arr.append(msg.flags)
-        elif kind == BATCH:
+        elif kind == _BATCH:
             arr.append(msg.body)
-        elif kind != LEAVE:  # READINGS, READINGS_ACK, BATCH_ACK
+        elif kind != _LEAVE:  # READINGS, READINGS_ACK, BATCH_ACK
             arr.append(msg.target)
             arr.append(msg.body)
         # Check with the receiver's rules, so every frame we send is one peers accept.
-        why = _check_header(arr[2], arr[3], arr[4]) or _check_body(kind, arr)
+        why = _check_fields(kind, arr, self.check_batches)
         if why:
             raise WireError(BAD_FIELD, why)
         data = self._dumps(arr)
@@ -197,13 +229,13 @@ class Codec:
             # An encoder that reuses its buffer (the firmware's): one exact-size copy, the tag
             # written in place, no ``data + tag``.
             n = len(data)
-            frame = bytearray(n + (TAG_BYTES if self._key is not None else 0))
+            frame = bytearray(n + (_TAG_BYTES if self._key is not None else 0))
             frame[:n] = data
             if self._key is not None:
-                frame[n:] = self._key.tag(data, TAG_BYTES)
+                frame[n:] = self._key.tag(data, _TAG_BYTES)
             data = frame
         elif self._key is not None:
-            data = data + self._key.tag(data, TAG_BYTES)
+            data = data + self._key.tag(data, _TAG_BYTES)
         if len(data) > MAX_FRAME_BYTES:
             raise WireError(TOO_BIG, "%d bytes" % len(data))
         self.counter = counter
@@ -228,7 +260,7 @@ class Codec:
         if size > MAX_FRAME_BYTES:
             raise WireError(TOO_BIG)
         if self._key is not None:
-            size -= TAG_BYTES
+            size -= _TAG_BYTES
         # Header peek: array head, vk, mesh_hash.
         if size < 3:
             raise WireError(MALFORMED, "short")
@@ -250,6 +282,9 @@ class Codec:
             raise WireError(BAD_FIELD, "unknown kind %d" % kind)
         if count != _HEADER_FIELDS + fields:
             raise WireError(MALFORMED, "field count")
+        if kind == _BATCH and not self.check_batches:
+            # Not read at all: no tag check, no CBOR decode of up to 4 KB.
+            raise WireError(NO_BATCHES)
         if self._key is not None:
             body = data[:size]
             if not self._key.verify(body, data[size:]):
@@ -263,30 +298,30 @@ class Codec:
         if type(arr) is not list or len(arr) != count or arr[0] != vk or arr[1] != mesh:
             # The peek and the decoder disagree: only a broken injected decoder gets here.
             raise WireError(MALFORMED, "frame array")
+        why = _check_fields(kind, arr, True)
+        if why:
+            raise WireError(BAD_FIELD, why)
         sender = arr[2]
         boot = arr[3]
         counter = arr[4]
-        why = _check_header(sender, boot, counter) or _check_body(kind, arr)
-        if why:
-            raise WireError(BAD_FIELD, why)
         if not self._fresh(sender, boot, counter, now):
             raise WireError(REPLAYED)
         self.accepted += 1
         msg = Msg(kind, sender, term=arr[5], boot=boot, counter=counter)
-        if kind == HEARTBEAT:
+        if kind == _HEARTBEAT:
             msg.flags = arr[6]
             msg.score = arr[7]
             msg.heard = arr[8]
             msg.battery = arr[9]
             msg.link = arr[10]
-        elif kind == CLAIM:
+        elif kind == _CLAIM:
             msg.score = arr[6]
-        elif kind == HANDOFF:
+        elif kind == _HANDOFF:
             msg.target = arr[6]
             msg.flags = arr[7]
-        elif kind == BATCH:
+        elif kind == _BATCH:
             msg.body = arr[6]
-        elif kind != LEAVE:
+        elif kind != _LEAVE:
             msg.target = arr[6]
             msg.body = arr[7]
         return msg
@@ -313,11 +348,11 @@ class Codec:
             high = entry[1]
             if counter > high:
                 shift = counter - high
-                entry[2] = ((entry[2] << shift) | 1) & _WINDOW_MASK if shift < REPLAY_WINDOW else 1
+                entry[2] = ((entry[2] << shift) | 1) & _WINDOW_MASK if shift < _REPLAY_WINDOW else 1
                 entry[1] = counter
             else:
                 back = high - counter
-                if back >= REPLAY_WINDOW:
+                if back >= _REPLAY_WINDOW:
                     return False
                 bit = 1 << back
                 if entry[2] & bit:
@@ -378,244 +413,93 @@ def _text(v, hi):
 
 
 def _list(v, n=-1):
-    # A list of exactly n items, or of at most MAX_ITEMS when n is -1.
-    return type(v) is list and (len(v) == n if n >= 0 else len(v) <= MAX_ITEMS)
-
-
-def _check_header(sender, boot, counter):
-    if not _text(sender, MAX_ID_BYTES):
-        return "sender"
-    if not _uint(boot, U32):
-        return "boot"
-    if not _uint(counter, U32):
-        return "counter"
-    return None
-
-
-def _check_body(kind, arr):
-    # None if the body fields (arr[5:]) suit ``kind``, else the name of the first bad one.
-    if not _uint(arr[5], U32):
-        return "term"
-    if kind == HEARTBEAT:
-        if not _uint(arr[6], U8):
-            return "flags"
-        if not _int(arr[7], I32_MIN, I32_MAX):
-            return "score"
-        if not _uint(arr[8], U16):
-            return "heard"
-        if not _uint(arr[9], U16):
-            return "battery"
-        if not _uint(arr[10], U16):
-            return "link"
-    elif kind == CLAIM:
-        if not _int(arr[6], I32_MIN, I32_MAX):
-            return "score"
-    elif kind == HANDOFF:
-        if not _text(arr[6], MAX_ID_BYTES):
-            return "target"
-        if not _uint(arr[7], U8):
-            return "flags"
-    elif kind == LEAVE:
-        pass
-    elif kind == BATCH:
-        return _check_batch(arr[6])
-    else:
-        if not _text(arr[6], MAX_ID_BYTES):
-            return "target"
-        body = arr[7]
-        if kind == READINGS:
-            return _check_readings(body)
-        if kind == READINGS_ACK:
-            return _check_ranges(body)
-        if not (
-            _list(body, 3) and _batch_id(body[0]) and _uint(body[1], U8) and _uint(body[2], U32)
-        ):
-            return "batch_ack"
-        if body[1] not in ACK_STATUSES:
-            return "batch_ack"
-    return None
+    # A list of exactly n items, or of at most _MAX_ITEMS when n is -1.
+    return type(v) is list and (len(v) == n if n >= 0 else len(v) <= _MAX_ITEMS)
 
 
 def _metrics(v):
-    if type(v) is not dict or len(v) > MAX_METRICS:
+    # {metric name: int64}, at most _MAX_METRICS of them.
+    if type(v) is not dict or len(v) > _MAX_METRICS:
         return False
     for name, value in v.items():
-        if not (_text(name, MAX_NAME_BYTES) and _int(value, I64_MIN, I64_MAX)):
+        if not (_text(name, _MAX_NAME_BYTES) and _int(value, _I64_MIN, _I64_MAX)):
             return False
     return True
 
 
-def _check_readings(body):
-    # [[boot, seq, t_ms, {metric: int}], ...]
-    if not _list(body):
-        return "readings"
-    for r in body:
-        if not (
-            _list(r, 4)
-            and _uint(r[0], U32)
-            and _uint(r[1], U32)
-            and _uint(r[2], U64)
-            and _metrics(r[3])
+def _check_fields(kind, arr, batches):
+    # None if the fields after vk and mesh_hash suit ``kind``, else the name of the first bad
+    # one. ``batches``: whether to check a BATCH body (see Codec's ``check_batches``).
+    if not _text(arr[2], _MAX_ID_BYTES):
+        return "sender"
+    if not _uint(arr[3], _U32):
+        return "boot"
+    if not _uint(arr[4], _U32):
+        return "counter"
+    if not _uint(arr[5], _U32):
+        return "term"
+    if kind == _HEARTBEAT:
+        if not _uint(arr[6], _U8):
+            return "flags"
+        if not _int(arr[7], _I32_MIN, _I32_MAX):
+            return "score"
+        if not _uint(arr[8], _U16):
+            return "heard"
+        if not _uint(arr[9], _U16):
+            return "battery"
+        if not _uint(arr[10], _U16):
+            return "link"
+    elif kind == _CLAIM:
+        if not _int(arr[6], _I32_MIN, _I32_MAX):
+            return "score"
+    elif kind == _HANDOFF:
+        if not _text(arr[6], _MAX_ID_BYTES):
+            return "target"
+        if not _uint(arr[7], _U8):
+            return "flags"
+    elif kind == _BATCH:
+        if batches:
+            # Imported on first use: a codec made with check_batches=False never loads it.
+            from agent.core.batchcheck import check_batch
+
+            return check_batch(arr[6])
+    elif kind != _LEAVE:  # READINGS, READINGS_ACK, BATCH_ACK: a target, then a list
+        if not _text(arr[6], _MAX_ID_BYTES):
+            return "target"
+        body = arr[7]
+        if kind == _READINGS:
+            # [[boot, seq, t_ms, {metric: int}], ...]
+            if not _list(body):
+                return "readings"
+            for r in body:
+                if not (
+                    _list(r, 4)
+                    and _uint(r[0], _U32)
+                    and _uint(r[1], _U32)
+                    and _uint(r[2], _U64)
+                    and _metrics(r[3])
+                ):
+                    return "readings"
+        elif kind == _READINGS_ACK:
+            # [[boot, first_seq, last_seq], ...] with first_seq <= last_seq
+            if not _list(body):
+                return "ranges"
+            for r in body:
+                if not (
+                    _list(r, 3)
+                    and _uint(r[0], _U32)
+                    and _uint(r[1], _U32)
+                    and _uint(r[2], _U32)
+                    and r[1] <= r[2]
+                ):
+                    return "ranges"
+        elif not (
+            # BATCH_ACK: [batch id (uint64 or 1..32 bytes of text), status, highest term];
+            # the statuses are ACK_OK, ACK_FENCED and ACK_REJECTED: 0..2.
+            _list(body, 3)
+            and (_uint(body[0], _U64) or _text(body[0], _MAX_NAME_BYTES))
+            and _uint(body[1], _ACK_REJECTED)
+            and _uint(body[2], _U32)
         ):
-            return "readings"
+            return "batch_ack"
     return None
-
-
-def _check_ranges(body):
-    # [[boot, first_seq, last_seq], ...]
-    if not _list(body):
-        return "ranges"
-    for r in body:
-        if not (_list(r, 3) and _uint(r[0], U32) and _uint(r[1], U32) and _uint(r[2], U32)):
-            return "ranges"
-        if r[1] > r[2]:
-            return "ranges"
-    return None
-
-
-def _batch_id(v):
-    return _uint(v, U64) or _text(v, MAX_NAME_BYTES)
-
-
-def _batch_reading(r):
-    # [node, boot, seq, t_ms, {metric: value}]
-    return (
-        _list(r, 5)
-        and _text(r[0], MAX_ID_BYTES)
-        and _uint(r[1], U32)
-        and _uint(r[2], U32)
-        and _uint(r[3], U64)
-        and _metrics(r[4])
-    )
-
-
-def _batch_agg(a):
-    # [node, metric, count, min, max, mean]
-    return (
-        _list(a, 6)
-        and _text(a[0], MAX_ID_BYTES)
-        and _text(a[1], MAX_NAME_BYTES)
-        and _uint(a[2], U64)
-        and _int(a[3], I64_MIN, I64_MAX)
-        and _int(a[4], I64_MIN, I64_MAX)
-        and _int(a[5], I64_MIN, I64_MAX)
-    )
-
-
-def _batch_member(m):
-    # [node, score, battery, link, flags, age_ms]
-    return (
-        _list(m, 6)
-        and _text(m[0], MAX_ID_BYTES)
-        and _int(m[1], I32_MIN, I32_MAX)
-        and _uint(m[2], U16)
-        and _uint(m[3], U16)
-        and _uint(m[4], U8)
-        and _uint(m[5], U64)
-    )
-
-
-def _batch_dropped(d):
-    # [node, count]
-    return _list(d, 2) and _text(d[0], MAX_ID_BYTES) and _uint(d[1], U64)
-
-
-def _batch_election(e):
-    # [term, leader or null, reason (text or int code)]
-    return (
-        _list(e, 3)
-        and _uint(e[0], U32)
-        and (e[1] is None or _text(e[1], MAX_ID_BYTES))
-        and (_uint(e[2], U32) or _text(e[2], MAX_NAME_BYTES))
-    )
-
-
-# Optional list-valued batch keys and the check for each of their items.
-_BATCH_LISTS = {
-    "readings": _batch_reading,
-    "agg": _batch_agg,
-    "members": _batch_member,
-    "dropped": _batch_dropped,
-    "elections": _batch_election,
-}
-
-
-def _check_batch(batch):
-    # The batch map of docs/design.md ("The data path"). "id" and "readings" are required;
-    # every other known key is optional; an unknown key is refused (the code is the spec).
-    # items(), and the type check before any ==, keep str and bytes keys from ever being
-    # compared (MicroPython prints a warning for that).
-    if type(batch) is not dict:
-        return "batch"
-    required = 0
-    for key, value in batch.items():
-        if type(key) is not str:
-            return "batch"
-        if key == "id":
-            ok = _batch_id(value)
-            required += 1
-        elif key == "mesh":
-            ok = _text(value, MAX_MESH_BYTES)
-        elif key == "leader":
-            ok = _text(value, MAX_ID_BYTES)
-        else:
-            check = _BATCH_LISTS.get(key)
-            if check is None or not _list(value):
-                return "batch"
-            if key == "readings":
-                required += 1
-            ok = True
-            for item in value:
-                if not check(item):
-                    ok = False
-                    break
-        if not ok:
-            return "batch"
-    return None if required == 2 else "batch"
-
-
-# The tags cbor2 6.3 decodes on its own (found by probing tags 0..300 and the registered
-# large ones). A tag missing here still cannot pass: its value fails the field checks.
-_CBOR2_TAGS = (0, 1, 2, 3, 4, 5, 25, 28, 29, 30, 35, 36, 37, 52, 54, 100, 256, 258, 260, 261)
-_CBOR2_TAGS += (1004, 43000, 55799)
-
-
-def _default_cbor():
-    # cbor2 on CPython, made strict: no indefinite lengths, no tags, no trailing bytes,
-    # bounded depth. Imported here, not at module level, so MicroPython never needs it.
-    try:
-        import io
-
-        import cbor2
-    except ImportError:
-        try:
-            import cbor  # firmware/lib/cbor.py, on a board's /lib
-
-            return cbor.dumps, cbor.loads
-        except ImportError:
-            raise ImportError("no CBOR codec: pass dumps= and loads= to Codec") from None
-
-    def no_tags(decoder, tag=None):
-        raise ValueError("CBOR tags are not used on the wire")
-
-    # cbor2 decodes these tags itself (dates, bignums, shared values, regexes, ...) and
-    # calls ``tag_hook`` only for the others: override each, so every tag is refused.
-    builtin = {}
-    for number in _CBOR2_TAGS:
-        builtin[number] = no_tags
-
-    def loads(data):
-        fp = io.BytesIO(data)
-        decoder = cbor2.CBORDecoder(
-            fp,
-            tag_hook=no_tags,
-            semantic_decoders=builtin,
-            max_depth=_MAX_DEPTH,
-            allow_indefinite=False,
-        )
-        value = decoder.decode()
-        if fp.tell() != len(data):
-            raise ValueError("trailing bytes after the CBOR item")
-        return value
-
-    return cbor2.dumps, loads
