@@ -2,13 +2,17 @@
 network namespaces: zeroconf's browser finds and resolves the firmware node (same service type
 and TXT as the Pi agent), and the firmware's browser finds zeroconf's gateway and broker.
 A name-compression loop sent at the responder is dropped, counted, and the node keeps
-answering. The pure parser is also checked on CPython (same code as on the board)."""
+answering. The same code is also checked on CPython, where python-zeroconf builds the packets it
+receives and decodes the packets it sends."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import queue
+import random
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -18,6 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from zeroconf import (
+    DNSAddress,
+    DNSIncoming,
+    DNSOutgoing,
+    DNSPointer,
+    DNSQuestion,
+    DNSService,
+    DNSText,
+)
+from zeroconf import const as zc_const
 
 from tests.helpers.mpy import MPY_SCRIPTS, micropython_env
 from tests.helpers.netns import Lab
@@ -203,89 +217,155 @@ def test_firmware_and_zeroconf_find_each_other(
     assert "Traceback" not in tail
 
 
-# ------------------------------------------------------------------ the parser on CPython
+# ------------------------------------------------------------------ on CPython, against zeroconf
+# The board's code runs unchanged on CPython: python-zeroconf builds the packets it receives
+# and decodes the packets it sends, so both directions are checked against another
+# implementation, not against the module's own parser.
+
+AGENT = "_meshelect._udp.local"
+OURS = "lab-n1." + AGENT
+HOST = "meshelect-lab-n1.local"
+TXT = {"mesh": "lab", "node": "n1", "proto": "1", "role": "follower", "score": "640"}
+MULTICAST = ("10.0.0.2", 5353)
 
 
-def test_compression_loops_and_garbage_are_counted() -> None:
-    m = mdns.Mdns("a-b", "_meshelect._udp.local", 47470, "10.0.0.1", {"mesh": "a"})
-    head = b"\x00\x00\x84\x00\x00\x00\x00\x01\x00\x00\x00\x00"
-    assert (
-        m.receive(
-            head + b"\xc0\x0c\x00\x0c\x00\x01\x00\x00\x00\x78\x00\x02\xc0\x0c",
-            ("10.0.0.2", 5353),
-            0,
-        )
-        == []
-    )
-    assert m.receive(b"\x00" * 5, ("10.0.0.2", 5353), 0) == []
-    # 17 chained backward pointers: more jumps than allowed.
-    chain = bytearray(head[:6] + b"\x00\x01" + head[8:])
-    chain += b"\x01a\x00"
-    for i in range(17):
-        chain += bytes((0xC0, 12 + (0 if i == 0 else 3 + 2 * (i - 1))))
-    with pytest.raises(mdns.DnsError):
-        mdns.read_name(bytes(chain), len(chain) - 2)
-    assert m.drops == {"loop": 1, "truncated": 1}
+def node(**kwargs: Any) -> Any:
+    kwargs.setdefault("host", "meshelect-lab-n1")
+    return mdns.Mdns("lab-n1", AGENT, 47470, "10.0.0.7", TXT, **kwargs)
 
 
-def test_answers_ptr_query_with_srv_txt_a_and_respects_known_answers() -> None:
-    m = mdns.Mdns(
-        "lab-n1",
-        "_meshelect._udp.local",
-        47470,
-        "10.0.0.7",
-        {"mesh": "lab", "node": "n1"},
-        host="meshelect-lab-n1",
+def query(*questions: tuple[str, int], known: Any = (), msg_id: int = 0) -> bytes:
+    out = DNSOutgoing(zc_const._FLAGS_QR_QUERY, not msg_id, msg_id)  # multicast: id 0
+    for name, qtype in questions:
+        out.add_question(DNSQuestion(name + ".", qtype, zc_const._CLASS_IN))
+    for record in known:
+        out.add_answer_at_time(record, 0)
+    return out.packets()[0]
+
+
+def response(answers: Any, additionals: Any = ()) -> bytes:
+    out = DNSOutgoing(zc_const._FLAGS_QR_RESPONSE | zc_const._FLAGS_AA, True)
+    for record in answers:
+        out.add_answer_at_time(record, 0)
+    for record in additionals:
+        out.add_additional_answer(record)
+    return out.packets()[0]
+
+
+def ptr(stype: str, instance: str, ttl: int = 4500) -> DNSPointer:
+    return DNSPointer(stype + ".", zc_const._TYPE_PTR, zc_const._CLASS_IN, ttl, instance + ".")
+
+
+def srv(instance: str, port: int, host: str) -> DNSService:
+    return DNSService(
+        instance + ".", zc_const._TYPE_SRV, zc_const._CLASS_IN, 120, 0, 0, port, host + "."
     )
-    q = mdns._Writer(0, 0)
-    q.question("_meshelect._udp.local", mdns.T_PTR)
-    out = m.receive(q.finish(), ("10.0.0.2", 5353), 0)
-    assert len(out) == 1
-    _, flags, _, records = mdns.parse(out[0][0])
-    assert flags == 0x8400
-    kinds = sorted(
-        (r[1], r[3] if r[1] != mdns.T_TXT else tuple(sorted(r[3].items()))) for r in records
-    )
-    assert kinds == sorted(
-        [
-            (mdns.T_PTR, "lab-n1._meshelect._udp.local"),
-            (mdns.T_SRV, (0, 0, 47470, "meshelect-lab-n1.local")),
-            (mdns.T_TXT, (("mesh", "lab"), ("node", "n1"))),
-            (mdns.T_A, "10.0.0.7"),
-        ]
-    )
-    assert out[0][1] == ("224.0.0.251", 5353)
-    # Same query with our PTR as a known answer (fresh TTL): nothing to say (rate limit aside).
-    q2 = mdns._Writer(0, 0)
-    q2.question("_meshelect._udp.local", mdns.T_PTR)
-    q2.record(1, "_meshelect._udp.local", mdns.T_PTR, 4500, "lab-n1._meshelect._udp.local", False)
-    assert m.receive(q2.finish(), ("10.0.0.2", 5353), 10000) == []
+
+
+def txt(instance: str, raw: bytes) -> DNSText:
+    return DNSText(instance + ".", zc_const._TYPE_TXT, zc_const._CLASS_IN, 4500, raw)
+
+
+def a(host: str, ip: str, ttl: int = 120) -> DNSAddress:
+    return DNSAddress(host + ".", zc_const._TYPE_A, zc_const._CLASS_IN, ttl, socket.inet_aton(ip))
+
+
+def decoded(packet: Any) -> tuple[DNSIncoming, list[tuple[Any, ...]]]:
+    """zeroconf's view of a packet we sent: every record as (type, name, ttl, unique, rdata)."""
+    incoming = DNSIncoming(bytes(packet))
+    assert incoming.valid
+    records = []
+    for r in incoming.answers():
+        if isinstance(r, DNSPointer):
+            data: Any = r.alias
+        elif isinstance(r, DNSService):
+            data = (r.priority, r.weight, r.port, r.server)
+        elif isinstance(r, DNSText):
+            data = r.text
+        else:
+            assert isinstance(r, DNSAddress)
+            data = socket.inet_ntoa(r.address)
+        records.append((r.type, r.name, r.ttl, r.unique, data))
+    return incoming, records
+
+
+OUR_TXT_RDATA = b"\x08mesh=lab\x07node=n1\x07proto=1\rrole=follower\tscore=640"
+OUR_RECORDS = [
+    (zc_const._TYPE_PTR, AGENT + ".", 4500, False, OURS + "."),
+    (zc_const._TYPE_SRV, OURS + ".", 120, True, (0, 0, 47470, HOST + ".")),
+    (zc_const._TYPE_TXT, OURS + ".", 4500, True, OUR_TXT_RDATA),
+    (zc_const._TYPE_A, HOST + ".", 120, True, "10.0.0.7"),
+]
+
+
+def test_announcement_goodbye_and_browse_query_decode_in_zeroconf() -> None:
+    m = node(browse=[AGENT, "_mqtt._tcp.local"])
+    out = m.tick(0)
+    assert [dest for _, dest in out] == [("224.0.0.251", 5353)] * 2
+    incoming, records = decoded(out[0][0])
+    assert incoming.flags == 0x8400 and incoming.num_answers == 4
+    assert records == OUR_RECORDS
+    # A second announcement a second later (RFC 6762 8.3), then none until the TXT changes
+    # (between them, browse queries at growing intervals: 1 s, 2 s, 4 s...).
+    flags = [[DNSIncoming(bytes(p)).flags for p, _ in m.tick(t)] for t in (999, 1000, 2500, 3000)]
+    assert flags == [[], [0x8400, 0], [], [0]]
+    m.set_txt(dict(TXT, role="leader"), 3100)
+    again = decoded(m.tick(3100)[0][0])[1]
+    assert again[2][4] == OUR_TXT_RDATA.replace(b"\rrole=follower", b"\x0brole=leader")
+    _, bye = decoded(m.goodbye())
+    assert [(r[0], r[1], r[2]) for r in bye] == [(r[0], r[1], 0) for r in OUR_RECORDS]
+    # The browse query: one PTR question per browsed type, nothing known yet.
+    query_in, known = decoded(out[1][0])
+    assert query_in.flags == 0 and known == []
+    assert [(q.name, q.type) for q in query_in.questions] == [
+        (AGENT + ".", zc_const._TYPE_PTR),
+        ("_mqtt._tcp.local.", zc_const._TYPE_PTR),
+    ]
+
+
+def test_answers_queries_with_additionals_known_answers_and_rate_limit() -> None:
+    m = node()
+    out = m.receive(query((AGENT, zc_const._TYPE_PTR)), MULTICAST, 0)
+    assert len(out) == 1 and out[0][1] == ("224.0.0.251", 5353)
+    incoming, records = decoded(out[0][0])
+    assert (incoming.flags, incoming.num_answers, incoming.num_additionals) == (0x8400, 1, 3)
+    assert records == OUR_RECORDS
+    # The same question within 250 ms is not multicast again (RFC 6762 6.2).
+    assert m.receive(query((AGENT, zc_const._TYPE_PTR)), MULTICAST, 100) == []
+    # Known-answer suppression (RFC 6762 7.1): the querier holds our PTR with a fresh TTL.
+    fresh = query((AGENT, zc_const._TYPE_PTR), known=[ptr(AGENT, OURS)])
+    assert m.receive(fresh, MULTICAST, 10000) == []
+    stale = query((AGENT, zc_const._TYPE_PTR), known=[ptr(AGENT, OURS, ttl=2000)])
+    assert len(m.receive(stale, MULTICAST, 10000)) == 1
+    # Names compare without case; the A alone has no additionals; other names get nothing.
+    out = m.receive(query((HOST.upper(), zc_const._TYPE_ANY)), MULTICAST, 20000)
+    assert decoded(out[0][0])[1] == OUR_RECORDS[3:]
+    assert m.receive(query(("other.local", zc_const._TYPE_A)), MULTICAST, 20000) == []
+    # DNS-SD service type enumeration (RFC 6763 9).
+    meta = m.receive(query(("_services._dns-sd._udp.local", zc_const._TYPE_PTR)), MULTICAST, 0)
+    assert decoded(meta[0][0])[1] == [
+        (zc_const._TYPE_PTR, "_services._dns-sd._udp.local.", 4500, False, AGENT + ".")
+    ]
     # A legacy (non-5353) querier gets a unicast answer echoing its id and question.
-    q3 = mdns._Writer(77, 0)
-    q3.question("lab-n1._meshelect._udp.local", mdns.T_SRV)
-    out3 = m.receive(q3.finish(), ("10.0.0.2", 40000), 20000)
-    msg_id, _, questions, _ = mdns.parse(out3[0][0])
-    assert (msg_id, out3[0][1]) == (77, ("10.0.0.2", 40000))
-    assert questions == [("lab-n1._meshelect._udp.local", mdns.T_SRV, False)]
+    legacy = query((OURS, zc_const._TYPE_SRV), msg_id=77)
+    out = m.receive(legacy, ("10.0.0.2", 40000), 20000)
+    assert out[0][1] == ("10.0.0.2", 40000)
+    incoming, records = decoded(out[0][0])
+    assert incoming.id == 77
+    assert [(q.name, q.type) for q in incoming.questions] == [(OURS + ".", zc_const._TYPE_SRV)]
+    assert records == [OUR_RECORDS[1], OUR_RECORDS[2], OUR_RECORDS[3]]
+    assert m.answered == 5
 
 
 def test_browser_learns_expires_and_bounds_its_cache() -> None:
-    m = mdns.Mdns(
-        "x-me",
-        "_meshelect._udp.local",
-        47470,
-        "10.0.0.1",
-        {},
-        browse=["_t._udp.local"],
-        max_services=3,
-    )
+    m = node(browse=["_t._udp.local"], max_services=3)
     for i in range(5):
-        w = mdns._Writer(0, 0x8400)
         name = "s%d._t._udp.local" % i
-        w.record(1, "_t._udp.local", mdns.T_PTR, 120, name, False)
-        w.record(3, name, mdns.T_SRV, 120, (0, 0, 1000 + i, "h%d.local" % i), True)
-        w.record(3, "h%d.local" % i, mdns.T_A, 120, "10.0.0.%d" % (10 + i), True)
-        m.receive(w.finish(), ("10.0.0.%d" % (10 + i), 5353), 0)
+        packet = response(
+            [ptr("_t._udp.local", name, ttl=120)],
+            [srv(name, 1000 + i, "h%d.local" % i), a("h%d.local" % i, "10.0.0.%d" % (10 + i))],
+        )
+        assert m.receive(packet, MULTICAST, 0) == []
     found = m.found("_t._udp.local", 1000)
     assert [(s.name, s.addr, s.port) for s in found] == [
         ("s0._t._udp.local", "10.0.0.10", 1000),
@@ -293,10 +373,9 @@ def test_browser_learns_expires_and_bounds_its_cache() -> None:
         ("s2._t._udp.local", "10.0.0.12", 1002),
     ]
     assert m.drops == {"cache_full": 2}
+    assert len(m.services) == 3
     # Goodbye (TTL 0) removes within a second; TTL expiry removes the rest.
-    bye = mdns._Writer(0, 0x8400)
-    bye.record(1, "_t._udp.local", mdns.T_PTR, 0, "s0._t._udp.local", False)
-    m.receive(bye.finish(), ("10.0.0.10", 5353), 2000)
+    m.receive(response([ptr("_t._udp.local", "s0._t._udp.local", ttl=0)]), MULTICAST, 2000)
     m.tick(3001)
     assert [s.name for s in m.found("_t._udp.local", 3001)] == [
         "s1._t._udp.local",
@@ -304,3 +383,112 @@ def test_browser_learns_expires_and_bounds_its_cache() -> None:
     ]
     m.tick(121000)
     assert m.found("_t._udp.local", 121000) == []
+    assert m.services == {}
+
+
+def test_browser_resolves_in_any_order_and_asks_for_what_is_missing() -> None:
+    gw = "gw-1._meshelect-gw._udp.local"
+    m = node(browse=["_meshelect-gw._udp.local", AGENT])
+    # The PTR alone (no additionals): known, not reachable yet.
+    m.receive(response([ptr("_meshelect-gw._udp.local", gw)]), MULTICAST, 0)
+    assert [(s.name, s.addr, s.port, s.txt) for s in m.found("_meshelect-gw._udp.local", 0)] == [
+        (gw, None, 0, {})
+    ]
+    # Our own instance, and an unrelated host's address, are not cached.
+    m.receive(response([ptr(AGENT, OURS), a("printer.local", "10.0.0.99")]), MULTICAST, 0)
+    assert sorted(m.services) == [gw]
+    # The browse query asks for its SRV and TXT.
+    query_in, _ = decoded(m.tick(0)[1][0])
+    assert [(q.name, q.type) for q in query_in.questions][2:] == [
+        (gw + ".", zc_const._TYPE_SRV),
+        (gw + ".", zc_const._TYPE_TXT),
+    ]
+    # Address before SRV in one packet; TXT keys lower case, the first occurrence wins.
+    raw = b"\x07Role=gw\x07role=xx\x04flag\x00"
+    m.receive(
+        response([a("GW-Host.local", "10.0.0.5"), srv(gw, 47471, "GW-Host.local"), txt(gw, raw)]),
+        MULTICAST,
+        10,
+    )
+    (svc,) = m.found("_meshelect-gw._udp.local", 10)
+    assert (svc.addr, svc.port, svc.txt) == ("10.0.0.5", 47471, {"role": "gw", "flag": ""})
+    # The host moves: the address is forgotten until the new host's A comes, which the
+    # browse query then asks for.
+    m.receive(response([srv(gw, 47471, "gw-2.local")]), MULTICAST, 20)
+    assert svc.addr is None
+    query_in, known = decoded(m.tick(5000)[1][0])
+    assert [(q.name, q.type) for q in query_in.questions][2:] == [("gw-2.local.", zc_const._TYPE_A)]
+    assert known == [(zc_const._TYPE_PTR, "_meshelect-gw._udp.local.", 4495, False, gw + ".")]
+    m.receive(response([a("gw-2.local", "10.0.0.6")]), MULTICAST, 5010)
+    assert svc.addr == "10.0.0.6"
+
+
+def _chain(jumps: int) -> bytes:
+    """A query whose last question's name is ``jumps`` pointers, each to the one before."""
+    packet = bytearray(struct.pack("!6H", 0, 0, jumps + 1, 0, 0, 0))
+    packet += b"\x01a\x00\x00\x01\x00\x01"
+    target = 12
+    for _ in range(jumps):
+        at = len(packet)
+        packet += bytes((0xC0, target)) + b"\x00\x01\x00\x01"
+        target = at
+    return bytes(packet)
+
+
+def test_malformed_packets_are_dropped_and_counted() -> None:
+    m = node(browse=[AGENT])
+    head = b"\x00\x00\x84\x00\x00\x00\x00\x01\x00\x00\x00\x00"
+    cases = [
+        (head + b"\xc0\x0c\x00\x0c\x00\x01\x00\x00\x00\x78\x00\x02\xc0\x0c", "loop"),  # self
+        (head + b"\x01a\xc0\x10\x01b\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x78\x00\x04abcd", "loop"),
+        (_chain(17), "loop"),  # more jumps than allowed
+        (b"\x00" * 5, "truncated"),
+        (head + b"\x05ab", "truncated"),
+        (head + b"\x02\xff\xfe\x00\x00\x01\x00\x01\x00\x00\x00\x78\x00\x04abcd", "utf8"),
+        (head + b"\x41a\x00", "label_type"),
+        (head + (b"\x3f" + b"a" * 63) * 4 + b"\x00", "name_too_long"),
+        (head[:6] + b"\x00\x41" + head[8:], "too_many"),
+        (head + b"\x01a\x00\x00\x21\x00\x01\x00\x00\x00\x78\x00\x03abc", "rdata"),  # short SRV
+        (head + b"\x01a\x00\x00\x01\x00\x01\x00\x00\x00\x78\x00\x03abc", "rdata"),  # short A
+        (head + b"\x01a\x00\x00\x10\x00\x01\x00\x00\x00\x78\x00\x02\x05a", "truncated"),  # TXT
+        (head + b"\x01a\x00\x00\x10\x00\x01\x00\x00\x00\x78\x00\x02\x01\xff", "utf8"),
+    ]
+    expected: dict[str, int] = {}
+    for packet, reason in cases:
+        assert m.receive(packet, MULTICAST, 0) == [], reason
+        expected[reason] = expected.get(reason, 0) + 1
+        assert m.drops == expected, reason
+    # Sixteen jumps are fine; the node keeps answering.
+    assert m.receive(_chain(16), MULTICAST, 0) == []
+    assert m.drops == expected
+    assert len(m.receive(query((AGENT, zc_const._TYPE_PTR)), MULTICAST, 0)) == 1
+
+
+def test_never_raises_on_mutated_packets() -> None:
+    """Random mutations of real packets: each is handled or dropped, nothing escapes."""
+    m = node(browse=[AGENT, "_meshelect-gw._udp.local"], max_services=8)
+    seeds = [
+        m.goodbye(),
+        query((AGENT, zc_const._TYPE_PTR), known=[ptr(AGENT, "x." + AGENT)]),
+        response(
+            [ptr(AGENT, "p." + AGENT)], [srv("p." + AGENT, 1, "p.local"), a("p.local", "10.1.1.1")]
+        ),
+        response([txt("p." + AGENT, b"\x03a=b\x03c=d")]),
+    ]
+    rng = random.Random(5)
+    for i in range(3000):
+        data = bytearray(seeds[i % len(seeds)])
+        for _ in range(rng.randrange(1, 4)):
+            if not data:
+                break
+            at = rng.randrange(len(data))
+            if rng.random() < 0.8:
+                data[at] = rng.randrange(256)
+            else:
+                data = data[:at]  # truncated
+        out = m.receive(bytes(data), ("10.0.0.3", rng.choice([5353, 40000])), i)
+        assert isinstance(out, list)
+        if i % 100 == 0:
+            m.tick(i * 50)
+    assert sum(m.drops.values()) > 500
+    assert len(m.services) <= 8

@@ -6,262 +6,128 @@ TXT records as the Pi agent, and browses for peers, the gateway (``_meshelect-gw
 brokers (``_mqtt._tcp``).
 
 Sans-IO like the core: ``Mdns.receive(data, addr, now)`` and ``Mdns.tick(now)`` return a list
-of ``(packet, addr)`` to send; the caller owns the socket (see ``udp.py`` and ``app``).
+of ``(packet, addr)`` to send (a packet is a ``bytearray``, built in place); the caller owns
+the socket (see ``udp.py`` and ``app``).
 
-Every untrusted input is bounded: a name is at most 255 bytes and 128 labels, a compression
-pointer must point strictly backwards (so a loop is impossible) and at most 16 are followed,
-at most 32 questions and 64 records are read per packet, at most ``max_services`` instances
-and addresses are cached. A malformed packet raises ``DnsError`` inside the parser and is
-counted in ``drops`` (reason -> count); nothing else escapes.
+Every untrusted input is bounded: a name is at most 255 bytes, a compression pointer must
+point strictly backwards (so a loop is impossible) and at most 16 are followed, at most 32
+questions and 64 records are read per packet, at most ``max_services`` instances are cached.
+A malformed packet raises ``ValueError(reason)`` inside the parser and is counted in ``drops``
+(reason -> count); nothing else escapes.
+
+Written to cost little heap on the board, where every function, class, global and distinct
+name is an object for as long as the module is loaded: constants are ``const``, one class holds
+the protocol (and a bare one each service found), and the cache keeps only services of the
+browsed types: an address is stored in the service that names its host, not in a cache of its
+own that every host on the LAN could fill.
 """
 
 import struct
 
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
 MDNS_GROUP = "224.0.0.251"
-MDNS_PORT = 5353
+MDNS_PORT = const(5353)
 
-T_A = 1
-T_PTR = 12
-T_TXT = 16
-T_AAAA = 28
-T_SRV = 33
-T_ANY = 255
+_T_A = const(1)
+_T_PTR = const(12)
+_T_TXT = const(16)
+_T_SRV = const(33)
+_T_ANY = const(255)
 
-_CLASS_IN = 1
-_CACHE_FLUSH = 0x8000
-_QU = 0x8000
+# RFC 6762 10: host records (SRV, A) 120 s, others 75 min.
+_TTL_HOST = const(120)
+_TTL_OTHER = const(4500)
 
-_MAX_NAME = 255
-_MAX_LABELS = 128
-_MAX_JUMPS = 16
-_MAX_QUESTIONS = 32
-_MAX_RECORDS = 64
-_MAX_TXT_ITEMS = 16
+# Tests are written `x == A or x == B`, not `x in (A, B)` (ruff's SIM109): on MicroPython each
+# such tuple would be one more object on the heap for as long as the module is loaded.
 
-# RFC 6762 10: host records 120 s, others 75 min.
-TTL_HOST = 120
-TTL_OTHER = 4500
+# The types of our records, in the order they go out: 0 the DNS-SD meta PTR (RFC 6763 9),
+# 1 our PTR, 2 SRV, 3 TXT, 4 A.
+_OWN = const((_T_PTR, _T_PTR, _T_SRV, _T_TXT, _T_A))
+_META = const("_services._dns-sd._udp.local")
 
-SERVICES_META = "_services._dns-sd._udp.local"
+# Type, class, TTL and rdata length of a record: packed in place once the values are known.
+_RR_HEAD = const(b"\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00")
 
 
-class DnsError(Exception):
-    """Malformed packet; ``args[0]`` is the reason counted in ``drops``."""
-
-
-# ---------------------------------------------------------------- parsing
-
-
-def read_name(data, pos):
-    """-> (name str without trailing dot, position after the name in the packet)."""
-    labels = []
-    total = 0
+def _decode(data, pos):
+    """Reads the name at ``pos`` in ``data``: -> (name without trailing dot, position after it)."""
+    name = bytearray()
     jumps = 0
-    end = -1  # where parsing resumes after the first pointer
+    end = 0  # where parsing resumes after the first pointer
     limit = pos  # a pointer must point before the label that holds it
-    n = len(data)
     while True:
-        if pos >= n:
-            raise DnsError("truncated")
+        if pos >= len(data):
+            raise ValueError("truncated")
         length = data[pos]
-        if length == 0:
-            pos += 1
-            break
-        if length & 0xC0 == 0xC0:
-            if pos + 1 >= n:
-                raise DnsError("truncated")
-            target = ((length & 0x3F) << 8) | data[pos + 1]
-            if target >= limit:
-                raise DnsError("loop")  # forward or self pointer: a loop, or nonsense
+        if length >= 0xC0:
+            if pos + 1 >= len(data):
+                raise ValueError("truncated")
+            target = (length & 0x3F) << 8 | data[pos + 1]
             jumps += 1
-            if jumps > _MAX_JUMPS:
-                raise DnsError("loop")
-            if end < 0:
+            if target >= limit or jumps > 16:
+                raise ValueError("loop")  # forward or self pointer: a loop, or nonsense
+            if not end:
                 end = pos + 2
-            pos = target
-            limit = target
-            continue
-        if length & 0xC0:
-            raise DnsError("label_type")
-        pos += 1
-        if pos + length > n:
-            raise DnsError("truncated")
-        total += length + 1
-        if total > _MAX_NAME or len(labels) >= _MAX_LABELS:
-            raise DnsError("name_too_long")
-        try:
-            labels.append(str(bytes(data[pos : pos + length]), "utf-8"))
-        except UnicodeError:
-            raise DnsError("utf8")
-        pos += length
-    return ".".join(labels), (end if end >= 0 else pos)
+            pos = limit = target
+        elif length >= 0x40:
+            raise ValueError("label_type")
+        elif length:
+            pos += 1
+            if pos + length > len(data):
+                raise ValueError("truncated")
+            if name:
+                name.append(0x2E)  # "."
+            name.extend(data[pos : pos + length])
+            if len(name) >= 255:
+                raise ValueError("name_too_long")
+            pos += length
+        else:
+            break
+    try:
+        return str(name, "utf-8"), end or pos + 1
+    except UnicodeError:
+        raise ValueError("utf8")
 
 
-def _parse_txt(rdata):
-    items = {}
-    pos = 0
-    n = len(rdata)
-    while pos < n:
-        length = rdata[pos]
-        pos += 1
-        if pos + length > n:
-            raise DnsError("truncated")
-        if length and len(items) < _MAX_TXT_ITEMS:
-            item = bytes(rdata[pos : pos + length])
-            eq = item.find(b"=")
-            try:
-                if eq < 0:
-                    key, value = str(item, "utf-8"), ""
-                else:
-                    key, value = str(item[:eq], "utf-8"), str(item[eq + 1 :], "utf-8")
-            except UnicodeError:
-                raise DnsError("utf8")
-            key = key.lower()
-            if key not in items:  # RFC 6763 6.4: the first occurrence wins
-                items[key] = value
-        pos += length
-    return items
-
-
-def parse(data):
-    """-> (msg_id, flags, questions, records). Raises DnsError on any malformed input.
-
-    questions: [(name, qtype, unicast_wanted)]; records: [(name, rtype, ttl, value)] where value
-    is a name (PTR), (priority, weight, port, target) (SRV), a dict (TXT), a dotted IPv4 (A),
-    or None for types this module does not use.
-    """
-    if len(data) < 12:
-        raise DnsError("truncated")
-    msg_id, flags, qd, an, ns, ar = struct.unpack_from("!HHHHHH", data, 0)
-    if qd > _MAX_QUESTIONS or an + ns + ar > _MAX_RECORDS:
-        raise DnsError("too_many")
-    pos = 12
-    questions = []
-    for _ in range(qd):
-        name, pos = read_name(data, pos)
-        if pos + 4 > len(data):
-            raise DnsError("truncated")
-        qtype, qclass = struct.unpack_from("!HH", data, pos)
-        pos += 4
-        questions.append((name, qtype, bool(qclass & _QU)))
-    records = []
-    for _ in range(an + ns + ar):
-        name, pos = read_name(data, pos)
-        if pos + 10 > len(data):
-            raise DnsError("truncated")
-        rtype, _rclass, ttl, rdlen = struct.unpack_from("!HHIH", data, pos)
-        pos += 10
-        end = pos + rdlen
-        if end > len(data):
-            raise DnsError("truncated")
-        value = None
-        if rtype == T_PTR:
-            value, after = read_name(data, pos)
-            if after > end:
-                raise DnsError("rdata")
-        elif rtype == T_SRV:
-            if rdlen < 7:
-                raise DnsError("rdata")
-            prio, weight, port = struct.unpack_from("!HHH", data, pos)
-            target, after = read_name(data, pos + 6)
-            if after > end:
-                raise DnsError("rdata")
-            value = (prio, weight, port, target)
-        elif rtype == T_TXT:
-            value = _parse_txt(memoryview(data)[pos:end])
-        elif rtype == T_A:
-            if rdlen != 4:
-                raise DnsError("rdata")
-            value = "%d.%d.%d.%d" % (data[pos], data[pos + 1], data[pos + 2], data[pos + 3])
-        records.append((name, rtype, ttl, value))
-        pos = end
-    return msg_id, flags, questions, records
-
-
-# ---------------------------------------------------------------- building
-
-
-class _Writer:
-    """Builds one DNS message with name compression."""
-
-    def __init__(self, msg_id, flags):
-        self.buf = bytearray(12)
-        self.msg_id = msg_id
-        self.flags = flags
-        self.counts = [0, 0, 0, 0]
-        self.offsets = {}  # lower-case name suffix -> offset (lookups only, order unused)
-
-    def name(self, name):
-        labels = name.split(".")
-        for i in range(len(labels)):
-            suffix = ".".join(labels[i:]).lower()
-            off = self.offsets.get(suffix)
-            if off is not None:
-                self.buf += struct.pack("!H", 0xC000 | off)
-                return
-            if len(self.buf) < 0x3FFF:
-                self.offsets[suffix] = len(self.buf)
-            label = labels[i].encode()
-            self.buf.append(len(label))
-            self.buf += label
-        self.buf.append(0)
-
-    def question(self, name, qtype):
-        self.name(name)
-        self.buf += struct.pack("!HH", qtype, _CLASS_IN)
-        self.counts[0] += 1
-
-    def record(self, section, name, rtype, ttl, value, unique):
-        self.name(name)
-        cls = _CLASS_IN | (_CACHE_FLUSH if unique else 0)
-        self.buf += struct.pack("!HHI", rtype, cls, ttl)
-        at = len(self.buf)
-        self.buf += b"\x00\x00"
-        if rtype == T_PTR:
-            self.name(value)
-        elif rtype == T_SRV:
-            self.buf += struct.pack("!HHH", value[0], value[1], value[2])
-            self.name(value[3])
-        elif rtype == T_TXT:
-            for key in sorted(value):
-                item = ("%s=%s" % (key, value[key])).encode()[:255]
-                self.buf.append(len(item))
-                self.buf += item
-            if not value:
-                self.buf.append(0)
-        elif rtype == T_A:
-            self.buf += bytes(int(x) for x in value.split("."))
-        struct.pack_into("!H", self.buf, at, len(self.buf) - at - 2)
-        self.counts[section] += 1
-
-    def finish(self):
-        struct.pack_into("!HHHHHH", self.buf, 0, self.msg_id, self.flags, *self.counts)
-        return bytes(self.buf)
-
-
-# ---------------------------------------------------------------- responder + browser
+def _encode(buf, seen, name, qtype=0):
+    """Appends ``name`` to ``buf`` in wire form, as a pointer to an earlier copy of any suffix
+    (RFC 1035 4.1.4; ``seen``: lower-case suffix -> offset). With ``qtype``: as a question."""
+    raw = name.encode()
+    low = raw.lower()
+    start = 0
+    while start < len(raw):
+        suffix = low[start:] if start else low
+        off = seen.get(suffix)
+        if off is not None:
+            buf.append(0xC0 | off >> 8)
+            buf.append(off & 0xFF)
+            break
+        if len(buf) < 0x3FFF:
+            seen[suffix] = len(buf)
+        dot = raw.find(b".", start)
+        if dot < 0:
+            dot = len(raw)
+        buf.append(dot - start)
+        buf.extend(raw[start:dot])
+        start = dot + 1
+    else:
+        buf.append(0)
+    if qtype:
+        buf.extend(b"\x00\x00\x00\x01")
+        struct.pack_into("!H", buf, len(buf) - 4, qtype)
 
 
 class Service:
-    """One discovered service instance."""
-
-    __slots__ = ("addr", "expires", "host", "name", "port", "stype", "txt")
-
-    def __init__(self, name, stype):
-        self.name = name
-        self.stype = stype
-        self.host = None
-        self.port = 0
-        self.txt = {}
-        self.addr = None
-        self.expires = 0
-
-    def __repr__(self):
-        return "Service(%s %s:%d %r)" % (self.name, self.addr, self.port, sorted(self.txt.items()))
-
-
-def _lower(name):
-    return name.lower()
+    """One discovered service instance: ``name``, ``stype``, ``host`` (lower case), ``port``,
+    ``txt`` (dict), ``addr`` (dotted IPv4 or None), ``expires`` (ms). Set by ``Mdns``."""
 
 
 class Mdns:
@@ -283,7 +149,11 @@ class Mdns:
         max_interval_ms=60000,
         host=None,
     ):
-        self.host = _host_label(host or instance) + ".local"
+        # A DNS-safe host label from the node id (letters, digits, '-').
+        label = ""
+        for ch in host or instance:
+            label += ch if ch.isalpha() or ch.isdigit() or ch == "-" else "-"
+        self.host = (label[:63] or "node") + ".local"
         self.stype = stype
         # The instance is one DNS label here: a dot in it would split it (RFC 6763 4.3 allows
         # escaped dots; peers read the node id from the TXT, so nothing is lost).
@@ -291,40 +161,37 @@ class Mdns:
         self.port = port
         self.ip = ip
         self.txt = dict(txt)
-        self.browse_types = list(browse)
+        self.browse = []  # lower case; the caller's own string when it already is
+        for stype in browse:
+            low = stype.lower()
+            self.browse.append(stype if low == stype else low)
         self.max_services = max_services
         self.max_interval_ms = max_interval_ms
-        self.services = {}  # lower-case instance name -> Service
-        self.addresses = {}  # lower-case host -> [ip, expires]
+        self.services = {}  # lower-case instance name -> Service (lookups only, order unused)
         self.drops = {}
         self.answered = 0
         self._next_query = 0
         self._interval = 1000
         self._announce_left = 2
         self._next_announce = 0
-        self._last_sent = {}  # (name, type) -> ms, RFC 6762 6.2 rate limit
+        self._sent = [None, None, None, None, None]  # ms our record i last went out (RFC 6762 6.2)
 
     # -- public
 
     def set_txt(self, txt, now):
         """Change the TXT (role, score): re-announce so browsers update."""
-        txt = dict(txt)
         if txt != self.txt:
-            self.txt = txt
+            self.txt = dict(txt)
             self._announce_left = 2
             self._next_announce = now
 
     def found(self, stype, now):
         """Live instances of ``stype``, sorted by name (no dict order)."""
         out = []
-        key = _lower(stype)
-        for name in sorted(self.services):
-            svc = self.services[name]
-            if _lower(svc.stype) == key and svc.expires > now:
-                if svc.addr is None and svc.host is not None:
-                    entry = self.addresses.get(_lower(svc.host))
-                    if entry is not None and entry[1] > now:
-                        svc.addr = entry[0]
+        stype = stype.lower()
+        for key in sorted(self.services):
+            svc = self.services[key]
+            if svc.stype == stype and svc.expires > now:
                 out.append(svc)
         return out
 
@@ -334,195 +201,262 @@ class Mdns:
         if self._announce_left and now >= self._next_announce:
             self._announce_left -= 1
             self._next_announce = now + 1000
-            out.append((self._response(0, TTL_OTHER, True), (MDNS_GROUP, MDNS_PORT)))
-        if self.browse_types and now >= self._next_query:
+            out.append((self.goodbye(True), (MDNS_GROUP, MDNS_PORT)))
+        if self.browse and now >= self._next_query:
             self._next_query = now + self._interval
             self._interval = min(self._interval * 2, self.max_interval_ms)
-            out.append((self._browse_query(now), (MDNS_GROUP, MDNS_PORT)))
-        self._expire(now)
+            buf = bytearray(12)
+            seen = {}
+            for stype in self.browse:
+                _encode(buf, seen, stype, _T_PTR)
+            questions = len(self.browse)
+            # Instances we know but cannot reach yet: ask for their SRV/TXT and host address.
+            keys = sorted(self.services)
+            asked = 0
+            for key in keys:
+                svc = self.services[key]
+                if asked >= 4:
+                    break
+                if svc.host is None:
+                    _encode(buf, seen, svc.name, _T_SRV)
+                    _encode(buf, seen, svc.name, _T_TXT)
+                    questions += 2
+                    asked += 1
+                elif svc.addr is None:
+                    _encode(buf, seen, svc.host, _T_A)
+                    questions += 1
+                    asked += 1
+            # Known answers (RFC 6762 7.1) so responders that we already know stay quiet.
+            answers = 0
+            for key in keys:
+                svc = self.services[key]
+                left = (svc.expires - now) // 1000
+                if left * 2 > _TTL_OTHER and answers < 8:
+                    self._put(buf, seen, 1, left, svc.stype, svc.name)
+                    answers += 1
+            struct.pack_into("!HHHHHH", buf, 0, 0, 0, questions, answers, 0, 0)
+            out.append((buf, (MDNS_GROUP, MDNS_PORT)))
+        for key in list(self.services):  # every expired one goes: the order does not matter
+            if self.services[key].expires <= now:
+                del self.services[key]
         return out
 
-    def goodbye(self):
-        """Packet withdrawing our records (TTL 0), to send on shutdown."""
-        return self._response(0, 0, True)
+    def goodbye(self, live=False):
+        """Packet withdrawing our records (TTL 0), to send on shutdown. With ``live``, the same
+        records with their TTLs: the announcement (RFC 6762 8.3)."""
+        buf = bytearray(12)
+        seen = {}
+        for i in range(1, 5):  # all in the answer section
+            self._put(buf, seen, i, None if live else 0)
+        struct.pack_into("!HHHHHH", buf, 0, 0, 0x8400, 0, 4, 0, 0)
+        return buf
 
     def receive(self, data, addr, now):
         """Handle one packet from ``addr`` (ip, port). -> [(packet, addr)] to send."""
         try:
-            msg_id, flags, questions, records = parse(data)
-        except DnsError as e:
-            self._count(e.args[0])
-            return []
-        except Exception:  # belt and braces: a parser bug must not kill the node
-            self._count("error")
+            if len(data) < 12:
+                raise ValueError("truncated")
+            data = memoryview(data)  # slices of it are views, not copies
+            msg_id, flags, qd, an, ns, ar = struct.unpack_from("!HHHHHH", data, 0)
+            if qd > 32 or an + ns + ar > 64:
+                raise ValueError("too_many")
+            pos = 12
+            questions = []  # (name, qtype)
+            for _ in range(qd):
+                name, pos = _decode(data, pos)
+                if pos + 4 > len(data):
+                    raise ValueError("truncated")
+                questions.append((name, data[pos] << 8 | data[pos + 1]))
+                pos += 4
+            # (name, rtype, ttl, value): value is a name (PTR), (port, target) (SRV), a dict
+            # (TXT), a dotted IPv4 (A), or None for types this module does not use.
+            records = []
+            for _ in range(an + ns + ar):
+                name, pos = _decode(data, pos)
+                if pos + 10 > len(data):
+                    raise ValueError("truncated")
+                rtype, _cls, ttl, end = struct.unpack_from("!HHIH", data, pos)
+                pos += 10
+                end += pos
+                if end > len(data):
+                    raise ValueError("truncated")
+                value = None
+                if rtype == _T_PTR or rtype == _T_SRV:  # noqa: SIM109
+                    if rtype == _T_SRV and end - pos < 7:
+                        raise ValueError("rdata")
+                    value, start = _decode(data, pos if rtype == _T_PTR else pos + 6)
+                    if start > end:
+                        raise ValueError("rdata")
+                    if rtype == _T_SRV:
+                        value = (data[pos + 4] << 8 | data[pos + 5], value)
+                elif rtype == _T_TXT:
+                    value = {}
+                    while pos < end:
+                        start = pos + 1
+                        pos = start + data[pos]
+                        if pos > end:
+                            raise ValueError("truncated")
+                        if pos > start and len(value) < 16:
+                            try:
+                                item = str(data[start:pos], "utf-8")
+                            except UnicodeError:
+                                raise ValueError("utf8")
+                            eq = item.find("=")
+                            key = (item if eq < 0 else item[:eq]).lower()
+                            if key not in value:  # RFC 6763 6.4: the first occurrence wins
+                                value[key] = "" if eq < 0 else item[eq + 1 :]
+                elif rtype == _T_A:
+                    if end - pos != 4:
+                        raise ValueError("rdata")
+                    value = "%d.%d.%d.%d" % (data[pos], data[pos + 1], data[pos + 2], data[end - 1])
+                records.append((name, rtype, ttl, value))
+                pos = end
+        except Exception as e:  # malformed: ValueError(reason); anything else is a parser bug
+            reason = e.args[0] if isinstance(e, ValueError) and e.args else "error"
+            self.drops[reason] = self.drops.get(reason, 0) + 1
             return []
         if flags & 0x8000:
             self._learn(records, now)
             return []
         return self._answer(msg_id, questions, records, addr, now)
 
-    # -- internals
+    # -- building packets
 
-    def _count(self, reason):
-        self.drops[reason] = self.drops.get(reason, 0) + 1
-
-    def _own_records(self, ttl):
-        """(section, name, type, ttl, value, unique) of everything we advertise."""
-        host_ttl = TTL_HOST if ttl else 0
-        return [
-            (1, self.stype, T_PTR, ttl, self.instance, False),
-            (3, self.instance, T_SRV, host_ttl, (0, 0, self.port, self.host), True),
-            (3, self.instance, T_TXT, ttl, self.txt, True),
-            (3, self.host, T_A, host_ttl, self.ip, True),
-        ]
-
-    def _response(self, msg_id, ttl, announce):
-        w = _Writer(msg_id, 0x8400)
-        for section, name, rtype, rttl, value, unique in self._own_records(ttl):
-            if announce:
-                section = 1  # announcements put everything in the answer section
-            w.record(section, name, rtype, rttl, value, unique)
-        return w.finish()
+    def _put(self, buf, seen, i, ttl=None, name=None, target=None):
+        """Appends our record ``i`` (see _OWN) with its TTL (RFC 6762 10: host records 120 s);
+        given a ``name``, a PTR ``name`` -> ``target`` instead (a known answer). SRV, TXT and A
+        are unique to us (cache-flush bit)."""
+        rtype = _OWN[i]
+        if name is None:  # one of ours
+            name = target = self.instance
+            if i == 0:
+                name, target = _META, self.stype
+            elif i == 1:
+                name = self.stype
+            elif i == 4:
+                name = self.host
+        if ttl is None:
+            ttl = _TTL_HOST if rtype == _T_SRV or rtype == _T_A else _TTL_OTHER  # noqa: SIM109
+        _encode(buf, seen, name)
+        at = len(buf) + 8  # where the rdata length goes
+        buf.extend(_RR_HEAD)
+        struct.pack_into("!HHIH", buf, at - 8, rtype, 1 if rtype == _T_PTR else 0x8001, ttl, 0)
+        if rtype == _T_PTR:
+            _encode(buf, seen, target)
+        elif rtype == _T_SRV:
+            buf.extend(b"\x00\x00\x00\x00")  # priority, weight
+            buf.append(self.port >> 8)
+            buf.append(self.port & 0xFF)
+            _encode(buf, seen, self.host)
+        elif rtype == _T_TXT:
+            for key in sorted(self.txt):
+                item = ("%s=%s" % (key, self.txt[key])).encode()[:255]
+                buf.append(len(item))
+                buf.extend(item)
+            if not self.txt:
+                buf.append(0)
+        else:
+            for part in self.ip.split("."):
+                buf.append(int(part))
+        struct.pack_into("!H", buf, at, len(buf) - at - 2)
 
     def _answer(self, msg_id, questions, known, addr, now):
-        wanted = []  # indexes into _own_records
-        own = self._own_records(TTL_OTHER)
-        want_meta = False
-        for qname, qtype, _unicast in questions:
-            q = _lower(qname)
-            if q == SERVICES_META and qtype in (T_PTR, T_ANY):
-                want_meta = True
-            for i in range(len(own)):
-                rec = own[i]
-                matches = _lower(rec[1]) == q and (qtype == T_ANY or qtype == rec[2])
-                if matches and i not in wanted:
-                    wanted.append(i)
-        if not wanted and not want_meta:
-            return []
+        stype = self.stype.lower()
+        instance = self.instance.lower()
+        host = self.host.lower()
+        owners = (_META, stype, instance, instance, host)
+        wanted = 0  # bit i: our record i was asked for
+        for name, qtype in questions:
+            name = name.lower()
+            for i in range(5):
+                if name == owners[i] and (qtype == _T_ANY or qtype == _OWN[i]):
+                    wanted |= 1 << i
         # Known-answer suppression (RFC 6762 7.1): the querier already holds our PTR.
-        own_ptr = _lower(self.instance)
-        for _name, rtype, ttl, value in known:
-            if (
-                rtype == T_PTR
-                and value is not None
-                and _lower(value) == own_ptr
-                and ttl * 2 >= TTL_OTHER
-                and 0 in wanted
-            ):
-                wanted.remove(0)
-        legacy = addr[1] != MDNS_PORT  # one-shot querier: answer it directly (RFC 6762 6.7)
-        w = _Writer(msg_id if legacy else 0, 0x8400)
-        if legacy:
-            for qname, qtype, _unicast in questions:
-                w.question(qname, qtype)
-        sent = False
-        if want_meta:
-            w.record(1, SERVICES_META, T_PTR, TTL_OTHER, self.stype, False)
-            sent = True
-        for i in sorted(wanted):
-            rec = own[i]
-            key = (rec[1], rec[2])
-            if not legacy:
-                last = self._last_sent.get(key)
-                if last is not None and now - last < 250:
-                    continue
-                self._last_sent[key] = now
-            w.record(1, rec[1], rec[2], rec[3] if rec[2] != T_A else TTL_HOST, rec[4], rec[5])
-            sent = True
-        if not sent:
+        for _, rtype, ttl, value in known:
+            if rtype == _T_PTR and value.lower() == instance and ttl * 2 >= _TTL_OTHER:
+                wanted &= ~2
+        if not wanted:
             return []
-        # Additional records (RFC 6763 12): whatever the answer points to.
-        if 0 in wanted or 1 in wanted:
-            for i in (1, 2, 3):
-                if i not in wanted:
-                    rec = own[i]
-                    w.record(3, rec[1], rec[2], TTL_HOST if i != 2 else TTL_OTHER, rec[4], True)
+        # A one-shot querier (not from port 5353) gets its answer directly, with its id and
+        # questions (RFC 6762 6.7); others get it multicast.
+        legacy = addr[1] != MDNS_PORT
+        if not legacy:
+            msg_id = 0
+            questions = ()
+        buf = bytearray(12)
+        seen = {}
+        for name, qtype in questions:
+            _encode(buf, seen, name, qtype)
+        answers = 0
+        for i in range(5):
+            if wanted >> i & 1:
+                if i and not legacy:
+                    last = self._sent[i]
+                    if last is not None and now - last < 250:
+                        continue
+                    self._sent[i] = now
+                self._put(buf, seen, i)
+                answers += 1
+        if not answers:
+            return []
+        # Additional records (RFC 6763 12): whatever the PTR or SRV answer points to.
+        extra = 0
+        if wanted & 6:
+            for i in range(2, 5):
+                if not wanted >> i & 1:
+                    self._put(buf, seen, i)
+                    extra += 1
+        struct.pack_into("!HHHHHH", buf, 0, msg_id, 0x8400, len(questions), answers, 0, extra)
         self.answered += 1
-        dest = addr if legacy else (MDNS_GROUP, MDNS_PORT)
-        return [(w.finish(), dest)]
+        return [(buf, addr if legacy else (MDNS_GROUP, MDNS_PORT))]
+
+    # -- the cache
 
     def _learn(self, records, now):
-        browse = [_lower(t) for t in self.browse_types]
-        own = _lower(self.instance)
+        instance = self.instance.lower()
+        services = self.services
         for name, rtype, ttl, value in records:
-            lname = _lower(name)
-            if rtype == T_PTR and lname in browse and value is not None:
-                key = _lower(value)
-                if key == own:
-                    continue
-                svc = self.services.get(key)
-                if ttl == 0:
-                    if svc is not None:
-                        svc.expires = now + 1000  # goodbye: gone in a second (RFC 6762 10.1)
-                    continue
-                if svc is None:
-                    if len(self.services) >= self.max_services:
-                        self._count("cache_full")
-                        continue
-                    svc = Service(value, name)
-                    self.services[key] = svc
-                svc.expires = now + ttl * 1000
-        for name, rtype, ttl, value in records:
-            lname = _lower(name)
-            if rtype == T_A:
-                if ttl == 0:
-                    self.addresses.pop(lname, None)
-                elif lname in self.addresses or len(self.addresses) < self.max_services:
-                    self.addresses[lname] = [value, now + ttl * 1000]
+            if rtype != _T_PTR:
                 continue
-            svc = self.services.get(lname)
+            name = name.lower()
+            if name not in self.browse:
+                continue
+            key = value.lower()
+            if key == instance:
+                continue
+            svc = services.get(key)
+            if not ttl:
+                if svc is not None:
+                    svc.expires = now + 1000  # goodbye: gone in a second (RFC 6762 10.1)
+                continue
             if svc is None:
-                continue
-            if rtype == T_SRV:
-                svc.port = value[2]
-                if svc.host is None or _lower(svc.host) != _lower(value[3]):
-                    svc.addr = None
-                svc.host = value[3]
-            elif rtype == T_TXT:
-                svc.txt = value
-        for svc in self.services.values():
-            if svc.host is not None:
-                entry = self.addresses.get(_lower(svc.host))
-                if entry is not None:
-                    svc.addr = entry[0]
-
-    def _browse_query(self, now):
-        w = _Writer(0, 0)
-        for stype in self.browse_types:
-            w.question(stype, T_PTR)
-        # Instances we know but cannot reach yet: ask for their SRV/TXT and host address.
-        asked = 0
-        for key in sorted(self.services):
-            svc = self.services[key]
-            if asked >= 4:
-                break
-            if svc.host is None:
-                w.question(svc.name, T_SRV)
-                w.question(svc.name, T_TXT)
-                asked += 1
-            elif svc.addr is None:
-                w.question(svc.host, T_A)
-                asked += 1
-        # Known answers (RFC 6762 7.1) so responders that we already know stay quiet.
-        for key in sorted(self.services):
-            svc = self.services[key]
-            left = (svc.expires - now) // 1000
-            if left * 2 > TTL_OTHER and w.counts[1] < 8:
-                w.record(1, svc.stype, T_PTR, left, svc.name, False)
-        return w.finish()
-
-    def _expire(self, now):
-        for key in sorted(self.services):
-            if self.services[key].expires <= now:
-                del self.services[key]
-        for key in sorted(self.addresses):
-            if self.addresses[key][1] <= now:
-                del self.addresses[key]
-
-
-def _host_label(name):
-    """A DNS-safe host label from a node id (letters, digits, '-')."""
-    out = []
-    for ch in name:
-        out.append(ch if ch.isalpha() or ch.isdigit() or ch == "-" else "-")
-    return "".join(out)[:63] or "node"
+                if len(services) >= self.max_services:
+                    self.drops["cache_full"] = self.drops.get("cache_full", 0) + 1
+                    continue
+                svc = Service()
+                svc.name = value
+                svc.stype = self.browse[self.browse.index(name)]  # shared, not a copy
+                svc.host = svc.addr = None
+                svc.port = 0
+                svc.txt = {}
+                services[value if key == value else key] = svc  # one string when already lower
+            svc.expires = now + ttl * 1000
+        # Then what the services point to: SRV and TXT, then the hosts' addresses (whatever
+        # order they came in). An address nobody names is not kept: a later query asks for it.
+        for name, rtype, _ttl, value in records:
+            if rtype == _T_SRV or rtype == _T_TXT:  # noqa: SIM109
+                svc = services.get(name.lower())
+                if svc is not None and rtype == _T_TXT:
+                    svc.txt = value
+                elif svc is not None:
+                    svc.port = value[0]
+                    host = value[1].lower()
+                    if host != svc.host:
+                        svc.host = host
+                        svc.addr = None
+        for name, rtype, ttl, value in records:
+            if rtype == _T_A and ttl:
+                name = name.lower()
+                for svc in services.values():  # every match is updated: the order does not matter
+                    if svc.host == name:
+                        svc.addr = value
