@@ -3,8 +3,14 @@
 On the ESP32 ``/lib`` is on ``sys.path`` already; the unix port needs ``lib`` added.
 """
 
+import os
 import sys
 
+# The unix port puts the script's folder first on sys.path, as an absolute path: every module's
+# __file__ (an interned name, for the process's life) would then be a long path of its own. The
+# board imports by relative names ("app/runtime.mpy"); run from the build folder, do the same.
+if sys.path[0] and "app" in os.listdir():
+    sys.path[0] = ""
 if "/lib" not in sys.path and "lib" not in sys.path:
     sys.path.append("lib")
 

@@ -9,6 +9,10 @@
 Frames wait in a bounded queue and one sender task publishes them in order, so a slow
 PUBACK never blocks the election loop. When full, the oldest frame goes (counted): the core
 and the data path resend what matters.
+
+``MqttRuntime`` is the runtime on this transport (``app.runtime.main`` loads this module only
+when ``transport`` is ``mqtt``): frames go through the broker, mDNS also browses for one, the
+elected leader is published, and the election clock pauses while the broker is unreachable.
 """
 
 try:
@@ -22,8 +26,10 @@ import mqtt
 from agent.core.messages import READINGS_ACK
 from app.config import host_port
 from app.meshnode import DEST_GATEWAY, DEST_MESH, DEST_NODE
+from app.runtime import Runtime, nonzero
 
 _MAX_QUEUE = 32
+_BROKER_TYPE = "_mqtt._tcp.local"
 
 
 class MqttTransport:
@@ -122,3 +128,106 @@ class MqttTransport:
                         self.sent += 1
         finally:
             conn.cancel()
+
+
+class MqttRuntime(Runtime):
+    """The runtime with every frame through the broker, and the Pi agent's broker pause
+    (agent/runtime.py): while the broker is unreachable, silence says nothing about the peers,
+    so the election clock (``now()``) stops: nobody is suspected and no election starts on
+    either side. It resumes when the leader is heard again, at once if we lead or know no
+    leader, and at the latest a grace period after the reconnection.
+    """
+
+    transport = "mqtt"
+    browse = Runtime.browse + (_BROKER_TYPE,)
+
+    def __init__(self, cfg, hw):
+        Runtime.__init__(self, cfg, hw)
+        self.mesh.needs_address = False  # readings go to a topic, not a learned address
+        self.mesh.gateway_known = True  # the gateway subscribes to the batch topic
+        self.mqtt = MqttTransport(cfg, self._on_frame, self._on_connection)
+        self.clock_paused = False
+        self._paused_total = 0  # ms spent paused, taken out of now()
+        self._paused_at = 0  # now() while paused
+        self._paused_real = 0  # real() when the pause began
+        self._resume_at = None  # real() at which the grace after a reconnection ends
+        self._published_term = None  # the term whose leader record we published
+        self.pause()  # nothing can be heard before the first connection
+
+    def now(self):
+        real = self.real()
+        if self._resume_at is not None and real >= self._resume_at:
+            self.resume("grace over")
+        return self._paused_at if self.clock_paused else real - self._paused_total
+
+    def pause(self):
+        if not self.clock_paused:
+            real = self.real()
+            self._paused_at = real - self._paused_total
+            self._paused_real = real
+            self.clock_paused = True
+
+    def resume(self, why):
+        if self.clock_paused:
+            self._paused_total += self.real() - self._paused_real
+            self.clock_paused = False
+        self._resume_at = None
+        print("clock resumed: %s" % why)
+
+    def _on_frame(self, data):
+        msg = self.mesh.frame(data, None, self.now())
+        if msg is not None and self.clock_paused and msg.sender == self.mesh.node.leader:
+            self.resume("leader heard")
+        self.flush()
+
+    def _on_connection(self, connected):
+        if not connected:
+            self.pause()
+            print("clock paused: broker unreachable")
+        elif self.clock_paused:
+            node = self.mesh.node
+            if node.role == 3 or node.leader is None:
+                self.resume("reconnected")
+            else:
+                # Give the leader time to come back too before we may suspect it.
+                m = self.cfg["mqtt"]
+                grace = int(m.get("reconnect_max_ms", 4000)) + 2 * self.cfg["heartbeat_ms"]
+                self._resume_at = self.real() + grace
+
+    async def run(self, run_ms=0):
+        client = asyncio.create_task(self.mqtt.run())
+        try:
+            await Runtime.run(self, run_ms)
+        finally:
+            client.cancel()
+
+    def flush(self):
+        out = self.mesh.out
+        if out:
+            self.mqtt.queue(out)
+            del out[:]
+        node = self.mesh.node
+        if node.role == 3 and node.leader == self.mesh.id and node.term != self._published_term:
+            # Newly leading: the retained leader record (once per term, as the Pi agent).
+            self._published_term = node.term
+            self.mqtt.publish_leader(node.term, node.leader)
+
+    def discovery(self, now):
+        Runtime.discovery(self, now)
+        if self.mqtt.broker is None and self.mdns is not None:
+            for svc in self.mdns.found(_BROKER_TYPE, now):
+                if svc.addr is not None and svc.port:
+                    self.mqtt.set_broker(svc.addr, svc.port)
+                    break
+
+    def _transport_status(self):
+        client = self.mqtt.client
+        return {
+            "transport": "mqtt",
+            "connected": client.connected,
+            "connects": client.connects,
+            "reconnects": client.reconnects,
+            "sent": self.mqtt.sent,
+            "queue_dropped": self.mqtt.queue_dropped,
+            "drops": nonzero(client.drops),
+        }

@@ -57,17 +57,14 @@ def rssi_to_link(rssi_dbm):
     return (rssi_dbm + 90) * 20
 
 
-class Blinker:
-    """LED patterns for the node's state, as on/off from the time alone (no timers)."""
-
-    # state -> (period ms, on ms): leader solid, follower slow blink, searching fast blink.
-    PATTERNS = {
-        "leader": (1000, 1000),
-        "follower": (2000, 100),
-        "candidate": (200, 100),
-        "offline": (1000, 0),
-    }
-
-    def on(self, state, now):
-        period, on = self.PATTERNS.get(state, (200, 100))
-        return now % period < on
+def led_on(state, now):
+    """Whether the LED is on for the node's state at ``now``, from the time alone (no timers):
+    leader solid, follower a short blink every 2 s, searching (candidate) fast blink, offline
+    dark."""
+    if state == "leader":
+        return True
+    if state == "offline":
+        return False
+    if state == "follower":
+        return now % 2000 < 100
+    return now % 200 < 100

@@ -18,7 +18,7 @@ import esp32  # type: ignore[import-not-found]
 import machine  # type: ignore[import-not-found]
 import network  # type: ignore[import-not-found]
 
-from hw.common import DEFAULT_CURVE, Blinker, check_curve, interpolate, rssi_to_link
+from hw.common import DEFAULT_CURVE, check_curve, interpolate, led_on, rssi_to_link
 from hw.sensors import DRIVERS
 
 
@@ -27,7 +27,6 @@ class Esp32Hardware:
         hw = cfg.get("hw") or {}
         self.errors = {}
         self.wlan = network.WLAN(network.STA_IF)
-        self._blink = Blinker()
         bat = hw.get("battery")
         self.adc = None
         if bat and "pin" in bat:
@@ -137,8 +136,7 @@ class Esp32Hardware:
 
     def show(self, state, now):
         if self.led is not None:
-            on = self._blink.on(state, now)
-            self.led.value(self.led_active if on else 1 - self.led_active)
+            self.led.value(self.led_active if led_on(state, now) else 1 - self.led_active)
 
     def close(self):
         if self.led is not None:

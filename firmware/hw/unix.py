@@ -7,12 +7,10 @@
 The file holds the same keys (``battery``, ``link``, ``mains``, ``metrics``: {name: int}), so a
 test or a demo can change a node's power while it runs. A missing or broken file keeps the
 last good values (counted in ``errors``). The node's address is ``udp.interface`` (there is no
-``network`` module on the unix port).
+``network`` module on the unix port). There is no Wi-Fi, watchdog or LED to drive.
 """
 
 import json
-
-from hw.common import Blinker
 
 
 class UnixHardware:
@@ -29,15 +27,11 @@ class UnixHardware:
         self.period_ms = max(1, int(hw.get("period_ms", 60000)))
         self.metrics = None
         self.address = (cfg.get("udp") or {}).get("interface") or "127.0.0.1"
-        self.led_state = None
-        self._blink = Blinker()
         self._start = None
-        self._read_file()
+        self.read()
 
-    def _count(self, reason):
-        self.errors[reason] = self.errors.get(reason, 0) + 1
-
-    def _read_file(self):
+    def read(self):
+        """Re-read the file (if any): the values it has replace ours."""
         if not self.file:
             return
         try:
@@ -49,10 +43,10 @@ class UnixHardware:
             metrics = data.get("metrics")
             if isinstance(metrics, dict):
                 self.metrics = {}
-                for name in sorted(metrics):
+                for name in metrics:
                     self.metrics[str(name)] = int(metrics[name])
         except (OSError, ValueError, TypeError, AttributeError):
-            self._count("file")
+            self.errors["file"] = self.errors.get("file", 0) + 1
 
     def power(self, now):
         if self._start is None:
@@ -63,7 +57,7 @@ class UnixHardware:
         return battery, self.link, self.mains
 
     def sample(self, now):
-        self._read_file()
+        self.read()
         if self.metrics is not None:
             return dict(self.metrics)
         # A triangle wave: integer-only and deterministic, good enough for demos and tests.
@@ -76,11 +70,8 @@ class UnixHardware:
     def ip(self):
         return self.address
 
-    def feed(self):
-        pass
+    def show(self, state=None, now=None):
+        pass  # no LED on the unix port (and no *args: a call allocates nothing)
 
-    def show(self, state, now):
-        self.led_state = (state, self._blink.on(state, now))
-
-    def close(self):
-        pass
+    # Nor Wi-Fi to keep up, watchdog to feed or device to close: the same do-nothing.
+    maintain = feed = close = show

@@ -8,7 +8,7 @@ import json
 import sys
 
 from app import config
-from hw.common import DEFAULT_CURVE, Blinker, check_curve, interpolate, rssi_to_link
+from hw.common import DEFAULT_CURVE, check_curve, interpolate, led_on, rssi_to_link
 from hw.sensors import BME280, SHT3x, crc8_sensirion
 from hw.unix import UnixHardware
 
@@ -128,14 +128,13 @@ for bad_curve in ([], [[3700, 10], [3600, 20]], [[3700, 1200]], [[1, 2, 3]]):
     except ValueError:
         out["curve_errors"].append("ValueError")
 out["rssi"] = [rssi_to_link(r) for r in (-30, -40, -65, -90, -100)]
-b = Blinker()
 out["led"] = [
-    b.on("leader", 10),
-    b.on("follower", 50),
-    b.on("follower", 500),
-    b.on("candidate", 50),
-    b.on("candidate", 150),
-    b.on("offline", 10),
+    led_on("leader", 10),
+    led_on("follower", 50),
+    led_on("follower", 500),
+    led_on("candidate", 50),
+    led_on("candidate", 150),
+    led_on("offline", 10),
 ]
 
 # Unix hardware layer: values from a file, re-read at every sample; a broken file keeps the
