@@ -229,7 +229,9 @@ def build(
             argv = [compiler, "-o", str(target), *MPY_CROSS_FLAGS]
             if march:
                 argv.append("-march=%s" % march)
-            argv += ["-s", rel, str(src)]
+            # The embedded source name is the path the board imports the module as, so that
+            # it and the module's __file__ are one interned name, not two (about 30 qstrs).
+            argv += ["-s", rel[: -len(".py")] + ".mpy", str(src)]
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
             if done.returncode != 0:
                 raise ToolError("mpy-cross failed on %s: %s" % (rel, done.stderr.strip()))
