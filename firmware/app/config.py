@@ -139,8 +139,8 @@ def boot(path="config.json"):
     Without it the collector runs only when an allocation fails, and by then short-lived
     frames and batches lie between the long-lived held readings: the heap is fragmented and a
     batch frame finds no room although half the heap is free. Measured with
-    tests/mpy/fw_memory.py: a leader of 10 members (buffers 64/128) needs a 160k heap without
-    it and runs in 120k with 16 KB.
+    tests/mpy/fw_memory.py: a leader of 10 members (buffers 64/128) needs a 192k heap without
+    it and runs in 112k with 16 KB.
     """
     import gc
     import sys

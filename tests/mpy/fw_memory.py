@@ -17,7 +17,7 @@ gc.collect()
 base_before_imports = gc.mem_alloc()
 THRESHOLD = int(sys.argv[5]) if len(sys.argv) > 5 else 16384
 if THRESHOLD:
-    gc.threshold(THRESHOLD)  # as app.runtime does (set_gc_threshold): less fragmentation
+    gc.threshold(THRESHOLD)  # as app.config.boot does: less fragmentation
 
 import cbor
 from app.meshnode import DEST_GATEWAY, MeshNode
