@@ -543,14 +543,11 @@ def test_batchcheck_bounds_agree_with_wire() -> None:
     assert wire._TAG_BYTES == auth.TAG_BYTES
 
 
-def test_wire_kinds_agree_with_messages() -> None:
-    # wire.py repeats the kinds as consts (imported names would cost the firmware heap).
+def test_every_kind_has_a_body_layout() -> None:
     kinds = ["HEARTBEAT", "CLAIM", "HANDOFF", "LEAVE", "READINGS", "READINGS_ACK", "BATCH"]
     kinds.append("BATCH_ACK")
-    for name in kinds:
-        assert getattr(wire, "_" + name) == getattr(messages, name), name
     assert sorted(wire._BODY_FIELDS) == sorted(getattr(messages, name) for name in kinds)
-    assert (ACK_OK, ACK_FENCED, ACK_REJECTED) == (0, 1, wire._ACK_REJECTED)  # checked as 0..2
+    assert (ACK_OK, ACK_FENCED, ACK_REJECTED) == (0, 1, 2)  # BATCH_ACK statuses: checked as 0..2
 
 
 def test_codec_without_batch_checks_drops_batches_unread() -> None:

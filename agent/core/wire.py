@@ -28,7 +28,18 @@ escapes ``decode``.
 import hashlib
 
 from agent.core import auth
-from agent.core.messages import Msg
+from agent.core.messages import (
+    ACK_REJECTED,
+    BATCH,
+    BATCH_ACK,
+    CLAIM,
+    HANDOFF,
+    HEARTBEAT,
+    LEAVE,
+    READINGS,
+    READINGS_ACK,
+    Msg,
+)
 
 try:
     from micropython import const  # built in on a board: no _compat module to load
@@ -38,19 +49,6 @@ except ImportError:  # CPython
 
 # An underscored ``const`` costs no heap on MicroPython (the compiler folds it away); public
 # names stay module globals. So only what other modules read is public here.
-
-# The message kinds and the highest BATCH_ACK status of agent/core/messages.py, repeated as
-# consts: imported names would be globals of this module too (tests/test_wire.py checks that
-# both agree).
-_HEARTBEAT = const(1)
-_CLAIM = const(2)
-_HANDOFF = const(3)
-_LEAVE = const(4)
-_READINGS = const(8)
-_READINGS_ACK = const(9)
-_BATCH = const(10)
-_BATCH_ACK = const(11)
-_ACK_REJECTED = const(2)  # statuses: ACK_OK 0, ACK_FENCED 1, ACK_REJECTED 2
 
 VERSION = const(1)
 MAX_FRAME_BYTES = const(4096)  # whole frame, tag included; larger frames are dropped unread
@@ -97,14 +95,14 @@ _I64_MAX = const(0x7FFFFFFFFFFFFFFF)
 
 # Number of body fields after [vk, mesh_hash, sender, boot, counter], per kind.
 _BODY_FIELDS = {
-    _HEARTBEAT: 6,
-    _CLAIM: 2,
-    _HANDOFF: 3,
-    _LEAVE: 1,
-    _READINGS: 3,
-    _READINGS_ACK: 3,
-    _BATCH: 2,
-    _BATCH_ACK: 3,
+    HEARTBEAT: 6,
+    CLAIM: 2,
+    HANDOFF: 3,
+    LEAVE: 1,
+    READINGS: 3,
+    READINGS_ACK: 3,
+    BATCH: 2,
+    BATCH_ACK: 3,
 }
 _HEADER_FIELDS = const(5)
 
@@ -206,18 +204,18 @@ class Codec:
             counter,
             msg.term,
         ]
-        if kind == _HEARTBEAT:
+        if kind == HEARTBEAT:
             # "heard" saturates (docs/design.md); cap here so no caller can overflow it.
             heard = msg.heard if type(msg.heard) is not int or msg.heard <= _U16 else _U16
             arr.extend((msg.flags, msg.score, heard, msg.battery, msg.link))
-        elif kind == _CLAIM:
+        elif kind == CLAIM:
             arr.append(msg.score)
-        elif kind == _HANDOFF:
+        elif kind == HANDOFF:
             arr.append(msg.target)
             arr.append(msg.flags)
-        elif kind == _BATCH:
+        elif kind == BATCH:
             arr.append(msg.body)
-        elif kind != _LEAVE:  # READINGS, READINGS_ACK, BATCH_ACK
+        elif kind != LEAVE:  # READINGS, READINGS_ACK, BATCH_ACK
             arr.append(msg.target)
             arr.append(msg.body)
         # Check with the receiver's rules, so every frame we send is one peers accept.
@@ -282,7 +280,7 @@ class Codec:
             raise WireError(BAD_FIELD, "unknown kind %d" % kind)
         if count != _HEADER_FIELDS + fields:
             raise WireError(MALFORMED, "field count")
-        if kind == _BATCH and not self.check_batches:
+        if kind == BATCH and not self.check_batches:
             # Not read at all: no tag check, no CBOR decode of up to 4 KB.
             raise WireError(NO_BATCHES)
         if self._key is not None:
@@ -308,20 +306,20 @@ class Codec:
             raise WireError(REPLAYED)
         self.accepted += 1
         msg = Msg(kind, sender, term=arr[5], boot=boot, counter=counter)
-        if kind == _HEARTBEAT:
+        if kind == HEARTBEAT:
             msg.flags = arr[6]
             msg.score = arr[7]
             msg.heard = arr[8]
             msg.battery = arr[9]
             msg.link = arr[10]
-        elif kind == _CLAIM:
+        elif kind == CLAIM:
             msg.score = arr[6]
-        elif kind == _HANDOFF:
+        elif kind == HANDOFF:
             msg.target = arr[6]
             msg.flags = arr[7]
-        elif kind == _BATCH:
+        elif kind == BATCH:
             msg.body = arr[6]
-        elif kind != _LEAVE:
+        elif kind != LEAVE:
             msg.target = arr[6]
             msg.body = arr[7]
         return msg
@@ -438,7 +436,7 @@ def _check_fields(kind, arr, batches):
         return "counter"
     if not _uint(arr[5], _U32):
         return "term"
-    if kind == _HEARTBEAT:
+    if kind == HEARTBEAT:
         if not _uint(arr[6], _U8):
             return "flags"
         if not _int(arr[7], _I32_MIN, _I32_MAX):
@@ -449,25 +447,25 @@ def _check_fields(kind, arr, batches):
             return "battery"
         if not _uint(arr[10], _U16):
             return "link"
-    elif kind == _CLAIM:
+    elif kind == CLAIM:
         if not _int(arr[6], _I32_MIN, _I32_MAX):
             return "score"
-    elif kind == _HANDOFF:
+    elif kind == HANDOFF:
         if not _text(arr[6], _MAX_ID_BYTES):
             return "target"
         if not _uint(arr[7], _U8):
             return "flags"
-    elif kind == _BATCH:
+    elif kind == BATCH:
         if batches:
             # Imported on first use: a codec made with check_batches=False never loads it.
             from agent.core.batchcheck import check_batch
 
             return check_batch(arr[6])
-    elif kind != _LEAVE:  # READINGS, READINGS_ACK, BATCH_ACK: a target, then a list
+    elif kind != LEAVE:  # READINGS, READINGS_ACK, BATCH_ACK: a target, then a list
         if not _text(arr[6], _MAX_ID_BYTES):
             return "target"
         body = arr[7]
-        if kind == _READINGS:
+        if kind == READINGS:
             # [[boot, seq, t_ms, {metric: int}], ...]
             if not _list(body):
                 return "readings"
@@ -480,7 +478,7 @@ def _check_fields(kind, arr, batches):
                     and _metrics(r[3])
                 ):
                     return "readings"
-        elif kind == _READINGS_ACK:
+        elif kind == READINGS_ACK:
             # [[boot, first_seq, last_seq], ...] with first_seq <= last_seq
             if not _list(body):
                 return "ranges"
@@ -498,7 +496,7 @@ def _check_fields(kind, arr, batches):
             # the statuses are ACK_OK, ACK_FENCED and ACK_REJECTED: 0..2.
             _list(body, 3)
             and (_uint(body[0], _U64) or _text(body[0], _MAX_NAME_BYTES))
-            and _uint(body[1], _ACK_REJECTED)
+            and _uint(body[1], ACK_REJECTED)
             and _uint(body[2], _U32)
         ):
             return "batch_ack"
