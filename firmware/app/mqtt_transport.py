@@ -24,6 +24,7 @@ import cbor
 import mqtt
 
 from agent.core.messages import READINGS_ACK
+from agent.core.node import ROLE_LEADER
 from app.config import host_port
 from app.meshnode import DEST_GATEWAY, DEST_MESH, DEST_NODE
 from app.runtime import Runtime, nonzero
@@ -186,7 +187,7 @@ class MqttRuntime(Runtime):
             print("clock paused: broker unreachable")
         elif self.clock_paused:
             node = self.mesh.node
-            if node.role == 3 or node.leader is None:
+            if node.role == ROLE_LEADER or node.leader is None:
                 self.resume("reconnected")
             else:
                 # Give the leader time to come back too before we may suspect it.
@@ -207,7 +208,11 @@ class MqttRuntime(Runtime):
             self.mqtt.queue(out)
             del out[:]
         node = self.mesh.node
-        if node.role == 3 and node.leader == self.mesh.id and node.term != self._published_term:
+        if (
+            node.role == ROLE_LEADER
+            and node.leader == self.mesh.id
+            and node.term != self._published_term
+        ):
             # Newly leading: the retained leader record (once per term, as the Pi agent).
             self._published_term = node.term
             self.mqtt.publish_leader(node.term, node.leader)
