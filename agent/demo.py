@@ -343,6 +343,9 @@ def cli(argv: list[str] | None = None) -> int:
     demo = Demo(args)
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    # Ctrl-C is how the demo stops, also when a non-interactive shell started it in the
+    # background (which would leave SIGINT ignored, and the demo unstoppable by it).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         url, gateway = demo.start_gateway()
         demo.start_agents(gateway)

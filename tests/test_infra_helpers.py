@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -13,11 +14,12 @@ import pytest
 
 from tests.helpers.broker import Mosquitto
 from tests.helpers.mpy import compile_mpy, run_micropython
-from tests.helpers.netns import Lab
+from tests.helpers.netns import Lab, run_tag
 from tests.helpers.tools import REPO_ROOT, require_tool
 
 PREFIX = "mi-"  # this suite's namespace prefix and subnet (see the team's allocation)
 SUBNET = "10.91.0.0/24"
+RUN = "%s%s-" % (PREFIX, run_tag(os.getpid()))  # the names this process's labs get
 GROUP = "239.255.77.77"
 PORT = 47470
 WAIT_S = 10.0  # bound on waiting for an event that normally takes milliseconds
@@ -211,7 +213,7 @@ def received(
 @pytest.mark.netns
 def test_lab_multicast_and_unicast_between_namespaces() -> None:
     with Lab(PREFIX, SUBNET, hosts=2) as lab:
-        assert lab.address(1) == "10.91.0.1" and lab.ns(2) == "mi-h2"
+        assert lab.address(1) == "10.91.0.1" and lab.ns(2) == RUN + "h2"
         assert received(lab, 1, [2], 20) == {2: 20}
         assert received(lab, 1, [2], 20, dest=lab.address(1)) == {2: 20}
 
@@ -274,9 +276,9 @@ def test_broker_inside_a_lab_host_serves_another_host() -> None:
             broker.close()
 
 
-def namespaces() -> list[str]:
+def namespaces(prefix: str = RUN) -> list[str]:
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
-    return sorted(line.split()[0] for line in listed.stdout.splitlines() if line.startswith(PREFIX))
+    return sorted(line.split()[0] for line in listed.stdout.splitlines() if line.startswith(prefix))
 
 
 @pytest.mark.netns
@@ -285,7 +287,7 @@ def test_lab_teardown_kills_processes_and_deletes_namespaces() -> None:
         tracked = lab.run(1, ["sleep", "600"])
         # started behind the lab's back, still inside its namespace: killed as well
         untracked = subprocess.Popen(lab.command(2, ["sleep", "600"]))
-        assert namespaces() == ["mi-br", "mi-h1", "mi-h2"]
+        assert namespaces() == [RUN + "br", RUN + "h1", RUN + "h2"]
     assert tracked.poll() is not None
     assert untracked.wait(WAIT_S) is not None
     assert namespaces() == []
@@ -293,17 +295,26 @@ def test_lab_teardown_kills_processes_and_deletes_namespaces() -> None:
 
 @pytest.mark.netns
 def test_lab_cleans_up_on_exception_and_removes_stale_namespaces() -> None:
-    subprocess.run(["ip", "netns", "add", "mi-h9"], check=True)  # as if left by a crash
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that is gone: its lab was left by a crash
+    crashed = "%s%s-h9" % (PREFIX, run_tag(dead.pid))
+    live = "%s%s-h9" % (PREFIX, run_tag(1))  # pid 1 is alive: that lab is somebody else's
+    subprocess.run(["ip", "netns", "add", crashed], check=True)
+    subprocess.run(["ip", "netns", "add", live], check=True)
     inside: list[str] = []
 
     def crash_inside_a_lab() -> None:
         with Lab(PREFIX, SUBNET, hosts=1):
-            inside.extend(namespaces())
+            inside.extend(namespaces(PREFIX))
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):
         crash_inside_a_lab()
-    assert inside == ["mi-br", "mi-h1"]  # the stale mi-h9 was removed first
+    try:
+        # the crashed run's h9 was removed first; the live run's was left alone
+        assert sorted(inside) == sorted([RUN + "br", RUN + "h1", live])
+    finally:
+        subprocess.run(["ip", "netns", "del", live], check=False)
     assert namespaces() == []
 
 

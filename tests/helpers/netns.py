@@ -10,9 +10,11 @@
         lab.loss(2, 20)                 # drop 20% of the frames host 2 sends
         lab.loss(2, 0)
 
-Hosts are numbered from 1; host ``i`` is namespace ``<prefix>h<i>`` with address
+Hosts are numbered from 1; host ``i`` is namespace ``<prefix><run>-h<i>`` with address
 ``<subnet> + i`` on its interface ``veth0``, a multicast route (224.0.0.0/4) and ``lo`` up.
-The bridge ``br0`` lives in namespace ``<prefix>br``, with one port ``p<i>`` per host. Nothing
+The bridge ``br0`` lives in namespace ``<prefix><run>-br``, with one port ``p<i>`` per host.
+``<run>`` is this process's pid in base 36, so two runs (a test run and a bench, two developers)
+never share a namespace even with the same prefix. Nothing
 is created in the root namespace (veths are created directly inside their namespaces), and
 there are no default routes, so no traffic can leave the lab.
 
@@ -22,7 +24,8 @@ and lose the multicast route; see testbed.md).
 
 Teardown (``close()``, also on exceptions) kills every process still running in the lab's
 namespaces and deletes them; creating a Lab first removes stale namespaces left with the same
-prefix by a crashed run. Use your own prefix and subnet, and only one Lab per prefix at a time.
+prefix by a run whose process is gone (a crash, kill -9). Labs of live processes are left alone.
+Use your own prefix and subnet, and only one Lab per prefix at a time within one process.
 Needs root (CI runs as root) plus ``ip`` (iproute2) and ``nft`` (nftables).
 """
 
@@ -75,7 +78,8 @@ class Lab:
         self.prefix = prefix
         self.network = network
         self.hosts = list(range(1, hosts + 1))
-        self.bridge_ns = prefix + "br"
+        self.run_prefix = "%s%s-" % (prefix, run_tag(os.getpid()))
+        self.bridge_ns = self.run_prefix + "br"
         self.processes: list[subprocess.Popen[Any]] = []
         self._created: list[str] = []
         self._groups: list[list[int]] | None = None
@@ -87,7 +91,7 @@ class Lab:
     def ns(self, host: int) -> str:
         """Namespace name of ``host``."""
         self._check_host(host)
-        return "%sh%d" % (self.prefix, host)
+        return "%sh%d" % (self.run_prefix, host)
 
     def address(self, host: int) -> str:
         """IPv4 address of ``host`` (``subnet + host``)."""
@@ -334,8 +338,29 @@ def is_alive(pid: int) -> bool:
     return state != "Z"
 
 
+def run_tag(pid: int) -> str:
+    """``pid`` in base 36: the part of a Lab's names that says which process made it."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    tag = ""
+    while True:
+        pid, digit = divmod(pid, 36)
+        tag = digits[digit] + tag
+        if pid == 0:
+            return tag
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def remove_stale(prefix: str, ip: str = "ip") -> list[str]:
-    """Delete namespaces named like a Lab with ``prefix`` (left by a crashed run)."""
+    """Delete namespaces of Labs with ``prefix`` whose process is gone (left by a crashed run)."""
     listed = subprocess.run(
         [ip, "netns", "list"],
         capture_output=True,
@@ -343,11 +368,12 @@ def remove_stale(prefix: str, ip: str = "ip") -> list[str]:
         timeout=COMMAND_TIMEOUT_S,
         check=False,
     )
-    pattern = re.compile(r"%s(br|h\d+)" % re.escape(prefix))
+    pattern = re.compile(r"%s([0-9a-z]{1,6})-(br|h\d+)" % re.escape(prefix))
     stale = []
     for line in listed.stdout.splitlines():
         name = line.split(" ", 1)[0]
-        if pattern.fullmatch(name):
+        match = pattern.fullmatch(name)
+        if match and not _process_alive(int(match.group(1), 36)):
             kill_namespace_processes(name, ip)
             subprocess.run(
                 [ip, "netns", "del", name],
