@@ -64,30 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     defaults = Options()
-    parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated (default: all)")
-    parser.add_argument(
-        "--schemes", default=",".join(SCHEMES), help="comma-separated (default: all)"
-    )
-    parser.add_argument("--seeds", type=int, default=20, help="seeds per setup (default 20)")
-    parser.add_argument(
-        "--first-seed", type=int, default=1, help="seeds count from here (default 1)"
-    )
+    add = parser.add_argument
+    # fmt: off
+    add("--setups", default=",".join(SETUPS), metavar="LIST", help="comma-separated (default: all)")
+    add("--schemes", default=",".join(SCHEMES), metavar="LIST", help="comma-separated (default: all)")
+    add("--seeds", type=int, default=20, metavar="N", help="seeds per setup (default 20)")
+    add("--first-seed", type=int, default=1, metavar="N", help="seeds count from here (default 1)")
     for flag, kind, text in TUNING:
         default = getattr(defaults, dest(flag))
-        parser.add_argument(
-            flag, type=kind, default=default, help="%s (default %s)" % (text, default)
-        )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("simulate-out"),
-        help="folder for the table and plots (default ./simulate-out)",
-    )
-    parser.add_argument(
-        "--no-plots", action="store_true", help="write the table only (no matplotlib needed)"
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
-    return parser  # fmt: skip
+        metavar = "N" if kind is int else "X"
+        add(flag, type=kind, default=default, metavar=metavar, help="%s (default %g)" % (text, default))
+    add("--out", type=Path, default=Path("simulate-out"), metavar="DIR", help="folder for the table and plots (default ./simulate-out)")
+    add("--no-plots", action="store_true", help="write the table only (no matplotlib needed)")
+    add("-q", "--quiet", action="store_true", help="no progress on stderr")
+    # fmt: on
+    return parser
 
 
 def split(text: str) -> list[str]:
