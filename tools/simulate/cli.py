@@ -74,11 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
         default = getattr(defaults, dest(flag))
         metavar = "N" if kind is int else "X"
         add(flag, type=kind, default=default, metavar=metavar, help="%s (default %g)" % (text, default))
+    add("--sink", type=point, default=defaults.sink, metavar="X,Y", help="the sink's position, m (default 50,50; the field is 100 x 100 m)")
     add("--out", type=Path, default=Path("simulate-out"), metavar="DIR", help="folder for the table and plots (default ./simulate-out)")
     add("--no-plots", action="store_true", help="write the table only (no matplotlib needed)")
     add("-q", "--quiet", action="store_true", help="no progress on stderr")
     # fmt: on
     return parser
+
+
+def point(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected X,Y in metres, e.g. 50,175") from None
+    return x, y
 
 
 def split(text: str) -> list[str]:
@@ -111,6 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = Options(
         seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
         schemes=tuple(schemes),
+        sink=args.sink,
         **{dest(flag): getattr(args, dest(flag)) for flag, _, _ in TUNING},
     )
     started = time.monotonic()

@@ -52,9 +52,12 @@ def markdown(results: Sequence[Result]) -> str:
         lines += [
             "## %s: %s" % (setup.name, setup.title),
             "",
-            "%d nodes, %d seeds (%s), p = %g, meshelect in %d mesh%s by position; %s."
+            "%d nodes on 100 x 100 m, sink at (%g, %g), %d seeds (%s), p = %g, meshelect in "
+            "%d mesh%s by position; %s."
             % (
                 o.nodes,
+                o.sink[0],
+                o.sink[1],
                 len(o.seeds),
                 seed_range(o.seeds),
                 o.p,

@@ -21,6 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from tools.simulate.energy import E0, PACKET_BITS, Esp32, FirstOrderRadio
+from tools.simulate.field import SINK as SINK_XY
 from tools.simulate.field import Field, scheme_rng
 from tools.simulate.literature import HEED_RANGE_M, SINK, Heed, leach, sep
 from tools.simulate.rotation import Direct, Meshelect, Static
@@ -50,6 +51,7 @@ class Model(Protocol):
 @dataclass
 class Options:
     nodes: int = 100
+    sink: tuple[float, float] = SINK_XY
     seeds: Sequence[int] = tuple(range(1, 21))
     p: float = 0.1  # the desired share of heads (LEACH, SEP; HEED's C_prob)
     meshes: int = 4  # meshelect: meshes by position, a square number
@@ -219,6 +221,7 @@ def simulate(setup: Setup, options: Options, progress: Progress | None = None) -
             advanced=setup.advanced,
             alpha=setup.alpha,
             meshes=options.meshes,
+            sink=options.sink,
         )
         for name in names:
             scheme = SCHEMES[name](field_, options, setup)
