@@ -22,7 +22,7 @@ EXIT_UNAVAILABLE = 2
 
 # Our own top-level packages: a module of these that is missing is part of meshelect not being
 # there (not yet written, or left out of this installation), not a third-party dependency.
-FIRST_PARTY = ("agent", "gateway", "hil")
+FIRST_PARTY = ("agent", "gateway", "hil", "tools")
 
 
 class Command:
@@ -51,6 +51,9 @@ COMMANDS: tuple[Command, ...] = (
         "agent.firmware_tool",
         "build, flash, deploy and provision ESP32 boards",
         "micropython",
+    ),
+    Command(
+        "simulate", "tools.simulate.cli", "compare leader rotation with LEACH, HEED, SEP", "sim"
     ),
 )
 

@@ -21,6 +21,7 @@ EXPECTED_COMMANDS = {
     "replay": "agent.core.replay",
     "bench": "agent.bench",
     "firmware": "agent.firmware_tool",
+    "simulate": "tools.simulate.cli",
 }
 
 
