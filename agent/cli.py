@@ -48,7 +48,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("bench", "agent.bench", "measure election and data-path performance"),
     Command(
         "firmware",
-        "agent.firmware_tool",
+        "tools.firmware",
         "build, flash, deploy and provision ESP32 boards",
         "micropython",
     ),

@@ -5,7 +5,7 @@ per kind of board:
 
 | job | base | real board | virtual board |
 |---|---|---|---|
-| put the firmware on the board | ``FirmwareDriver`` | ``EsptoolFirmwareDriver`` (esptool + mpremote via ``agent.firmware_tool``) | ``UnixFirmwareDriver`` (a folder with the build and config.json) |
+| put the firmware on the board | ``FirmwareDriver`` | ``EsptoolFirmwareDriver`` (esptool + mpremote via ``tools.firmware``) | ``UnixFirmwareDriver`` (a folder with the build and config.json) |
 | power | ``PowerDriver`` | ``CommandPowerDriver`` (uhubctl, a relay CLI...) | ``ProcessPowerDriver`` (start / SIGKILL = power loss) |
 | console | ``ConsoleDriver`` over ``SerialLines`` | | ``ConsoleDriver`` over ``FileLines`` |
 | gateway API | ``GatewayDriver`` | | |
@@ -30,9 +30,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from agent import firmware_tool
 from hil.nsthread import NamespaceThread
 from hil.resources import BoardSpec, Gateway, PowerPort, SerialPort
+from tools import firmware as firmware_tool
 
 POLL_S = 0.05  # how often waits look again (console lines, gateway state)
 COMMAND_TIMEOUT_S = 30.0  # bound on one power command

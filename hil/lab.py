@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent import firmware_tool
 from hil.drivers import (
     AlwaysOnPowerDriver,
     CommandPowerDriver,
@@ -26,6 +25,7 @@ from hil.drivers import (
 )
 from hil.resources import LabSpec
 from hil.strategy import BoardStrategy, MeshStrategy
+from tools import firmware as firmware_tool
 
 
 @dataclass

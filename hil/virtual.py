@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from agent import firmware_tool
 from hil.drivers import (
     ConsoleDriver,
     FileLines,
@@ -31,6 +30,7 @@ from hil.drivers import (
 )
 from hil.lab import Board, HilLab
 from hil.resources import Gateway, LabSpec
+from tools import firmware as firmware_tool
 
 GATEWAY_HTTP_PORT = 8470  # on the gateway namespace's own loopback: no clash possible
 GATEWAY_START_S = 20.0

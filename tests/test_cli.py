@@ -20,7 +20,7 @@ EXPECTED_COMMANDS = {
     "demo": "agent.demo",
     "replay": "agent.core.replay",
     "bench": "agent.bench",
-    "firmware": "agent.firmware_tool",
+    "firmware": "tools.firmware",
     "simulate": "tools.simulate.cli",
 }
 

@@ -20,10 +20,10 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from agent import firmware_tool
 from tests.helpers.broker import Mosquitto
 from tests.helpers.tools import REPO_ROOT, require_tool
 from tests.helpers.waiting import poll_until
+from tools import firmware as firmware_tool
 
 pytestmark = [pytest.mark.micropython, pytest.mark.slow]
 

@@ -362,7 +362,7 @@ def test_memory_of_a_leader_with_ten_members(tmp_path: Path) -> None:
     and without the runtime's GC threshold. The budget: 128k with buffers 32/64."""
     require_tool("mpy-cross")
     exe = require_tool("micropython")
-    from agent import firmware_tool
+    from tools import firmware as firmware_tool
 
     build = tmp_path / "build"
     manifest = firmware_tool.build(build)

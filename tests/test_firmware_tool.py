@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from agent import firmware_tool as ft
 from tests.helpers.mpy import micropython_env
 from tests.helpers.tools import require_tool
+from tools import firmware as ft
 
 NODE_TOML = """
 node_id = "fw-7"
