@@ -15,7 +15,7 @@
         A minimal gateway for tests and benchmarks: fences by term, stores each reading once
         (in memory), acknowledges batches, and writes one JSON line per batch to FILE.
 
-The namespace lab comes from the checkout's tests/helpers (run from a checkout, as root).
+The namespace lab and the broker come from the test kit (testkit/); the failover bench needs root.
 """
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ class MeshUnderTest:
         status_ms: int = 100,
         gateway: str = "sink",
     ) -> None:
-        from tests.helpers.netns import Lab
+        from testkit.netns import Lab
 
         self.n = agents
         self.transport = transport
@@ -358,7 +358,7 @@ class MeshUnderTest:
         try:
             broker_arg: list[str] = []
             if self.transport == "mqtt":
-                from tests.helpers.broker import Mosquitto
+                from testkit.broker import Mosquitto
 
                 self.broker = Mosquitto(
                     port=18830, host=self.lab.address(self.gw_host), netns=self.lab.ns(self.gw_host)
@@ -822,14 +822,6 @@ def failover_cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("meshelect bench failover: needs root (network namespaces)", file=sys.stderr)
-        return 2
-    try:
-        import tests.helpers.netns  # noqa: F401
-    except ImportError:
-        print(
-            "meshelect bench failover: run from a meshelect checkout (tests/helpers)",
-            file=sys.stderr,
-        )
         return 2
     if args.gateway == "real":
         try:

@@ -24,7 +24,7 @@ def start_real_gateway(
     lab: Any, host: int, db_path: str, udp_port: int, broker: tuple[str, int] | None
 ) -> Any:
     """Start the gateway inside lab host `host`: UDP on its address, or MQTT from `broker`."""
-    from gateway.testing import GatewayProcess
+    from testkit.gateway import GatewayProcess
 
     extra: list[str] = []
     if broker is not None:

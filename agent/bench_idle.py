@@ -80,7 +80,7 @@ class IdleMesh:
         sink_argv = [sys.executable, "-m", "agent.bench", "sink", "--mesh", self.mesh]
         sink_argv += ["--out", os.path.join(self.dir, "sink.jsonl")]
         if self.transport == "mqtt":
-            from tests.helpers.broker import Mosquitto
+            from testkit.broker import Mosquitto
 
             self.broker = Mosquitto().start()
             target = "127.0.0.1:%d" % self.broker.port
@@ -211,12 +211,6 @@ def idle_cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.agents < 1 or args.seconds <= 0:
         p.error("--agents must be >= 1 and --seconds > 0")
-    if args.transport == "mqtt":
-        try:
-            import tests.helpers.broker  # noqa: F401
-        except ImportError:
-            print("meshelect bench idle: MQTT needs a meshelect checkout", file=sys.stderr)
-            return 2
     with contextlib.suppress(KeyboardInterrupt):
         return idle(args)
     return 130

@@ -22,7 +22,7 @@ EXIT_UNAVAILABLE = 2
 
 # Our own top-level packages: a module of these that is missing is part of meshelect not being
 # there (not yet written, or left out of this installation), not a third-party dependency.
-FIRST_PARTY = ("agent", "gateway", "hil", "tools")
+FIRST_PARTY = ("agent", "gateway", "hil", "tools", "testkit")
 
 
 class Command:

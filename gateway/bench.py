@@ -27,8 +27,8 @@ from agent.core.messages import BATCH, Msg
 from gateway.ingest import Ingest
 from gateway.metrics import Counters
 from gateway.storage import SqliteStorage
-from gateway.testing import BatchSender, GatewayProcess, make_batch
 from gateway.tracker import Tracker
+from testkit.gateway import BatchSender, GatewayProcess, make_batch
 
 READINGS_PER_BATCH = 64  # datapath.BATCH_MAX_READINGS
 

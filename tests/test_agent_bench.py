@@ -12,7 +12,7 @@ from agent.bench_idle import idle_agent_toml
 from agent.config import from_dict, load_config
 from agent.core.messages import ACK_OK
 from agent.status import settled_view
-from gateway.testing import BatchSender, GatewayProcess, make_batch
+from testkit.gateway import BatchSender, GatewayProcess, make_batch
 
 
 def test_gateway_records_come_from_the_real_gateways_database(tmp_path: Path) -> None:

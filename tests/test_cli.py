@@ -11,7 +11,7 @@ import pytest
 
 from agent import __version__
 from agent.cli import COMMANDS, Command, main
-from tests.helpers.tools import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 EXPECTED_COMMANDS = {
     "agent": "agent.runtime",

@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.netns import Lab
-from tests.helpers.tools import REPO_ROOT, require_tool
+from testkit.netns import Lab
+from testkit.tools import require_tool
+from tests.paths import REPO_ROOT
 from tools import firmware as firmware_tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.micropython, pytest.mark.slow]

@@ -25,8 +25,9 @@ from agent.core.messages import (
     Msg,
 )
 from agent.core.wire import Codec
-from tests.helpers.mpy import MPY_SCRIPTS, run_micropython
-from tests.helpers.tools import REPO_ROOT, require_tool
+from testkit.mpy import run_micropython
+from testkit.tools import require_tool
+from tests.paths import MPY_SCRIPTS, REPO_ROOT
 
 FIRMWARE = REPO_ROOT / "firmware"
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.mpy import micropython_env
-from tests.helpers.tools import require_tool
+from testkit.mpy import micropython_env
+from testkit.tools import require_tool
 from tools import firmware as ft
 
 NODE_TOML = """

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.mpy import run_micropython
 from tests.corecheck import (
     Output,
     assert_settled,
@@ -23,8 +24,7 @@ from tests.corecheck import (
     parse,
     run_replay,
 )
-from tests.helpers.mpy import run_micropython
-from tests.helpers.tools import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 SHARED = REPO_ROOT.parent / "shared" / "scenarios"
 OURS = REPO_ROOT / "tests" / "scenarios"

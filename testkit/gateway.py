@@ -1,4 +1,5 @@
-"""Tools for tests and the benchmark: a gateway as a real process, and a leader-side batch sender.
+"""The real gateway for tests and benches: ``python -m gateway`` as a process, and leader-side
+batch senders.
 
 ``BatchSender`` speaks the real wire format (``agent.core.wire.Codec``) over a real UDP socket or
 a real MQTT broker, the way a leader's collector does: every send is a new frame (new counter),
@@ -8,7 +9,6 @@ a batch unacknowledged is sent again, and the ack frames are decoded and checked
 from __future__ import annotations
 
 import atexit
-import os
 import re
 import select
 import signal
@@ -21,9 +21,9 @@ from typing import Any
 
 from agent.core import wire
 from agent.core.messages import BATCH, BATCH_ACK, Msg
+from testkit.tools import SOURCE_ROOT, python_env
 
 _READY = re.compile(r"meshelect gateway: http://([\d.]+):(\d+)/ udp (?:([\d.]+):(\d+)|off)")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class GatewayProcess:
@@ -70,11 +70,11 @@ class GatewayProcess:
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args,
-            cwd=REPO_ROOT,
+            cwd=SOURCE_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=python_env(PYTHONUNBUFFERED="1"),
         )
         assert self.process.stdout is not None
         # Never outlive the test process, even if it dies before calling stop().
