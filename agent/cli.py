@@ -45,7 +45,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("demo", "agent.demo", "start a small local mesh with a gateway and dashboard", "all"),
     Command("replay", "agent.core.replay", "replay a scenario on the election core"),
-    Command("bench", "agent.bench", "measure election and data-path performance"),
+    Command("bench", "tools.bench.cli", "measure election and data-path performance"),
     Command(
         "firmware",
         "tools.firmware",

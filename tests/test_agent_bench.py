@@ -7,12 +7,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from agent.bench_gateway import DEDUP_METRIC, gateway_records
-from agent.bench_idle import idle_agent_toml
 from agent.config import from_dict, load_config
 from agent.core.messages import ACK_OK
 from agent.status import settled_view
 from testkit.gateway import BatchSender, GatewayProcess, make_batch
+from tools.bench.idle import idle_agent_toml
+from tools.bench.realgateway import DEDUP_METRIC, gateway_records
 
 
 def test_gateway_records_come_from_the_real_gateways_database(tmp_path: Path) -> None:

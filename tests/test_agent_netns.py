@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.bench import MeshUnderTest, delivery_report, parse_log_time
+from tools.bench.failover import MeshUnderTest, delivery_report, parse_log_time
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 

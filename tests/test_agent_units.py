@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from agent import runtime, status
-from agent.bench import Sink, read_jsonl
 from agent.clock import PausableClock
 from agent.config import ConfigError, from_dict, load_config
 from agent.core.messages import ACK_FENCED, ACK_OK, BATCH, BATCH_ACK, Msg
@@ -28,6 +27,7 @@ from agent.sensors import (
     Simulated,
     WirelessSignal,
 )
+from tools.bench.failover import Sink, read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "agent.toml"
@@ -341,7 +341,7 @@ def test_udp_interface_by_address_or_name() -> None:
 # ------------------------------------------------------------------------------------- --help
 
 
-@pytest.mark.parametrize("module", ["agent.runtime", "agent.demo", "agent.bench_idle"])
+@pytest.mark.parametrize("module", ["agent.runtime", "agent.demo", "tools.bench.idle"])
 def test_every_option_has_a_help_text_with_its_default(module: str) -> None:
     import argparse
     import importlib

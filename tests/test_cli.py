@@ -19,7 +19,7 @@ EXPECTED_COMMANDS = {
     "gateway": "gateway.cli",
     "demo": "agent.demo",
     "replay": "agent.core.replay",
-    "bench": "agent.bench",
+    "bench": "tools.bench.cli",
     "firmware": "tools.firmware",
     "simulate": "tools.simulate.cli",
 }

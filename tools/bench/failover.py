@@ -2,14 +2,14 @@
 
     meshelect bench core [--sizes 10,100,1000] [--replay-timing]
         The election core on the in-memory mesh (simulated time): failover, messages and bytes
-        per election, heartbeat size, CPU per simulated second (agent/bench_core.py).
+        per election, heartbeat size, CPU per simulated second (tools/bench/core.py).
     meshelect bench failover --agents 5 --kills 20 --transport udp|mqtt [--gateway real|sink]
         N agent processes, one per network namespace (root), the real gateway (or the minimal
         sink below, `--gateway sink`), and M kill -9 of the leader. Prints failover time
         (median, p99) from the kill to every member following the new leader and to the first
         batch from the new leader, readings sent vs delivered, and CPU and memory per agent.
     meshelect bench idle --transport udp|mqtt --seconds N
-        3 agents with default settings on loopback (agent/bench_idle.py): CPU % of one core
+        3 agents with default settings on loopback (tools/bench/idle.py): CPU % of one core
         and RSS per agent, median and max.
     meshelect bench sink --mesh M --out FILE [--mqtt HOST:PORT] [--mdns]
         A minimal gateway for tests and benchmarks: fences by term, stores each reading once
@@ -38,6 +38,8 @@ from typing import Any
 
 from agent.core.messages import ACK_FENCED, ACK_OK, BATCH, BATCH_ACK, Msg
 from agent.core.wire import Codec, WireError
+from testkit.tools import python_env
+from tools.bench.usage import measure, percentile
 
 GATEWAY_PORT = 47471
 SINK_ID = "sink"
@@ -284,27 +286,6 @@ def read_status_file(state_dir: str) -> dict[str, Any] | None:
     return read_status(state_dir)
 
 
-def process_usage(pid: int) -> tuple[float, int]:
-    """(CPU seconds used so far, resident memory in bytes) of a live process."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        with open("/proc/%d/status" % pid) as f:
-            rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-    except (OSError, StopIteration, IndexError, ValueError):
-        return 0.0, 0
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks, rss_kb * 1024
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
 class MeshUnderTest:
     """N agents in a namespace lab plus a sink (and, for MQTT, a broker) on one more host."""
 
@@ -337,7 +318,7 @@ class MeshUnderTest:
         self.procs: dict[int, subprocess.Popen[Any]] = {}
         self.sink_out = os.path.join(self.dir, "sink.jsonl")
         self.sink: subprocess.Popen[Any] | None = None
-        # "sink": the bench's own sink; "real": `python -m gateway` (agent/bench_gateway.py).
+        # "sink": the bench's own sink; "real": `python -m gateway` (tools/bench/realgateway.py).
         self.gateway_kind = gateway
         self.gateway: Any = None
         self.gateway_db = os.path.join(self.dir, "gateway.db")
@@ -366,7 +347,7 @@ class MeshUnderTest:
                 self.broker.start()
                 broker_arg = ["--mqtt", "%s:%d" % (self.broker.host, self.broker.port)]
             if self.gateway_kind == "real":
-                from agent.bench_gateway import start_real_gateway
+                from tools.bench.realgateway import start_real_gateway
 
                 broker = (self.broker.host, self.broker.port) if self.broker else None
                 self.gateway = start_real_gateway(
@@ -379,7 +360,7 @@ class MeshUnderTest:
                 [
                     sys.executable,
                     "-m",
-                    "agent.bench",
+                    "tools.bench.cli",
                     "sink",
                     "--mesh",
                     self.mesh,
@@ -390,7 +371,7 @@ class MeshUnderTest:
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=open(os.path.join(self.dir, "sink.err"), "w"),  # noqa: SIM115
-                env=_child_env(),
+                env=python_env(),
             )
         except BaseException:
             self.close()
@@ -428,7 +409,7 @@ class MeshUnderTest:
             [sys.executable, "-m", "agent.runtime", "--config", path],
             stdout=subprocess.DEVNULL,
             stderr=open(self.log_path(host), "a"),  # noqa: SIM115
-            env=_child_env(),
+            env=python_env(),
         )
         self.procs[host] = proc
         return proc
@@ -487,7 +468,7 @@ class MeshUnderTest:
 
     def sink_records(self) -> list[dict[str, Any]]:
         if self.gateway_kind == "real":
-            from agent.bench_gateway import gateway_records
+            from tools.bench.realgateway import gateway_records
 
             return gateway_records(self.gateway_db, self.mesh)
         return read_jsonl(self.sink_out)
@@ -497,7 +478,7 @@ class MeshUnderTest:
         /metrics, not in its database, so ask it (None if it does not answer)."""
         if self.gateway_kind != "real" or self.gateway is None:
             return None
-        from agent.bench_gateway import dedup_hits
+        from tools.bench.realgateway import dedup_hits
 
         return dedup_hits(self.lab, self.gw_host, self.gateway.url)
 
@@ -531,13 +512,6 @@ class MeshUnderTest:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def boot_progress(state_dir: str) -> tuple[int, int, int]:
@@ -612,7 +586,6 @@ def failover(args: argparse.Namespace) -> int:
     follow_times: list[float] = []
     batch_times: list[float] = []
     killed_boots: dict[tuple[str, int], tuple[int, int]] = {}
-    usage: dict[int, tuple[float, int]] = {}
     mesh = MeshUnderTest(
         n,
         args.transport,
@@ -631,13 +604,9 @@ def failover(args: argparse.Namespace) -> int:
             print("no leader agreed within 20 s", file=sys.stderr)
             return 1
         # Idle figures: CPU over a quiet window, then memory.
-        start = {h: process_usage(mesh.procs[h].pid) for h in mesh.alive()}
-        t0 = time.monotonic()
-        time.sleep(args.idle_s)
-        elapsed = time.monotonic() - t0
-        for h in mesh.alive():
-            cpu1, rss = process_usage(mesh.procs[h].pid)
-            usage[h] = ((cpu1 - start[h][0]) / elapsed * 100, rss)
+        hosts = mesh.alive()
+        pids = [mesh.procs[h].pid for h in hosts]
+        usage = dict(zip(hosts, measure(pids, args.idle_s), strict=True))
         for round_no in range(args.kills):
             leader = mesh.wait_for(mesh.agreed_leader, 20)
             if leader is None:
@@ -777,7 +746,7 @@ def _print_failover(
         print("  idle agent n%d: cpu %.2f%% of one core, rss %.1f MB" % (host, cpu, rss / 1e6))
 
 
-def failover_cli(argv: list[str]) -> int:
+def cli(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="meshelect bench failover",
         description=__doc__,
@@ -834,38 +803,3 @@ def failover_cli(argv: list[str]) -> int:
             )
             return 2
     return failover(args)
-
-
-# The lead adds core benchmarks here: name -> (function(argv) -> exit status, summary).
-def core_cli(argv: list[str]) -> int:
-    from agent.bench_core import main as core_main
-
-    return core_main(argv)
-
-
-def idle_cli(argv: list[str]) -> int:
-    from agent.bench_idle import idle_cli as idle_main
-
-    return idle_main(argv)
-
-
-SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
-    "core": (core_cli, "the election core on the in-memory mesh: 10/100/1000 nodes"),
-    "idle": (idle_cli, "CPU and memory of idle agents with default settings (loopback)"),
-    "failover": (failover_cli, "kill the leader of a real mesh M times; failover figures"),
-    "sink": (sink_cli, "a minimal gateway sink for tests and benchmarks"),
-}
-
-
-def cli(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in SUBCOMMANDS:
-        print("usage: meshelect bench {%s} ..." % ",".join(sorted(SUBCOMMANDS)), file=sys.stderr)
-        for name in sorted(SUBCOMMANDS):
-            print("  %-10s %s" % (name, SUBCOMMANDS[name][1]), file=sys.stderr)
-        return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    return SUBCOMMANDS[argv[0]][0](argv[1:])
-
-
-if __name__ == "__main__":
-    sys.exit(cli())

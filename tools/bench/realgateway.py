@@ -40,7 +40,7 @@ def start_real_gateway(
 
 
 def gateway_records(db_path: str, mesh: str) -> list[dict[str, Any]]:
-    """The gateway's batches and readings as sink-style records (see agent/bench.py Sink):
+    """The gateway's batches and readings as sink-style records (see tools/bench/failover.py Sink):
     one record per accepted batch (leader, wall time, no readings) and one holding every
     stored reading; a database not there yet (or locked) gives what could be read."""
     records: list[dict[str, Any]] = []

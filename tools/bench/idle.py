@@ -22,6 +22,8 @@ import time
 from typing import Any
 
 from agent.status import read_status
+from testkit.tools import python_env
+from tools.bench.usage import measure
 
 AGREE_TIMEOUT_S = 30.0
 
@@ -71,13 +73,13 @@ class IdleMesh:
     def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[Any]:
         with open(os.path.join(self.dir, log_name), "ab") as log:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_child_env()
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=python_env()
             )
         self.procs.append(proc)
         return proc
 
     def start(self) -> list[subprocess.Popen[Any]]:
-        sink_argv = [sys.executable, "-m", "agent.bench", "sink", "--mesh", self.mesh]
+        sink_argv = [sys.executable, "-m", "tools.bench.cli", "sink", "--mesh", self.mesh]
         sink_argv += ["--out", os.path.join(self.dir, "sink.jsonl")]
         if self.transport == "mqtt":
             from testkit.broker import Mosquitto
@@ -128,28 +130,6 @@ class IdleMesh:
         if self.broker is not None:
             self.broker.close()
         self.tmp.cleanup()
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def measure(pids: list[int], seconds: float) -> list[tuple[float, int]]:
-    """(CPU % of one core over `seconds`, RSS bytes at the end) per pid."""
-    from agent.bench import process_usage
-
-    start = [process_usage(pid)[0] for pid in pids]
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    elapsed = time.monotonic() - t0
-    out = []
-    for pid, cpu0 in zip(pids, start, strict=True):
-        cpu1, rss = process_usage(pid)
-        out.append(((cpu1 - cpu0) / elapsed * 100, rss))
-    return out
 
 
 def idle(args: argparse.Namespace) -> int:
@@ -206,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def idle_cli(argv: list[str]) -> int:
+def cli(argv: list[str]) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     if args.agents < 1 or args.seconds <= 0:
