@@ -1,5 +1,5 @@
-"""The real gateway for tests and benches: ``python -m gateway`` as a process, and leader-side
-batch senders.
+"""The real gateway for tests and benches: ``python -m gateway`` as a process, what it stored
+(read from its database and ``/metrics``), and leader-side batch senders.
 
 ``BatchSender`` speaks the real wire format (``agent.core.wire.Codec``) over a real UDP socket or
 a real MQTT broker, the way a leader's collector does: every send is a new frame (new counter),
@@ -13,6 +13,7 @@ import re
 import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -143,6 +144,58 @@ def _kill_quietly(process: subprocess.Popen[str]) -> None:
     if process.poll() is None:
         process.kill()
         process.wait(5)
+
+
+def accepted_batches(db_path: str, mesh: str) -> list[dict[str, Any]]:
+    """The batches the gateway accepted for ``mesh``, oldest first: ``leader``, ``term``,
+    ``id`` and ``wall`` (the gateway's clock at ingest, in seconds). Read from its database
+    (read-only, beside a running gateway); a database not there yet, or locked, gives []."""
+    rows = _query(
+        db_path,
+        "SELECT leader, term, batch_id, received_ms FROM batches WHERE mesh = ? "
+        "ORDER BY received_ms",
+        (mesh,),
+    )
+    return [
+        {"leader": leader, "term": term, "id": batch_id, "wall": received_ms / 1000}
+        for leader, term, batch_id, received_ms in rows
+    ]
+
+
+def stored_readings(db_path: str, mesh: str) -> dict[tuple[str, int], set[int]]:
+    """(node, boot) -> the seqs the gateway stored for ``mesh`` (see ``accepted_batches``)."""
+    stored: dict[tuple[str, int], set[int]] = {}
+    for node, boot, seq in _query(
+        db_path, "SELECT node, boot, seq FROM readings WHERE mesh = ?", (mesh,)
+    ):
+        stored.setdefault((node, boot), set()).add(seq)
+    return stored
+
+
+def _query(db_path: str, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    try:
+        db = sqlite3.connect("file:%s?mode=ro" % db_path, uri=True, timeout=5)
+    except sqlite3.Error:
+        return []
+    try:
+        return list(db.execute(sql, args))
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) ([-+0-9.eE]+|[-+]?Inf|NaN)$")
+
+
+def parse_counters(text: str) -> dict[str, float]:
+    """Samples of a Prometheus text page (``/metrics``): ``name`` or ``name{labels}`` -> value."""
+    samples = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line.strip())
+        if match:
+            samples[match.group(1)] = float(match.group(2))
+    return samples
 
 
 def make_batch(

@@ -1,21 +1,31 @@
-"""The agent benches' plumbing: the real gateway as the failover bench's sink (a real
-`python -m gateway` on loopback), the idle bench's agent config, the status file's
-skip-unchanged rule."""
+"""The benches' plumbing: what the real gateway stored, read back from its database and
+/metrics; the idle bench's agent config; the status file's skip-unchanged rule; the bench
+subcommands' help."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import httpx
+import pytest
+
 from agent.config import from_dict, load_config
-from agent.core.messages import ACK_OK
+from agent.core.messages import ACK_FENCED, ACK_OK
 from agent.status import settled_view
-from testkit.gateway import BatchSender, GatewayProcess, make_batch
+from testkit.gateway import (
+    BatchSender,
+    GatewayProcess,
+    accepted_batches,
+    make_batch,
+    parse_counters,
+    stored_readings,
+)
+from tools.bench.cli import SUBCOMMANDS, cli
 from tools.bench.idle import idle_agent_toml
-from tools.bench.realgateway import DEDUP_METRIC, gateway_records
 
 
-def test_gateway_records_come_from_the_real_gateways_database(tmp_path: Path) -> None:
+def test_the_gateways_database_tells_what_it_accepted_and_stored(tmp_path: Path) -> None:
     db = str(tmp_path / "gw.db")
     with GatewayProcess(db) as gateway:
         sender = BatchSender("bench", "n1", gateway.udp)
@@ -23,24 +33,52 @@ def test_gateway_records_come_from_the_real_gateways_database(tmp_path: Path) ->
         before = time.time()
         assert sender.deliver(4, make_batch(7, "bench", "n1", readings)) == [7, ACK_OK, 4]
         assert sender.deliver(4, make_batch(7, "bench", "n1", readings)) == [7, ACK_OK, 4]
+        assert sender.deliver(3, make_batch(8, "bench", "n1", readings)) == [8, ACK_FENCED, 4]
         sender.close()
-        records = gateway_records(db, "bench")
-    batches = [r for r in records if r["leader"] == "n1"]
-    assert len(batches) == 1  # the resent batch is stored once
-    assert batches[0]["status"] == ACK_OK and batches[0]["term"] == 4
+        batches = accepted_batches(db, "bench")
+        stored = stored_readings(db, "bench")
+        counters = parse_counters(httpx.get(gateway.url + "/metrics", timeout=10).text)
+    assert len(batches) == 1  # the resent batch is stored once, the fenced one not at all
+    assert (batches[0]["leader"], batches[0]["term"], batches[0]["id"]) == ("n1", 4, 7)
     assert before - 1 <= batches[0]["wall"] <= time.time() + 1  # the gateway's wall clock
-    stored = next(r for r in records if r["leader"] is None)["readings"]
-    assert sorted(stored) == [["n2", 3, 1], ["n2", 3, 2], ["n2", 3, 3]]
-    assert gateway_records(db, "other-mesh") == [
-        {"event": "batch", "leader": None, "wall": 0, "readings": []}
-    ]
-    assert gateway_records(str(tmp_path / "absent.db"), "bench") == []
+    assert stored == {("n2", 3): {1, 2, 3}}
+    # Every reading of an accepted batch was either stored now or counted as a duplicate (a
+    # slow ack may make the sender resend, so the exact numbers may be higher than 6 and 3).
+    received = counters["meshelect_gateway_readings_received_total"]
+    assert counters["meshelect_gateway_dedup_hits_total"] >= 3
+    assert received == 3 + counters["meshelect_gateway_dedup_hits_total"]
+    assert accepted_batches(db, "other-mesh") == [] and stored_readings(db, "other-mesh") == {}
+    assert accepted_batches(str(tmp_path / "absent.db"), "bench") == []
+    assert stored_readings(str(tmp_path / "absent.db"), "bench") == {}
 
 
-def test_dedup_metric_line_is_recognised() -> None:
-    match = DEDUP_METRIC.match("meshelect_gateway_dedup_hits_total 20.0")
-    assert match is not None and match.group(1) == "20.0"
-    assert DEDUP_METRIC.match("meshelect_gateway_dedup_hits_created 1.7e9") is None
+def test_metrics_samples_are_parsed_with_their_labels() -> None:
+    text = (
+        "# HELP meshelect_gateway_dedup_hits_total Readings already stored.\n"
+        "meshelect_gateway_dedup_hits_total 20.0\n"
+        'meshelect_gateway_batches_total{transport="udp",status="ok"} 3.0\n'
+        "meshelect_gateway_dedup_hits_created 1.7e+09\n"
+        "not a sample\n"
+    )
+    assert parse_counters(text) == {
+        "meshelect_gateway_dedup_hits_total": 20.0,
+        'meshelect_gateway_batches_total{transport="udp",status="ok"}': 3.0,
+        "meshelect_gateway_dedup_hits_created": 1.7e9,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_every_bench_has_its_own_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli([name, "--help"])
+    assert exit_.value.code == 0
+    assert "meshelect bench %s" % name in capsys.readouterr().out
+
+
+def test_bench_without_a_subcommand_lists_them(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli([]) == 2
+    listed = capsys.readouterr().err
+    assert all("  %s " % name in listed for name in SUBCOMMANDS)
 
 
 def test_idle_agents_keep_the_default_settings(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "idle": ("tools.bench.idle", "CPU and memory of idle agents with default settings (loopback)"),
     "gateway": ("tools.bench.gateway", "gateway ingest throughput, dedup cost, live-feed delay"),
-    "sink": ("tools.bench.failover", "a minimal gateway sink for tests and benchmarks"),
 }
 
 
@@ -35,8 +34,7 @@ def cli(argv: list[str] | None = None) -> int:
             print("  %-10s %s" % (name, SUBCOMMANDS[name][1]), file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
     module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
-    run = module.sink_cli if argv[0] == "sink" else module.cli
-    return int(run(argv[1:]))
+    return int(module.cli(argv[1:]))
 
 
 if __name__ == "__main__":

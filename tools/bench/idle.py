@@ -1,16 +1,15 @@
 """`meshelect bench idle`: CPU and memory of idle agents with default settings.
 
-Issue 3 asks that an idle agent use under 2% of one core and under 60 MB. This starts N real
-agent processes on loopback (UDP multicast, or MQTT through a Mosquitto it starts itself), a
-gateway sink, lets the mesh elect and settle, then measures each agent's CPU time and resident
-memory from /proc over a quiet window. Only what loopback needs is configured (addresses,
+The target: an idle agent uses under 2% of one core and under 60 MB. This starts N real agent
+processes on loopback (UDP multicast, or MQTT through a Mosquitto it starts itself) and the real
+gateway (`python -m gateway`), lets the mesh elect and settle, then measures each agent's CPU
+time and resident memory from /proc over a quiet window. Only what loopback needs is configured (addresses,
 ports, state dir); heartbeat, status refresh, sampling, sensors and mDNS keep their defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import socket
@@ -22,7 +21,9 @@ import time
 from typing import Any
 
 from agent.status import read_status
-from testkit.tools import python_env
+from testkit.broker import Mosquitto
+from testkit.gateway import GatewayProcess
+from testkit.tools import MissingTool, python_env
 from tools.bench.usage import measure
 
 AGREE_TIMEOUT_S = 30.0
@@ -37,7 +38,7 @@ def _free_udp_port() -> int:
 def idle_agent_toml(
     node_id: str, mesh: str, state_dir: str, transport: str, election_port: int, target: str
 ) -> str:
-    """Default settings but for loopback: `target` is the sink (UDP) or the broker (MQTT)."""
+    """Default settings but for loopback: `target` is the gateway (UDP) or the broker (MQTT)."""
     lines = [
         'node_id = "%s"' % node_id,
         'mesh = "%s"' % mesh,
@@ -59,7 +60,7 @@ def idle_agent_toml(
 
 
 class IdleMesh:
-    """N agents and a sink (plus a broker for MQTT) on loopback, in a temp folder."""
+    """N agents and the gateway (plus a broker for MQTT) on loopback, in a temp folder."""
 
     def __init__(self, agents: int, transport: str) -> None:
         self.n = agents
@@ -68,7 +69,8 @@ class IdleMesh:
         self.tmp = tempfile.TemporaryDirectory(prefix="meshelect-idle-")
         self.dir = self.tmp.name
         self.procs: list[subprocess.Popen[Any]] = []
-        self.broker: Any = None
+        self.broker: Mosquitto | None = None
+        self.gateway: GatewayProcess | None = None
 
     def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[Any]:
         with open(os.path.join(self.dir, log_name), "ab") as log:
@@ -79,19 +81,15 @@ class IdleMesh:
         return proc
 
     def start(self) -> list[subprocess.Popen[Any]]:
-        sink_argv = [sys.executable, "-m", "tools.bench.cli", "sink", "--mesh", self.mesh]
-        sink_argv += ["--out", os.path.join(self.dir, "sink.jsonl")]
+        db = os.path.join(self.dir, "gateway.db")
         if self.transport == "mqtt":
-            from testkit.broker import Mosquitto
-
             self.broker = Mosquitto().start()
             target = "127.0.0.1:%d" % self.broker.port
-            sink_argv += ["--mqtt", target]
+            mqtt = ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker.port)]
+            self.gateway = GatewayProcess(db, *mqtt, "--no-udp").start()
         else:
-            port = _free_udp_port()
-            target = "127.0.0.1:%d" % port
-            sink_argv += ["--host", "127.0.0.1", "--port", str(port)]
-        self._spawn(sink_argv, "sink.log")
+            self.gateway = GatewayProcess(db).start()
+            target = "%s:%d" % self.gateway.udp
         election_port = _free_udp_port()
         agents = []
         for index in range(1, self.n + 1):
@@ -118,7 +116,7 @@ class IdleMesh:
         return len(leaders) == 1 and None not in leaders
 
     def close(self) -> None:
-        for proc in reversed(self.procs):  # agents first, then the sink
+        for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
@@ -127,6 +125,8 @@ class IdleMesh:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        if self.gateway is not None:
+            self.gateway.stop()
         if self.broker is not None:
             self.broker.close()
         self.tmp.cleanup()
@@ -191,6 +191,10 @@ def cli(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.agents < 1 or args.seconds <= 0:
         p.error("--agents must be >= 1 and --seconds > 0")
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         return idle(args)
-    return 130
+    except MissingTool as exc:
+        print("meshelect bench idle: missing %s" % exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
