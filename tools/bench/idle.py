@@ -24,6 +24,7 @@ from agent.status import read_status
 from testkit.broker import Mosquitto
 from testkit.gateway import GatewayProcess
 from testkit.tools import MissingTool, python_env
+from testkit.waiting import poll_until
 from tools.bench.usage import measure
 
 AGREE_TIMEOUT_S = 30.0
@@ -136,12 +137,14 @@ def idle(args: argparse.Namespace) -> int:
     mesh = IdleMesh(args.agents, args.transport)
     try:
         agents = mesh.start()
-        deadline = time.monotonic() + AGREE_TIMEOUT_S
-        while not mesh.leader_agreed():
-            if time.monotonic() > deadline or any(p.poll() is not None for p in agents):
-                print("no leader agreed within %.0f s (logs: %s)" % (AGREE_TIMEOUT_S, mesh.dir))
-                return 1
-            time.sleep(0.2)
+        settled = poll_until(
+            lambda: mesh.leader_agreed() or any(p.poll() is not None for p in agents),
+            AGREE_TIMEOUT_S,
+            0.2,
+        )
+        if not settled or not mesh.leader_agreed():
+            print("no leader agreed within %.0f s (logs: %s)" % (AGREE_TIMEOUT_S, mesh.dir))
+            return 1
         time.sleep(args.settle_s)  # start-up (imports, mDNS announcements) is not idle
         usage = measure([p.pid for p in agents], args.seconds)
     finally:
