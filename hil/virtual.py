@@ -27,8 +27,8 @@ from hil.drivers import (
     VirtualProcess,
     build_firmware,
 )
-from hil.lab import Board, HilLab
 from hil.resources import Gateway, LabSpec
+from hil.target import Board, HilLab
 from testkit.netns import Lab, require_netns
 from testkit.tools import SOURCE_ROOT, MissingTool, python_env, require_tool
 
