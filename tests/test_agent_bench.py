@@ -1,9 +1,11 @@
 """The benches' plumbing: what the real gateway stored, read back from its database and
 /metrics; the idle bench's agent config; the status file's skip-unchanged rule; the bench
-subcommands' help."""
+subcommands' help; a bench beside a test run (their namespace labs stay apart)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,11 @@ from testkit.gateway import (
     parse_counters,
     stored_readings,
 )
+from testkit.meshlab import DEFAULT_PREFIX
+from testkit.netns import Lab, run_tag
+from testkit.tools import python_env
+from testkit.waiting import poll_until
+from tools.bench import failover
 from tools.bench.cli import SUBCOMMANDS, cli
 from tools.bench.idle import idle_agent_toml
 
@@ -108,3 +115,36 @@ def test_status_is_rewritten_only_for_changes_that_matter() -> None:
     assert settled_view(status(1500, 240, 9, "member", 1)) == base  # only moving figures
     assert settled_view(status(1500, 240, 9, "leader", 1)) != base
     assert settled_view(status(1500, 240, 9, "member", 2)) != base
+
+
+def _namespaces(prefix: str) -> set[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True)
+    return {line.split()[0] for line in listed.stdout.splitlines() if line.startswith(prefix)}
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_a_bench_and_a_test_run_side_by_side_leave_each_others_labs_alone() -> None:
+    """`meshelect bench failover` while a test's lab with the very same prefix is open: the
+    bench's lab opening does not remove the test's namespaces or kill its processes, the
+    test's lab closing does not touch the bench's, and the bench completes its kill."""
+    assert failover.LAB_PREFIX != DEFAULT_PREFIX  # and even with one prefix, as below:
+    ours = Lab(failover.LAB_PREFIX, "10.94.0.0/24", hosts=1).open()
+    try:
+        sleeper = ours.run(1, ["sleep", "600"])
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "agent", "bench", "failover", "--agents", "2", "--kills",
+             "1", "--idle-s", "0.5", "--settle-s", "1"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=python_env(),
+        )  # fmt: skip
+        theirs = "%s%s-" % (failover.LAB_PREFIX, run_tag(bench.pid))
+        assert poll_until(lambda: _namespaces(theirs), 60), bench.communicate(timeout=60)
+        assert {ours.ns(1), ours.run_prefix + "br"} <= _namespaces(ours.run_prefix)
+        assert sleeper.poll() is None  # the bench's lab left ours alone
+    finally:
+        ours.close()
+    assert _namespaces(theirs)  # ours closed, the bench's lab still stands
+    output, _ = bench.communicate(timeout=120)
+    assert bench.returncode == 0, output
+    assert "kill  1: n1 -> n2" in output and " 1 kills" in output, output
+    assert not _namespaces(theirs) and not _namespaces(ours.run_prefix)
