@@ -82,6 +82,17 @@ def test_every_bench_has_its_own_help(name: str, capsys: pytest.CaptureFixture[s
     assert "meshelect bench %s" % name in capsys.readouterr().out
 
 
+def test_a_bench_without_its_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "mi_bench_probe.py").write_text("import mi_no_such_web_stack\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(SUBCOMMANDS, "probe", ("mi_bench_probe", "a probe", "gateway"))
+    assert cli(["probe"]) == 2
+    err = capsys.readouterr().err
+    assert "'mi_no_such_web_stack'" in err and "meshelect[gateway]" in err
+
+
 def test_bench_without_a_subcommand_lists_them(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli([]) == 2
     listed = capsys.readouterr().err

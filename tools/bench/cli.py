@@ -14,15 +14,28 @@ from __future__ import annotations
 import importlib
 import sys
 
-# name -> (module with cli(argv), summary)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "core": ("tools.bench.core", "the election core on the in-memory mesh: 10/100/1000 nodes"),
+# name -> (module with cli(argv), summary, the extra its third-party imports come with)
+SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
+    "core": (
+        "tools.bench.core",
+        "the election core on the in-memory mesh: 10/100/1000 nodes",
+        "",
+    ),
     "failover": (
         "tools.bench.failover",
         "kill the leader of a real mesh M times; failover figures",
+        "gateway",
     ),
-    "idle": ("tools.bench.idle", "CPU and memory of idle agents with default settings (loopback)"),
-    "gateway": ("tools.bench.gateway", "gateway ingest throughput, dedup cost, live-feed delay"),
+    "idle": (
+        "tools.bench.idle",
+        "CPU and memory of idle agents with default settings (loopback)",
+        "gateway",
+    ),
+    "gateway": (
+        "tools.bench.gateway",
+        "gateway ingest throughput, dedup cost, live-feed delay",
+        "gateway",
+    ),
 }
 
 
@@ -33,7 +46,17 @@ def cli(argv: list[str] | None = None) -> int:
         for name in sorted(SUBCOMMANDS):
             print("  %-10s %s" % (name, SUBCOMMANDS[name][1]), file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    name = argv[0]
+    module_name, _summary, extra = SUBCOMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        hint = " (pip install 'meshelect[%s]')" % extra if extra else ""
+        print(
+            "meshelect bench %s: needs the Python package %r%s" % (name, exc.name, hint),
+            file=sys.stderr,
+        )
+        return 2
     return int(module.cli(argv[1:]))
 
 
