@@ -368,7 +368,7 @@ def test_provision_rejects_duplicates(tmp_path: Path, capsys: pytest.CaptureFixt
 
 class UnixBoard:
     """The MicroPython unix port as a board: its REPL on a pty, bridged to a TCP port that
-    mpremote reaches as ``socket://127.0.0.1:PORT`` (testbed.md). Files land in ``folder``."""
+    mpremote reaches as ``socket://127.0.0.1:PORT``. Files land in ``folder``."""
 
     def __init__(self, folder: Path) -> None:
         exe = require_tool("micropython")
