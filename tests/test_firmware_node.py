@@ -421,6 +421,6 @@ def test_memory_of_a_leader_with_ten_members(tmp_path: Path) -> None:
                 )
             )
     print("\n".join(lines))
-    # Issue 5's budget (the bench measures 112k since the collector holds compact entries).
+    # The heap budget of a board (the bench measures 112k: the collector holds compact entries).
     fits = smallest[(32, 64, 16384)]
     assert fits is not None and HEAPS.index(fits) <= HEAPS.index("128k"), fits

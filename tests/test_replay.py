@@ -31,7 +31,7 @@ from tests.paths import SCENARIOS as SCENARIO_DIR
 SCENARIOS = sorted(SCENARIO_DIR.glob("*.json"))
 IDS = [p.stem for p in SCENARIOS]
 
-# The failover bound of the issue: every live node follows a new leader within 1.5 s.
+# The failover bound: every live node follows a new leader within 1.5 s.
 FAILOVER_BOUND_MS = 1500
 SETTLE_MS = 3000
 
