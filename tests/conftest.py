@@ -9,7 +9,9 @@ Markers (registered in pyproject.toml) bring their own checks, so a test only ne
 - ``hardware``    real boards: runs only with ``--run-hardware`` (skipped otherwise, CI included)
 
 A missing tool skips the test locally and fails it when ``CI=true``: CI installs every tool, so
-a skip there would hide a broken setup. Skips raised in other ways (``pytest.importorskip``,
+a skip there would hide a broken setup. The test kit (``testkit/``, shared with the benches)
+knows nothing of pytest and raises ``MissingTool``; the hooks below turn that into the skip or
+the failure, in a test, a fixture or a marker check alike. Skips raised in other ways (``pytest.importorskip``,
 ``skipif`` with a reason such as "mosquitto not found") are turned into failures in CI too.
 ``hardware`` tests are exempt, and so is anything marked xfail.
 """

@@ -1,4 +1,5 @@
-"""The shared test helpers work for real: broker, network-namespace lab, MicroPython, CI rules."""
+"""The test kit works for real (broker, network-namespace lab, MicroPython), and so do the
+suite's CI rules for missing tools."""
 
 from __future__ import annotations
 
