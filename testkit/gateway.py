@@ -9,6 +9,7 @@ a batch unacknowledged is sent again, and the ack frames are decoded and checked
 from __future__ import annotations
 
 import atexit
+import queue
 import re
 import select
 import signal
@@ -232,35 +233,30 @@ def make_batch(
     }
 
 
-class BatchSender:
-    """A leader's gateway link over UDP: encode BATCH frames, send, wait for the BATCH_ACK."""
+class _LeaderLink:
+    """What a leader's gateway link does on any transport: encode BATCH frames (every send a
+    new frame, a new counter), take the gateway's BATCH_ACKs for this leader, and resend a
+    batch until it is acknowledged. Subclasses move the bytes."""
 
-    def __init__(
-        self,
-        mesh: str,
-        leader: str,
-        gateway: tuple[str, int],
-        key: bytes | None = None,
-        boot: int = 1,
-        bind: str = "127.0.0.1",
-    ) -> None:
+    deliver_timeout = 0.5  # seconds to wait for an ack before sending again
+    deliver_attempts = 40
+
+    def __init__(self, mesh: str, leader: str, key: bytes | None, boot: int) -> None:
         self.mesh = mesh
         self.leader = leader
-        self.gateway = gateway
         self.codec = wire.Codec(mesh, key, boot=boot)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((bind, 0))
         self.acks: list[list[Any]] = []
         self._now = 0
 
-    def close(self) -> None:
-        self.sock.close()
+    def send_frame(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _next_frame(self, timeout: float) -> bytes | None:
+        """The next frame from the gateway within ``timeout`` seconds, or None."""
+        raise NotImplementedError
 
     def frame(self, term: int, batch: dict[str, Any]) -> bytes:
         return bytes(self.codec.encode(Msg(BATCH, self.leader, term=term, body=batch)))
-
-    def send_frame(self, data: bytes) -> None:
-        self.sock.sendto(data, self.gateway)
 
     def send(self, term: int, batch: dict[str, Any]) -> None:
         self.send_frame(self.frame(term, batch))
@@ -272,10 +268,9 @@ class BatchSender:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if not ready:
+            data = self._next_frame(left)
+            if data is None:
                 return None
-            data, _ = self.sock.recvfrom(8192)
             self._now += 1
             try:
                 msg = self.codec.decode(data, self._now)
@@ -286,12 +281,17 @@ class BatchSender:
                 return list(msg.body)
 
     def deliver(
-        self, term: int, batch: dict[str, Any], timeout: float = 0.5, attempts: int = 40
+        self,
+        term: int,
+        batch: dict[str, Any],
+        timeout: float | None = None,
+        attempts: int | None = None,
     ) -> list[Any]:
         """Send until acknowledged (as a leader resends an unacknowledged batch)."""
-        for _ in range(attempts):
+        wait = self.deliver_timeout if timeout is None else timeout
+        for _ in range(self.deliver_attempts if attempts is None else attempts):
             self.send(term, batch)
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
                 ack = self.receive_ack(deadline - time.monotonic())
                 if ack is not None and ack[0] == batch["id"]:
@@ -299,9 +299,40 @@ class BatchSender:
         raise TimeoutError("batch %r of %s never acknowledged" % (batch["id"], self.leader))
 
 
-class MqttBatchSender:
+class BatchSender(_LeaderLink):
+    """A leader's gateway link over UDP."""
+
+    def __init__(
+        self,
+        mesh: str,
+        leader: str,
+        gateway: tuple[str, int],
+        key: bytes | None = None,
+        boot: int = 1,
+        bind: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(mesh, leader, key, boot)
+        self.gateway = gateway
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((bind, 0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_frame(self, data: bytes) -> None:
+        self.sock.sendto(data, self.gateway)
+
+    def _next_frame(self, timeout: float) -> bytes | None:
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        return self.sock.recvfrom(8192)[0] if ready else None
+
+
+class MqttBatchSender(_LeaderLink):
     """A leader's gateway link over MQTT: publish on ``P/<mesh>/batch``, acks on
     ``P/<mesh>/batch-ack/<leader>``."""
+
+    deliver_timeout = 1.0
+    deliver_attempts = 30
 
     def __init__(
         self,
@@ -314,13 +345,9 @@ class MqttBatchSender:
         tls_ca: str | None = None,
         user: tuple[str, str] | None = None,
     ) -> None:
-        import queue
-
         import paho.mqtt.client as mqtt
 
-        self.mesh = mesh
-        self.leader = leader
-        self.codec = wire.Codec(mesh, key, boot=boot)
+        super().__init__(mesh, leader, key, boot)
         self.topic = "%s/%s/batch" % (prefix, mesh)
         self._acks: queue.Queue[bytes] = queue.Queue()
         self._subscribed = threading.Event()
@@ -342,46 +369,16 @@ class MqttBatchSender:
         if not self._subscribed.wait(10):
             raise TimeoutError("no subscription to %s" % ack_topic)
         self.client = client
-        self._now = 0
 
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def frame(self, term: int, batch: dict[str, Any]) -> bytes:
-        return bytes(self.codec.encode(Msg(BATCH, self.leader, term=term, body=batch)))
-
     def send_frame(self, data: bytes, topic: str | None = None) -> None:
         self.client.publish(topic or self.topic, data, qos=1).wait_for_publish(10)
 
-    def receive_ack(self, timeout: float) -> list[Any] | None:
-        import queue
-
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                data = self._acks.get(timeout=left)
-            except queue.Empty:
-                return None
-            self._now += 1
-            try:
-                msg = self.codec.decode(data, self._now)
-            except wire.WireError:
-                continue
-            if msg.kind == BATCH_ACK and msg.target == self.leader:
-                return list(msg.body)
-
-    def deliver(
-        self, term: int, batch: dict[str, Any], timeout: float = 1.0, attempts: int = 30
-    ) -> list[Any]:
-        for _ in range(attempts):
-            self.send_frame(self.frame(term, batch))
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                ack = self.receive_ack(deadline - time.monotonic())
-                if ack is not None and ack[0] == batch["id"]:
-                    return ack
-        raise TimeoutError("batch %r of %s never acknowledged" % (batch["id"], self.leader))
+    def _next_frame(self, timeout: float) -> bytes | None:
+        try:
+            return self._acks.get(timeout=timeout)
+        except queue.Empty:
+            return None
