@@ -166,6 +166,9 @@ class SensorConfig:
         self.leader_drain_per_min = t.integer("leader_drain_per_min", 0, 0, 1000)
         self.recharge_below = t.integer("recharge_below", 0, 0, 1000)
         self.mains = t.boolean("mains", False)
+        # A file whose per-mille number, when it appears, sets the battery once (then the file
+        # is deleted): how `meshelect demo` drains a battery on purpose. Empty: none.
+        self.battery_set_file = t.string("battery_set_file", "")
         self.metrics: dict[str, tuple[int, int, int]] = {}
         curves = t.table("metrics")
         for metric in sorted(curves.data):
@@ -244,6 +247,12 @@ class AgentConfig:
         self.discovery = discovery.boolean("enabled", True)
         self.discovery_interface = discovery.string("interface", "")
         discovery.check_unknown()
+
+        # Faults on purpose (agent/faults.py): a JSON file naming peers whose frames this agent
+        # drops, as a partition would. Empty: none.
+        faults = t.table("faults")
+        self.faults_file = faults.string("file", "")
+        faults.check_unknown()
 
         sensors = t._get("sensors")
         self.sensors: list[SensorConfig] = []

@@ -131,6 +131,8 @@ class Simulated:
     The battery drains `drain_per_min` per-mille a minute, plus `leader_drain_per_min` while
     this node leads (aggregating costs energy: the LEACH idea), so in a demo leadership moves
     as batteries run down. Deterministic for a given seed, so demos and tests are repeatable.
+    A `battery_set_file`, when it appears, sets the level once to the per-mille number it holds
+    and is deleted: `meshelect demo` drains a battery on purpose that way.
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class Simulated:
         mains: bool = False,
         name: str = "",
         leader_drain_per_min: int = 0,
+        battery_set_file: str = "",
     ) -> None:
         self.name = name or "simulated"
         self.metrics = metrics if metrics is not None else {"temp": (21000, 2000, 60000)}
@@ -152,6 +155,7 @@ class Simulated:
         self.leader_drain_per_min = leader_drain_per_min
         self.recharge_below = recharge_below
         self.mains = mains
+        self.battery_set_file = battery_set_file
         self.leading = False
         # Level in millionths (per-mille * 1000), integrated over time as the drain varies.
         self._level_u = battery_start * 1000
@@ -167,12 +171,27 @@ class Simulated:
             rate = self.drain_per_min + (self.leader_drain_per_min if self.leading else 0)
             self._level_u -= (now_ms - self._last_ms) * rate // 60
         self._last_ms = now_ms
+        if self.battery_set_file:
+            self._take_set_file()
         level = max(0, self._level_u // 1000)
         if self.recharge_below and level < self.recharge_below:
             # "Swap the battery": a full one, so demos run forever.
             self._level_u = 1000 * 1000
             level = 1000
         return level
+
+    def _take_set_file(self) -> None:
+        try:
+            with open(self.battery_set_file) as f:
+                text = f.read(32)
+            os.remove(self.battery_set_file)
+        except OSError:
+            return  # not there: nothing asked
+        try:
+            level = int(text.strip())
+        except ValueError:
+            return  # taken and dropped: a bad request does not linger
+        self._level_u = max(0, min(1000, level)) * 1000
 
     def power(self, now_ms: int) -> tuple[int | None, bool | None]:
         return self.battery(now_ms), self.mains
@@ -205,6 +224,7 @@ def make_source(cfg: SensorConfig) -> Source:
         cfg.mains,
         cfg.name,
         cfg.leader_drain_per_min,
+        cfg.battery_set_file,
     )
 
 

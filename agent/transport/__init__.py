@@ -14,6 +14,10 @@ from agent.transport.base import FrameHandler, Transport, format_address
 
 
 def make_transport(cfg: Any, on_frame: FrameHandler, log: Any) -> Transport:
+    if cfg.faults_file:
+        from agent.faults import FaultFilter  # a lab's or the demo's partition on purpose
+
+        on_frame = FaultFilter(cfg.faults_file, on_frame, log)
     if cfg.transport == "mqtt":
         from agent.transport.mqtt import MqttTransport
 
