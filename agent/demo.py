@@ -4,6 +4,12 @@ Every part is a separate process, as on real hardware: the gateway (`python -m g
 N agents talking UDP multicast and mDNS on loopback (or MQTT with `--mqtt HOST:PORT`). The
 agents' simulated batteries drain, faster while leading, so leadership visibly moves on the
 dashboard. Everything lives in a temporary folder that is removed at the end.
+
+The demo is there to be broken: a node that dies (kill -9 it) is started again after a few
+seconds, as systemd would, and keys in the terminal and buttons on the dashboard kill the
+leader, stop it gracefully, drain its battery or partition the mesh (agent/demoactions.py,
+agent/democontrol.py). However the demo ends (Ctrl-C, SIGTERM, SIGHUP, its output closed, an
+error, kill -9), its children end with it (agent/children.py).
 """
 
 from __future__ import annotations
@@ -16,17 +22,27 @@ import re
 import selectors
 import shutil
 import signal
-import subprocess
+import socket
 import sys
 import tempfile
 import time
-from typing import IO, Any
+from types import FrameType
+from typing import Any
 
+from agent.children import Child, Supervisor
 from agent.config import ConfigError, parse_host_port
+from agent.demoactions import Actions, DemoNode
+from agent.democontrol import KEY_HELP, Control
 
 GATEWAY_LINE = re.compile(r"meshelect gateway: (\S+) udp (?:(\S+):(\d+)|off)")
 GATEWAY_START_S = 30.0
 STOP_GRACE_S = 5.0
+LOOP_S = 0.2  # how often the loop looks at its children when nothing else happens
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StartError(Exception):
+    """A part of the demo did not start; the message says which and why."""
 
 
 def agent_toml(
@@ -39,6 +55,7 @@ def agent_toml(
     battery: int,
     drain: int,
     leader_drain: int,
+    mesh_port: int = 47470,
 ) -> str:
     lines = [
         'node_id = "node-%d"' % index,
@@ -48,9 +65,12 @@ def agent_toml(
         'state_dir = "%s"' % state_dir,
         "[udp]",
         'interface = "127.0.0.1"',
+        "port = %d  # the demo's own: two demos on one machine never meet" % mesh_port,
         "unicast_port = 0  # several agents on one host",
         "[discovery]",
         'interface = "127.0.0.1"',
+        "[faults]",
+        'file = "%s"  # the partition action writes it' % os.path.join(state_dir, "faults.json"),
     ]
     if gateway:
         lines += ["[gateway]", 'address = "%s:%d"' % gateway]
@@ -64,6 +84,8 @@ def agent_toml(
         "drain_per_min = %d" % drain,
         "leader_drain_per_min = %d" % leader_drain,
         "recharge_below = 150",
+        'battery_set_file = "%s"  # the drain action writes it'
+        % os.path.join(state_dir, "battery-set"),
         "[sensors.metrics.temperature]",
         "base = %d" % (20000 + 500 * index),
         "amplitude = 1500",
@@ -78,62 +100,93 @@ def agent_toml(
     return "\n".join(lines) + "\n"
 
 
+class Output:
+    """The demo's lines to its terminal. A closed stdout or stderr (the reader went away) must
+    not stop the demo from stopping its children: from then on that stream goes nowhere."""
+
+    def say(self, text: str, error: bool = False) -> None:
+        stream = sys.stderr if error else sys.stdout
+        try:
+            print("meshelect demo: %s" % text, file=stream, flush=True)
+        except (BrokenPipeError, ValueError, OSError):
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, stream.fileno())
+                os.close(devnull)
+
+
 class Demo:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, out: Output) -> None:
         self.args = args
-        self.tmp = tempfile.TemporaryDirectory(prefix="meshelect-demo-")
-        self.dir = self.tmp.name
-        self.children: list[subprocess.Popen[Any]] = []
+        self.out = out
+        self.dir = tempfile.mkdtemp(prefix="meshelect-demo-")
+        self.supervisor = Supervisor(args.restart_after, out.say)
+        self.selector = selectors.DefaultSelector()
+        self.nodes: list[DemoNode] = []
+        self.actions = Actions(args.mesh, self.nodes)
+        self.control = Control(self.actions, self.selector, out.say)
+        self.stop_reason: str | None = None
         self.env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self.env["PYTHONPATH"] = root + (
             os.pathsep + self.env["PYTHONPATH"] if self.env.get("PYTHONPATH") else ""
         )
+        self.mesh_port = args.mesh_port or _free_udp_port()
 
-    def _spawn(self, argv: list[str], log_name: str, pipe: bool = False) -> subprocess.Popen[Any]:
-        log = open(os.path.join(self.dir, log_name), "ab")  # noqa: SIM115 (the child keeps it)
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if pipe else log,
-            stderr=log,
-            env=self.env,
-            start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
-        )
-        log.close()
-        self.children.append(proc)
-        return proc
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_reason = signal.Signals(signum).name
+
+    # -- starting ----------------------------------------------------------------------------
 
     def start_gateway(self) -> tuple[str, tuple[str, int] | None]:
+        control = os.path.join(self.dir, "control.sock")
+        self.control.listen(control)
         argv = [
-            sys.executable,
-            "-m",
-            "gateway",
-            "--db",
-            os.path.join(self.dir, "gateway.db"),
-            "--http-host",
-            "127.0.0.1",
-            "--http-port",
-            str(self.args.http_port),
-            "--mdns-interface",
-            "127.0.0.1",
-        ]
+            sys.executable, "-m", "gateway",
+            "--db", os.path.join(self.dir, "gateway.db"),
+            "--http-host", "127.0.0.1",
+            "--http-port", str(self.args.http_port),
+            "--mdns-interface", "127.0.0.1",
+            "--demo-control", control,
+        ]  # fmt: skip
         if self.args.mqtt:
             host, port = self.args.mqtt
             argv += ["--mqtt-host", host, "--mqtt-port", str(port), "--no-udp"]
         else:
             argv += ["--udp-host", "127.0.0.1", "--udp-port", "0"]
-        proc = self._spawn(argv, "gateway.log", pipe=True)
-        assert proc.stdout is not None
-        line = _read_line_matching(proc.stdout, GATEWAY_LINE, GATEWAY_START_S)
-        if line is None:
-            raise RuntimeError("the gateway did not start (is `meshelect[gateway]` installed?)")
-        match = GATEWAY_LINE.search(line)
-        assert match is not None
-        # Keep draining its stdout into the log so the pipe never fills up.
-        _drain_to_file(proc.stdout, os.path.join(self.dir, "gateway.log"))
+        log = os.path.join(self.dir, "gateway.log")
+        child = Child("gateway", argv, log, self.env, last=True)
+        self.supervisor.start(child)
+        match = self._wait_for_line(child, GATEWAY_LINE, GATEWAY_START_S)
+        url = match.group(1)
         udp = (match.group(2), int(match.group(3))) if match.group(2) else None
-        return match.group(1), udp
+        # Started again later, it must come back where the agents and the browser expect it.
+        port = url.rstrip("/").rsplit(":", 1)[1]
+        child.argv[child.argv.index("--http-port") + 1] = port
+        if udp is not None:
+            child.argv[child.argv.index("--udp-port") + 1] = str(udp[1])
+        return url, udp
+
+    def _wait_for_line(
+        self, child: Child, pattern: re.Pattern[str], timeout: float
+    ) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.stop_reason is None:
+            with open(child.log_path, errors="replace") as f:
+                match = pattern.search(f.read())
+            if match:
+                return match
+            if not child.running():
+                break
+            time.sleep(0.05)
+        if self.stop_reason is not None:
+            raise StartError("stopped while the %s was starting" % child.name)
+        with open(child.log_path, errors="replace") as f:
+            tail = "".join(f.readlines()[-8:])
+        raise StartError(
+            "the %s did not start (is `meshelect[gateway]` installed?); its log ends:\n%s"
+            % (child.name, tail)
+        )
 
     def start_agents(self, gateway: tuple[str, int] | None) -> None:
         n = self.args.agents
@@ -155,11 +208,19 @@ class Demo:
                         battery,
                         self.args.drain_per_min,
                         self.args.leader_drain_per_min,
+                        self.mesh_port,
                     )
                 )
-            self._spawn(
-                [sys.executable, "-m", "agent.runtime", "--config", path],
-                "node-%d.log" % index,
+            argv = [sys.executable, "-m", "agent.runtime", "--config", path]
+            log = os.path.join(self.dir, "node-%d.log" % index)
+            child = self.supervisor.start(Child("node-%d" % index, argv, log, self.env))
+            self.nodes.append(
+                DemoNode(
+                    child,
+                    os.path.join(state, "status.json"),
+                    os.path.join(state, "faults.json"),
+                    os.path.join(state, "battery-set"),
+                )
             )
 
     def start_firmware_nodes(self, gateway: tuple[str, int] | None) -> None:
@@ -172,12 +233,12 @@ class Demo:
             os.path.dirname(sys.executable), "micropython"
         )
         if not os.path.exists(exe):
-            raise RuntimeError("--firmware needs the MicroPython unix port (micropython command)")
+            raise StartError("--firmware needs the MicroPython unix port (micropython command)")
         build = Path(self.dir) / "firmware-build"
         try:
             firmware_tool.build(build)
         except firmware_tool.ToolError as exc:
-            raise RuntimeError("cannot build the firmware: %s" % exc) from None
+            raise StartError("cannot build the firmware: %s" % exc) from None
         for index in range(1, self.args.firmware + 1):
             folder = Path(self.dir) / ("esp-%d" % index)
             folder.mkdir()
@@ -190,7 +251,7 @@ class Demo:
                 "print_status": False,
                 "status_file": str(folder / "status.json"),
                 "boot_file": str(folder / "boot_count"),
-                "udp": {"interface": "127.0.0.1", "unicast_port": 0},
+                "udp": {"interface": "127.0.0.1", "unicast_port": 0, "port": self.mesh_port},
                 "hw": {
                     "kind": "unix",
                     "battery": 800 - 100 * index,
@@ -205,66 +266,41 @@ class Demo:
                 data["gateway"] = {"address": "%s:%d" % gateway}
             config = firmware_tool.device_config(data)
             (folder / "config.json").write_text(json.dumps(config))
-            log = open(folder / "out.log", "ab")  # noqa: SIM115 (the child keeps it)
-            proc = subprocess.Popen(
-                [exe, "main.py"],
-                cwd=folder,
-                env={**self.env, "MICROPYPATH": ".frozen:."},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            log.close()
-            self.children.append(proc)
+            env = {**self.env, "MICROPYPATH": ".frozen:."}
+            log = str(folder / "out.log")
+            child = Child("esp-%d" % index, [exe, "main.py"], log, env, cwd=str(folder))
+            self.supervisor.start(child)
+            self.nodes.append(DemoNode(child, str(folder / "status.json")))
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, duration: float | None) -> None:
+        """Until a stop signal or the end of ``duration``: restart dead nodes, serve the keys
+        and the control socket."""
+        deadline = time.monotonic() + duration if duration else None
+        while self.stop_reason is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                self.stop_reason = "--duration over"
+                break
+            for key, _ in self.selector.select(LOOP_S):
+                key.data(key.fileobj)
+            self.supervisor.check()
 
     def stop(self) -> None:
-        # Agents first (a leader hands over as it goes), the gateway last.
-        for proc in reversed(self.children):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        for proc in self.children:
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                proc.wait(remaining)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(2)
-        self.children.clear()
-        self.tmp.cleanup()
+        """Children first (agents before the gateway), then the folder, if nothing lives on."""
+        self.control.close()
+        alive = self.supervisor.stop_all(STOP_GRACE_S)
+        self.selector.close()
+        if alive:
+            self.out.say("kept %s: %s did not end" % (self.dir, ", ".join(alive)), error=True)
+            return
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _read_line_matching(stream: IO[bytes], pattern: re.Pattern[str], timeout: float) -> str | None:
-    selector = selectors.DefaultSelector()
-    selector.register(stream, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            if not selector.select(max(0.0, deadline - time.monotonic())):
-                continue
-            raw = stream.readline()
-            if not raw:
-                return None
-            line = raw.decode("utf-8", "replace")
-            if pattern.search(line):
-                return line
-    finally:
-        selector.close()
-    return None
-
-
-def _drain_to_file(stream: IO[bytes], path: str) -> None:
-    import threading
-
-    def pump() -> None:
-        with open(path, "ab") as out:
-            for chunk in iter(lambda: stream.read1(4096), b""):  # type: ignore[attr-defined]
-                out.write(chunk)
-                out.flush()
-
-    threading.Thread(target=pump, daemon=True).start()
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,6 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=8470,
         help="dashboard port, 0 picks a free one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--mesh-port",
+        metavar="PORT",
+        type=int,
+        default=0,
+        help="UDP port of the mesh's multicast group; 0 picks a free one, so that two demos "
+        "on one machine never join each other (default: %(default)s)",
     )
     p.add_argument(
         "--heartbeat-ms",
@@ -321,6 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     p.add_argument(
+        "--restart-after",
+        metavar="SECONDS",
+        type=float,
+        default=5.0,
+        help="start a node that died again after this long, as systemd would; 0: never "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--duration",
         metavar="SECONDS",
         type=float,
@@ -331,54 +383,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    out = Output()
     if not 1 <= args.agents <= 32:
-        print("meshelect demo: --agents must be 1..32", file=sys.stderr)
+        out.say("--agents must be 1..32", error=True)
         return 2
     if args.mqtt:
         try:
             args.mqtt = parse_host_port("--mqtt", args.mqtt, 1883)
         except ConfigError as exc:
-            print("meshelect demo: %s" % exc, file=sys.stderr)
+            out.say(str(exc), error=True)
             return 2
-    demo = Demo(args)
-    stopping = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
-    # Ctrl-C is how the demo stops, also when a non-interactive shell started it in the
-    # background (which would leave SIGINT ignored, and the demo unstoppable by it).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    demo = Demo(args, out)
+    # Ctrl-C, SIGTERM and SIGHUP (the terminal closed) all ask for the same orderly stop.
+    # SIGINT is set even when a non-interactive shell started the demo in the background
+    # (which leaves SIGINT ignored, and the demo unstoppable by it).
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, demo.request_stop)
     try:
         url, gateway = demo.start_gateway()
         demo.start_agents(gateway)
         if args.firmware:
             demo.start_firmware_nodes(gateway)
-        print(
-            "meshelect demo: %d agents%s in mesh %r over %s"
+        out.say(
+            "%d agents%s in mesh %r over %s"
             % (
                 args.agents,
                 " and %d firmware nodes" % args.firmware if args.firmware else "",
                 args.mesh,
-                "MQTT %s:%d" % args.mqtt if args.mqtt else "UDP multicast on loopback",
+                "MQTT %s:%d" % args.mqtt
+                if args.mqtt
+                else "UDP multicast on loopback (port %d)" % demo.mesh_port,
             )
         )
-        print("meshelect demo: dashboard %s" % url, flush=True)
-        print("meshelect demo: logs and state in %s; Ctrl-C to stop" % demo.dir, flush=True)
-        deadline = time.monotonic() + args.duration if args.duration else None
-        while not stopping and (deadline is None or time.monotonic() < deadline):
-            dead = [p for p in demo.children if p.poll() is not None]
-            if dead:
-                print(
-                    "meshelect demo: a process exited (status %s); stopping" % dead[0].returncode,
-                    file=sys.stderr,
-                )
-                return 1
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    except RuntimeError as exc:
-        print("meshelect demo: %s" % exc, file=sys.stderr)
+        out.say("dashboard %s" % url)
+        out.say("logs and state in %s; Ctrl-C to stop" % demo.dir)
+        if demo.control.keys():
+            out.say(KEY_HELP)
+        demo.run(args.duration)
+    except StartError as exc:
+        if demo.stop_reason is not None:
+            return 0  # asked to stop while starting: that is no failure
+        out.say(str(exc), error=True)
         return 1
     finally:
-        print("meshelect demo: stopping", flush=True)
+        out.say("stopping (%s)" % (demo.stop_reason or "error"))
         demo.stop()
     return 0
 

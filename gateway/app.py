@@ -14,6 +14,8 @@ API (all JSON; times are gateway milliseconds since the epoch):
 - ``POST /api/alerts/{id}/clear``: needs ``Authorization: Bearer <token>``
 - ``GET /api/events``: Server-Sent Events; first a ``snapshot``, then every change
 - ``GET /metrics``, ``GET /healthz``
+- in demo mode only (``--demo-control``): ``GET /api/demo``, ``POST /api/demo/{action}``
+  (gateway/democontrol.py)
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/api/events", events),
         Route("/metrics", metrics),
         Route("/healthz", healthz),
+        *(gateway.demo.routes() if gateway.demo is not None else []),
         Mount("/static", StaticFiles(directory=STATIC_DIR)),
     ]
     return Starlette(routes=routes, exception_handlers={HTTPException: _json_error})

@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-leader-after", type=duration_ms, help="default 10s")
     g.add_argument("--silent-after", type=duration_ms, help="default 15s")
     g.add_argument("--low-battery", type=int, help="per mille (default 200)")
+    g = p.add_argument_group("demo")
+    g.add_argument(
+        "--demo-control",
+        metavar="SOCKET",
+        help="`meshelect demo`'s control socket: the dashboard gets buttons that break the "
+        "demo on purpose (default: none, no such buttons or routes)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -174,6 +181,7 @@ def load_config(args: argparse.Namespace) -> GatewayConfig:
         open_meshes=not pick("closed", False),
         node_id=pick("node_id", "gateway"),
         tracker=tracker,
+        demo_control=pick("demo_control", None),
     )
 
 

@@ -81,6 +81,7 @@ class GatewayConfig:
         synchronous: str = "FULL",
         tick_ms: int = 1000,
         tracker: TrackerConfig | None = None,
+        demo_control: str | None = None,
     ) -> None:
         self.db_path = db_path
         self.udp_host = udp_host
@@ -109,6 +110,7 @@ class GatewayConfig:
         self.synchronous = synchronous
         self.tick_ms = tick_ms
         self.tracker = tracker or TrackerConfig()
+        self.demo_control = demo_control  # `meshelect demo`'s control socket: demo mode
 
 
 Reply = Callable[[str, str, bytes], None]  # (mesh, leader, ack frame)
@@ -128,6 +130,7 @@ class Gateway:
         self._udp: Any = None
         self._mqtt: Any = None
         self._mdns: Any = None
+        self.demo: Any = None  # gateway/democontrol.py, in demo mode only
         self._http: _HttpServer | None = None
         self.udp_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
@@ -162,6 +165,11 @@ class Gateway:
 
             self._mqtt = MqttIngest(self, config)
             await self._mqtt.start()
+        if config.demo_control:
+            from gateway.democontrol import DemoControl
+
+            self.demo = DemoControl(self, config.demo_control)
+            await self.demo.start()
         await self._start_http()
         if config.mdns and self.udp_address is not None:
             from gateway.mdns import Advertiser
@@ -183,6 +191,8 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        if self.demo is not None:
+            await self.demo.stop()
         self.hub.close()
         if self._mdns is not None:
             await self._mdns.stop()

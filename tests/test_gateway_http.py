@@ -111,6 +111,13 @@ def test_write_api_needs_the_token(gateway: GatewayProcess) -> None:
     assert httpx.post(gateway.url + "/api/alerts/x/clear", headers=good).status_code == 400
 
 
+def test_no_demo_buttons_outside_demo_mode(gateway: GatewayProcess) -> None:
+    """Without --demo-control the demo's routes do not exist (the dashboard shows no buttons)."""
+    assert api(gateway, "/api/demo").status_code == 404
+    response = httpx.post(gateway.url + "/api/demo/kill", headers={"X-Meshelect-Demo": "1"})
+    assert response.status_code == 404
+
+
 def test_write_api_disabled_without_token(tmp_path: Path) -> None:
     with GatewayProcess(str(tmp_path / "gw.db")) as gw:
         response = httpx.post(gw.url + "/api/alerts/1/clear", headers={"Authorization": "Bearer x"})
