@@ -63,6 +63,9 @@ def create_app(gateway: Gateway) -> Starlette:
     async def index(request: Request) -> Response:
         return FileResponse(os.path.join(STATIC_DIR, "index.html"))
 
+    async def favicon(request: Request) -> Response:
+        return FileResponse(os.path.join(STATIC_DIR, "favicon.ico"), media_type="image/x-icon")
+
     async def plotly_js(request: Request) -> Response:
         if plotly_path is None:
             raise HTTPException(404, "plotly is not installed (pip install plotly)")
@@ -131,6 +134,7 @@ def create_app(gateway: Gateway) -> Starlette:
 
     routes = [
         Route("/", index),
+        Route("/favicon.ico", favicon),
         Route("/vendor/plotly.min.js", plotly_js),
         Route("/api/meshes", meshes),
         Route("/api/meshes/{mesh}", mesh),

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from gateway import history, units
 from gateway.app import create_app
 from gateway.events import EventHub
 from gateway.frames import FrameDrop, FrameRouter
@@ -331,12 +332,17 @@ class Gateway:
 
     def snapshot(self) -> dict[str, Any]:
         storage = self.ingest.storage
+        now = self.clock()
+        meshes = self.ingest.mesh_states()
         return {
             "type": "snapshot",
-            "now_ms": self.clock(),
-            "meshes": self.ingest.mesh_states(),
+            "now_ms": now,
+            "meshes": meshes,
             "elections": storage.elections(None, 200),
             "alerts": storage.alerts(None, False, 100),
+            # The charts' recent past and how to show each metric: the page draws at once.
+            "history": history.recent(storage, [m["name"] for m in meshes], now),
+            "units": units.table(),
         }
 
     def clear_alert_by_id(self, alert_id: int) -> bool:

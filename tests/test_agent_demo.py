@@ -8,200 +8,25 @@ gateway's election list with its reason; and however it ends, no child outlives 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pty
 import re
 import select
 import signal
-import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from testkit.demo import DemoRun, get_json, kill_quietly, post_json, processes_under
 from testkit.waiting import poll_until
 from tests.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
-
-
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
-def _post(url: str, header: bool = True) -> tuple[int, Any]:
-    headers = {"X-Meshelect-Demo": "1"} if header else {}
-    request = urllib.request.Request(url, method="POST", headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=20) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def processes_under(folder: str) -> list[int]:
-    """Pids of the processes whose command line names ``folder``: the demo's children (their
-    configs, database and control socket live there; the demo's own command line does not)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open("/proc/%s/cmdline" % entry, "rb") as f:
-                cmdline = f.read()
-        except OSError:
-            continue
-        if folder.encode() in cmdline:
-            found.append(int(entry))
-    return found
-
-
-class DemoRun:
-    """``python -m agent.demo`` as a child process, its output collected as it comes."""
-
-    def __init__(
-        self, mesh: str, *extra: str, prefix: list[str] | None = None, follow: bool = True
-    ) -> None:
-        self.mesh = mesh
-        argv = [*(prefix or [sys.executable, "-m", "agent.demo"]),
-                "--http-port", "0", "--mesh", mesh, *extra]  # fmt: skip
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=REPO_ROOT,
-            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self.errors: list[str] = []
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        threading.Thread(
-            target=self._pump, args=(self.proc.stderr, self.errors), daemon=True
-        ).start()
-        self.url = self.folder = ""
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if m := re.search(r"dashboard (http://\S+)", line):
-                self.url = m.group(1)
-            if m := re.search(r"logs and state in (\S+);", line):
-                self.folder = m.group(1)
-                break
-        assert self.url and self.folder, "the demo did not start:\n" + self.output()
-        if follow:  # else the test may close its end of the pipe (a reader would block that)
-            reader = threading.Thread(
-                target=self._pump, args=(self.proc.stdout, self.lines), daemon=True
-            )
-            reader.start()
-
-    @staticmethod
-    def _pump(stream: Any, into: list[str]) -> None:
-        try:
-            for line in stream:
-                into.append(line)
-        except (OSError, ValueError):
-            pass  # the test closed its end on purpose
-
-    def output(self) -> str:
-        return "".join(self.lines) + "".join(self.errors)
-
-    def wait_line(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        found: list[re.Match[str]] = []
-
-        def seen() -> bool:
-            found.extend(m for line in list(self.lines) if (m := re.search(pattern, line)))
-            return bool(found)
-
-        assert poll_until(seen, timeout), "no line %r in:\n%s" % (pattern, self.output())
-        return found[0]
-
-    def status(self, node: str) -> dict[str, Any]:
-        try:
-            with open(os.path.join(self.folder, node, "status.json")) as f:
-                return dict(json.load(f))
-        except (OSError, ValueError):
-            return {}
-
-    def settled(self, n: int, since: float = 0.0) -> bool:
-        """All n agents run, rewrote their status after ``since`` (seconds), hear each other
-        and agree on one leader that is alive: the mesh as the demo, which reads the same
-        files, sees it."""
-        statuses = [self.status("node-%d" % i) for i in range(1, n + 1)]
-        leader = statuses[0].get("leader")
-        if leader is None or not all(
-            s.get("updated", 0) > max(since, time.time() - 3)
-            and s.get("leader") == leader
-            and sum(p["age_ms"] < 2000 for p in s.get("peers", [])) == n - 1
-            for s in statuses
-        ):
-            return False
-        mine = self.status(str(leader))
-        try:
-            os.kill(mine.get("pid", 0) or 0, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return mine.get("role") == "leader"
-
-    def leaders(self, n: int) -> set[str]:
-        return {str(self.status("node-%d" % i).get("leader")) for i in range(1, n + 1)}
-
-    def mesh_state(self) -> dict[str, Any]:
-        try:
-            meshes = _get(self.url + "api/meshes")
-        except OSError:
-            return {}
-        return next((m for m in meshes if m["name"] == self.mesh), {})
-
-    def wait_leader(self, members: int, timeout: float = 30) -> str:
-        def settled() -> bool:
-            mesh = self.mesh_state()
-            live = [
-                m
-                for m in mesh.get("members", [])
-                if m.get("last_seen_ms", 0) > time.time() * 1000 - 3000
-            ]
-            return bool(mesh.get("leader")) and len(live) >= members
-
-        assert poll_until(settled, timeout, step=0.3), self.output()
-        return str(self.mesh_state()["leader"])
-
-    def elections_after(self, at_ms: int) -> list[dict[str, Any]]:
-        rows = _get(self.url + "api/elections?mesh=%s" % self.mesh)
-        return sorted((e for e in rows if e["at_ms"] >= at_ms), key=lambda e: e["term"])
-
-    def end(self, sig: int = signal.SIGINT, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.cleanup()
-
-    def cleanup(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for pid in processes_under(self.folder) if self.folder else []:
-            with_suppress_kill(pid)
-        if self.folder and os.path.isdir(self.folder):
-            import shutil
-
-            shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def with_suppress_kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -222,7 +47,7 @@ def demo_factory() -> Iterator[Callable[..., DemoRun]]:
 def test_demo_runs_a_mesh_with_a_leader_and_cleans_up(demo_factory: Callable[..., DemoRun]) -> None:
     demo = demo_factory("t-demo", "--agents", "3")
     assert demo.wait_leader(3) == "node-1"  # the fullest battery leads first
-    readings = _get(demo.url + "api/meshes/t-demo/readings")
+    readings = get_json(demo.url + "api/meshes/t-demo/readings")
     assert {r["node"] for r in readings} >= {"node-1"}
     assert len(processes_under(demo.folder)) == 4  # the gateway and three agents
     folder = demo.folder
@@ -280,7 +105,7 @@ def _act(demo: DemoRun, action: str) -> tuple[int, Any]:
     answer: list[tuple[int, Any]] = []
 
     def done() -> bool:
-        answer[:] = [_post(demo.url + "api/demo/" + action)]
+        answer[:] = [post_json(demo.url + "api/demo/" + action)]
         return not (answer[0][0] == 409 and "no leader" in answer[0][1]["error"])
 
     poll_until(done, 10, step=0.5)
@@ -294,11 +119,11 @@ def test_breaking_the_demo_on_purpose_shows_each_reason(
     answered, listed as an operator event, and followed by an election with its reason."""
     demo = demo_factory("t-break", "--agents", "4", "--restart-after", "2")
     demo.wait_leader(4)
-    info = _get(demo.url + "api/demo")
+    info = get_json(demo.url + "api/demo")
     assert set(info["actions"]) == {"kill", "stop", "drain", "partition", "heal"}
-    assert poll_until(lambda: _get(demo.url + "api/demo")["connected"], 10, 0.3)
-    assert _post(demo.url + "api/demo/kill", header=False)[0] == 403
-    assert _post(demo.url + "api/demo/heal") == (
+    assert poll_until(lambda: get_json(demo.url + "api/demo")["connected"], 10, 0.3)
+    assert post_json(demo.url + "api/demo/kill", header=False)[0] == 403
+    assert post_json(demo.url + "api/demo/heal") == (
         409,
         {"error": "the mesh is not partitioned", "status": 409},
     )
@@ -326,16 +151,16 @@ def test_breaking_the_demo_on_purpose_shows_each_reason(
     assert poll_until(
         lambda: any(
             a["kind"] == "two_leaders" and a["raised_ms"] >= since
-            for a in _get(demo.url + "api/alerts?mesh=t-break")
+            for a in get_json(demo.url + "api/alerts?mesh=t-break")
         ),
         20,
         0.3,
     )
-    assert _get(demo.url + "api/demo")["partitioned"] is True
-    status, reply = _post(demo.url + "api/demo/heal")
+    assert get_json(demo.url + "api/demo")["partitioned"] is True
+    status, reply = post_json(demo.url + "api/demo/heal")
     assert status == 200
     _wait_election(demo, reply["event"]["at_ms"], "partition merge")
-    recent = [e["action"] for e in _get(demo.url + "api/demo")["recent"]]
+    recent = [e["action"] for e in get_json(demo.url + "api/demo")["recent"]]
     assert recent == ["kill", "stop", "drain", "partition", "heal"]
     assert demo.end() == 0, demo.output()
 
@@ -387,9 +212,9 @@ def test_keys_in_the_terminal(tmp_path: Path) -> None:
         assert os.waitstatus_to_exitcode(code) == 0
         assert processes_under(folder) == []
     finally:
-        with_suppress_kill(pid)
+        kill_quietly(pid)
         for child in processes_under(folder) if folder else []:
-            with_suppress_kill(child)
+            kill_quietly(child)
         os.close(fd)
 
 

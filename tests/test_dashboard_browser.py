@@ -199,3 +199,156 @@ def test_dashboard_follows_real_agents_when_the_leader_is_killed(
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(5)
+
+
+def _launch(p: Any) -> Any:
+    return p.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+
+
+def test_the_snapshot_draws_everything_at_once(gateway: GatewayProcess) -> None:
+    """The first event carries the recent readings: the charts need no second request, the
+    counter is right at once, and without plotly.js the page still shows the mesh and says
+    why the charts are missing."""
+    from playwright.sync_api import expect, sync_playwright
+
+    greenhouse = Mesh(gateway, "greenhouse")
+    for _ in range(3):
+        greenhouse.send("pi-1", 3, elections=[[3, "pi-1", "start"]])
+    sent = 3 * 4 * len(NODES)
+    with sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            asked: list[str] = []
+            page.on("request", lambda request: asked.append(request.url))
+            page.goto(gateway.url + "/")
+            mesh = page.locator('section.mesh[data-mesh="greenhouse"]')
+            expect(mesh.locator(".readings-chart .main-svg").first).to_be_visible()
+            expect(mesh.locator(".agg-chart .main-svg").first).to_be_visible()
+            expect(page.locator("#stat-readings")).to_have_text(str(sent))
+            assert not [url for url in asked if "/api/meshes" in url], asked
+
+            blocked = browser.new_page(viewport={"width": 1500, "height": 1100})
+            blocked.route("**/vendor/plotly.min.js", lambda route: route.abort())
+            blocked.goto(gateway.url + "/")
+            mesh = blocked.locator('section.mesh[data-mesh="greenhouse"]')
+            expect(mesh.get_by_test_id("leader")).to_have_text("pi-1")
+            expect(blocked.locator("#stat-readings")).to_have_text(str(sent))
+            expect(mesh.locator(".readings-chart .note")).to_have_text(
+                "plotly.js not available (pip install plotly)"
+            )
+        finally:
+            browser.close()
+
+
+EVIL_NODE = "<a href=x>n</a>"  # 15 bytes: a valid node id
+EVIL_METRIC = "<b>x</b>"
+
+
+def test_names_are_text_units_are_one_and_the_leader_is_explained(
+    gateway: GatewayProcess, artifacts_dir: Path
+) -> None:
+    """Plotly reads HTML in the text it draws: a node named like a link and a metric named like
+    bold text show as they are. Battery is percent on the chart as in the table. The page says
+    why the leader leads although another node scores more."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = _launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1250})
+            page.goto(gateway.url + "/")
+            expect(page.get_by_test_id("feed")).to_have_text("live")
+            # Sent once the page is open, so that pi-2 counts as heard lately (5 s).
+            sender = BatchSender("names", EVIL_NODE, gateway.udp)
+            rows = [
+                [
+                    EVIL_NODE,
+                    1,
+                    seq,
+                    BASE_MS + 1000 * seq,
+                    {EVIL_METRIC: 5000, "battery": 870, "temp_c": 21500},
+                ]
+                for seq in range(1, 6)
+            ]
+            members = [[EVIL_NODE, 751, 870, 900, 1, 0], ["pi-2", 769, 900, 910, 0, 50]]
+            batch = make_batch(
+                1, "names", EVIL_NODE, rows, members=members, elections=[[2, EVIL_NODE, "start"]]
+            )
+            assert sender.deliver(2, batch)[1] == 0
+            mesh = page.locator('section.mesh[data-mesh="names"]')
+            expect(mesh.get_by_test_id("leader")).to_have_text(EVIL_NODE)
+            chart = mesh.locator(".readings-chart")
+            expect(chart.locator(".main-svg").first).to_be_visible()
+            expect(mesh.locator(".leader-chart .main-svg").first).to_be_visible()
+            # Every name drawn by plotly is text: no link, no bold, the markup spelled out.
+            assert mesh.locator(".chart svg a").count() == 0
+            assert mesh.locator('.chart svg tspan[style*="bold"]').count() == 0
+            expect(chart.locator(".legendtext").first).to_have_text(EVIL_NODE)
+            titles = chart.locator('text[class^="y"][class$="title"]').all_text_contents()
+            assert sorted(titles) == sorted([EVIL_METRIC, "battery (%)", "temp_c (°C)"]), titles
+            ticks = mesh.locator(".leader-chart .ytick text").all_text_contents()
+            assert ticks == [EVIL_NODE], ticks
+            # Battery: percent on the chart (870 per mille is 87 %) as in the table.
+            shown = page.evaluate(
+                """() => {
+                    const gd = document.querySelector('section.mesh[data-mesh="names"] .readings-chart');
+                    const titles = Object.keys(gd.layout).filter((k) => k.startsWith("yaxis"))
+                        .map((k) => [k.replace("axis", ""), gd.layout[k].title.text]);
+                    const axis = titles.find(([, t]) => t === "battery (%)")[0];
+                    return gd.data.filter((t) => t.yaxis === axis).flatMap((t) => t.y);
+                }"""
+            )
+            assert shown and all(value == 87 for value in shown), shown
+            expect(mesh.locator("table.nodes tbody tr").first).to_contain_text("87.0%")
+            expect(mesh.get_by_test_id("leader-why")).to_have_text(
+                "pi-2 scores 769, 18 more than %s (751), but not more than 150 more: "
+                "the incumbent keeps leading." % EVIL_NODE
+            )
+            page.screenshot(path=str(artifacts_dir / "dashboard-names.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_the_demo_dashboard_kill_button_gives_a_new_leader_live(artifacts_dir: Path) -> None:
+    """`meshelect demo` in Chromium: the page at load, then the kill-the-leader button; the new
+    leader, the operator's action and the election's reason appear without a reload."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from testkit.demo import DemoRun
+
+    demo = DemoRun("browser-demo", "--agents", "4")
+    try:
+        with sync_playwright() as p:
+            browser = _launch(p)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                loads: list[str] = []
+                page.on("load", lambda: loads.append(page.url))
+                page.goto(demo.url)
+                mesh = page.locator('section.mesh[data-mesh="browser-demo"]')
+                expect(mesh.get_by_test_id("leader")).to_have_text("node-1", timeout=30_000)
+                expect(mesh.locator("table.nodes tbody tr")).to_have_count(4, timeout=20_000)
+                expect(mesh.locator(".readings-chart .main-svg").first).to_be_visible()
+                expect(page.get_by_test_id("demo-heal")).to_be_disabled()
+                page.wait_for_timeout(1500)  # a few more points on the charts for the picture
+                page.screenshot(path=str(artifacts_dir / "demo-at-load.png"), full_page=True)
+
+                # The mesh must hear all four before the button: node-1 leads by then.
+                page.get_by_test_id("demo-kill").click()
+                expect(page.get_by_test_id("demo-status")).to_contain_text("kill -9 node-1")
+                expect(mesh.get_by_test_id("leader")).not_to_have_text("node-1", timeout=20_000)
+                timeline = mesh.locator("ol.timeline")
+                expect(timeline.locator('li.operator-entry[data-action="kill"]')).to_contain_text(
+                    "kill -9 node-1 (the leader"
+                )
+                expect(timeline.locator("li").first).to_contain_text("crash", timeout=20_000)
+                page.wait_for_timeout(1500)
+                page.screenshot(path=str(artifacts_dir / "demo-after-failover.png"), full_page=True)
+                assert loads == [demo.url], "the page was reloaded"
+            finally:
+                browser.close()
+        assert demo.end() == 0, demo.output()
+    finally:
+        demo.cleanup()

@@ -148,8 +148,16 @@ def test_dashboard_assets_are_local(gateway: GatewayProcess) -> None:
     page = api(gateway, "/")
     assert page.status_code == 200 and "meshelect" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # no CDN
-    for asset in ("/static/app.js", "/static/style.css", "/vendor/plotly.min.js"):
+    for asset in (
+        "/static/app.js",
+        "/static/demo.js",
+        "/static/style.css",
+        "/vendor/plotly.min.js",
+    ):
         assert api(gateway, asset).status_code == 200, asset
+    icon = api(gateway, "/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert icon.content[:4] == b"\x00\x00\x01\x00"  # an ICO file's header
 
 
 def read_event(lines: Iterator[str]) -> dict[str, Any]:
@@ -170,6 +178,16 @@ def test_live_feed_sends_snapshot_then_changes(gateway: GatewayProcess) -> None:
         snapshot = read_event(lines)
         assert snapshot["event"] == "snapshot"
         assert [m["leader"] for m in snapshot["meshes"]] == ["pi-1"]
+        # The charts' recent past comes along: the page draws without asking again.
+        past = snapshot["history"]["green"]
+        assert len(past["readings"]) == 30 and len(past["aggregates"]) == 6
+        first = past["readings"][0]  # the oldest: [node, boot, seq, t_ms, received_ms, metrics]
+        assert first[:4] == ["pi-1", 1, 10, 1_700_000_010_000] and first[5] == {"temp": 21_000}
+        assert snapshot["units"]["kinds"]["battery"] == {
+            "label": "battery",
+            "unit": "%",
+            "scale": 0.1,
+        }
         new = BatchSender("green", "pi-2", gateway.udp)
         rows = [["pi-2", 2, 1, 1_700_000_100_000, {"temp": 19_000}]]
         new.deliver(

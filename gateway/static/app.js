@@ -1,16 +1,20 @@
 // meshelect dashboard: one EventSource (/api/events) keeps every mesh live.
-// The first event is a snapshot; later events (batch, mesh, election, alert, alert_cleared,
-// fenced) are applied as they come. Charts are plotly.js (served by the gateway from the
-// installed plotly package); the member graph is a small hand-drawn SVG.
+// The first event is a snapshot, with the recent readings and the metrics' units, so the
+// charts draw at once; later events (batch, mesh, election, alert, alert_cleared, fenced,
+// operator) are applied as they come. Charts are plotly.js (served by the gateway from the
+// installed plotly package); the member graph is a small hand-drawn SVG. The connection opens
+// as this script runs; plotly.js (preloaded by the page) runs only after the first snapshot is
+// drawn, since reading it blocks the browser for a second or more.
 "use strict";
 
 const MAX_POINTS = 600;        // per chart trace kept in the browser
-const HISTORY_MS = 15 * 60e3;  // history fetched when a mesh first appears
 const CHART_REFRESH_MS = 250;  // charts redraw at most this often
 const LOW_BATTERY = 200;       // per mille, like the gateway's default alert
 const SILENT_MS = 15000;
+const MARGIN = 150;            // the agents' default election margin (election.margin)
+const HEARD_LATELY_MS = 5000;  // a member the leader reported this recently can challenge it
 
-const state = { meshes: new Map(), alerts: new Map(), clockSkew: 0 };
+const state = { meshes: new Map(), alerts: new Map(), clockSkew: 0, units: null };
 const plotlyReady = () => typeof window.Plotly !== "undefined";
 const layoutBase = {
   paper_bgcolor: "rgba(0,0,0,0)", plot_bgcolor: "rgba(0,0,0,0)",
@@ -37,7 +41,20 @@ function ago(ms) {
   return Math.round(s / 3600) + " h ago";
 }
 const clock = (ms) => new Date(ms).toLocaleTimeString();
-const milli = (v) => v / 1000;
+// Plotly reads a subset of HTML in every text it draws (legend, axis titles, ticks, hover):
+// names come from the mesh, so each is given to it as text, with &, < and > as entities.
+const plotText = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
+// What a metric's integers mean (gateway/units.py, sent in the snapshot): the first word of
+// its name (split at _ and -) that the table knows; else a plain number in milli-units.
+function unitOf(metric) {
+  const units = state.units || { kinds: {}, plain: { label: "", unit: "", scale: 0.001 } };
+  for (const word of metric.toLowerCase().split(/[_-]+/)) {
+    if (Object.prototype.hasOwnProperty.call(units.kinds, word)) return units.kinds[word];
+  }
+  return units.plain;
+}
+const axisTitle = (metric) => { const u = unitOf(metric).unit; return metric + (u ? " (" + u + ")" : ""); };
 
 // ---- per-mesh view ----------------------------------------------------------------------
 
@@ -52,28 +69,11 @@ function meshView(name) {
   const after = all.find((s) => s.dataset.mesh > name);
   document.getElementById("meshes").insertBefore(section, after || null);
   view = {
-    name, section, mesh: null, elections: [], readings: new Map(), agg: new Map(),
+    name, section, mesh: null, elections: [], actions: [], readings: new Map(), agg: new Map(),
     seen: new Set(), dirty: true, count: 0,
   };
   state.meshes.set(name, view);
-  loadHistory(view);
   return view;
-}
-
-async function loadHistory(view) {
-  const since = Math.max(0, now() - HISTORY_MS);
-  const base = "/api/meshes/" + encodeURIComponent(view.name);
-  try {
-    const [readings, agg] = await Promise.all([
-      fetch(base + "/readings?limit=5000&since=" + since).then((r) => r.ok ? r.json() : []),
-      fetch(base + "/aggregates?limit=2000&since=" + since).then((r) => r.ok ? r.json() : []),
-    ]);
-    for (const r of readings) addReading(view, r.node, r.boot, r.seq, r.t_ms, r.received_ms, r.metrics);
-    for (const a of agg) addAggregate(view, a.leader, a.node, a.metric, a.count, a.min, a.max, a.mean, a.received_ms);
-    view.dirty = true;
-  } catch (err) {
-    console.warn("history", err);
-  }
 }
 
 function addReading(view, node, boot, seq, tMs, receivedMs, metrics) {
@@ -87,7 +87,11 @@ function addReading(view, node, boot, seq, tMs, receivedMs, metrics) {
     const trace = metric + " \u00b7 " + node;
     let series = view.readings.get(trace);
     if (!series) view.readings.set(trace, (series = { metric, node, x: [], y: [] }));
-    series.x.push(x); series.y.push(milli(value));
+    // In time order, or plotly's line would jump back: a reading resent after a leader change
+    // (or sent late) arrives after newer ones.
+    let at = series.x.length;
+    while (at > 0 && series.x[at - 1] > x) at--;
+    series.x.splice(at, 0, x); series.y.splice(at, 0, value * unitOf(metric).scale);
     if (series.x.length > MAX_POINTS) { series.x.shift(); series.y.shift(); }
   }
   view.count++;
@@ -97,8 +101,10 @@ function addAggregate(view, leader, node, metric, count, min, max, mean, at) {
   const trace = metric + " \u00b7 " + node;
   let series = view.agg.get(trace);
   if (!series) view.agg.set(trace, (series = { metric, node, x: [], y: [], lo: [], hi: [], leader: [] }));
-  series.x.push(at); series.y.push(milli(mean));
-  series.lo.push(milli(mean - min)); series.hi.push(milli(max - mean)); series.leader.push(leader);
+  if (series.x.length && at <= series.x[series.x.length - 1]) return; // had it (a reconnect's snapshot)
+  const scale = unitOf(metric).scale;
+  series.x.push(at); series.y.push(mean * scale);
+  series.lo.push((mean - min) * scale); series.hi.push((max - mean) * scale); series.leader.push(leader);
   if (series.x.length > MAX_POINTS) for (const k of ["x", "y", "lo", "hi", "leader"]) series[k].shift();
 }
 
@@ -114,6 +120,24 @@ function renderMesh(view) {
     ? '<span class="badge-alert">' + open.length + " open alert" + (open.length > 1 ? "s" : "") + "</span>" : "";
   renderGraph(view);
   renderTable(view);
+  s.querySelector(".leader-why").textContent = leaderWhy(mesh);
+}
+
+// Why this node leads: the best score leads, but an incumbent keeps leading until another
+// node scores more than MARGIN above it, or its battery runs low, or it leaves.
+function leaderWhy(mesh) {
+  const leader = mesh.members.find((m) => m.leader);
+  if (!leader) return "No leader right now: an election is under way, or no batch has come lately.";
+  const live = mesh.members.filter((m) => !m.leader && now() - m.last_seen_ms <= HEARD_LATELY_MS);
+  const best = live.reduce((a, m) => (!a || m.score > a.score ? m : a), null);
+  if (leader.battery < LOW_BATTERY || leader.flags & 8) {
+    return leader.node + "'s battery is low (" + Math.round(leader.battery / 10) + "%): it hands over to the best node.";
+  }
+  if (best && best.score > leader.score) {
+    return best.node + " scores " + best.score + ", " + (best.score - leader.score) + " more than " + leader.node +
+      " (" + leader.score + "), but not more than " + MARGIN + " more: the incumbent keeps leading.";
+  }
+  return leader.node + " leads with the best score (" + leader.score + ").";
 }
 
 function nodeColor(member) {
@@ -181,7 +205,7 @@ function renderTable(view) {
       '<td><span class="role ' + (m.leader ? "role-leader" : "") + '">' + (m.leader ? "leader" : (m.flags & 16 ? "leaving" : "member")) + "</span></td>" +
       "<td>" + m.score + "</td>" +
       "<td>" + bar(m.battery, 1000, batteryColor) + '<span class="num">' + (m.battery / 10).toFixed(1) + "%</span></td>" +
-      "<td>" + bar(m.link, 1000, "var(--accent)") + '<span class="num">' + m.link + "</span></td>" +
+      "<td>" + bar(m.link, 1000, "var(--accent)") + '<span class="num">' + (m.link / 10).toFixed(0) + "%</span></td>" +
       '<td class="num">' + ago(m.last_seen_ms) + "</td>";
     tr.firstChild.textContent = m.node;
     body.appendChild(tr);
@@ -209,9 +233,20 @@ function renderAlerts() {
 }
 
 function renderTimeline(view) {
+  // Elections and, in demo mode, the operator's actions that caused them, newest first.
   const list = view.section.querySelector("ol.timeline");
   list.replaceChildren();
-  for (const e of [...view.elections].reverse().slice(0, 50)) {
+  const entries = [...view.elections, ...view.actions.map((a) => ({ ...a, operator: true }))]
+    .sort((a, b) => a.at_ms - b.at_ms);
+  for (const e of entries.reverse().slice(0, 50)) {
+    if (e.operator) {
+      const li = el("li", { class: "operator-entry", "data-action": e.action });
+      li.appendChild(el("span", { class: "reason reason-operator" }, "operator"));
+      li.appendChild(document.createTextNode(" " + e.text + " "));
+      li.appendChild(el("span", { class: "muted" }, "\u00b7 " + clock(e.at_ms)));
+      list.appendChild(li);
+      continue;
+    }
     const li = el("li", { "data-term": e.term });
     li.innerHTML = "<b></b> leads term " + e.term + ' <span class="reason"></span> <span class="muted"></span>';
     li.querySelector("b").textContent = e.leader;
@@ -239,10 +274,10 @@ function nodeColors(view) {
 }
 
 function stackedLayout(metrics, extra) {
-  // One row per metric, sharing the time axis; the metric name labels each row.
+  // One row per metric, sharing the time axis; the metric name and unit label each row.
   const layout = { ...layoutBase, ...extra, grid: { rows: metrics.length, columns: 1, pattern: "coupled", roworder: "top to bottom", ygap: 0.18 } };
   metrics.forEach((metric, k) => {
-    layout["yaxis" + (k ? k + 1 : "")] = { ...layoutBase.yaxis, title: { text: metric, font: { size: 11 } } };
+    layout["yaxis" + (k ? k + 1 : "")] = { ...layoutBase.yaxis, title: { text: plotText(axisTitle(metric)), font: { size: 11 } } };
   });
   return layout;
 }
@@ -253,7 +288,7 @@ function seriesTraces(series, colors, metrics, make) {
   for (const s of [...series.values()].sort((a, b) => (a.metric + a.node).localeCompare(b.metric + b.node))) {
     const k = metrics.indexOf(s.metric);
     const trace = make(s);
-    trace.name = s.node;
+    trace.name = plotText(s.node);
     trace.legendgroup = s.node;
     trace.showlegend = !shown.has(s.node);
     shown.add(s.node);
@@ -266,10 +301,20 @@ function seriesTraces(series, colors, metrics, make) {
   return traces;
 }
 
+function chartNote(div, text) {
+  // A word in a panel that has nothing drawn yet: "loading...", "no readings yet".
+  if (div.querySelector(".main-svg")) return;
+  let note = div.querySelector(".note");
+  if (!note) note = div.appendChild(el("div", { class: "note" }));
+  note.textContent = text;
+}
+
 function renderCharts(view) {
   if (!plotlyReady()) return;
   const colors = nodeColors(view);
   const metrics = [...new Set([...view.readings.values()].map((s) => s.metric))].sort();
+  for (const div of view.section.querySelectorAll(".chart")) div.querySelector(".note")?.remove();
+  if (!metrics.length) chartNote(view.section.querySelector(".readings-chart"), "No readings yet.");
   if (metrics.length) {
     const div = view.section.querySelector(".readings-chart");
     div.style.height = 60 + 150 * metrics.length + "px";
@@ -285,24 +330,26 @@ function renderCharts(view) {
     const traces = seriesTraces(view.agg, colors, aggMetrics, (s) => ({
       x: s.x.map((t) => new Date(t)), y: s.y, type: "scatter", mode: "lines+markers",
       error_y: { type: "data", symmetric: false, array: s.hi, arrayminus: s.lo, thickness: 1, width: 3 },
-      text: s.leader.map((l) => "leader " + l),
+      text: s.leader.map((l) => plotText("leader " + l)),
     }));
     Plotly.react(div, traces, stackedLayout(aggMetrics, { showlegend: false, margin: { l: 56, r: 12, t: 8, b: 30 } }), plotConfig);
+  } else {
+    chartNote(view.section.querySelector(".agg-chart"), "No aggregates yet.");
   }
 
   // Who led when: one step line over time, its y the leader; each election marked.
   const leaderDiv = view.section.querySelector(".leader-chart");
   const els = view.elections;
   const xs = els.map((e) => new Date(e.at_ms));
-  const ys = els.map((e) => e.leader);
-  if (els.length) { xs.push(new Date(now())); ys.push(els[els.length - 1].leader); }
+  const ys = els.map((e) => plotText(e.leader));
+  if (els.length) { xs.push(new Date(now())); ys.push(ys[ys.length - 1]); }
   const steps = {
     x: xs, y: ys, type: "scatter", mode: "lines", line: { shape: "hv", color: "#ffc940", width: 2 },
     name: "leader", hoverinfo: "skip",
   };
   const marks = {
-    x: els.map((e) => new Date(e.at_ms)), y: els.map((e) => e.leader), type: "scatter", mode: "markers+text",
-    text: els.map((e) => "t" + e.term + " " + e.reason),
+    x: els.map((e) => new Date(e.at_ms)), y: els.map((e) => plotText(e.leader)), type: "scatter", mode: "markers+text",
+    text: els.map((e) => plotText("t" + e.term + " " + e.reason)),
     textposition: els.map((e, i) => (i === els.length - 1 && els.length > 1 ? "top left" : "top right")),
     textfont: { size: 10, color: "#8a94ab" }, marker: { size: 9, color: els.map((e) => colors.get(e.leader) || "#4cc2ff") }, name: "election",
   };
@@ -313,9 +360,18 @@ function renderCharts(view) {
 
 function noteIfNoPlotly() {
   if (plotlyReady()) return;
-  for (const div of document.querySelectorAll(".chart")) {
-    if (!div.querySelector(".note")) div.appendChild(el("div", { class: "note" }, "plotly.js not available (pip install plotly)"));
-  }
+  for (const div of document.querySelectorAll(".chart")) chartNote(div, "plotly.js not available (pip install plotly)");
+}
+
+let plotlyAsked = false;
+function loadPlotly() {
+  if (plotlyAsked) return;
+  plotlyAsked = true;
+  const script = document.createElement("script");
+  script.src = "/vendor/plotly.min.js";
+  script.onload = () => { for (const view of state.meshes.values()) renderCharts(view); };
+  script.onerror = noteIfNoPlotly;
+  document.head.appendChild(script);
 }
 
 setInterval(() => {
@@ -334,13 +390,22 @@ setInterval(() => { for (const view of state.meshes.values()) renderMesh(view); 
 const handlers = {
   snapshot(ev) {
     state.clockSkew = ev.now_ms - Date.now();
+    state.units = ev.units || state.units;
     state.alerts.clear();
     for (const a of ev.alerts) state.alerts.set(a.id, a);
     for (const mesh of ev.meshes) { const v = meshView(mesh.name); v.mesh = mesh; v.elections = []; }
     for (const e of ev.elections) meshView(e.mesh).elections.push(e);
-    for (const view of state.meshes.values()) { renderMesh(view); renderTimeline(view); view.dirty = true; }
+    for (const [name, past] of Object.entries(ev.history || {})) {
+      const view = meshView(name);
+      for (const [node, boot, seq, tMs, receivedMs, metrics] of past.readings) addReading(view, node, boot, seq, tMs, receivedMs, metrics);
+      for (const [leader, node, metric, count, min, max, mean, at] of past.aggregates) {
+        addAggregate(view, leader, node, metric, count, min, max, mean, at);
+      }
+    }
+    for (const view of state.meshes.values()) { renderMesh(view); renderTimeline(view); view.dirty = true; renderCharts(view); }
     renderAlerts();
     document.getElementById("stat-meshes").textContent = state.meshes.size;
+    setTimeout(loadPlotly, 0); // after this paint
   },
   mesh(ev) {
     const view = meshView(ev.mesh.name);
@@ -366,6 +431,13 @@ const handlers = {
     renderAlerts();
     const v = state.meshes.get(ev.mesh); if (v) renderMesh(v);
   },
+  operator(ev) {
+    // Demo mode: an action that broke the mesh on purpose (gateway/democontrol.py).
+    const view = meshView(ev.mesh);
+    if (!view.actions.some((a) => a.at_ms === ev.at_ms && a.action === ev.action)) view.actions.push(ev);
+    renderTimeline(view);
+    document.dispatchEvent(new CustomEvent("meshelect-operator", { detail: ev }));
+  },
   fenced() {},
 };
 
@@ -381,4 +453,7 @@ function connect() {
   source.onerror = () => { feed.textContent = "reconnecting\u2026"; feed.className = "feed feed-connecting"; };
 }
 
-window.addEventListener("DOMContentLoaded", () => { noteIfNoPlotly(); connect(); });
+// Deferred scripts run once the page is parsed: connect now. plotly.js follows the first
+// snapshot, or comes anyway after a while if the feed is slow to answer.
+connect();
+setTimeout(loadPlotly, 1500);
