@@ -91,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt-shared-group",
         help="MQTT 5 shared subscription group (several gateways: give each its own --node-id)",
     )
+    g = p.add_argument_group("Home Assistant (with --mqtt-host)")
+    g.add_argument(
+        "--homeassistant",
+        action=argparse.BooleanOptionalAction,
+        help="publish MQTT discovery configs, states and availability for Home Assistant "
+        "(default: on when there is a broker)",
+    )
+    g.add_argument(
+        "--homeassistant-prefix",
+        metavar="PREFIX",
+        help="Home Assistant's discovery prefix (default: homeassistant)",
+    )
     g = p.add_argument_group("HTTP")
     g.add_argument("--http-host", help="bind address (default 127.0.0.1)")
     g.add_argument("--http-port", type=int, help="port (default 8470; 0: any free port)")
@@ -149,6 +161,9 @@ def load_config(args: argparse.Namespace) -> GatewayConfig:
             return default
         return value if isinstance(value, int) else duration_ms(value)
 
+    ha_prefix = str(pick("homeassistant_prefix", "homeassistant")).rstrip("/")
+    if not ha_prefix or any(ch in ha_prefix for ch in "+#"):
+        raise ValueError("--homeassistant-prefix must be a topic without + or #")
     tracker = TrackerConfig(
         no_leader_ms=duration("no_leader_after", 10_000),
         silent_ms=duration("silent_after", 15_000),
@@ -182,6 +197,8 @@ def load_config(args: argparse.Namespace) -> GatewayConfig:
         node_id=pick("node_id", "gateway"),
         tracker=tracker,
         demo_control=pick("demo_control", None),
+        homeassistant=bool(pick("homeassistant", True)),
+        homeassistant_prefix=ha_prefix,
     )
 
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("meshelect.gateway.events")
 
 # Per-client backlog before the client counts as stuck. A batch yields a few events; this is
 # minutes of traffic for a small site and still bounded for a large one.
@@ -46,6 +50,7 @@ class Subscription:
 class EventHub:
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
+        self._listeners: list[Callable[[list[dict[str, Any]]], None]] = []
         self.published = 0
         self.cut_off = 0
 
@@ -60,8 +65,20 @@ class EventHub:
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
 
+    def listen(self, listener: Callable[[list[dict[str, Any]]], None]) -> None:
+        """Also hand every published list of events to ``listener`` (loop thread), as they
+        are, before they are encoded for the browsers (gateway/homeassistant.py)."""
+        self._listeners.append(listener)
+
     def publish(self, events: list[dict[str, Any]]) -> None:
-        if not events or not self._subscribers:
+        if not events:
+            return
+        for listener in self._listeners:
+            try:
+                listener(events)
+            except Exception:  # a bug there must not cut the browsers' live feed
+                log.exception("event listener failed")
+        if not self._subscribers:
             return
         encoded = [encode_event(event) for event in events]
         self.published += len(encoded)

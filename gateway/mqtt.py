@@ -30,6 +30,24 @@ SESSION_EXPIRY_S = 300
 CONNECT_TIMEOUT_S = 10.0
 
 
+def make_client(config: GatewayConfig, client_id: str) -> mqtt.Client:
+    """A paho client (MQTT 5) with the gateway's broker settings: user, TLS, reconnect delays."""
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+    )
+    if config.mqtt_user:
+        client.username_pw_set(config.mqtt_user, config.mqtt_password)
+    if config.mqtt_tls:
+        client.tls_set(
+            ca_certs=config.mqtt_ca,
+            certfile=config.mqtt_cert,
+            keyfile=config.mqtt_key,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    client.reconnect_delay_set(1, 30)
+    return client
+
+
 class MqttIngest:
     def __init__(self, gateway: Gateway, config: GatewayConfig) -> None:
         self.gateway = gateway
@@ -46,22 +64,7 @@ class MqttIngest:
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
-        config = self.config
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id="meshelect-gw-%s" % config.node_id,
-            protocol=mqtt.MQTTv5,
-        )
-        if config.mqtt_user:
-            client.username_pw_set(config.mqtt_user, config.mqtt_password)
-        if config.mqtt_tls:
-            client.tls_set(
-                ca_certs=config.mqtt_ca,
-                certfile=config.mqtt_cert,
-                keyfile=config.mqtt_key,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
-        client.reconnect_delay_set(1, 30)
+        client = make_client(self.config, "meshelect-gw-%s" % self.config.node_id)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

@@ -83,6 +83,8 @@ class GatewayConfig:
         tick_ms: int = 1000,
         tracker: TrackerConfig | None = None,
         demo_control: str | None = None,
+        homeassistant: bool = True,
+        homeassistant_prefix: str = "homeassistant",
     ) -> None:
         self.db_path = db_path
         self.udp_host = udp_host
@@ -112,6 +114,9 @@ class GatewayConfig:
         self.tick_ms = tick_ms
         self.tracker = tracker or TrackerConfig()
         self.demo_control = demo_control  # `meshelect demo`'s control socket: demo mode
+        # Home Assistant MQTT discovery, when there is a broker (gateway/homeassistant.py).
+        self.homeassistant = homeassistant
+        self.homeassistant_prefix = homeassistant_prefix
 
 
 Reply = Callable[[str, str, bytes], None]  # (mesh, leader, ack frame)
@@ -132,6 +137,7 @@ class Gateway:
         self._mqtt: Any = None
         self._mdns: Any = None
         self.demo: Any = None  # gateway/democontrol.py, in demo mode only
+        self._homeassistant: Any = None
         self._http: _HttpServer | None = None
         self.udp_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
@@ -166,6 +172,11 @@ class Gateway:
 
             self._mqtt = MqttIngest(self, config)
             await self._mqtt.start()
+            if config.homeassistant:
+                from gateway.homeassistant import HomeAssistant
+
+                self._homeassistant = HomeAssistant(self, config)
+                await self._homeassistant.start()
         if config.demo_control:
             from gateway.democontrol import DemoControl
 
@@ -202,6 +213,9 @@ class Gateway:
             self._http.should_exit = True
             await self._http_task
             self._http = None
+        if self._homeassistant is not None:
+            await self._homeassistant.stop()
+            self._homeassistant = None
         if self._mqtt is not None:
             await self._mqtt.stop()
             self._mqtt = None
