@@ -58,6 +58,11 @@ QOS = 1
 ONLINE = "online"
 OFFLINE = "offline"
 CHECK_S = 1.0  # how often availability follows time (a node going silent)
+# Bounds, so that a misbehaving leader cannot flood Home Assistant with entities: the tracker
+# keeps as many members per mesh; a reading carries at most 32 metrics.
+MAX_MESHES = 64
+MAX_NODES_PER_MESH = 256
+MAX_METRICS_PER_NODE = 32
 try:
     VERSION = importlib.metadata.version("meshelect")
 except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
@@ -115,6 +120,7 @@ class HomeAssistant:
         self.nodes: dict[tuple[str, str], _Node] = {}
         self.configs: dict[str, str] = {}  # discovery topic -> payload, all sent so far
         self.connected = False
+        self.dropped = 0  # meshes, nodes and metrics past the bounds: not announced
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._client = make_client(config, "meshelect-gw-%s-ha" % config.node_id)
@@ -174,23 +180,41 @@ class HomeAssistant:
         for key in sorted(changed):
             self._publish_node(self.nodes[key])
 
-    def _node(self, mesh: str, name: str) -> _Node:
+    def _node(self, mesh: str, name: str) -> _Node | None:
         node = self.nodes.get((mesh, name))
         if node is None:
+            if mesh not in self.meshes and len(self.meshes) >= MAX_MESHES:
+                self._drop("mesh", mesh)
+                return None
+            if sum(1 for m, _ in self.nodes if m == mesh) >= MAX_NODES_PER_MESH:
+                self._drop("node", name)
+                return None
             node = self.nodes[(mesh, name)] = _Node(mesh, name)
             self._announce_node(node)
         return node
+
+    def _drop(self, what: str, name: str) -> None:
+        if not self.dropped:
+            log.warning(
+                "Home Assistant: too many entities; %s %r and later ones left out", what, name
+            )
+        self.dropped += 1
 
     def _take_batch(self, event: dict[str, Any]) -> set[tuple[str, str]]:
         mesh = event["mesh"]
         changed = set()
         for name, _boot, _seq, t_ms, metrics in event["readings"]:
             node = self._node(mesh, name)
+            if node is None:
+                continue
             for metric, value in sorted(metrics.items()):
                 if metric == "battery":
                     continue  # the node's Battery entity shows it
                 known = node.readings.get(metric)
                 if known is None:
+                    if len(node.readings) >= MAX_METRICS_PER_NODE:
+                        self._drop("metric", metric)
+                        continue
                     self._announce_metric(node, metric)
                 if known is None or t_ms >= known[0]:
                     node.readings[metric] = (t_ms, value)
@@ -201,6 +225,9 @@ class HomeAssistant:
         name = state["name"]
         mesh = self.meshes.get(name)
         if mesh is None:
+            if len(self.meshes) >= MAX_MESHES:
+                self._drop("mesh", name)
+                return set()
             mesh = self.meshes[name] = _Mesh()
             self._announce_mesh(name)
         mesh.leader = state.get("leader")
@@ -210,6 +237,8 @@ class HomeAssistant:
         changed = set()
         for member in state.get("members", []):
             node = self._node(name, member["node"])
+            if node is None:
+                continue
             node.member = member
             changed.add((name, node.name))
         return changed

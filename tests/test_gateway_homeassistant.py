@@ -269,6 +269,34 @@ def test_no_discovery_when_turned_off(
     sender.close()
 
 
+def test_a_flood_of_metric_names_is_bounded(
+    mosquitto: Mosquitto, subscriber: Subscriber, tmp_path: Path
+) -> None:
+    """A leader that reports ever new metric names gets 32 entities per node, not more: the
+    rest is left out (and counted), and everything else goes on."""
+    gateway = start_gateway(tmp_path, mosquitto)
+    sender = MqttBatchSender("greenhouse", "pi-1", (mosquitto.host, mosquitto.port))
+    rows = [  # at most 16 metrics in one reading (docs/wire.md)
+        [
+            "pi-1",
+            1,
+            k + 1,
+            NOW_MS + k,
+            {"m%02d" % i: i for i in range(16 * k, min(40, 16 * k + 16))},
+        ]
+        for k in range(3)
+    ]
+    send(sender, 1, rows, MEMBERS[:1])
+    # Battery, link quality and leader come with the member; the metrics on top of them.
+    assert poll_until(lambda: len(subscriber.configs()) >= 3 + 32 + 2 + 1, 10)
+    send(sender, 2, [["pi-1", 1, 4, NOW_MS + 3, {"temp_c": 20000}]], MEMBERS[:1])
+    configs = subscriber.configs()
+    metrics = sorted(t for t in configs if "__m__" in t)
+    assert len(metrics) == 32, metrics
+    assert gateway.process is not None and gateway.process.poll() is None
+    sender.close()
+
+
 @pytest.mark.parametrize(
     ("topic", "payload", "problem"),
     [
