@@ -102,15 +102,16 @@ def test_migrations_upgrade_in_place_and_refuse_a_newer_schema(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = str(tmp_path / "gw.db")
+    released = len(storage_module.MIGRATIONS)
     first = SqliteStorage(path)
-    assert first.schema_version == 1 and first.next_boot() == 1
+    assert first.schema_version == released and first.next_boot() == 1
     first.close()
     extra = (
         "ALTER TABLE nodes ADD COLUMN note TEXT; CREATE INDEX nodes_by_seen ON nodes (last_seen_ms)"
     )
     monkeypatch.setattr(storage_module, "MIGRATIONS", [*storage_module.MIGRATIONS, extra])
     upgraded = SqliteStorage(path)
-    assert upgraded.schema_version == 2 and upgraded.next_boot() == 2  # data kept
+    assert upgraded.schema_version == released + 1 and upgraded.next_boot() == 2  # data kept
     upgraded.close()
     columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(nodes)")]
     assert "note" in columns
