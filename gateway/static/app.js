@@ -1,6 +1,6 @@
 // meshelect dashboard: one EventSource (/api/events) keeps every mesh live.
 // The first event is a snapshot; later events (batch, mesh, election, alert, alert_cleared,
-// fenced) are applied as they come. Charts are plotly.js (served by the gateway from the
+// fenced, refused, fence_reset, health) are applied as they come. Charts are plotly.js (served by the gateway from the
 // installed plotly package); the member graph is a small hand-drawn SVG.
 "use strict";
 
@@ -38,6 +38,11 @@ function ago(ms) {
 }
 const clock = (ms) => new Date(ms).toLocaleTimeString();
 const milli = (v) => v / 1000;
+// Alerts raised while the gateway's storage fails have no id until they are stored: key them
+// by what identifies them either way.
+const alertKey = (a) => [a.mesh, a.kind, a.node, a.raised_ms].join("\u0000");
+const fenceResetText = (r) =>
+  "fence reset by operator (" + r.source + ") at term " + r.to_term + " \u00b7 was " + r.from_term + " \u00b7 " + clock(r.at_ms);
 
 // ---- per-mesh view ----------------------------------------------------------------------
 
@@ -52,7 +57,7 @@ function meshView(name) {
   const after = all.find((s) => s.dataset.mesh > name);
   document.getElementById("meshes").insertBefore(section, after || null);
   view = {
-    name, section, mesh: null, elections: [], readings: new Map(), agg: new Map(),
+    name, section, mesh: null, elections: [], resets: [], readings: new Map(), agg: new Map(),
     seen: new Set(), dirty: true, count: 0,
   };
   state.meshes.set(name, view);
@@ -112,6 +117,9 @@ function renderMesh(view) {
   const open = [...state.alerts.values()].filter((a) => a.mesh === view.name && a.cleared_ms == null);
   s.querySelector(".mesh-alert-count").innerHTML = open.length
     ? '<span class="badge-alert">' + open.length + " open alert" + (open.length > 1 ? "s" : "") + "</span>" : "";
+  const reset = s.querySelector(".fence-reset");
+  reset.hidden = !mesh.fence_reset;
+  reset.textContent = mesh.fence_reset ? fenceResetText(mesh.fence_reset) : "";
   renderGraph(view);
   renderTable(view);
 }
@@ -211,7 +219,13 @@ function renderAlerts() {
 function renderTimeline(view) {
   const list = view.section.querySelector("ol.timeline");
   list.replaceChildren();
-  for (const e of [...view.elections].reverse().slice(0, 50)) {
+  const entries = [...view.elections, ...view.resets.map((r) => ({ ...r, reset: true }))]
+    .sort((a, b) => a.at_ms - b.at_ms);
+  for (const e of entries.reverse().slice(0, 50)) {
+    if (e.reset) {
+      list.appendChild(el("li", { class: "fence-reset-entry", "data-term": e.to_term }, fenceResetText(e)));
+      continue;
+    }
     const li = el("li", { "data-term": e.term });
     li.innerHTML = "<b></b> leads term " + e.term + ' <span class="reason"></span> <span class="muted"></span>';
     li.querySelector("b").textContent = e.leader;
@@ -329,15 +343,29 @@ setInterval(() => {
 // Ages ("3 s ago") and silence colours move with time even without events.
 setInterval(() => { for (const view of state.meshes.values()) renderMesh(view); }, 2000);
 
+function renderHealth(health) {
+  // The gateway's own problems (storage failing, a wall-clock step) above every mesh.
+  const banner = document.getElementById("health");
+  const problems = (health && health.problems) || [];
+  banner.hidden = problems.length === 0;
+  banner.replaceChildren();
+  for (const p of problems) {
+    const since = p.since_ms ? " (since " + clock(p.since_ms) + ")" : "";
+    banner.appendChild(el("span", { class: "problem problem-" + p.severity, "data-what": p.what }, p.message + since));
+  }
+}
+
 // ---- the live feed ----------------------------------------------------------------------
 
 const handlers = {
   snapshot(ev) {
     state.clockSkew = ev.now_ms - Date.now();
     state.alerts.clear();
-    for (const a of ev.alerts) state.alerts.set(a.id, a);
-    for (const mesh of ev.meshes) { const v = meshView(mesh.name); v.mesh = mesh; v.elections = []; }
+    for (const a of ev.alerts) state.alerts.set(alertKey(a), a);
+    for (const mesh of ev.meshes) { const v = meshView(mesh.name); v.mesh = mesh; v.elections = []; v.resets = []; }
     for (const e of ev.elections) meshView(e.mesh).elections.push(e);
+    for (const r of ev.fence_resets || []) meshView(r.mesh).resets.push(r);
+    renderHealth(ev.health);
     for (const view of state.meshes.values()) { renderMesh(view); renderTimeline(view); view.dirty = true; }
     renderAlerts();
     document.getElementById("stat-meshes").textContent = state.meshes.size;
@@ -360,13 +388,20 @@ const handlers = {
     renderTimeline(view);
     view.dirty = true;
   },
-  alert(ev) { state.alerts.set(ev.id, ev); renderAlerts(); const v = state.meshes.get(ev.mesh); if (v) renderMesh(v); },
+  alert(ev) { state.alerts.set(alertKey(ev), ev); renderAlerts(); const v = state.meshes.get(ev.mesh); if (v) renderMesh(v); },
   alert_cleared(ev) {
-    if (ev.id != null) state.alerts.set(ev.id, ev);
+    state.alerts.set(alertKey(ev), ev);
     renderAlerts();
     const v = state.meshes.get(ev.mesh); if (v) renderMesh(v);
   },
+  fence_reset(ev) {
+    const view = meshView(ev.mesh);
+    if (!view.resets.some((r) => r.id === ev.id)) view.resets.push(ev);
+    renderTimeline(view);
+  },
+  health(ev) { renderHealth(ev.health); },
   fenced() {},
+  refused() {},
 };
 
 function connect() {
