@@ -289,6 +289,9 @@ def cli(argv: list[str]) -> int:
     except OSError as exc:
         print("meshelect gateway: %s" % exc, file=sys.stderr)
         return 1
+    except StorageError as exc:  # the database cannot even be opened or set up
+        print("meshelect gateway: storage failing: %s" % exc, file=sys.stderr)
+        return 1
     return 0
 
 

@@ -221,6 +221,7 @@ class SqliteStorage:
     may open the same file; SQLite's locking plus the constraints keep them consistent.
     """
 
+    @_guarded
     def __init__(
         self,
         path: str,
