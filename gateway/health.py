@@ -122,7 +122,7 @@ class Health:
                     "at_ms": self.last_step_at_ms,
                     "retention_held_back_ms": self.retention_held_back_ms,
                     "message": "wall clock stepped %+d s; retention held back %d s"
-                    % (self.last_step_ms // 1000, self.retention_held_back_ms // 1000),
+                    % (round(self.last_step_ms / 1000), round(self.retention_held_back_ms / 1000)),
                 }
             )
         return out

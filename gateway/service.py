@@ -279,6 +279,16 @@ class Gateway:
 
     # -- the worker ----------------------------------------------------------------------------
 
+    def _now(self) -> int:
+        """The wall clock as the worker reads it. A step is noticed here, before anything uses
+        the stepped time: logged and counted, and the live view's time points move with it,
+        so that a step is not taken for time passing (no false "silent" or "no leader")."""
+        wall = self.clock()
+        step = self.upkeep.observe(wall, self.mono())
+        if step is not None:
+            self.ingest.tracker.shift(step)
+        return wall
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the worker thread that owns storage, tracker and codecs."""
         loop = asyncio.get_running_loop()
@@ -301,7 +311,7 @@ class Gateway:
     def _handle_frame(
         self, transport: str, data: bytes, topic_mesh: str | None
     ) -> tuple[str, str, bytes, list[dict[str, Any]]] | None:
-        now = self.clock()
+        now = self._now()
         try:
             mesh, msg = self.router.decode(data, now)
         except FrameDrop as drop:
@@ -346,11 +356,11 @@ class Gateway:
 
     def _tick(self) -> list[dict[str, Any]]:
         """Time-driven alerts, held changes, fence resets, retention, checkpoints, health."""
-        now = self.clock()
+        now = self._now()
         events = self.ingest.tick(now)
         events.extend(self.ingest.flush(now))
         events.extend(self.ingest.poll_fence_resets(now))
-        self.upkeep.tick(now, self.mono())
+        self.upkeep.tick(self._now(), self.mono())
         self.health_state.tick(now)
         if self.health_state.version != self._health_published:
             self._health_published = self.health_state.version
@@ -373,7 +383,7 @@ class Gateway:
                 alerts.append(dict(alert, id=alert.get("id"), cleared_ms=None))
         return {
             "type": "snapshot",
-            "now_ms": self.clock(),
+            "now_ms": self._now(),
             "meshes": self.ingest.mesh_states(),
             "elections": storage.elections(None, 200),
             "alerts": alerts,
@@ -383,7 +393,7 @@ class Gateway:
 
     def reset_fence(self, mesh: str, term: int, source: str) -> dict[str, Any] | None:
         """An operator's fence reset (API); applied to the live view and published at once."""
-        now = self.clock()
+        now = self._now()
         record = self.ingest.reset_fence(mesh, term, source, now)
         if record is not None:
             events = self.ingest.poll_fence_resets(now)
@@ -395,9 +405,9 @@ class Gateway:
         tracker = self.ingest.tracker
         for key, record in list(tracker.active.items()):
             if record.get("id") == alert_id:
+                now = self._now()
+                self.ingest.storage.clear_alert(alert_id, now)  # first: it may fail (503)
                 del tracker.active[key]
-                now = self.clock()
-                self.ingest.storage.clear_alert(alert_id, now)
                 event = dict(record, type="alert_cleared", cleared_ms=now)
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self.hub.publish, [event])
@@ -407,7 +417,7 @@ class Gateway:
     def health(self) -> dict[str, Any]:
         """``/healthz``: status ``ok``, or ``degraded`` while the storage fails; ``problems``
         says what is wrong (storage, a wall-clock step holding retention back)."""
-        now = self.clock()
+        now = self._now()
         health = self.health_state
         try:
             schema = getattr(self.ingest.storage, "schema_version", None)

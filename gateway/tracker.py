@@ -371,6 +371,22 @@ class Tracker:
 
     # -- time --------------------------------------------------------------------------------
 
+    def shift(self, step_ms: int) -> None:
+        """The wall clock stepped by ``step_ms``: move every time point durations are measured
+        from by as much, so the step does not count as time passing (ages stay right)."""
+        for state in self.meshes.values():
+            if state.last_ok_ms:
+                state.last_ok_ms += step_ms
+            if state.leader_since_ms:
+                state.leader_since_ms += step_ms
+            if state.split_seen_ms >= 0:
+                state.split_seen_ms += step_ms
+            for node in state.nodes.values():
+                node.last_seen_ms += step_ms
+            for times in (state.last_batch_ms, state.drop_seen_ms, state.refused_seen_ms):
+                for key in times:
+                    times[key] += step_ms
+
     def tick(self, now: int) -> list[Change]:
         """Raise and clear the alerts that depend on time passing."""
         config = self.config

@@ -37,10 +37,15 @@ class Upkeep:
             saved = (None, None)
         self.retention.start(saved, wall_ms, mono_ms)
 
-    def tick(self, wall_ms: int, mono_ms: int) -> None:
+    def observe(self, wall_ms: int, mono_ms: int) -> int | None:
+        """Compare the clocks at every read of the wall clock; the step (ms) if it stepped."""
         step = self.retention.observe(wall_ms, mono_ms)
         if step is not None:
             self.health.clock_stepped(step, wall_ms)
+        return step
+
+    def tick(self, wall_ms: int, mono_ms: int) -> None:
+        """The chores due now (the caller has just observed the clocks)."""
         if self.retention.due(mono_ms):
             self._purge(wall_ms, mono_ms)
         if self.health.degraded:

@@ -60,7 +60,8 @@ def clock_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_an_8_day_clock_step_deletes_nothing(tmp_path: Path, clock_file: Path) -> None:
     db = tmp_path / "gw.db"
-    gw = GatewayProcess(str(db), "--purge-every", "200ms").start()  # default retention: 7 days
+    # Default retention (7 days); a leader silent for a minute would be an alert.
+    gw = GatewayProcess(str(db), "--purge-every", "200ms", "--no-leader-after", "60s").start()
     try:
         assert "test clock hook on" in "".join(gw.output) or poll_until(
             lambda: "test clock hook on" in "".join(gw.output), 5
@@ -73,6 +74,8 @@ def test_an_8_day_clock_step_deletes_nothing(tmp_path: Path, clock_file: Path) -
         assert poll_until(lambda: metric(gw, "meshelect_gateway_clock_steps_total") == 1, WAIT_S)
         assert purges_after(gw, 3)
         assert stored(db) == 50
+        # The step is not taken for 8 days of silence: no "no leader" alert.
+        assert httpx.get(gw.url + "/api/alerts", timeout=5).json() == []
         health = httpx.get(gw.url + "/healthz", timeout=5).json()
         assert health["status"] == "ok"  # the gateway works; the step is a warning
         (problem,) = health["problems"]
@@ -117,5 +120,30 @@ def test_retention_still_deletes_what_it_observed_growing_old(
         assert poll_until(lambda: stored(db) == 0, WAIT_S)
         assert time.monotonic() - delivered >= 5.0
         assert metric(gw, "meshelect_gateway_purged_readings_total") == 10
+    finally:
+        assert gw.stop() == 0
+
+
+@pytest.mark.browser
+def test_dashboard_shows_the_clock_step(
+    tmp_path: Path, clock_file: Path, artifacts_dir: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    from tests.test_dashboard_browser import dashboard
+
+    gw = GatewayProcess(str(tmp_path / "gw.db")).start()
+    try:
+        deliver(BatchSender("m", "pi-1", gw.udp), 1)
+        with dashboard(gw.url) as (page, errors):
+            expect(page.locator('section.mesh[data-mesh="m"]')).to_be_visible()
+            banner = page.get_by_test_id("health")
+            expect(banner).to_be_hidden()
+            clock_file.write_text(str(8 * DAY_MS))
+            expect(banner.locator('[data-what="clock"]')).to_contain_text(
+                "wall clock stepped +691200 s"
+            )
+            page.screenshot(path=str(artifacts_dir / "dashboard-clock-step.png"))
+            assert errors == []
     finally:
         assert gw.stop() == 0

@@ -114,7 +114,7 @@ def test_a_stepped_purge_deletes_nothing_early(tmp_path: Path) -> None:
     upkeep = Upkeep(ingest.storage, Retention(7 * DAY, 365 * DAY, 600_000), ingest.health, counters)
     upkeep.start(WALL0, 0)
     upkeep.tick(WALL0 + 1000, 1000)  # first purge: nothing is old
-    upkeep.tick(WALL0 + 2000 + 8 * DAY, 2000)  # stepped: seen, counted
+    assert upkeep.observe(WALL0 + 2000 + 8 * DAY, 2000) == 8 * DAY  # stepped: seen, counted
     assert counters.clock_steps == 1
     upkeep.retention.done(2000, ok=False)  # make the next purge due at once
     upkeep.tick(WALL0 + 12_000 + 8 * DAY, 12_000)
@@ -132,6 +132,20 @@ def test_a_stepped_purge_deletes_nothing_early(tmp_path: Path) -> None:
     restarted.tick(WALL0 + 16 * DAY + 20_000, 7 * DAY + 20_000)
     assert again.reading_count() == 0
     again.close()
+
+
+def test_a_clock_step_is_not_taken_for_silence(tmp_path: Path) -> None:
+    config = TrackerConfig(silent_ms=4000, no_leader_ms=10_000)
+    ingest = Ingest(SqliteStorage(str(tmp_path / "gw.db")), Tracker(config), Counters())
+    ingest.receive("t", "m", "a", 1, batch("a", 1, range(1, 2), ["a", "b"]), WALL0)
+    assert ingest.tick(WALL0 + 1000) == []
+    ingest.tracker.shift(8 * DAY)  # what the gateway does when it sees the wall clock step
+    assert ingest.tick(WALL0 + 8 * DAY + 2000) == []
+    member = ingest.mesh_state("m")["members"][1]
+    assert member["last_seen_ms"] == WALL0 + 8 * DAY  # an age that is still right
+    # Real silence is still noticed, in the new clock.
+    raised = [e["kind"] for e in ingest.tick(WALL0 + 8 * DAY + 11_000) if e["type"] == "alert"]
+    assert raised == ["no_leader"]
 
 
 # ------------------------------------------------------------------------------ fencing
