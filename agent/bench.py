@@ -36,6 +36,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from agent import strict_cbor
 from agent.core.messages import ACK_FENCED, ACK_OK, BATCH, BATCH_ACK, Msg
 from agent.core.wire import Codec, WireError
 
@@ -51,7 +52,7 @@ class Sink:
     """Gateway logic for tests: fencing by term, dedup by (node, boot, seq), BATCH_ACK."""
 
     def __init__(self, mesh: str, key: bytes | None, out: Any) -> None:
-        self.codec = Codec(mesh, key, boot=int(time.time()))
+        self.codec = Codec(mesh, key, strict_cbor.dumps, strict_cbor.loads, boot=int(time.time()))
         self.mesh = mesh
         self.out = out
         self.highest_term = 0

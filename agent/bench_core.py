@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent import strict_cbor
 from agent.core.mesh import Mesh
 from agent.core.messages import HEARTBEAT, Msg
 from agent.core.node import ROLE_LEADER, Config
@@ -62,7 +63,13 @@ def settled_leader(mesh: Mesh) -> str | None:
 
 
 def heartbeat_bytes(tagged: bool) -> int:
-    codec = Codec("greenhouse-1", key=b"k" * 32 if tagged else None, boot=123456)
+    codec = Codec(
+        "greenhouse-1",
+        b"k" * 32 if tagged else None,
+        strict_cbor.dumps,
+        strict_cbor.loads,
+        boot=123456,
+    )
     beat = Msg(HEARTBEAT, "x" * 16, term=4242, flags=5, score=1000, heard=65535)
     beat.battery, beat.link = 1000, 1000
     codec.counter = 1 << 31  # a long-running node: the counter takes its widest encoding
@@ -75,7 +82,7 @@ def frame_bytes(codec: Codec, msg: Msg) -> int:
 
 def failover_run(n: int, crashes: int, heartbeat_ms: int, seed: int) -> dict[str, float]:
     mesh = build(n, heartbeat_ms, seed)
-    codec = Codec("bench", key=b"k" * 32)
+    codec = Codec("bench", b"k" * 32, strict_cbor.dumps, strict_cbor.loads)
     counted = {"messages": 0, "bytes": 0}
     original_after = mesh._after
 

@@ -54,9 +54,8 @@ DEFAULT_BAUD = 460800
 SOURCE_FILES = ("boot.py", "main.py")  # run by name at reset: must stay .py
 CONFIG_NAME = "config.json"
 MANIFEST_NAME = "manifest.json"
-# Agent modules the firmware never needs even if something imports them lazily
-# (agent.strict_cbor is CPython-only: wire.Codec falls back to lib/cbor.py without it).
-EXCLUDED_AGENT = ("agent.core.replay", "agent.core.mesh", "agent.strict_cbor")
+# Agent modules the firmware never needs even if something imports them lazily.
+EXCLUDED_AGENT = ("agent.core.replay", "agent.core.mesh")
 # Seconds for one mpremote / esptool run: flashing 1.6 MB at 460 kbaud takes ~40 s.
 TOOL_TIMEOUT_S = 180.0
 

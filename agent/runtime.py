@@ -28,6 +28,7 @@ from typing import Any
 
 import cbor2
 
+from agent import strict_cbor
 from agent.clock import PausableClock, real_ms
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.core.messages import (
@@ -100,7 +101,9 @@ class Agent:
         self.boot = boot
         self.counters: dict[str, int] = {}
         self.clock = PausableClock()
-        self.codec = Codec(cfg.mesh, cfg.mesh_key or None, boot=boot)
+        self.codec = Codec(
+            cfg.mesh, cfg.mesh_key or None, strict_cbor.dumps, strict_cbor.loads, boot=boot
+        )
         seed = cfg.seed or random.randrange(1, 2**31)
         self.node = Node(cfg.node_id, core_config(cfg), boot=boot, seed=seed)
         self.sensors = SensorHub.from_config(cfg.sensors)

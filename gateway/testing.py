@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+from agent import strict_cbor
 from agent.core import wire
 from agent.core.messages import BATCH, BATCH_ACK, Msg
 
@@ -194,7 +195,7 @@ class BatchSender:
         self.mesh = mesh
         self.leader = leader
         self.gateway = gateway
-        self.codec = wire.Codec(mesh, key, boot=boot)
+        self.codec = wire.Codec(mesh, key, strict_cbor.dumps, strict_cbor.loads, boot=boot)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((bind, 0))
         self.acks: list[list[Any]] = []
@@ -267,7 +268,7 @@ class MqttBatchSender:
 
         self.mesh = mesh
         self.leader = leader
-        self.codec = wire.Codec(mesh, key, boot=boot)
+        self.codec = wire.Codec(mesh, key, strict_cbor.dumps, strict_cbor.loads, boot=boot)
         self.topic = "%s/%s/batch" % (prefix, mesh)
         self._acks: queue.Queue[bytes] = queue.Queue()
         self._subscribed = threading.Event()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import runtime, status
+from agent import runtime, status, strict_cbor
 from agent.bench import Sink, read_jsonl
 from agent.clock import PausableClock
 from agent.config import ConfigError, from_dict, load_config
@@ -282,8 +282,8 @@ def test_sink_fences_lower_terms_and_dedups(tmp_path: Path) -> None:
     out_path = tmp_path / "sink.jsonl"
     with open(out_path, "w") as out:
         sink = Sink("m", None, out)
-        leader = Codec("m", None, boot=1)
-        gw_view = Codec("m", None, boot=1)
+        leader = Codec("m", None, strict_cbor.dumps, strict_cbor.loads, boot=1)
+        gw_view = Codec("m", None, strict_cbor.dumps, strict_cbor.loads, boot=1)
 
         def batch(term: int, batch_id: int, seqs: list[int]) -> bytes:
             body = {

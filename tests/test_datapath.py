@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import strict_cbor
 from agent.core import datapath
 from agent.core.datapath import (
     DROPPED_METRIC,
@@ -136,7 +137,7 @@ class MeshSim:
         self.pending_elections: list[list[Any]] = []
         self.blocked: set[tuple[str, str]] = set()  # (src, dst) links that lose everything
         self.gateway = GatewaySink()
-        self.gateway_codec = Codec(MESH, key=KEY, boot=1)
+        self.gateway_codec = Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads, boot=1)
         self.queue: list[tuple[int, int, str, bytes]] = []
         self.serial = 0  # heap tie-break, so equal times deliver in send order
         self.taken: dict[Key, tuple[int, dict[str, int]]] = {}
@@ -241,7 +242,9 @@ class MeshSim:
     def _boot_node(self, node: str) -> None:
         self.alive[node] = True
         self.buffers[node] = ReadingBuffer(node, self.boot[node], self.capacity)
-        self.codecs[node] = Codec(MESH, key=KEY, boot=self.boot[node])
+        self.codecs[node] = Codec(
+            MESH, KEY, strict_cbor.dumps, strict_cbor.loads, boot=self.boot[node]
+        )
         self.next_sample[node] = self.now + self.rng.randrange(self.sample_ms)
         self.view[node] = self.group_leader.get(self.group[node], (None, 0))
 
@@ -795,7 +798,9 @@ def test_collector_ack_confirms_each_member_in_compact_ranges() -> None:
     assert collector.on_batch_ack(batch["id"], ACK_OK, 11) == []  # a second ack is stale
     assert collector.stale_acks == 1
     for msg in make_ack_messages("pi-1", 1, confirmations):
-        Codec(MESH, key=KEY).encode(msg)  # every ack frame is one the wire accepts
+        Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads).encode(
+            msg
+        )  # every ack frame is one the wire accepts
 
 
 def test_collector_fenced_ack_discards_and_stops_until_a_newer_term() -> None:
@@ -875,7 +880,7 @@ def test_readings_frames_stay_under_the_budget_at_worst_case_sizes() -> None:
     readings = buffer.due(0, WORST_ID, 0xFFFFFFFF, 64)
     messages = make_messages(WORST_ID, WORST_ID, 0xFFFFFFFF, readings)
     assert sum(len(m.body) for m in messages) == 40
-    codec = Codec(MESH, key=KEY, boot=0xFFFFFFFF)
+    codec = Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads, boot=0xFFFFFFFF)
     codec.counter = 0xFFFFFFFF - 100
     for msg in messages:
         assert len(codec.encode(msg)) <= READINGS_FRAME_BYTES
@@ -896,7 +901,9 @@ def test_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes() -> None:
         collector.add(readings, sender)
     members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(40)]
     elections = [[0xFFFFFFFF, WORST_ID, "r" * datapath.MAX_REASON_BYTES]] * 8
-    codec = Codec("m" * datapath.MAX_MESH_BYTES, key=KEY, boot=0xFFFFFFFF)
+    codec = Codec(
+        "m" * datapath.MAX_MESH_BYTES, KEY, strict_cbor.dumps, strict_cbor.loads, boot=0xFFFFFFFF
+    )
     codec.counter = 0xFFFFFFFF - 100
     sent = 0
     now = 0
@@ -1002,7 +1009,9 @@ def test_small_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes(
         collector.add(readings, sender)
     members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(30)]
     elections = [[0xFFFFFFFF - i, WORST_ID, "r" * datapath.MAX_REASON_BYTES] for i in range(4)]
-    codec = Codec("m" * datapath.MAX_MESH_BYTES, key=KEY, boot=0xFFFFFFFF)
+    codec = Codec(
+        "m" * datapath.MAX_MESH_BYTES, KEY, strict_cbor.dumps, strict_cbor.loads, boot=0xFFFFFFFF
+    )
     codec.counter = 0xFFFFFFFF - 1000
     sent = 0
     seen_members: set[str] = set()
@@ -1035,7 +1044,7 @@ def test_max_frame_bytes_defaults_to_the_codec_limit_and_is_checked() -> None:
     collector = Collector("pi-1", MESH, 64, batch_ms=0, max_frame_bytes=1400)
     for seq in range(1, 65):
         collector.add([[1, seq, 0, {"temp_mc": 21000, "hum_mpct": 40000}]], "n%02d" % (seq % 10))
-    codec = Codec(MESH, key=KEY)
+    codec = Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads)
     batch = collector.due_batch(0, 1)
     assert batch is not None
     assert 0 < len(batch["readings"]) < 64  # split into datagram-sized batches

@@ -10,6 +10,7 @@ from typing import Any
 import cbor2
 import pytest
 
+from agent import strict_cbor
 from agent.core import auth, batchcheck, messages, wire
 from agent.core.messages import (
     ACK_FENCED,
@@ -59,8 +60,13 @@ SAMPLES = [
 ]
 
 
-def codec(key: bytes | None = KEY, **kw: Any) -> wire.Codec:
-    return wire.Codec(MESH, key=key, **kw)
+def codec(
+    key: bytes | None = KEY,
+    dumps: Any = strict_cbor.dumps,
+    loads: Any = strict_cbor.loads,
+    **kw: Any,
+) -> wire.Codec:
+    return wire.Codec(MESH, key, dumps, loads, **kw)
 
 
 def raw_frame(arr: list[Any], key: bytes | None = KEY) -> bytes:
@@ -248,7 +254,7 @@ def test_mesh_hash_is_first_two_sha256_bytes() -> None:
 
 
 def test_other_mesh_is_dropped_before_the_tag_is_checked() -> None:
-    other = wire.Codec("barn", key=b"another key")
+    other = wire.Codec("barn", b"another key", strict_cbor.dumps, strict_cbor.loads)
     expect_drop(codec(), other.encode(SAMPLES[0]), wire.OTHER_MESH)
 
 
@@ -419,7 +425,9 @@ def test_codec_arguments() -> None:
         codec(boot=-1)
     with pytest.raises(ValueError, match="max_senders"):
         codec(max_senders=0)
-    tx = wire.Codec(MESH, key="mesh-key-of-greenhouse")  # str keys are UTF-8
+    tx = wire.Codec(
+        MESH, "mesh-key-of-greenhouse", strict_cbor.dumps, strict_cbor.loads
+    )  # str keys are UTF-8
     assert codec().decode(tx.encode(SAMPLES[3]), 0) == SAMPLES[3]
 
 

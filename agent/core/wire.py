@@ -3,9 +3,9 @@
     frame = cbor([vk, mesh_hash, sender, boot, counter, *body_fields]) + tag
 
 See docs/design.md ("Wire format") for the layout and docs/wire.md for the field ranges and
-the order of the checks. Runs on CPython and MicroPython: the CBOR functions are injected
-(cbor2 by default on CPython, ``firmware/lib/cbor.py`` on MicroPython), nothing here does
-I/O or reads a clock (``now`` is passed in, in ms).
+the order of the checks. Runs on CPython and MicroPython: the caller passes the CBOR
+functions in (``agent/strict_cbor.py`` on CPython, ``firmware/lib/cbor.py`` on MicroPython),
+nothing here does I/O or reads a clock (``now`` is passed in, in ms).
 
 Theory of operation for ``Codec.decode`` (cheapest and least trusting first):
 
@@ -129,9 +129,10 @@ class Codec:
     """Encodes and decodes the frames of one mesh, for one local sender.
 
     ``key``: the mesh key (bytes or str), or None for unauthenticated frames.
-    ``dumps``/``loads``: CBOR functions; default cbor2 on CPython (MicroPython: pass
-    ``cbor.dumps, cbor.loads`` from firmware/lib). ``boot``: this node's persisted boot
-    counter, grown at every boot. ``max_senders``: bound of the replay table.
+    ``dumps``/``loads``: the CBOR functions, always given by the caller, so this module
+    imports nothing of either runtime: ``agent.strict_cbor`` on CPython, ``cbor`` from
+    firmware/lib on MicroPython. ``boot``: this node's persisted boot counter, grown at
+    every boot. ``max_senders``: bound of the replay table.
     ``check_batches``: with False, the codec never loads the BATCH body check
     (agent/core/batchcheck.py): a received BATCH frame is dropped (``no_batches``) and an
     encoded one goes out with its body unchecked. For nodes that only send batches they
@@ -141,25 +142,13 @@ class Codec:
     def __init__(
         self,
         mesh,
-        key=None,
-        dumps=None,
-        loads=None,
+        key,
+        dumps,
+        loads,
         boot=0,
         max_senders=_MAX_SENDERS,
         check_batches=True,
     ):
-        if dumps is None or loads is None:
-            # CPython: cbor2 made strict (agent/strict_cbor.py, CPython-only, left out of the
-            # firmware build). MicroPython, or no cbor2: firmware/lib/cbor.py on a board's /lib.
-            try:
-                from agent import strict_cbor as default
-            except ImportError:
-                try:
-                    import cbor as default
-                except ImportError:
-                    raise ImportError("no CBOR codec: pass dumps= and loads= to Codec") from None
-            dumps = dumps or default.dumps
-            loads = loads or default.loads
         if isinstance(key, (bytes, bytearray, str)) and len(key) == 0:
             raise ValueError("empty mesh key: pass None for unauthenticated frames")
         if type(boot) is not int or not 0 <= boot <= _U32:

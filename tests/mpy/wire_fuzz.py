@@ -77,7 +77,7 @@ def main():
     random.seed(int(sys.argv[1]))
     count = int(sys.argv[2])
     frames = seeds()
-    plain = Codec(MESH, dumps=cbor.dumps, loads=cbor.loads)
+    plain = Codec(MESH, None, cbor.dumps, cbor.loads)
     keyed = Codec(MESH, key=KEY, dumps=cbor.dumps, loads=cbor.loads)
     decoded = 0
     accepted = 0
