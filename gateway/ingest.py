@@ -11,15 +11,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from agent.core.messages import ACK_OK, ACK_REJECTED
 from gateway.batch import Batch, BatchError, parse_batch
 from gateway.metrics import Counters
-from gateway.storage import STATUS_OK, Storage
+from gateway.storage import Storage
 from gateway.tracker import Change, Tracker
-
-# BATCH_ACK statuses (agent/core/messages.py: ACK_OK, ACK_FENCED, ACK_REJECTED).
-ACK_OK = 0
-ACK_FENCED = 1
-ACK_REJECTED = 2
 
 # How much of the history to reload into the tracker after a restart.
 _RESTORE_ELECTIONS = 500
@@ -57,7 +53,7 @@ class Ingest:
             return self._reject(transport, body, "batch_" + exc.reason)
 
         outcome = self.storage.ingest(term, batch, now_ms)
-        accepted = outcome.status == STATUS_OK
+        accepted = outcome.status == ACK_OK
         self.counters.count_batch(transport, outcome.status)
         events: list[dict[str, Any]] = []
         if accepted:
@@ -81,8 +77,7 @@ class Ingest:
         events.extend(self._apply(changes, now_ms))
         if accepted or changes:
             events.append({"type": "mesh", "mesh": self.mesh_state(mesh)})
-        status = ACK_OK if accepted else ACK_FENCED
-        return IngestResult(status, outcome.highest_term, batch.batch_id, "", events)
+        return IngestResult(outcome.status, outcome.highest_term, batch.batch_id, "", events)
 
     def tick(self, now_ms: int) -> list[dict[str, Any]]:
         """Time-driven alerts (no leader, silent node); returns live-feed events."""
@@ -130,7 +125,7 @@ class Ingest:
     # -- helpers -----------------------------------------------------------------------------
 
     def _reject(self, transport: str, body: Any, reason: str) -> IngestResult:
-        self.counters.count_batch(transport, "rejected")
+        self.counters.count_batch(transport, ACK_REJECTED)
         self.counters.count_drop(transport, reason)
         batch_id = body.get("id") if isinstance(body, dict) else None
         if not (type(batch_id) is int and batch_id >= 0) and not isinstance(batch_id, str):

@@ -15,14 +15,12 @@ import json
 import sqlite3
 from typing import Any, NamedTuple, Protocol
 
+from agent.core.messages import ACK_FENCED, ACK_OK
 from gateway.batch import Batch, Member
-
-STATUS_OK = "ok"
-STATUS_FENCED = "fenced"
 
 
 class IngestOutcome(NamedTuple):
-    status: str  # STATUS_OK or STATUS_FENCED
+    status: int  # the BATCH_ACK status: ACK_OK, or ACK_FENCED (a higher term is stored)
     highest_term: int  # the mesh's highest term after this batch
     inserted: int  # readings stored now
     duplicates: int  # readings already stored before (dedup hits)
@@ -244,7 +242,7 @@ class SqliteStorage:
             )
             if highest > term:
                 db.execute("ROLLBACK")
-                return IngestOutcome(STATUS_FENCED, highest, 0, 0, False)
+                return IngestOutcome(ACK_FENCED, highest, 0, 0, False)
             before = db.total_changes
             db.execute(
                 "INSERT OR IGNORE INTO batches VALUES (?, ?, ?, ?, ?, ?)",
@@ -299,9 +297,7 @@ class SqliteStorage:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return IngestOutcome(
-            STATUS_OK, highest, inserted, len(batch.readings) - inserted, new_batch
-        )
+        return IngestOutcome(ACK_OK, highest, inserted, len(batch.readings) - inserted, new_batch)
 
     def _upsert_members(self, mesh: str, members: list[Member], now_ms: int) -> None:
         self._db.executemany(

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
 from gateway.batch import BatchError, parse_batch
-from gateway.ingest import ACK_FENCED, ACK_OK, ACK_REJECTED, Ingest
+from gateway.ingest import Ingest
 from gateway.metrics import Counters, MetricsRenderer
 from gateway.storage import MIGRATIONS, SqliteStorage
 from gateway.tracker import Tracker, TrackerConfig
