@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from agent import strict_cbor
 from agent.core import datapath
+from agent.core.batchcheck import check_batch
 from agent.core.datapath import (
     DROPPED_METRIC,
     MAX_IN_FLIGHT,
@@ -866,10 +867,27 @@ def test_big_mesh_views_are_reported_in_turns() -> None:
     assert collector.due_batch(3, 1, [["n1", 2**40, 0, 0, 0, 0]])["members"] == []
 
 
+def test_mesh_view_rows_are_checked_with_the_batch_schema() -> None:
+    """The collector keeps out of its batches the members and elections rows that the batch
+    schema (the gateway's check) refuses, and, for elections, reasons over the 16 bytes that
+    its frame budget allows."""
+    collector = Collector("pi-1", MESH, 8)
+    collector.add([[1, 1, 0, {"t": 1}]], "esp-3")
+    members = [["a", 900, 900, 900, 0, 0], ["b", 2**31, 0, 0, 0, 0], ("c", 1, 1, 1, 1, 1)]
+    elections = [[3, "pi-1", "start"], [2, None, 7], [1, "pi-1", ""], [1, "pi-1", "r" * 17]]
+    batch = collector.due_batch(0, 3, members, elections)
+    assert batch is not None
+    assert [row[0] for row in batch["members"]] == ["a", "c"]
+    assert batch["elections"] == [[3, "pi-1", "start"], [2, None, 7]]
+    assert collector.invalid_view == 3
+    assert check_batch(batch) is None
+
+
 # -------------------------------------------------------------------------- frames and sizes
 
 WORST_METRICS = {"m%015d" % i: -datapath.MAX_VALUE for i in range(datapath.MAX_METRICS)}
 WORST_ID = "x" * datapath.MAX_NAME_BYTES
+WORST_REASON = "r" * datapath.MAX_REASON_BYTES
 
 
 def test_readings_frames_stay_under_the_budget_at_worst_case_sizes() -> None:
@@ -900,7 +918,7 @@ def test_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes() -> None:
         readings[0][3][DROPPED_METRIC] = datapath.MAX_VALUE  # fills the dropped table too
         collector.add(readings, sender)
     members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(40)]
-    elections = [[0xFFFFFFFF, WORST_ID, "r" * datapath.MAX_REASON_BYTES]] * 8
+    elections = [[0xFFFFFFFF, WORST_ID, WORST_REASON]] * 8
     codec = Codec(
         "m" * datapath.MAX_MESH_BYTES, KEY, strict_cbor.dumps, strict_cbor.loads, boot=0xFFFFFFFF
     )
@@ -1008,7 +1026,7 @@ def test_small_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes(
         readings[0][3][DROPPED_METRIC] = datapath.MAX_VALUE
         collector.add(readings, sender)
     members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(30)]
-    elections = [[0xFFFFFFFF - i, WORST_ID, "r" * datapath.MAX_REASON_BYTES] for i in range(4)]
+    elections = [[0xFFFFFFFF - i, WORST_ID, WORST_REASON] for i in range(4)]
     codec = Codec(
         "m" * datapath.MAX_MESH_BYTES, KEY, strict_cbor.dumps, strict_cbor.loads, boot=0xFFFFFFFF
     )

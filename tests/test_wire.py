@@ -11,7 +11,7 @@ import cbor2
 import pytest
 
 from agent import strict_cbor
-from agent.core import auth, batchcheck, messages, wire
+from agent.core import auth, batchcheck, datapath, messages, wire
 from agent.core.messages import (
     ACK_FENCED,
     ACK_OK,
@@ -533,21 +533,15 @@ def test_drops_are_counted_by_reason() -> None:
 
 
 def test_batchcheck_bounds_agree_with_wire() -> None:
-    # batchcheck.py repeats some of wire.py's bounds (underscored consts cannot be imported
-    # on MicroPython); on CPython both are module attributes.
-    for name in (
-        "_MAX_ID_BYTES",
-        "_MAX_NAME_BYTES",
-        "_U8",
-        "_U16",
-        "_U32",
-        "_U64",
-        "_I32_MIN",
-        "_I32_MAX",
-        "_I64_MIN",
-        "_I64_MAX",
-    ):
+    # batchcheck.py and datapath.py repeat some of wire.py's bounds (underscored consts cannot
+    # be imported on MicroPython); on CPython all are module attributes.
+    for name in ("_MAX_ID_BYTES", "_MAX_NAME_BYTES", "_U32", "_I64_MIN", "_I64_MAX"):
         assert getattr(batchcheck, name) == getattr(wire, name), name
+    for name in ("_I32_MIN", "_I32_MAX", "_U16", "_U8", "_I64_MAX"):
+        assert getattr(datapath, name) == getattr(wire, name), name
+    assert datapath._MAX_TEXT_BYTES == wire._MAX_NAME_BYTES
+    assert datapath.MAX_NAME_BYTES == wire._MAX_ID_BYTES  # node ids in the data path
+    assert datapath.MAX_U32 == wire._U32
     assert wire._TAG_BYTES == auth.TAG_BYTES
 
 

@@ -449,7 +449,8 @@ def _check_fields(kind, arr, batches):
             # Imported on first use: a codec made with check_batches=False never loads it.
             from agent.core.batchcheck import check_batch
 
-            return check_batch(arr[6])
+            why = check_batch(arr[6])
+            return why and "batch " + why
     elif kind != LEAVE:  # READINGS, READINGS_ACK, BATCH_ACK: a target, then a list
         if not _text(arr[6], _MAX_ID_BYTES):
             return "target"
