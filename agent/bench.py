@@ -37,6 +37,7 @@ from functools import partial
 from typing import Any
 
 from agent import strict_cbor
+from agent.core import topics
 from agent.core.messages import ACK_FENCED, ACK_OK, BATCH, BATCH_ACK, Msg
 from agent.core.wire import Codec, WireError
 
@@ -155,12 +156,11 @@ async def _run_sink(args: argparse.Namespace) -> None:
         def reply_mqtt(payload: bytes) -> None:
             reply = sink.handle(payload)
             if reply is not None:
-                client.publish(
-                    "%s/%s/batch-ack/%s" % (prefix, args.mesh, reply[0]), reply[1], qos=1
-                )
+                ack_topic = topics.topic(prefix, args.mesh, topics.BATCH_ACK, reply[0])
+                client.publish(ack_topic, reply[1], qos=topics.qos(topics.BATCH_ACK))
 
         def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-            c.subscribe("%s/+/batch" % prefix, qos=1)
+            c.subscribe(topics.batch_filter(prefix), qos=topics.qos(topics.BATCH))
 
         client.on_message = on_message
         client.on_connect = on_connect
@@ -216,7 +216,7 @@ def sink_cli(argv: list[str]) -> int:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=GATEWAY_PORT)
     p.add_argument("--mqtt", help="HOST:PORT: take batches from a broker instead of UDP")
-    p.add_argument("--mqtt-prefix", default="meshelect")
+    p.add_argument("--mqtt-prefix", default=topics.DEFAULT_PREFIX)
     p.add_argument("--mdns", help="advertise _meshelect-gw._udp on this IPv4 address")
     args = p.parse_args(argv)
     asyncio.run(_run_sink(args))

@@ -10,6 +10,8 @@ import socket
 import tomllib
 from typing import Any
 
+from agent.core import topics
+
 TRANSPORTS = ("udp", "mqtt")
 LOG_FORMATS = ("text", "json")
 SENSOR_TYPES = ("cpu_temp", "load", "battery", "wireless", "simulated")
@@ -136,7 +138,7 @@ class UdpConfig:
 class MqttConfig:
     def __init__(self, t: _Table) -> None:
         self.broker = parse_host_port("mqtt.broker", t.string("broker", ""), 1883)
-        self.prefix = t.string("prefix", "meshelect")
+        self.prefix = t.string("prefix", topics.DEFAULT_PREFIX)
         if not self.prefix or any(ch in self.prefix for ch in "+#"):
             raise ConfigError("mqtt.prefix", "must be non-empty without + or #")
         self.username = t.string("username", "")

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from agent.core import topics
 from gateway.app import create_app
 from gateway.events import EventHub
 from gateway.frames import FrameDrop, FrameRouter
@@ -64,7 +65,7 @@ class GatewayConfig:
         mdns_interfaces: list[str] | None = None,
         mqtt_host: str | None = None,
         mqtt_port: int = 1883,
-        mqtt_prefix: str = "meshelect",
+        mqtt_prefix: str = topics.DEFAULT_PREFIX,
         mqtt_tls: bool = False,
         mqtt_ca: str | None = None,
         mqtt_cert: str | None = None,

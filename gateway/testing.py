@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from agent import strict_cbor
-from agent.core import wire
+from agent.core import topics, wire
 from agent.core.messages import BATCH, BATCH_ACK, Msg
 
 _READY = re.compile(r"meshelect gateway: http://([\d.]+):(\d+)/ udp (?:([\d.]+):(\d+)|off)")
@@ -257,7 +257,7 @@ class MqttBatchSender:
         leader: str,
         broker: tuple[str, int],
         key: bytes | None = None,
-        prefix: str = "meshelect",
+        prefix: str = topics.DEFAULT_PREFIX,
         boot: int = 1,
         tls_ca: str | None = None,
         user: tuple[str, str] | None = None,
@@ -269,7 +269,7 @@ class MqttBatchSender:
         self.mesh = mesh
         self.leader = leader
         self.codec = wire.Codec(mesh, key, strict_cbor.dumps, strict_cbor.loads, boot=boot)
-        self.topic = "%s/%s/batch" % (prefix, mesh)
+        self.topic = topics.topic(prefix, mesh, topics.BATCH)
         self._acks: queue.Queue[bytes] = queue.Queue()
         self._subscribed = threading.Event()
         client = mqtt.Client(
@@ -277,8 +277,10 @@ class MqttBatchSender:
             client_id="test-%s-%s" % (mesh, leader),
             protocol=mqtt.MQTTv5,
         )
-        ack_topic = "%s/%s/batch-ack/%s" % (prefix, mesh, leader)
-        client.on_connect = lambda c, u, f, r, p: c.subscribe(ack_topic, qos=1)
+        ack_topic = topics.topic(prefix, mesh, topics.BATCH_ACK, leader)
+        client.on_connect = lambda c, u, f, r, p: c.subscribe(
+            ack_topic, topics.qos(topics.BATCH_ACK)
+        )
         client.on_subscribe = lambda c, u, m, r, p: self._subscribed.set()
         client.on_message = lambda c, u, message: self._acks.put(bytes(message.payload))
         if tls_ca:
