@@ -322,7 +322,8 @@ def flash(port: str, image: str, chip: str, baud: int, dry_run: bool) -> None:
 
 
 def device_config(data: dict[str, Any]) -> dict[str, Any]:
-    """The device's config.json content from a node.toml table (checked like the board does).
+    """The device's config.json content from a node.toml table, checked as the board does (by
+    firmware/app/config.py, whose core settings are checked by the core's own rules).
 
     The TOML uses the Pi agent's keys (node_id, mesh, mesh_key in hex, heartbeat_ms, [udp],
     [mqtt], [gateway], [discovery], [election], [score], [data]) plus [wifi] and [hw].
@@ -450,8 +451,8 @@ def deploy(
     log: Any = print,
 ) -> list[str]:
     """Copy what differs to the board; returns the paths copied."""
+    device = device_config(config)  # a bad config is refused before anything else is looked at
     manifest = load_manifest(build_dir)
-    device = device_config(config)
     with tempfile.TemporaryDirectory(prefix="meshelect-deploy-") as tmp:
         stage = Path(tmp)
         wanted: dict[str, str] = {}

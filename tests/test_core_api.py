@@ -6,7 +6,9 @@ import ast
 import re
 from pathlib import Path
 
-from agent.core import topics
+import pytest
+
+from agent.core import datapath, node, topics
 
 CORE = Path(__file__).resolve().parent.parent / "agent" / "core"
 
@@ -16,11 +18,11 @@ SHARED_MODULES = {"micropython", "hashlib", "json", "sys", "gc", "heapq", "uheap
 
 def _imported(path: Path) -> set[str]:
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
+    for item in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(item, ast.Import):
+            names.update(alias.name for alias in item.names)
+        elif isinstance(item, ast.ImportFrom) and item.module:
+            names.add(item.module)
     return names
 
 
@@ -38,12 +40,45 @@ def test_the_mqtt_topic_table_in_the_design_is_the_code() -> None:
     kinds = [getattr(topics, name) for name in dir(topics) if name.isupper()]
     kinds = [kind for kind in kinds if isinstance(kind, str) and kind != topics.DEFAULT_PREFIX]
     assert sorted(kind for kind, _, _ in rows) == sorted(kinds)
-    for kind, node, qos in rows:
-        name = topics.topic("P", "<mesh>", kind, "<%s>" % node if node else None)
-        assert name == "P/<mesh>/" + kind + ("/<%s>" % node if node else "")
+    for kind, who, qos in rows:
+        name = topics.topic("P", "<mesh>", kind, "<%s>" % who if who else None)
+        assert name == "P/<mesh>/" + kind + ("/<%s>" % who if who else "")
         assert topics.qos(kind) == int(qos), kind
     assert topics.batch_filter("P") == "P/+/batch"
     assert topics.batch_mesh("P", topics.topic("P", "m-1", topics.BATCH)) == "m-1"
     for other in ("P/m/election", "P/a/b/batch", "Q/m/batch", "P//batch", "P/m/batch/x"):
         assert topics.batch_mesh("P", other) is None, other
     assert (topics.ONLINE, topics.OFFLINE) == (b"online", b"offline")
+
+
+def test_the_settings_table_in_the_design_is_the_code() -> None:
+    text = (CORE.parent.parent / "docs" / "design.md").read_text()
+    rows = re.findall(r"^\| `([a-z_.]+)` \| (\d+)\.\.(\d+)\b[^|]*\| (\d+)\b[^|]*\|$", text, re.M)
+    assert sorted(name for name, _, _, _ in rows) == sorted(
+        ["heartbeat_ms"]
+        + ["election." + k for k in ("margin", "quorum", "max_peers")]
+        + ["election." + k for k in ("suspect_intervals", "listen_intervals")]
+        + ["score." + k for k in ("battery", "link", "low_battery")]
+    )
+
+    def config(name: str, value: int | None) -> node.Config:
+        table, _, key = name.rpartition(".")
+        given = {} if value is None else {key: value}
+        if table:
+            return node.make_config(election=given if table == "election" else None,
+                                    score=given if table == "score" else None)  # fmt: skip
+        return node.make_config(**given)
+
+    def value(cfg: node.Config, name: str) -> int:
+        table, _, key = name.rpartition(".")
+        return getattr(cfg.weights if table == "score" else cfg, key)
+
+    for name, low, high, default in rows:
+        assert value(config(name, None), name) == int(default), name
+        for good in (int(low), int(high)):
+            assert value(config(name, good), name) == good, name
+        for bad in (int(low) - 1, int(high) + 1):
+            with pytest.raises(ValueError, match="^%s: " % re.escape(name)):
+                config(name, bad)
+    assert node.MAX_NODE_ID_BYTES == 16 and datapath.MAX_MESH_BYTES == 32
+    assert "| `node_id` | 1..16 UTF-8 bytes |" in text and "| `mesh` | 1..32 UTF-8 bytes |" in text
