@@ -111,7 +111,7 @@ class Sink:
             target=msg.sender,
             body=[batch.get("id", 0), status, self.highest_term],
         )
-        return msg.sender, self.codec.encode(ack)
+        return msg.sender, bytes(self.codec.encode(ack))
 
     def _emit(self, record: dict[str, Any]) -> None:
         record["wall"] = time.time()

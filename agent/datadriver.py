@@ -119,7 +119,7 @@ class DataPathDriver:
                 confirmations.append((member, ranges))
         for ack in datapath.make_ack_messages(self.cfg.node_id, self.node.term, confirmations):
             frame = self.encode(ack)
-            if frame is not None:
+            if frame is not None and ack.target is not None:
                 self.transport.send_readings_ack(ack.target, frame)
 
     # ---- the election moved, a reading was taken ------------------------------------------

@@ -204,7 +204,7 @@ class Agent:
 
     def _encode(self, msg: Msg) -> bytes | None:
         try:
-            frame: bytes = self.codec.encode(msg)
+            frame = bytes(self.codec.encode(msg))  # already bytes with strict_cbor: no copy
         except WireError as exc:
             self.count("encode_errors")
             self.log.error("encode_failed", kind=msg.kind, error=str(exc))

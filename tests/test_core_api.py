@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,32 @@ def test_the_settings_table_in_the_design_is_the_code() -> None:
                 config(name, bad)
     assert node.MAX_NODE_ID_BYTES == 16 and datapath.MAX_MESH_BYTES == 32
     assert "| `node_id` | 1..16 UTF-8 bytes |" in text and "| `mesh` | 1..32 UTF-8 bytes |" in text
+
+
+# The core's modules whose API CPython code uses: each has a stub beside it (agent/core/*.pyi).
+# _compat is the core's own shim and __init__ holds nothing.
+def _core_modules() -> list[str]:
+    return sorted(
+        "agent.core." + path.stem
+        for path in CORE.glob("*.py")
+        if path.stem not in ("__init__", "_compat")
+    )
+
+
+def test_every_core_module_has_a_stub() -> None:
+    missing = [name for name in _core_modules() if not (CORE / (name[11:] + ".pyi")).is_file()]
+    assert missing == [], "write agent/core/<module>.pyi for %s" % missing
+
+
+def test_the_stubs_say_what_the_core_has() -> None:
+    """mypy's stubtest imports each module and compares it with its stub: every public name,
+    each signature and default, the value of every Final constant."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", *_core_modules()],
+        cwd=CORE.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
