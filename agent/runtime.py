@@ -42,7 +42,7 @@ from agent.core.messages import (
     READINGS_ACK,
     Msg,
 )
-from agent.core.node import ROLE_DOWN, ROLE_LEADER, ROLE_NAMES, Config, Node
+from agent.core.node import MAX_NODE_ID_BYTES, ROLE_DOWN, ROLE_LEADER, ROLE_NAMES, Config, Node
 from agent.core.score import Weights
 from agent.core.wire import Codec, WireError
 from agent.datadriver import DataPathDriver
@@ -560,8 +560,8 @@ def cli(argv: list[str] | None = None) -> int:
         if args.state_dir:
             cfg.state_dir = args.state_dir
         if args.node_id:
-            if not 1 <= len(args.node_id.encode()) <= 16:
-                raise ConfigError("node_id", "must be 1..16 bytes of UTF-8")
+            if not 1 <= len(args.node_id.encode()) <= MAX_NODE_ID_BYTES:
+                raise ConfigError("node_id", "must be 1..%d bytes of UTF-8" % MAX_NODE_ID_BYTES)
             cfg.node_id = args.node_id
         boot = next_boot(cfg.state_dir)
         log = EventLog(cfg.node_id, cfg.log_format, min_level=cfg.log_level)
