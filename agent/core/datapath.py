@@ -960,8 +960,8 @@ def _member_row(item):
     )
 
 
-def _election_row(item, reason_bytes=_MAX_TEXT_BYTES):
-    # [term u32, leader id or None, reason: text of 1..reason_bytes (32) bytes or a u32 code]
+def _election_row(item, hi=_MAX_TEXT_BYTES):
+    # [term u32, leader id or None, reason: text of 1..hi (32) bytes or a u32 code]
     if type(item) not in (list, tuple) or len(item) != 3:
         return False
     term, leader, reason = item
@@ -969,7 +969,7 @@ def _election_row(item, reason_bytes=_MAX_TEXT_BYTES):
         return False
     if _is_int(reason):
         return 0 <= reason <= MAX_U32
-    return isinstance(reason, str) and 0 < len(reason.encode()) <= reason_bytes
+    return isinstance(reason, str) and 0 < len(reason.encode()) <= hi
 
 
 def _is_reading(item):

@@ -146,14 +146,18 @@ class Config:
         suspect_intervals=_SUSPECT_INTERVALS,
         listen_intervals=_LISTEN_INTERVALS,
     ):
-        _setting("heartbeat_ms", heartbeat_ms, _MIN_HEARTBEAT_MS, _MAX_HEARTBEAT_MS)
-        _setting("election.margin", margin, 0, SCORE_MAX)
-        _setting("election.quorum", quorum, 0, _MAX_QUORUM)  # 0: no quorum mode
-        _setting("election.max_peers", max_peers, 1, _MAX_MAX_PEERS)
+        _setting(None, "heartbeat_ms", heartbeat_ms, _MIN_HEARTBEAT_MS, _MAX_HEARTBEAT_MS)
+        _setting("election", "margin", margin, 0, SCORE_MAX)
+        _setting("election", "quorum", quorum, 0, _MAX_QUORUM)  # 0: no quorum mode
+        _setting("election", "max_peers", max_peers, 1, _MAX_MAX_PEERS)
         _setting(
-            "election.suspect_intervals", suspect_intervals, _MIN_SUSPECT_INTERVALS, _MAX_INTERVALS
+            "election",
+            "suspect_intervals",
+            suspect_intervals,
+            _MIN_SUSPECT_INTERVALS,
+            _MAX_INTERVALS,
         )
-        _setting("election.listen_intervals", listen_intervals, 0, _MAX_INTERVALS)
+        _setting("election", "listen_intervals", listen_intervals, 0, _MAX_INTERVALS)
         self.heartbeat_ms = heartbeat_ms
         self.margin = margin
         self.quorum = quorum

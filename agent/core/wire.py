@@ -450,7 +450,7 @@ def _check_fields(kind, arr, batches):
             from agent.core.batchcheck import check_batch
 
             why = check_batch(arr[6])
-            return why and "batch " + why
+            return why and "%s.%s" % ("batch", why)  # "batch.readings" (no new interned name)
     elif kind != LEAVE:  # READINGS, READINGS_ACK, BATCH_ACK: a target, then a list
         if not _text(arr[6], _MAX_ID_BYTES):
             return "target"
