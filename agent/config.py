@@ -216,7 +216,8 @@ class AgentConfig:
         # and ranges (agent/core/node.py make_config; the firmware takes them from there too).
         election = dict(t.table("election").data)
         election.setdefault("max_peers", PI_MAX_PEERS)
-        given = {} if t._get("heartbeat_ms") is None else {"heartbeat_ms": t._get("heartbeat_ms")}
+        heartbeat = t._get("heartbeat_ms")
+        given = {} if heartbeat is None else {"heartbeat_ms": heartbeat}
         try:
             core = make_config(election=election, score=t.table("score").data, **given)
         except ValueError as exc:
