@@ -18,8 +18,8 @@ import pytest
 
 from agent.core import topics
 from agent.status import read_status
-from tests.helpers.broker import Mosquitto
-from tests.helpers.waiting import poll_until
+from testkit.broker import Mosquitto
+from testkit.waiting import poll_until
 
 pytestmark = pytest.mark.broker
 

@@ -20,7 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent.core import topics
-from agent.transport import FrameHandler, Transport, format_address
+from agent.transport.base import FrameHandler, Transport, format_address
 
 QOS_ELECTION = topics.qos(topics.ELECTION)
 QOS_DATA = topics.qos(topics.READINGS)
