@@ -31,6 +31,7 @@ import cbor2
 from agent import strict_cbor
 from agent.clock import PausableClock, real_ms
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.core.batchcheck import check_batch
 from agent.core.messages import (
     BATCH,
     BATCH_ACK,
@@ -101,8 +102,14 @@ class Agent:
         self.boot = boot
         self.counters: dict[str, int] = {}
         self.clock = PausableClock()
+        # As a leader it checks its own batches with the gateway's schema before they go out.
         self.codec = Codec(
-            cfg.mesh, cfg.mesh_key or None, strict_cbor.dumps, strict_cbor.loads, boot=boot
+            cfg.mesh,
+            cfg.mesh_key or None,
+            strict_cbor.dumps,
+            strict_cbor.loads,
+            boot=boot,
+            check_batch=check_batch,
         )
         seed = cfg.seed or random.randrange(1, 2**31)
         self.node = Node(cfg.node_id, core_config(cfg), boot=boot, seed=seed)

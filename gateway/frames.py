@@ -48,7 +48,7 @@ class FrameRouter:
         self._codecs: dict[int, wire.Codec] = {}
         self._keyed: set[int] = set()
         for mesh in sorted(keys):
-            codec = wire.Codec(mesh, keys[mesh], strict_cbor.dumps, strict_cbor.loads, boot=boot)
+            codec = _codec(mesh, keys[mesh], boot)
             if codec.mesh_hash in self._codecs:
                 raise ValueError(
                     "meshes %r and %r share a mesh hash"
@@ -94,9 +94,21 @@ class FrameRouter:
         name = _peek_batch_mesh(data)
         if name is None or wire.mesh_hash(name) != hash_:
             raise FrameDrop("unknown_mesh")
-        codec = wire.Codec(name, None, strict_cbor.dumps, strict_cbor.loads, boot=self.boot)
+        codec = _codec(name, None, self.boot)
         self._codecs[hash_] = codec
         return codec
+
+
+def _codec(mesh: str, key: bytes | None, boot: int) -> wire.Codec:
+    """A codec that reads BATCH frames: strict CBOR, and the batch schema's check."""
+    return wire.Codec(
+        mesh,
+        key,
+        strict_cbor.dumps,
+        strict_cbor.loads,
+        boot=boot,
+        check_batch=batchcheck.check_batch,
+    )
 
 
 def _peek_mesh_hash(data: bytes) -> int | None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from agent import strict_cbor
 from agent.core import topics, wire
+from agent.core.batchcheck import check_batch
 from agent.core.messages import BATCH, BATCH_ACK, Msg
 from testkit.tools import SOURCE_ROOT, python_env
 
@@ -245,7 +246,10 @@ class _LeaderLink:
     def __init__(self, mesh: str, leader: str, key: bytes | None, boot: int) -> None:
         self.mesh = mesh
         self.leader = leader
-        self.codec = wire.Codec(mesh, key, strict_cbor.dumps, strict_cbor.loads, boot=boot)
+        # Batches are checked with the gateway's schema before they go out, as a Pi agent's.
+        self.codec = wire.Codec(
+            mesh, key, strict_cbor.dumps, strict_cbor.loads, boot=boot, check_batch=check_batch
+        )
         self.acks: list[list[Any]] = []
         self._now = 0
 

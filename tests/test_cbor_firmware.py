@@ -15,6 +15,7 @@ import pytest
 
 from agent import strict_cbor
 from agent.core import wire
+from agent.core.batchcheck import check_batch
 from agent.core.messages import (
     ACK_OK,
     BATCH,
@@ -366,7 +367,9 @@ def _as_json_fields(m: Msg) -> list[Any]:
 @pytest.mark.micropython
 @pytest.mark.parametrize("key", [b"mesh-key", None], ids=["key", "nokey"])
 def test_cpython_frames_decode_on_micropython(key: bytes | None) -> None:
-    tx = wire.Codec("greenhouse", key, strict_cbor.dumps, strict_cbor.loads, boot=4)
+    tx = wire.Codec(
+        "greenhouse", key, strict_cbor.dumps, strict_cbor.loads, boot=4, check_batch=check_batch
+    )
     frames = [tx.encode(m) for m in SAMPLES]
     # Then a replay, another mesh's frame and a tampered one: dropped there as here.
     frames.append(frames[0])
@@ -425,7 +428,9 @@ def test_micropython_frames_decode_on_cpython(key: bytes | None) -> None:
     assert rc == 0, out
     lines = _lines(out)
     assert lines[-1] == "END"
-    rx = wire.Codec("greenhouse", key, strict_cbor.dumps, strict_cbor.loads)
+    rx = wire.Codec(
+        "greenhouse", key, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch
+    )
     for counter, (m, line) in enumerate(zip(SAMPLES, lines, strict=False), start=1):
         assert line.startswith("FRAME "), line
         frame = bytes.fromhex(line[6:])
@@ -434,7 +439,14 @@ def test_micropython_frames_decode_on_cpython(key: bytes | None) -> None:
         assert _as_json_fields(got) == _as_json_fields(m)
         # Byte-identical to CPython's frame, unless a map with 2+ keys (hash order there).
         if not _has_multi_key_map(m.body):
-            same = wire.Codec("greenhouse", key, strict_cbor.dumps, strict_cbor.loads, boot=9)
+            same = wire.Codec(
+                "greenhouse",
+                key,
+                strict_cbor.dumps,
+                strict_cbor.loads,
+                boot=9,
+                check_batch=check_batch,
+            )
             same.counter = counter - 1
             assert frame == same.encode(_copy(m))
 

@@ -138,7 +138,9 @@ class MeshSim:
         self.pending_elections: list[list[Any]] = []
         self.blocked: set[tuple[str, str]] = set()  # (src, dst) links that lose everything
         self.gateway = GatewaySink()
-        self.gateway_codec = Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads, boot=1)
+        self.gateway_codec = Codec(
+            MESH, KEY, strict_cbor.dumps, strict_cbor.loads, boot=1, check_batch=check_batch
+        )
         self.queue: list[tuple[int, int, str, bytes]] = []
         self.serial = 0  # heap tie-break, so equal times deliver in send order
         self.taken: dict[Key, tuple[int, dict[str, int]]] = {}
@@ -243,8 +245,13 @@ class MeshSim:
     def _boot_node(self, node: str) -> None:
         self.alive[node] = True
         self.buffers[node] = ReadingBuffer(node, self.boot[node], self.capacity)
-        self.codecs[node] = Codec(
-            MESH, KEY, strict_cbor.dumps, strict_cbor.loads, boot=self.boot[node]
+        self.codecs[node] = Codec(  # batches checked with the schema before they go out
+            MESH,
+            KEY,
+            strict_cbor.dumps,
+            strict_cbor.loads,
+            boot=self.boot[node],
+            check_batch=check_batch,
         )
         self.next_sample[node] = self.now + self.rng.randrange(self.sample_ms)
         self.view[node] = self.group_leader.get(self.group[node], (None, 0))
@@ -920,7 +927,12 @@ def test_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes() -> None:
     members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(40)]
     elections = [[0xFFFFFFFF, WORST_ID, WORST_REASON]] * 8
     codec = Codec(
-        "m" * datapath.MAX_MESH_BYTES, KEY, strict_cbor.dumps, strict_cbor.loads, boot=0xFFFFFFFF
+        "m" * datapath.MAX_MESH_BYTES,
+        KEY,
+        strict_cbor.dumps,
+        strict_cbor.loads,
+        boot=0xFFFFFFFF,
+        check_batch=check_batch,
     )
     codec.counter = 0xFFFFFFFF - 100
     sent = 0
@@ -1028,7 +1040,12 @@ def test_small_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes(
     members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(30)]
     elections = [[0xFFFFFFFF - i, WORST_ID, WORST_REASON] for i in range(4)]
     codec = Codec(
-        "m" * datapath.MAX_MESH_BYTES, KEY, strict_cbor.dumps, strict_cbor.loads, boot=0xFFFFFFFF
+        "m" * datapath.MAX_MESH_BYTES,
+        KEY,
+        strict_cbor.dumps,
+        strict_cbor.loads,
+        boot=0xFFFFFFFF,
+        check_batch=check_batch,
     )
     codec.counter = 0xFFFFFFFF - 1000
     sent = 0
@@ -1062,7 +1079,7 @@ def test_max_frame_bytes_defaults_to_the_codec_limit_and_is_checked() -> None:
     collector = Collector("pi-1", MESH, 64, batch_ms=0, max_frame_bytes=1400)
     for seq in range(1, 65):
         collector.add([[1, seq, 0, {"temp_mc": 21000, "hum_mpct": 40000}]], "n%02d" % (seq % 10))
-    codec = Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads)
+    codec = Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch)
     batch = collector.due_batch(0, 1)
     assert batch is not None
     assert 0 < len(batch["readings"]) < 64  # split into datagram-sized batches

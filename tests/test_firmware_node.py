@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from agent import strict_cbor
+from agent.core.batchcheck import check_batch
 from agent.core.messages import (
     ACK_OK,
     BATCH,
@@ -54,7 +55,7 @@ class Gateway:
     stores each (node, boot, seq) once (the real gateway runs in the netns test)."""
 
     def __init__(self, mesh: str) -> None:
-        self.codec = Codec(mesh, KEY, cbor.dumps, cbor.loads)
+        self.codec = Codec(mesh, KEY, cbor.dumps, cbor.loads, check_batch=check_batch)
         self.reply = Codec(mesh, KEY, cbor.dumps, cbor.loads, boot=1)
         self.stored: dict[tuple[str, int, int], int] = {}
         self.duplicates = 0
@@ -230,7 +231,10 @@ def test_the_reused_encode_buffer_gives_the_same_frames_as_cbor2() -> None:
         assert bytes(frames[0]) == Codec(
             "fwmesh", key, strict_cbor.dumps, strict_cbor.loads, boot=4
         ).encode(messages[0])
-        decoded = Codec("fwmesh", key, strict_cbor.dumps, strict_cbor.loads).decode(frames[3], 0)
+        gateway = Codec(
+            "fwmesh", key, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch
+        )
+        decoded = gateway.decode(frames[3], 0)
         assert decoded.body["readings"] == batch["readings"]
     assert len(encoder.buf) >= len(frames[3])
 

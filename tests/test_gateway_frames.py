@@ -10,6 +10,7 @@ import pytest
 
 from agent import strict_cbor
 from agent.core import wire
+from agent.core.batchcheck import check_batch
 from agent.core.messages import BATCH, BATCH_ACK, HEARTBEAT, Msg
 from gateway import storage as storage_module
 from gateway.events import QUEUE_EVENTS, EventHub
@@ -25,7 +26,7 @@ def batch_frame(mesh: str, key: bytes | None, term: int = 1, with_name: bool = T
     if not with_name:
         del body["mesh"]
     return bytes(
-        wire.Codec(mesh, key, strict_cbor.dumps, strict_cbor.loads).encode(
+        wire.Codec(mesh, key, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch).encode(
             Msg(BATCH, "pi-1", term=term, body=body)
         )
     )

@@ -27,8 +27,6 @@ FIRMWARE_ROOTS = (REPO_ROOT / "firmware", REPO_ROOT / "firmware" / "lib")
 
 # Cycles that other work on the tree removes; each must still exist (then delete it here).
 KNOWN_CYCLES = {
-    # wire.Codec loads the batch checker lazily; the checker reuses wire's field checks.
-    frozenset({"agent.core.batchcheck", "agent.core.wire"}),
     # The firmware's UDP runtime starts the MQTT one, which subclasses it.
     frozenset({"firmware:app.mqtt_transport", "firmware:app.runtime"}),
 }

@@ -64,9 +64,11 @@ def codec(
     key: bytes | None = KEY,
     dumps: Any = strict_cbor.dumps,
     loads: Any = strict_cbor.loads,
+    check_batch: Any = batchcheck.check_batch,
     **kw: Any,
 ) -> wire.Codec:
-    return wire.Codec(MESH, key, dumps, loads, **kw)
+    """A codec as the gateway makes one: it reads batches (the batch schema is given)."""
+    return wire.Codec(MESH, key, dumps, loads, check_batch=check_batch, **kw)
 
 
 def raw_frame(arr: list[Any], key: bytes | None = KEY) -> bytes:
@@ -553,7 +555,7 @@ def test_every_kind_has_a_body_layout() -> None:
 
 
 def test_codec_without_batch_checks_drops_batches_unread() -> None:
-    rx = codec(check_batches=False)
+    rx = codec(check_batch=None)
     data = codec().encode(SAMPLES[6])
     expect_drop(rx, data, wire.NO_BATCHES)
     # Dropped before the tag is checked and before the replay window moves.
@@ -567,7 +569,7 @@ def test_codec_without_batch_checks_drops_batches_unread() -> None:
 
 
 def test_codec_without_batch_checks_encodes_batch_bodies_unchecked() -> None:
-    tx = codec(check_batches=False)
+    tx = codec(check_batch=None)
     unchecked = Msg(BATCH, "pi-1", term=5, body={"id": 1, "readings": [], "x": 1})
     data = tx.encode(unchecked)  # a checking codec refuses this body ...
     with pytest.raises(wire.WireError) as info:
@@ -584,18 +586,21 @@ def test_codec_without_batch_checks_encodes_batch_bodies_unchecked() -> None:
 
 @pytest.mark.micropython
 def test_codec_without_batch_checks_never_loads_batchcheck_on_micropython() -> None:
+    """The firmware's codec is given no batch check: batchcheck.py is never imported. A codec
+    given one reads the same frame."""
     code = (
         "import sys\n"
         "import cbor\n"
         "from agent.core import wire, messages as m\n"
-        "c = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads, check_batches=False)\n"
+        "c = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads)\n"
         "f = c.encode(m.Msg(m.BATCH, 'esp32-1', term=3, body={'id': 1, 'readings': []}))\n"
         "try:\n"
         "    c.decode(f, 0)\n"
         "except wire.WireError as e:\n"
         "    print(e.reason)\n"
         "print('agent.core.batchcheck' in sys.modules)\n"
-        "c2 = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads)\n"
+        "from agent.core.batchcheck import check_batch\n"
+        "c2 = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads, check_batch=check_batch)\n"
         "print(c2.decode(f, 0).body['id'], 'agent.core.batchcheck' in sys.modules)\n"
     )
     rc, out = run_micropython(code=code, path=[REPO_ROOT / "firmware" / "lib"])

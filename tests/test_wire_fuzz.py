@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from agent import strict_cbor
 from agent.core import auth, wire
+from agent.core.batchcheck import check_batch
 from agent.core.messages import Msg
 from firmware.lib import cbor as fw
 from tests.test_wire import KEY, MESH, SAMPLES, assert_well_typed
@@ -43,10 +44,10 @@ def decode_or_drop(codec: wire.Codec, data: bytes) -> Msg | str:
 
 def codecs() -> list[wire.Codec]:
     return [
-        wire.Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads),
-        wire.Codec(MESH, None, strict_cbor.dumps, strict_cbor.loads),
-        wire.Codec(MESH, KEY, fw.dumps, fw.loads),
-        wire.Codec(MESH, None, fw.dumps, fw.loads),
+        wire.Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch),
+        wire.Codec(MESH, None, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch),
+        wire.Codec(MESH, KEY, fw.dumps, fw.loads, check_batch=check_batch),
+        wire.Codec(MESH, None, fw.dumps, fw.loads, check_batch=check_batch),
     ]
 
 

@@ -1,16 +1,16 @@
 """The batch schema: the one check of a BATCH frame's body, the batch map of docs/wire.md.
 
-Every reader of batches applies this and nothing else: ``wire.Codec`` on decode (and on encode,
-so a node never sends a batch its gateway refuses), and the gateway's ``parse_batch``, which
-only converts what passed. Its bounds are the gateway's storage: integers the schema calls
-unsigned 64-bit stop at 2**63 - 1, what SQLite holds.
+Every reader of batches applies this and nothing else: a ``wire.Codec`` given it as its
+``check_batch`` (on decode, and on encode, so a node never sends a batch its gateway refuses),
+and the gateway's ``parse_batch``, which only converts what passed. Its bounds are the
+gateway's storage: integers the schema calls unsigned 64-bit stop at 2**63 - 1, what SQLite
+holds.
 
-Split from ``wire.py`` because only a node that decodes batches (the gateway, a Pi agent, a
-test) or wants its own batches checked before they go out needs it. ``wire.Codec`` imports
-this module on first use; a codec made with ``check_batches=False`` (the firmware's) never
-does, so the ESP32 does not hold this code in its heap. The two rows a leader's data path
-also checks (members, elections) are in ``datapath.py``, which every leader loads. Runs on
-CPython and MicroPython.
+Apart from ``wire.py`` because only a codec's user that decodes batches (the gateway, a test)
+or has its own checked before they go out (a Pi agent) needs it, and passes it in; the
+firmware's codec is given none, so a board never loads this module. The two rows a leader's
+data path also checks (members, elections) are in ``datapath.py``, which every leader loads.
+Runs on CPython and MicroPython.
 """
 
 try:

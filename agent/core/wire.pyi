@@ -33,7 +33,7 @@ class Codec:
     boot: int
     counter: int
     max_senders: int
-    check_batches: bool
+    check_batch: Callable[[Any], str | None] | None
     drops: dict[str, int]
     accepted: int
     evicted: int
@@ -45,7 +45,7 @@ class Codec:
         loads: Callable[[_Bytes], Any],
         boot: int = 0,
         max_senders: int = 64,
-        check_batches: bool = True,
+        check_batch: Callable[[Any], str | None] | None = None,
     ) -> None: ...
     def encode(self, msg: Msg) -> bytes | bytearray: ...
     def decode(self, data: _Bytes, now: int) -> Msg: ...

@@ -74,7 +74,7 @@ class MeshNode:
         self.mesh = mesh
         # A node never receives batches (they go to the gateway), and its Collector builds
         # them within the gateway's bounds (checked on CPython): no batch checker on board.
-        self.codec = Codec(mesh, key or None, dumps, loads, boot=boot, check_batches=False)
+        self.codec = Codec(mesh, key or None, dumps, loads, boot=boot)
         self.buffer = datapath.ReadingBuffer(node_id, boot, buffer_size)
         # The leader holds up to a full batch per member; bounded all the same.
         self.collector = datapath.Collector(
