@@ -897,6 +897,18 @@ WORST_ID = "x" * datapath.MAX_NAME_BYTES
 WORST_REASON = "r" * datapath.MAX_REASON_BYTES
 
 
+def worst_case_gateway_codec() -> Codec:
+    """A checking codec (the gateway's) for the longest mesh name and the highest boot."""
+    return Codec(
+        "m" * datapath.MAX_MESH_BYTES,
+        KEY,
+        strict_cbor.dumps,
+        strict_cbor.loads,
+        boot=0xFFFFFFFF,
+        check_batch=check_batch,
+    )
+
+
 def test_readings_frames_stay_under_the_budget_at_worst_case_sizes() -> None:
     buffer = ReadingBuffer(WORST_ID, 0xFFFFFFFF, 64)
     buffer._next_seq = 0xFFFFFFFF - 64  # the biggest seqs a boot may use
@@ -926,14 +938,7 @@ def test_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes() -> None:
         collector.add(readings, sender)
     members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(40)]
     elections = [[0xFFFFFFFF, WORST_ID, WORST_REASON]] * 8
-    codec = Codec(
-        "m" * datapath.MAX_MESH_BYTES,
-        KEY,
-        strict_cbor.dumps,
-        strict_cbor.loads,
-        boot=0xFFFFFFFF,
-        check_batch=check_batch,
-    )
+    codec = worst_case_gateway_codec()
     codec.counter = 0xFFFFFFFF - 100
     sent = 0
     now = 0
@@ -1039,14 +1044,7 @@ def test_small_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes(
         collector.add(readings, sender)
     members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(30)]
     elections = [[0xFFFFFFFF - i, WORST_ID, WORST_REASON] for i in range(4)]
-    codec = Codec(
-        "m" * datapath.MAX_MESH_BYTES,
-        KEY,
-        strict_cbor.dumps,
-        strict_cbor.loads,
-        boot=0xFFFFFFFF,
-        check_batch=check_batch,
-    )
+    codec = worst_case_gateway_codec()
     codec.counter = 0xFFFFFFFF - 1000
     sent = 0
     seen_members: set[str] = set()
