@@ -16,7 +16,7 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.core import datapath
-from agent.core.messages import Msg
+from agent.core.messages import ACK_FENCED, Msg
 from agent.core.node import ROLE_LEADER, Node
 from agent.journal import ReadingJournal, RecoveredReadings
 from agent.logs import EventLog
@@ -106,7 +106,7 @@ class DataPathDriver:
             sent_at = self._batch_sent_at.pop(body[0], None)
             if sent_at is not None and self.batch_rtt is not None:
                 self.batch_rtt(now - sent_at)
-        if len(body) == 3 and body[1] == 1:
+        if len(body) == 3 and body[1] == ACK_FENCED:
             self.log.warning(
                 "batch_fenced", batch=body[0], highest_term=body[2], term=self.node.term
             )
@@ -119,7 +119,7 @@ class DataPathDriver:
                 confirmations.append((member, ranges))
         for ack in datapath.make_ack_messages(self.cfg.node_id, self.node.term, confirmations):
             frame = self.encode(ack)
-            if frame is not None:
+            if frame is not None and ack.target is not None:
                 self.transport.send_readings_ack(ack.target, frame)
 
     # ---- the election moved, a reading was taken ------------------------------------------

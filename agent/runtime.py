@@ -28,8 +28,10 @@ from typing import Any
 
 import cbor2
 
+from agent import strict_cbor
 from agent.clock import PausableClock, real_ms
 from agent.config import AgentConfig, ConfigError, load_config
+from agent.core.batchcheck import check_batch
 from agent.core.messages import (
     BATCH,
     BATCH_ACK,
@@ -41,7 +43,7 @@ from agent.core.messages import (
     READINGS_ACK,
     Msg,
 )
-from agent.core.node import ROLE_DOWN, ROLE_LEADER, ROLE_NAMES, Config, Node
+from agent.core.node import MAX_NODE_ID_BYTES, ROLE_DOWN, ROLE_LEADER, ROLE_NAMES, Config, Node
 from agent.core.score import Weights
 from agent.core.wire import Codec, WireError
 from agent.datadriver import DataPathDriver
@@ -100,7 +102,15 @@ class Agent:
         self.boot = boot
         self.counters: dict[str, int] = {}
         self.clock = PausableClock()
-        self.codec = Codec(cfg.mesh, cfg.mesh_key or None, boot=boot)
+        # As a leader it checks its own batches with the gateway's schema before they go out.
+        self.codec = Codec(
+            cfg.mesh,
+            cfg.mesh_key or None,
+            strict_cbor.dumps,
+            strict_cbor.loads,
+            boot=boot,
+            check_batch=check_batch,
+        )
         seed = cfg.seed or random.randrange(1, 2**31)
         self.node = Node(cfg.node_id, core_config(cfg), boot=boot, seed=seed)
         self.sensors = SensorHub.from_config(cfg.sensors)
@@ -201,7 +211,7 @@ class Agent:
 
     def _encode(self, msg: Msg) -> bytes | None:
         try:
-            frame: bytes = self.codec.encode(msg)
+            frame = bytes(self.codec.encode(msg))  # already bytes with strict_cbor: no copy
         except WireError as exc:
             self.count("encode_errors")
             self.log.error("encode_failed", kind=msg.kind, error=str(exc))
@@ -557,8 +567,8 @@ def cli(argv: list[str] | None = None) -> int:
         if args.state_dir:
             cfg.state_dir = args.state_dir
         if args.node_id:
-            if not 1 <= len(args.node_id.encode()) <= 16:
-                raise ConfigError("node_id", "must be 1..16 bytes of UTF-8")
+            if not 1 <= len(args.node_id.encode()) <= MAX_NODE_ID_BYTES:
+                raise ConfigError("node_id", "must be 1..%d bytes of UTF-8" % MAX_NODE_ID_BYTES)
             cfg.node_id = args.node_id
         boot = next_boot(cfg.state_dir)
         log = EventLog(cfg.node_id, cfg.log_format, min_level=cfg.log_level)

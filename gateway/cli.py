@@ -30,6 +30,7 @@ import sys
 import tomllib
 from typing import Any
 
+from agent.core import topics
 from gateway.clock import wall_clock
 from gateway.fence import MAX_TERM
 from gateway.service import PURGE_EVERY_MS, Gateway, GatewayConfig
@@ -172,7 +173,7 @@ def load_config(args: argparse.Namespace) -> GatewayConfig:
         mdns_interfaces=pick("mdns_interface", None),
         mqtt_host=pick("mqtt_host", None),
         mqtt_port=int(pick("mqtt_port", 8883 if tls else 1883)),
-        mqtt_prefix=pick("mqtt_prefix", "meshelect"),
+        mqtt_prefix=pick("mqtt_prefix", topics.DEFAULT_PREFIX),
         mqtt_tls=tls,
         mqtt_ca=pick("mqtt_ca", None),
         mqtt_cert=pick("mqtt_cert", None),

@@ -22,19 +22,17 @@ import logging
 from collections import deque
 from typing import Any, NamedTuple
 
+from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
 from gateway import fence
 from gateway.batch import Batch, BatchError, parse_batch
 from gateway.health import Health
 from gateway.metrics import Counters
-from gateway.storage import STATUS_OK, STATUS_REFUSED, Storage, StorageError
+from gateway.storage import Storage, StorageError
 from gateway.tracker import Change, Tracker
 
 log = logging.getLogger("meshelect.gateway")
 
-# BATCH_ACK statuses (agent/core/messages.py: ACK_OK, ACK_FENCED, ACK_REJECTED).
-ACK_OK = 0
-ACK_FENCED = 1
-ACK_REJECTED = 2
+__all__ = ["ACK_FENCED", "ACK_OK", "ACK_REJECTED", "Ingest", "IngestResult"]
 
 # How much of the history to reload into the tracker after a restart.
 _RESTORE_ELECTIONS = 500
@@ -89,9 +87,9 @@ class Ingest:
             outcome = self.storage.ingest(term, batch, now_ms)
         except StorageError as exc:
             return self._unstored(transport, term, batch, exc, now_ms)
-        if outcome.status == STATUS_REFUSED:
+        if outcome.status == ACK_REJECTED:
             return self._refused(transport, term, batch, outcome.highest_term, now_ms)
-        accepted = outcome.status == STATUS_OK
+        accepted = outcome.status == ACK_OK
         self.counters.count_batch(transport, outcome.status)
         events: list[dict[str, Any]] = []
         if accepted:
@@ -116,8 +114,7 @@ class Ingest:
         events.extend(self._apply(changes, now_ms))
         if accepted or changes:
             events.append({"type": "mesh", "mesh": self.mesh_state(mesh)})
-        status = ACK_OK if accepted else ACK_FENCED
-        return IngestResult(status, outcome.highest_term, batch.batch_id, "", events)
+        return IngestResult(outcome.status, outcome.highest_term, batch.batch_id, "", events)
 
     def tick(self, now_ms: int) -> list[dict[str, Any]]:
         """Time-driven alerts (no leader, silent node); returns live-feed events."""
@@ -220,7 +217,7 @@ class Ingest:
     # -- helpers -----------------------------------------------------------------------------
 
     def _reject(self, transport: str, body: Any, reason: str) -> IngestResult:
-        self.counters.count_batch(transport, "rejected")
+        self.counters.count_batch(transport, ACK_REJECTED)
         self.counters.count_drop(transport, reason)
         batch_id = body.get("id") if isinstance(body, dict) else None
         if not (type(batch_id) is int and batch_id >= 0) and not isinstance(batch_id, str):
@@ -231,7 +228,7 @@ class Ingest:
         self, transport: str, term: int, batch: Batch, fence_term: int, now_ms: int
     ) -> IngestResult:
         """A term jump from a sender never seen in the mesh: REJECTED, counted, alerted."""
-        self.counters.count_batch(transport, "refused")
+        self.counters.count_batch(transport, ACK_REJECTED, "refused")
         self.counters.term_jumps_refused += 1
         changes = self.tracker.refused(term, batch, fence_term, now_ms)
         if changes:
@@ -254,7 +251,7 @@ class Ingest:
     ) -> IngestResult:
         """The storage failed: REJECTED (sent again later), but the live view goes on."""
         self.health.storage_failed("ingest", error, now_ms)
-        self.counters.count_batch(transport, "unstored")
+        self.counters.count_batch(transport, ACK_REJECTED, "unstored")
         state = self.tracker.meshes.get(batch.mesh)
         fence_term = None if state is None else state.term
         verdict = fence.decide(

@@ -15,9 +15,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The live ingest rate is averaged over this window (the counter is the source of truth).
 RATE_WINDOW_MS = 10_000
+# The ``status`` label of meshelect_gateway_batches for each BATCH_ACK status.
+_ACK_LABELS = {ACK_OK: "ok", ACK_FENCED: "fenced", ACK_REJECTED: "rejected"}
 
 
 class Counters:
@@ -43,8 +47,10 @@ class Counters:
         self.task_errors = 0  # timer ticks that failed with an unexpected error (a bug)
         self._recent: deque[tuple[int, int]] = deque()  # (ms, readings stored)
 
-    def count_batch(self, transport: str, status: str) -> None:
-        key = (transport, status)
+    def count_batch(self, transport: str, status: int, label: str | None = None) -> None:
+        """One batch answered with the BATCH_ACK ``status`` (agent.core.messages.ACK_*);
+        ``label`` names a finer outcome than the status (``refused``, ``unstored``)."""
+        key = (transport, label or _ACK_LABELS[status])
         self.batches[key] = self.batches.get(key, 0) + 1
 
     def count_drop(self, transport: str, reason: str) -> None:

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
+from agent.core import topics
 from gateway.app import create_app
 from gateway.clock import CLOCK_FILE_ENV, OffsetWallClock, mono_ms, wall_clock
 from gateway.events import EventHub
@@ -67,7 +68,7 @@ class GatewayConfig:
         mdns_interfaces: list[str] | None = None,
         mqtt_host: str | None = None,
         mqtt_port: int = 1883,
-        mqtt_prefix: str = "meshelect",
+        mqtt_prefix: str = topics.DEFAULT_PREFIX,
         mqtt_tls: bool = False,
         mqtt_ca: str | None = None,
         mqtt_cert: str | None = None,

@@ -23,12 +23,9 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
 
+from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
 from gateway import fence
 from gateway.batch import Batch, Member
-
-STATUS_OK = "ok"
-STATUS_FENCED = "fenced"
-STATUS_REFUSED = "refused"  # a term jump from a sender never seen in the mesh (gateway/fence.py)
 
 
 class StorageError(Exception):
@@ -36,7 +33,9 @@ class StorageError(Exception):
 
 
 class IngestOutcome(NamedTuple):
-    status: str  # STATUS_OK, STATUS_FENCED or STATUS_REFUSED
+    # The BATCH_ACK status: ACK_OK; ACK_FENCED (a higher term is stored); ACK_REJECTED (a term
+    # jump from a sender never seen in the mesh, gateway/fence.py).
+    status: int
     highest_term: int  # the mesh's fence (highest accepted term) after this batch
     inserted: int  # readings stored now
     duplicates: int  # readings already stored before (dedup hits)
@@ -319,7 +318,7 @@ class SqliteStorage:
             )
             if verdict != fence.ACCEPT:
                 # Nothing was written: the commit ends an empty transaction.
-                status = STATUS_FENCED if verdict == fence.FENCED else STATUS_REFUSED
+                status = ACK_FENCED if verdict == fence.FENCED else ACK_REJECTED
                 return IngestOutcome(status, stored or 0, 0, 0, False)
             # Conditional upsert: only a term at least as high as the stored one moves it (the
             # write lock is held since BEGIN IMMEDIATE; this keeps the rule in the data too).
@@ -380,7 +379,7 @@ class SqliteStorage:
                     [(count, mesh, node) for node, count in batch.dropped],
                 )
         return IngestOutcome(
-            STATUS_OK, max(term, stored or 0), inserted, len(batch.readings) - inserted, new_batch
+            ACK_OK, max(term, stored or 0), inserted, len(batch.readings) - inserted, new_batch
         )
 
     def _known(self, mesh: str, node: str) -> bool:

@@ -15,6 +15,7 @@ import pytest
 from agent import runtime, status
 from agent.clock import PausableClock
 from agent.config import ConfigError, from_dict, load_config
+from agent.core.node import Config
 from agent.linkquality import LinkQuality
 from agent.logs import EventLog
 from agent.sensors import (
@@ -51,6 +52,15 @@ def test_example_config_loads() -> None:
     assert runtime.core_config(cfg).heartbeat_ms == cfg.heartbeat_ms
 
 
+def test_election_settings_default_to_the_cores() -> None:
+    cfg = from_dict({"election": {"quorum": 3}})
+    core = Config()
+    assert (cfg.heartbeat_ms, cfg.margin, cfg.quorum) == (core.heartbeat_ms, core.margin, 3)
+    assert (cfg.suspect_intervals, cfg.listen_intervals) == (3, 2)
+    assert (cfg.weight_battery, cfg.weight_link, cfg.low_battery) == (600, 400, 200)
+    assert cfg.max_peers == 256  # the Pi's own default: it hears bigger meshes than a board
+
+
 @pytest.mark.parametrize(
     ("data", "key"),
     [
@@ -62,6 +72,13 @@ def test_example_config_loads() -> None:
         ({"udp": "x"}, "udp"),
         ({"mqtt": {"broker": "host:notaport"}}, "mqtt.broker"),
         ({"score": {"battery": 0, "link": 0}}, "score.battery"),
+        # The core's ranges (agent/core/node.py), named as in the file:
+        ({"heartbeat_ms": 5}, "heartbeat_ms"),
+        ({"election": {"suspect_intervals": 1}}, "election.suspect_intervals"),
+        ({"election": {"max_peers": 5000}}, "election.max_peers"),
+        ({"election": {"typo": 1}}, "election.typo"),
+        ({"score": {"low_battery": -1}}, "score.low_battery"),
+        ({"mesh": "m" * 33}, "mesh"),
         ({"sensors": [{"type": "geiger"}]}, "sensors[0].type"),
         (
             {"sensors": [{"type": "simulated", "metrics": {"t": {"base": 1.5}}}]},

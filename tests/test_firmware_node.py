@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from agent import strict_cbor
+from agent.core.batchcheck import check_batch
 from agent.core.messages import (
     ACK_OK,
     BATCH,
@@ -53,7 +55,7 @@ class Gateway:
     stores each (node, boot, seq) once (the real gateway runs in the netns test)."""
 
     def __init__(self, mesh: str) -> None:
-        self.codec = Codec(mesh, KEY, cbor.dumps, cbor.loads)
+        self.codec = Codec(mesh, KEY, cbor.dumps, cbor.loads, check_batch=check_batch)
         self.reply = Codec(mesh, KEY, cbor.dumps, cbor.loads, boot=1)
         self.stored: dict[tuple[str, int, int], int] = {}
         self.duplicates = 0
@@ -221,13 +223,18 @@ def test_the_reused_encode_buffer_gives_the_same_frames_as_cbor2() -> None:
         Msg(BATCH, "fw-a", 3, body=batch),
     ]
     for key in (KEY, None):
-        plain = Codec("fwmesh", key, boot=4)  # cbor2
+        plain = Codec("fwmesh", key, strict_cbor.dumps, strict_cbor.loads, boot=4)
         reused = Codec("fwmesh", key, encoder.dumps, cbor.loads, boot=4)
         frames = [reused.encode(m) for m in messages]
         assert [bytes(f) for f in frames] == [plain.encode(m) for m in messages]
         # Each frame is its own copy: later encodes do not touch it.
-        assert bytes(frames[0]) == plain.__class__("fwmesh", key, boot=4).encode(messages[0])
-        decoded = Codec("fwmesh", key).decode(frames[3], 0)
+        assert bytes(frames[0]) == Codec(
+            "fwmesh", key, strict_cbor.dumps, strict_cbor.loads, boot=4
+        ).encode(messages[0])
+        gateway = Codec(
+            "fwmesh", key, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch
+        )
+        decoded = gateway.decode(frames[3], 0)
         assert decoded.body["readings"] == batch["readings"]
     assert len(encoder.buf) >= len(frames[3])
 

@@ -317,7 +317,7 @@ def test_storage_errors_never_leave_a_transaction_open(tmp_path: Path) -> None:
     ingest.receive("t", "m", "a", 1, batch("a", 1, range(1, 2)), WALL0)
     fill_up(storage)
     with pytest.raises(StorageError, match="full"):
-        storage.ingest(1, ingest_batch(range(2, 400)), WALL0)
+        storage.ingest(1, ingest_batch(range(2, 250)), WALL0)
     assert not storage._db.in_transaction
     make_room(storage)
     refuse_writes(storage)

@@ -355,7 +355,9 @@ def test_real_firmware_driver_releases_the_console_and_reports_tool_errors(
     with pytest.raises(HilError, match=r"esp-1: image .*missing\.bin does not exist"):
         firmware.install()
     assert released == [1]
-    no_image = EsptoolFirmwareDriver(BoardSpec("esp-2", {}, serial=board.serial), tmp_path, print)
+    # A board whose config is fine (deploy checks the config first) but with no build.
+    no_build = BoardSpec("esp-2", {"node_id": "esp-2", "mesh": "m"}, serial=board.serial)
+    no_image = EsptoolFirmwareDriver(no_build, tmp_path, print)
     with pytest.raises(HilError, match="esp-2: no build at"):
         no_image.install()
     with pytest.raises(HilError, match="no serial port"):

@@ -58,6 +58,8 @@ from agent.core.prng import Prng, fnv1a32
 from agent.core.score import (
     DEFAULT_WEIGHTS,
     SCORE_MAX,
+    Weights,
+    _setting,
     better,
     compute_score,
     is_low_battery,
@@ -77,7 +79,7 @@ _REASON_BATTERY = const("battery")  # the previous leader's battery fell below t
 _REASON_SHUTDOWN = const("shutdown")  # the previous leader shut down gracefully
 _REASON_MERGE = const("merge")  # two leaders met after a partition healed
 
-_MAX_NODE_ID_BYTES = const(16)
+MAX_NODE_ID_BYTES = const(16)  # the node_id setting: 1..16 UTF-8 bytes (the wire's bound)
 HEARD_NONE = const(65535)  # "heard" field: no leader heard (also the cap of the field)
 # ``now`` never wraps (ms since boot), so these lie far beyond any uptime: 2**30 ms would be
 # reached after 12.4 days, and every "no deadline" would then fire at once. (Not small ints
@@ -111,9 +113,28 @@ _MAX_BACKOFF_DOUBLINGS = const(5)
 # Hysteresis: 15% of the score scale.
 _DEFAULT_MARGIN = const(150)
 
+# --- The ranges of the settings (both runtimes' config files, and `meshelect firmware deploy`,
+# take them from here: docs/design.md, "Settings") ----------------------------------------
+# 20 ms: below it a claim slot (a quarter interval, at least 20 ms) is shorter than a Wi-Fi
+# delivery delay. A minute: beyond it a leader's death goes unnoticed for minutes.
+_MIN_HEARTBEAT_MS = const(20)
+_MAX_HEARTBEAT_MS = const(60000)
+# 2: one lost heartbeat must not look like a death (see _SUSPECT_INTERVALS). 100 intervals
+# for suspecting, or listening after boot, is already a failover counted in minutes.
+_MIN_SUSPECT_INTERVALS = const(2)
+_MAX_INTERVALS = const(100)
+# Mesh sizes: the quorum is the size of the whole mesh, the peer table holds what a node hears.
+_MAX_QUORUM = const(1000)
+_MAX_MAX_PEERS = const(4096)
+
 
 class Config:
-    """Election settings. Every timing derives from ``heartbeat_ms`` unless given."""
+    """Election settings. Every timing derives from ``heartbeat_ms`` unless given.
+
+    The settings are those of the config files (``heartbeat_ms`` and the ``[election]`` table;
+    the ``[score]`` table is ``weights``), checked here for every runtime: a bad one raises
+    ValueError ``"<key>: <problem>"`` that names it as the files do (``election.quorum``).
+    """
 
     def __init__(
         self,
@@ -125,19 +146,26 @@ class Config:
         suspect_intervals=_SUSPECT_INTERVALS,
         listen_intervals=_LISTEN_INTERVALS,
     ):
-        if heartbeat_ms < 20:
-            raise ValueError("heartbeat_ms must be >= 20")
-        if margin < 0 or margin > SCORE_MAX:
-            raise ValueError("margin must be within 0..1000")
-        if quorum < 0:
-            raise ValueError("quorum must be >= 0 (0 = off)")
-        if suspect_intervals < 2:
-            raise ValueError("suspect_intervals must be >= 2")
+        _setting(None, "heartbeat_ms", heartbeat_ms, _MIN_HEARTBEAT_MS, _MAX_HEARTBEAT_MS)
+        _setting("election", "margin", margin, 0, SCORE_MAX)
+        _setting("election", "quorum", quorum, 0, _MAX_QUORUM)  # 0: no quorum mode
+        _setting("election", "max_peers", max_peers, 1, _MAX_MAX_PEERS)
+        _setting(
+            "election",
+            "suspect_intervals",
+            suspect_intervals,
+            _MIN_SUSPECT_INTERVALS,
+            _MAX_INTERVALS,
+        )
+        _setting("election", "listen_intervals", listen_intervals, 0, _MAX_INTERVALS)
         self.heartbeat_ms = heartbeat_ms
         self.margin = margin
         self.quorum = quorum
         self.max_peers = max_peers
         self.weights = weights if weights is not None else DEFAULT_WEIGHTS
+        # Kept as given: a runtime shows its settings (the derived *_ms below are what runs).
+        self.suspect_intervals = suspect_intervals
+        self.listen_intervals = listen_intervals
         self.suspect_ms = heartbeat_ms * suspect_intervals
         self.listen_ms = heartbeat_ms * listen_intervals
         self.live_ms = heartbeat_ms * _LIVE_INTERVALS
@@ -148,6 +176,36 @@ class Config:
         self.majority = quorum // 2 + 1 if quorum else 0  # quorum mode: votes needed to lead
 
 
+def make_config(heartbeat_ms=_DEFAULT_HEARTBEAT_MS, election=None, score=None):
+    """The ``Config`` of a node's settings as the config files hold them: ``heartbeat_ms``, the
+    ``[election]`` table (margin, quorum, max_peers, suspect_intervals, listen_intervals) and
+    the ``[score]`` table (battery, link, low_battery). A missing (or None) setting keeps the
+    core's default. Raises ValueError ``"<key>: <problem>"``, also for an unknown key.
+    """
+    settings = {}
+    if election:
+        for name in election:
+            if name not in (
+                "margin",
+                "quorum",
+                "max_peers",
+                "suspect_intervals",
+                "listen_intervals",
+            ):
+                raise ValueError("election.%s: unknown setting" % name)
+            if election[name] is not None:
+                settings[name] = election[name]
+    if score:
+        weights = {}
+        for name in score:
+            if name not in ("battery", "link", "low_battery"):
+                raise ValueError("score.%s: unknown setting" % name)
+            if score[name] is not None:
+                weights[name] = score[name]
+        settings["weights"] = Weights(**weights)
+    return Config(heartbeat_ms, **settings)
+
+
 class Node:
     """One node's election state. See the module docstring for the rules."""
 
@@ -155,8 +213,8 @@ class Node:
         if not isinstance(node_id, str):
             raise TypeError("node id must be a str")
         n = len(node_id.encode())
-        if n < 1 or n > _MAX_NODE_ID_BYTES:
-            raise ValueError("node id must be 1..16 UTF-8 bytes")
+        if n < 1 or n > MAX_NODE_ID_BYTES:
+            raise ValueError("node_id: must be 1..16 UTF-8 bytes, got %r" % (node_id,))
         self.id = node_id
         self.config = config if config is not None else Config()
         self.boot = boot

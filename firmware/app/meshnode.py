@@ -28,8 +28,7 @@ from agent.core.messages import (
     READINGS,
     READINGS_ACK,
 )
-from agent.core.node import ROLE_LEADER, ROLE_NAMES, Config, Node
-from agent.core.score import DEFAULT_WEIGHTS, Weights
+from agent.core.node import ROLE_LEADER, ROLE_NAMES, Node, make_config
 from agent.core.wire import Codec, WireError
 
 DEST_MESH = 0
@@ -69,24 +68,13 @@ class MeshNode:
         max_frame_bytes=BATCH_FRAME_BYTES,
         max_in_flight=1,
     ):
-        # [election] and [score] of the config, as the Pi agent passes them (0: core default).
-        settings = {}
-        if election:
-            for name in sorted(election):
-                if election[name]:
-                    settings[name] = election[name]
-        if score:
-            settings["weights"] = Weights(
-                score.get("battery", DEFAULT_WEIGHTS.battery),
-                score.get("link", DEFAULT_WEIGHTS.link),
-                score.get("low_battery", DEFAULT_WEIGHTS.low_battery),
-            )
-        self.node = Node(node_id, Config(heartbeat_ms=heartbeat_ms, **settings), boot, seed)
+        # [election] and [score] of the config, by the core's rules (as the Pi agent's).
+        self.node = Node(node_id, make_config(heartbeat_ms, election, score), boot, seed)
         self.id = node_id
         self.mesh = mesh
         # A node never receives batches (they go to the gateway), and its Collector builds
         # them within the gateway's bounds (checked on CPython): no batch checker on board.
-        self.codec = Codec(mesh, key or None, dumps, loads, boot=boot, check_batches=False)
+        self.codec = Codec(mesh, key or None, dumps, loads, boot=boot)
         self.buffer = datapath.ReadingBuffer(node_id, boot, buffer_size)
         # The leader holds up to a full batch per member; bounded all the same.
         self.collector = datapath.Collector(

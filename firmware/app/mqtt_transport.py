@@ -1,10 +1,4 @@
-"""The MQTT transport: the same frames as UDP, on the Pi agent's topics (docs/design.md).
-
-    P/<mesh>/election            every election frame, QoS 0
-    P/<mesh>/readings/<leader>   QoS 1        P/<mesh>/acks/<node>        QoS 1
-    P/<mesh>/batch               QoS 1        P/<mesh>/batch-ack/<leader> QoS 1
-    P/<mesh>/leader              retained CBOR [term, leader]
-    P/<mesh>/status/<node>       retained "online", last will "offline"
+"""The MQTT transport: the same frames as UDP, on the Pi agent's topics (``agent.core.topics``).
 
 Frames wait in a bounded queue and one sender task publishes them in order, so a slow
 PUBACK never blocks the election loop. When full, the oldest frame goes (counted): the core
@@ -23,6 +17,7 @@ except ImportError:
 import cbor
 import mqtt
 
+from agent.core import topics
 from agent.core.messages import READINGS_ACK
 from agent.core.node import ROLE_LEADER
 from app.config import host_port
@@ -30,6 +25,8 @@ from app.meshnode import DEST_GATEWAY, DEST_MESH, DEST_NODE
 from app.runtime import Runtime, nonzero
 
 _MAX_QUEUE = 32
+# What a node receives: the mesh's election frames, and its own readings, acks and batch acks.
+_INBOX = (topics.ELECTION, topics.READINGS, topics.ACKS, topics.BATCH_ACK)
 _BROKER_TYPE = "_mqtt._tcp.local"
 
 
@@ -37,7 +34,8 @@ class MqttTransport:
     def __init__(self, cfg, on_frame, on_connection=None):
         m = cfg["mqtt"]
         self.node = cfg["node_id"]
-        self.prefix = "%s/%s" % (m.get("prefix", "meshelect"), cfg["mesh"])
+        self.prefix = m.get("prefix", topics.DEFAULT_PREFIX)
+        self.mesh = cfg["mesh"]
         self.on_frame = on_frame
         self.on_connection = on_connection
         self.broker = host_port(m.get("broker", ""), 1883)
@@ -45,14 +43,11 @@ class MqttTransport:
         self.sent = 0
         self._queue = []
         self._wake = asyncio.Event()
-        status = "%s/status/%s" % (self.prefix, self.node)
+        status = self._topic(topics.STATUS, self.node)
         self._status_topic = status
-        self._inbox = (
-            self.prefix + "/election",
-            "%s/readings/%s" % (self.prefix, self.node),
-            "%s/acks/%s" % (self.prefix, self.node),
-            "%s/batch-ack/%s" % (self.prefix, self.node),
-        )
+        self._inbox = []  # the topics subscribed to, in _INBOX's order
+        for kind in _INBOX:
+            self._inbox.append(self._topic(kind, None if kind == topics.ELECTION else self.node))
         tls = None
         if m.get("tls") or m.get("ca_file"):
             tls = mqtt.tls_context(m.get("ca_file") or None)
@@ -60,7 +55,7 @@ class MqttTransport:
             "meshelect-%s-%s" % (cfg["mesh"], self.node),
             "",
             keepalive=int(m.get("keepalive_s", 5)),
-            will=(status, b"offline", 1, True),
+            will=(status, topics.OFFLINE, topics.qos(topics.STATUS), True),
             user=m.get("username") or None,
             password=m.get("password") or None,
             on_message=self._on_message,
@@ -72,6 +67,9 @@ class MqttTransport:
             server_hostname=m.get("server_name") or None,
         )
 
+    def _topic(self, kind, node=None):
+        return topics.topic(self.prefix, self.mesh, kind, node)
+
     def set_broker(self, host, port):
         self.broker = (host, port)
 
@@ -80,7 +78,7 @@ class MqttTransport:
             self.on_frame(payload)
 
     def _on_connect(self):
-        self._queue.insert(0, (self._status_topic, b"online", 1, True))
+        self._queue.insert(0, (self._status_topic, topics.ONLINE, topics.qos(topics.STATUS), True))
         self._wake.set()
         if self.on_connection:
             self.on_connection(True)
@@ -92,18 +90,20 @@ class MqttTransport:
     def queue(self, out):
         for dest, name, kind, frame in out:
             if dest == DEST_MESH:
-                item = (self.prefix + "/election", frame, 0, False)
+                what = topics.ELECTION
+                name = None
             elif dest == DEST_NODE:
-                what = "acks" if kind == READINGS_ACK else "readings"
-                item = ("%s/%s/%s" % (self.prefix, what, name), frame, 1, False)
+                what = topics.ACKS if kind == READINGS_ACK else topics.READINGS
             elif dest == DEST_GATEWAY:
-                item = (self.prefix + "/batch", frame, 1, False)
+                what = topics.BATCH
+                name = None
             else:
                 continue
-            self._push(item)
+            self._push((self._topic(what, name), frame, topics.qos(what), False))
 
     def publish_leader(self, term, leader):
-        self._push((self.prefix + "/leader", cbor.dumps([term, leader]), 1, True))
+        leader_topic = self._topic(topics.LEADER)
+        self._push((leader_topic, cbor.dumps([term, leader]), topics.qos(topics.LEADER), True))
 
     def _push(self, item):
         if len(self._queue) >= _MAX_QUEUE:
@@ -116,8 +116,8 @@ class MqttTransport:
         while self.broker is None:
             await asyncio.sleep(0.2)  # waiting for the config or mDNS
         self.client.host, self.client.port = self.broker
-        for topic in self._inbox:
-            await self.client.subscribe(topic, 1 if not topic.endswith("/election") else 0)
+        for i, topic in enumerate(self._inbox):
+            await self.client.subscribe(topic, topics.qos(_INBOX[i]))
         conn = asyncio.create_task(self.client.run())
         try:
             while True:
