@@ -41,23 +41,27 @@ of the mesh size (itself included) to lead, and a leader that loses its majority
 
 The machine
 -----------
-Roles: down, follower, candidate, leader. Events: a leader's heartbeat, a follower's report (a
-heartbeat saying when it last heard its leader), any other heartbeat, a claim, a handoff, a
-leave, and a tick. ``receive`` books what every message says (the peer table, the highest term
-seen), names the event, and calls the handler of the cell ``MACHINE[role][event]``; ``tick``
-calls the role's tick handler. Each cell also names the roles the node may be in afterwards.
+Roles: down, follower, candidate, leader. Events, in the order of MACHINE's columns: a leader's
+heartbeat, a follower's report (a heartbeat saying when it last heard its leader), any other
+heartbeat, a claim, a handoff, a leave, the own heartbeat falling due, and the timers (every
+tick). ``receive`` books what every message says (the peer table, the highest term seen),
+names the event, and calls the handler of the cell ``MACHINE[role][event]``; ``tick`` runs the
+"heartbeat due" cell (then sends the heartbeat) and the "timers" cell of the role the node is
+in by then. Each cell also names the roles the node may be in afterwards.
 
-A follower is always in one phase (``phase(now)``), computed from its state in one place:
-listening (just booted, or backing off after a failed quorum claim), following (it has a
-leader), suspecting (no leader of its own, but peers heard one of its term within
+A follower is always in one phase, computed from its state in one place (``phase(now)``,
+0..3): listening (just booted, or backing off after a failed quorum claim), following (it has
+a leader), suspecting (no leader of its own, but peers heard one of its term within
 ``suspect_ms``: it waits for that evidence to run out) and claiming (waiting for its rank's
-claim slot). Each phase has one deadline (``_deadline``), which is when the follower's tick
-has work.
+claim slot). Each phase has one deadline, when the follower's timers have work
+(``_update_wakeup``).
 
-Every entry point ends by reporting a change of view: if role, leader or term differ from what
-the last event said, it appends one event to ``events`` (``EV_ROLE`` when role or leader
-changed, ``EV_TERM`` when only the term did). One call gives at most one event, the net change:
-a follower that suspects its leader and claims in the same tick shows one move, to candidate.
+Every entry point ends (``_after``) by reporting a change of view: if role, leader or term differ from what
+the last event said, it appends one event to ``events``: ``("role", role, term, leader,
+lead_reason, was)`` when role or leader changed, ``("term", ...)`` when only the term did
+(``was``: the role the previous event showed). One call gives at most one event, the net
+change: a follower that suspects its leader and claims in the same tick shows one move, to
+candidate.
 """
 
 try:
@@ -92,26 +96,22 @@ ROLE_CANDIDATE = const(2)
 ROLE_LEADER = const(3)
 ROLE_NAMES = ("down", "follower", "candidate", "leader")
 
-# Events of the machine: what ``receive`` makes of a message, and ``tick``; the columns of
-# MACHINE, in this order.
-ON_LEADER_BEAT = const(0)  # a heartbeat with F_LEADER
-ON_REPORT = const(1)  # a follower's heartbeat: it heard its leader ``heard`` ms ago
-ON_OTHER_BEAT = const(2)  # any other heartbeat: a candidate's, a leaderless node's
-ON_CLAIM = const(3)
-ON_HANDOFF = const(4)
-ON_LEAVE = const(5)
-ON_TICK = const(6)
+# Events of the machine: the columns of MACHINE, in this order (private: inlined, no names
+# on a board; docs/design.md names them).
+_ON_LEADER_BEAT = const(0)  # a heartbeat with F_LEADER
+_ON_REPORT = const(1)  # a follower's heartbeat: it heard its leader ``heard`` ms ago
+_ON_OTHER_BEAT = const(2)  # any other heartbeat: a candidate's, a leaderless node's
+_ON_CLAIM = const(3)
+_ON_HANDOFF = const(4)
+_ON_LEAVE = const(5)
+_ON_BEAT = const(6)  # tick: our own heartbeat is due
+_ON_TIMERS = const(7)  # tick: every time
 
-# A follower's phases (``Node.phase``).
-PHASE_LISTENING = const(0)
-PHASE_FOLLOWING = const(1)
-PHASE_SUSPECTING = const(2)
-PHASE_CLAIMING = const(3)
-
-# What the node tells its caller in ``events``: (kind, role, term, leader, lead_reason, was),
-# ``was`` being the role the previous event showed.
-EV_ROLE = const(1)  # role or leader changed (the term may have too)
-EV_TERM = const(2)  # only the term changed
+# A follower's phases (``Node.phase``), in this order.
+_PHASE_LISTENING = const(0)
+_PHASE_FOLLOWING = const(1)
+_PHASE_SUSPECTING = const(2)
+_PHASE_CLAIMING = const(3)
 
 # Why a node leads (node.lead_reason), for the gateway's election history.
 _REASON_START = const("start")  # no leader was known: first election of a mesh
@@ -214,10 +214,7 @@ class Node:
         self.stats_suspicions = 0
         self.stats_handoffs = 0
         self._reset(0)  # peers, role, term, leader and every timer
-        # The view the last event showed (a new node shows down, term 0, no leader).
-        self._shown_role = ROLE_DOWN
-        self._shown_term = 0
-        self._shown_leader = None
+        self._view = [ROLE_DOWN, 0, None]  # role, term, leader: what the last event showed
 
     # ---- public API -------------------------------------------------------------------
 
@@ -236,7 +233,7 @@ class Node:
         self._listen_until = now + self.config.listen_ms
         self._heartbeat(now)
         self._update_wakeup(now)
-        self._emit()
+        self._after()
 
     def stop(self, now):
         """Graceful shutdown: a leader names its successor; anyone else says goodbye."""
@@ -257,52 +254,57 @@ class Node:
         self.role = ROLE_DOWN
         self.leader = None
         self.wakeup = _NO_TIME
-        self._emit()
+        self._after()
 
     def tick(self, now):
         """Run timers. Call at or after ``wakeup``; calling early is harmless."""
         role = self.role
         if role == ROLE_DOWN:
             return
-        MACHINE[role][ON_TICK][0](self, None, now)
+        if now >= self._next_hb:
+            handler = MACHINE[role][2 * _ON_BEAT]
+            if handler is not None:
+                handler(self, None, now)
+            self._heartbeat(now)
+            self.peers.forget_older_than(now - self.config.forget_ms)
+        handler = MACHINE[self.role][2 * _ON_TIMERS]
+        if handler is not None:
+            handler(self, None, now)
         self._update_wakeup(now)
-        self._emit()
+        self._after()
 
     def receive(self, msg, now):
         """Take one decoded, authenticated message from a peer."""
         if self.role == ROLE_DOWN or msg.sender == self.id:
             return
-        event = self._book(msg, now)
+        event = self._learn(msg, now)
         if event < 0:
             return  # not an election message
-        handler = MACHINE[self.role][event][0]
+        handler = MACHINE[self.role][2 * event]
         if handler is not None:
             handler(self, msg, now)
         self._update_wakeup(now)
-        self._emit()
+        self._after()
 
     def phase(self, now):
-        """A follower's phase (PHASE_*): the one place that tells them apart."""
+        """A follower's phase: 0 listening, 1 following, 2 suspecting, 3 claiming (see the
+        module docstring). The one place that tells them apart."""
         if self.leader is not None:
-            return PHASE_FOLLOWING
+            return _PHASE_FOLLOWING
         if now < self._listen_until:
-            return PHASE_LISTENING
+            return _PHASE_LISTENING
         if now - self._ev_time <= self.config.suspect_ms:
-            return PHASE_SUSPECTING
-        return PHASE_CLAIMING
+            return _PHASE_SUSPECTING
+        return _PHASE_CLAIMING
 
     @property
     def role_name(self):
         return ROLE_NAMES[self.role]
 
-    def view(self):
-        """(role, term, leader): what the replay prints."""
-        return (self.role, self.term, self.leader)
-
     # ---- what a message says, whoever we are --------------------------------------------
 
-    def _book(self, m, now):
-        """Record what ``m`` tells about its sender and the terms; return its event (ON_*),
+    def _learn(self, m, now):
+        """Record what ``m`` tells about its sender and the terms; return its event (_ON_*),
         or -1 for a message the election does not read."""
         kind = m.kind
         if kind == HEARTBEAT:
@@ -315,11 +317,11 @@ class Node:
             if m.term > self._max_seen:
                 self._max_seen = m.term
             if m.flags & F_LEADER:
-                return ON_LEADER_BEAT
+                return _ON_LEADER_BEAT
             if m.heard < HEARD_NONE and not m.flags & F_CANDIDATE:
                 p.evidence = now - m.heard
-                return ON_REPORT
-            return ON_OTHER_BEAT
+                return _ON_REPORT
+            return _ON_OTHER_BEAT
         if kind == CLAIM:
             p = self.peers.touch(m.sender, now)
             p.score = m.score
@@ -327,18 +329,18 @@ class Node:
             p.flags = F_CANDIDATE
             if m.term > self._max_seen:
                 self._max_seen = m.term
-            return ON_CLAIM
+            return _ON_CLAIM
         if kind == HANDOFF:
             self.peers.touch(m.sender, now)
-            return ON_HANDOFF
+            return _ON_HANDOFF
         if kind == LEAVE:
             self.peers.by_id.pop(m.sender, None)
-            return ON_LEAVE
+            return _ON_LEAVE
         return -1
 
-    # ---- the follower's cells ---------------------------------------------------------
+    # ---- the follower's cells (``_on_*``: also the cells other roles share) -------------
 
-    def _follower_leader_beat(self, m, now):
+    def _on_leader_heartbeat(self, m, now):
         sender = m.sender
         term = m.term
         if term < self.term:
@@ -353,7 +355,7 @@ class Node:
             if current is None or better(m.score, sender, current.score, current.id):
                 self._adopt(sender, term, now)
 
-    def _follower_report(self, m, now):
+    def _on_report(self, m, now):
         """A peer heard its leader ``m.heard`` ms ago: evidence for (or of) a leader."""
         seen = now - m.heard
         if m.term == self.term and not self._suspected_gone:
@@ -375,7 +377,7 @@ class Node:
             self._suspected = None
             self._claim_at = _NO_TIME
 
-    def _follower_claim(self, m, now):
+    def _on_claim(self, m, now):
         term = m.term
         if term < self.term:
             return
@@ -386,13 +388,9 @@ class Node:
         if current is None or better(m.score, m.sender, current.score, current.id):
             self._adopt(m.sender, term, now)
 
-    def _follower_leave(self, m, now):
+    def _on_leave(self, m, now):
         if self.leader == m.sender:
             self._suspect(now, True)
-
-    def _follower_tick(self, _m, now):
-        self._beat(now)
-        self._follower_timers(now)
 
     # ---- the candidate's cells --------------------------------------------------------
 
@@ -405,10 +403,10 @@ class Node:
         else:
             self._candidate_votes(m, now)
 
-    def _candidate_votes(self, _m, now):
+    def _candidate_votes(self, m, now):
         """Quorum mode: every heartbeat may be the vote that completes a majority."""
         if self.config.quorum and now >= self._cand_until:
-            self._candidate_timers(now)
+            self._candidate_timers(m, now)
 
     def _candidate_claim(self, m, now):
         term = m.term
@@ -418,10 +416,6 @@ class Node:
             self._newer_claim(m, now)
         elif better(m.score, m.sender, self.score, self.id):
             self._adopt(m.sender, term, now)
-
-    def _candidate_tick(self, _m, now):
-        self._beat(now)
-        self._candidate_timers(now)
 
     # ---- the leader's cells -----------------------------------------------------------
 
@@ -454,13 +448,6 @@ class Node:
         else:
             self._answer(now)  # a stale or weaker claimant: our heartbeat corrects it
 
-    def _leader_tick(self, _m, now):
-        if now >= self._next_hb:
-            self._leader_duties(now)  # may step down (quorum lost): then a follower's tick
-        self._beat(now)
-        if self.role == ROLE_FOLLOWER:
-            self._follower_timers(now)
-
     # ---- cells every role shares ------------------------------------------------------
 
     def _newer_claim(self, m, now):
@@ -476,7 +463,7 @@ class Node:
         else:
             self._adopt(m.sender, m.term, now)
 
-    def _any_handoff(self, m, now):
+    def _on_handoff(self, m, now):
         if m.term < self.term:
             return
         if m.target == self.id:
@@ -505,40 +492,24 @@ class Node:
 
     # ---- timers -----------------------------------------------------------------------
 
-    def _beat(self, now):
-        if now >= self._next_hb:
-            self._heartbeat(now)
-            self.peers.forget_older_than(now - self.config.forget_ms)
-
-    def _follower_timers(self, now):
+    def _follower_timers(self, m, now):
         phase = self.phase(now)
-        if phase == PHASE_FOLLOWING:
+        if phase == _PHASE_FOLLOWING:
             if now >= self._leaving_deadline:
                 self._suspect(now, True)
             elif now - self._ev_time > self.config.suspect_ms:
                 self._suspect(now, False)
-        elif phase == PHASE_SUSPECTING:
+        elif phase == _PHASE_SUSPECTING:
             self._claim_at = _NO_TIME  # ranks count from when the evidence runs out
-        elif phase == PHASE_CLAIMING:
+        elif phase == _PHASE_CLAIMING:
             if self._claim_at == _NO_TIME:
                 self._schedule_claim(now)
             if now >= self._claim_at:
                 self._claim(now, _REASON_CRASH if self._had_leader else _REASON_START)
 
-    def _deadline(self, phase):
-        """When a follower in ``phase`` next has work (see _follower_timers)."""
-        if phase == PHASE_FOLLOWING:
-            t = self._ev_time + self.config.suspect_ms + 1
-            return self._leaving_deadline if self._leaving_deadline < t else t
-        if phase == PHASE_LISTENING:
-            return self._listen_until
-        if phase == PHASE_SUSPECTING:
-            return self._ev_time + self.config.suspect_ms + 1
-        return self._claim_at
-
     # ---- the other timers -------------------------------------------------------------
 
-    def _candidate_timers(self, now):
+    def _candidate_timers(self, m, now):
         if now < self._cand_until:
             return
         cfg = self.config
@@ -551,7 +522,8 @@ class Node:
                 return
         self._become_leader(now, self._cand_reason)
 
-    def _leader_duties(self, now):
+    def _leader_duties(self, m, now):
+        """Once per heartbeat interval, before the heartbeat goes out."""
         cfg = self.config
         since = now - cfg.live_ms
         if cfg.quorum:
@@ -769,7 +741,16 @@ class Node:
         w = self._next_hb
         role = self.role
         if role == ROLE_FOLLOWER:
-            t = self._deadline(self.phase(now))
+            # Each phase's deadline: when _follower_timers has work.
+            phase = self.phase(now)
+            if phase == _PHASE_CLAIMING:
+                t = self._claim_at
+            elif phase == _PHASE_LISTENING:
+                t = self._listen_until
+            else:  # following or suspecting: the evidence runs out
+                t = self._ev_time + self.config.suspect_ms + 1
+                if phase == _PHASE_FOLLOWING and self._leaving_deadline < t:
+                    t = self._leaving_deadline  # our leader said it is leaving
             if t < w:
                 w = t
         elif role == ROLE_CANDIDATE:
@@ -782,56 +763,63 @@ class Node:
             w = _NO_TIME
         self.wakeup = w
 
-    def _emit(self):
+    def _after(self):
         """End of every entry point: one event if the view moved since the last one."""
+        view = self._view
         role = self.role
-        was = self._shown_role
-        if role != was or self.leader != self._shown_leader:
-            kind = EV_ROLE
-        elif self.term != self._shown_term:
-            kind = EV_TERM
+        was = view[0]
+        if role != was or self.leader != view[2]:
+            kind = "role"
+        elif self.term != view[1]:
+            kind = "term"
         else:
             return
-        self._shown_role = role
-        self._shown_term = self.term
-        self._shown_leader = self.leader
+        view[0] = role
+        view[1] = self.term
+        view[2] = self.leader
         self.events.append((kind, role, self.term, self.leader, self.lead_reason, was))
 
 
 # The machine (docs/design.md, "The election as a machine", shows the same table;
 # tests/test_core_machine.py keeps the two equal and checks the roles against simulated runs).
-# MACHINE[role][event] = (handler, the roles the node may be in after it, as 1 << ROLE_* bits).
-# Handlers take (node, msg, now); msg is None for a tick. A down node ignores everything.
+# One row per role; per event (the _ON_* order) two items: the handler, taking (node, msg,
+# now) (msg None for the two tick events), and the roles the node may be in after it, as
+# 1 << ROLE_* bits. Flat rows: a tuple per cell would cost a board about 400 bytes more.
 _F = const(1 << ROLE_FOLLOWER)
 _C = const(1 << ROLE_CANDIDATE)
 _L = const(1 << ROLE_LEADER)
+# fmt: off
 MACHINE = (
-    None,  # ROLE_DOWN
+    None,  # ROLE_DOWN: everything is ignored until start()
     (  # ROLE_FOLLOWER
-        (Node._follower_leader_beat, _F),  # ON_LEADER_BEAT
-        (Node._follower_report, _F),  # ON_REPORT
-        (None, _F),  # ON_OTHER_BEAT
-        (Node._follower_claim, _F | _C),  # ON_CLAIM
-        (Node._any_handoff, _F | _L),  # ON_HANDOFF
-        (Node._follower_leave, _F | _C),  # ON_LEAVE
-        (Node._follower_tick, _F | _C),  # ON_TICK
+        Node._on_leader_heartbeat, _F,          # a leader's heartbeat
+        Node._on_report, _F,                    # a follower's report
+        None, _F,                               # any other heartbeat
+        Node._on_claim, _F | _C,                # a claim
+        Node._on_handoff, _F | _L,              # a handoff
+        Node._on_leave, _F | _C,                # a leave
+        None, _F,                               # our heartbeat is due
+        Node._follower_timers, _F | _C,         # timers
     ),
     (  # ROLE_CANDIDATE
-        (Node._candidate_leader_beat, _F | _C | _L),
-        (Node._candidate_votes, _F | _C | _L),
-        (Node._candidate_votes, _F | _C | _L),
-        (Node._candidate_claim, _F | _C),
-        (Node._any_handoff, _C | _L),
-        (None, _C),
-        (Node._candidate_tick, _F | _C | _L),
+        Node._candidate_leader_beat, _F | _C | _L,
+        Node._candidate_votes, _F | _C | _L,
+        Node._candidate_votes, _F | _C | _L,
+        Node._candidate_claim, _F | _C,
+        Node._on_handoff, _C | _L,
+        None, _C,
+        None, _C,
+        Node._candidate_timers, _F | _C | _L,
     ),
     (  # ROLE_LEADER
-        (Node._leader_leader_beat, _F | _C | _L),
-        (None, _L),
-        (Node._leader_other_beat, _C | _L),
-        (Node._leader_claim, _F | _C | _L),
-        (Node._any_handoff, _L),
-        (None, _L),
-        (Node._leader_tick, _F | _L),
+        Node._leader_leader_beat, _F | _C | _L,
+        None, _L,
+        Node._leader_other_beat, _C | _L,
+        Node._leader_claim, _F | _C | _L,
+        Node._on_handoff, _L,
+        None, _L,
+        Node._leader_duties, _F | _L,
+        None, _L,
     ),
 )
+# fmt: on

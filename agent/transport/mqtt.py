@@ -26,6 +26,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from agent.core.messages import READINGS_ACK
 from agent.transport import FrameHandler, Transport, format_address
 
 QOS_ELECTION = 0  # heartbeats repeat every interval; a lost one is replaced by the next
@@ -210,11 +211,9 @@ class MqttTransport(Transport):
             if len(self._own) > OWN_FRAMES_REMEMBERED:
                 del self._own[0]
 
-    def send_readings(self, leader: str, frame: bytes) -> bool:
-        return self._publish(self.base + "readings/" + leader, frame, QOS_DATA)
-
-    def send_readings_ack(self, member: str, frame: bytes) -> bool:
-        return self._publish(self.base + "acks/" + member, frame, QOS_DATA)
+    def send_to(self, node: str, kind: int, frame: bytes, address: Any) -> bool:
+        what = "acks/" if kind == READINGS_ACK else "readings/"
+        return self._publish(self.base + what + node, frame, QOS_DATA)
 
     def send_batch(self, frame: bytes) -> bool:
         return self._publish(self.t_batch, frame, QOS_DATA)
