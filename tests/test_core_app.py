@@ -361,6 +361,7 @@ def test_the_status_layout_is_the_same_on_every_runtime() -> None:
             "age_ms",
         }
     assert net.apps["a"].status(net.now)["role"] == "leader"
+    assert net.apps["a"].status(net.now, detail=False)["peers"] == ["b"]  # a board's: ids
 
 
 def test_make_config_maps_the_config_tables_onto_the_core() -> None:

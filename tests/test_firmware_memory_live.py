@@ -7,7 +7,7 @@ the real gateway (on a third host, cut off for the first half of the run, so tha
 buffers fill to their bounds: buffer 32, collector 64); the leader is ``micropython -X
 heapsize=...`` on the first host. After the run the leader reports its peak live heap and that
 no allocation failed (``errors`` counts a MemoryError the node survived). Issue 5's budget is
-128k; the process peaks at about 110 KB of live heap and also runs in 120k (measured; not 112k).
+128k; the process peaks at about 114 KB of live heap (not enough room left in 120k).
 ``MESHELECT_FW_HEAP=120k`` tries another heap; firmware/README.md ("Memory") has the figures.
 """
 

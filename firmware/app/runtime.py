@@ -118,8 +118,7 @@ class UdpLink:
     def found(self, m, now):
         pass  # (MQTT looks for a broker)
 
-    async def run(self):
-        pass  # the runtime's receivers do it all
+    run = None  # no task of its own: the runtime's receivers do it all
 
     def status(self):
         return {"transport": "udp", "connected": bool(self.sockets)}
@@ -281,7 +280,9 @@ class Runtime:
 
     async def run(self, run_ms=0):
         """Open the sockets and run the node until ``run_ms`` (0: for ever)."""
-        task = asyncio.create_task(self.link.run())  # (MQTT: the client; UDP: nothing)
+        task = None
+        if self.link.run is not None:  # the link's own task (MQTT: its client)
+            task = asyncio.create_task(self.link.run())
         try:
             self.open()
             cfg = self.cfg
@@ -343,7 +344,8 @@ class Runtime:
                 wait = min(wait, app.wakeup - now, _MAX_SLEEP_MS)
                 await asyncio.sleep_ms(wait if wait > 0 else 0)
         finally:
-            task.cancel()
+            if task is not None:
+                task.cancel()
 
     def discovery(self, now):
         m = self.mdns
@@ -397,7 +399,7 @@ class Runtime:
                 ):
                     mdns_peers.append(txt["node"])
             mdns_peers.sort()
-        status = self.app.status(now)
+        status = self.app.status(now, False)  # peers by id: a smaller heap
         status["runtime"] = "micropython"
         status["mdns_drops"] = nonzero(m.drops) if m else {}
         status["mdns_peers"] = mdns_peers
@@ -423,6 +425,7 @@ class Runtime:
     def stop(self):
         """Graceful: hand over, say goodbye on mDNS; sends synchronously (the loop is gone,
         so on MQTT, whose client was a task, the goodbye stays unsent)."""
+        gc.collect()  # the loop's last garbage: room for the goodbye in a full heap
         self.app.stop(self.now())
         self.flush()
         if self.mdns is not None and self.mdns_sock is not None:
