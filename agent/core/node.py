@@ -6,7 +6,7 @@ the simulator and the replay tool only feed it messages and ticks, send what it 
 Rule 2: it owns no socket, thread or clock. Time comes in as ``now``, integer milliseconds from
 any monotonic origin.
 Rule 3: what a role does with an event is one cell of ``MACHINE`` (below the class, and in
-docs/design.md, "The election as a machine"); a handler never asks which role it runs in.
+docs/design.md, "The election as a machine"): the dispatch on role happens there, once.
 
 Theory of operation
 -------------------
@@ -45,9 +45,9 @@ Roles: down, follower, candidate, leader. Events, in the order of MACHINE's colu
 heartbeat, a follower's report (a heartbeat saying when it last heard its leader), any other
 heartbeat, a claim, a handoff, a leave, the own heartbeat falling due, and the timers (every
 tick). ``receive`` books what every message says (the peer table, the highest term seen),
-names the event, and calls the handler of the cell ``MACHINE[role][event]``; ``tick`` runs the
-"heartbeat due" cell (then sends the heartbeat) and the "timers" cell of the role the node is
-in by then. Each cell also names the roles the node may be in afterwards.
+names the event, and calls the handler of the role's cell for it in ``MACHINE`` (end of this
+file); ``tick`` runs the "heartbeat due" cell (then sends the heartbeat) and the "timers" cell
+of the role the node is in by then. Each cell also names the roles the node may be in after.
 
 A follower is always in one phase, computed from its state in one place (``phase(now)``,
 0..3): listening (just booted, or backing off after a failed quorum claim), following (it has
@@ -56,12 +56,12 @@ a leader), suspecting (no leader of its own, but peers heard one of its term wit
 claim slot). Each phase has one deadline, when the follower's timers have work
 (``_update_wakeup``).
 
-Every entry point ends (``_after``) by reporting a change of view: if role, leader or term differ from what
-the last event said, it appends one event to ``events``: ``("role", role, term, leader,
-lead_reason, was)`` when role or leader changed, ``("term", ...)`` when only the term did
-(``was``: the role the previous event showed). One call gives at most one event, the net
-change: a follower that suspects its leader and claims in the same tick shows one move, to
-candidate.
+Every entry point ends (``_after``) by reporting a change of view: if role, leader or term
+differ from what the last event said, it appends one event to ``events``: ``("role", role,
+term, leader, lead_reason, was)`` when role or leader changed, ``("term", ...)`` when only the
+term did (``was``: the role the previous event showed). One call gives at most one event, the
+net change: a follower that suspects its leader and claims in the same tick shows one move,
+to candidate. (The kinds are strings a board has interned already: no new names.)
 """
 
 try:
