@@ -22,7 +22,7 @@ EXIT_UNAVAILABLE = 2
 
 # Our own top-level packages: a module of these that is missing is part of meshelect not being
 # there (not yet written, or left out of this installation), not a third-party dependency.
-FIRST_PARTY = ("agent", "gateway", "hil")
+FIRST_PARTY = ("agent", "gateway", "hil", "tools", "testkit")
 
 
 class Command:
@@ -45,12 +45,15 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command("demo", "agent.demo", "start a small local mesh with a gateway and dashboard", "all"),
     Command("replay", "agent.core.replay", "replay a scenario on the election core"),
-    Command("bench", "agent.bench", "measure election and data-path performance"),
+    Command("bench", "tools.bench.cli", "measure election and data-path performance"),
     Command(
         "firmware",
-        "agent.firmware_tool",
+        "tools.firmware",
         "build, flash, deploy and provision ESP32 boards",
         "micropython",
+    ),
+    Command(
+        "simulate", "tools.simulate.cli", "compare leader rotation with LEACH, HEED, SEP", "sim"
     ),
 )
 

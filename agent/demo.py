@@ -166,7 +166,7 @@ class Demo:
         """ESP32-style nodes: the real firmware, compiled to .mpy, on the MicroPython unix port."""
         from pathlib import Path
 
-        from agent import firmware_tool
+        from tools import firmware as firmware_tool
 
         exe = shutil.which("micropython") or os.path.join(
             os.path.dirname(sys.executable), "micropython"

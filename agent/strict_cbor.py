@@ -2,7 +2,7 @@
 
 No indefinite lengths, no tags, no trailing bytes, bounded depth (docs/wire.md, "CBOR on both
 runtimes"). CPython-only: ``wire.Codec`` imports it only when it is given no ``dumps``/``loads``,
-and the firmware build leaves it out (``agent.firmware_tool.EXCLUDED_AGENT``). Importing it
+and the firmware build leaves it out (``tools.firmware.EXCLUDED_AGENT``). Importing it
 without cbor2 raises ImportError; ``wire.Codec`` then falls back to firmware/lib/cbor.py.
 """
 

@@ -4,7 +4,8 @@
 - ``hil.labfile``: a lab TOML file -> those descriptions
 - ``hil.drivers``: active code (firmware, power, console, gateway API)
 - ``hil.strategy``: ``BoardStrategy``, a board from ``off`` to ``joined``, sticky on failure
-- ``hil.lab``: a lab file turned into running drivers (real boards, or a virtual lab)
+- ``hil.target``: ``HilLab`` and ``Board``, a running lab as tests get it
+- ``hil.lab``, ``hil.virtual``: a lab file turned into a running lab (real boards, or virtual)
 - ``hil.plugin``: the pytest plugin (``--hil-lab FILE``, fixtures, ``hil_feature`` marker)
 
 See hil/README.md.

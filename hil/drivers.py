@@ -5,7 +5,7 @@ per kind of board:
 
 | job | base | real board | virtual board |
 |---|---|---|---|
-| put the firmware on the board | ``FirmwareDriver`` | ``EsptoolFirmwareDriver`` (esptool + mpremote via ``agent.firmware_tool``) | ``UnixFirmwareDriver`` (a folder with the build and config.json) |
+| put the firmware on the board | ``FirmwareDriver`` | ``EsptoolFirmwareDriver`` (esptool + mpremote via ``tools.firmware``) | ``UnixFirmwareDriver`` (a folder with the build and config.json) |
 | power | ``PowerDriver`` | ``CommandPowerDriver`` (uhubctl, a relay CLI...) | ``ProcessPowerDriver`` (start / SIGKILL = power loss) |
 | console | ``ConsoleDriver`` over ``SerialLines`` | | ``ConsoleDriver`` over ``FileLines`` |
 | gateway API | ``GatewayDriver`` | | |
@@ -30,9 +30,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from agent import firmware_tool
 from hil.nsthread import NamespaceThread
 from hil.resources import BoardSpec, Gateway, PowerPort, SerialPort
+from testkit.waiting import poll_until
+from tools import firmware as firmware_tool
 
 POLL_S = 0.05  # how often waits look again (console lines, gateway state)
 COMMAND_TIMEOUT_S = 30.0  # bound on one power command
@@ -460,24 +461,25 @@ class ConsoleDriver:
         what: str = "status line",
     ) -> dict[str, Any]:
         """Wait for a status line (for which ``check`` holds); ``HilTimeout`` otherwise."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def wanted() -> dict[str, Any] | None:
             status = self.status()
-            if status is not None and (check is None or check(status)):
-                return status
-            if time.monotonic() >= deadline:
-                problem = getattr(self.source, "last_error", None)
-                raise HilTimeout(
-                    "board %s: no %s within %.0f s%s; console tail:\n%s"
-                    % (
-                        self.name,
-                        what,
-                        timeout,
-                        " (%s)" % problem if problem else "",
-                        "\n".join(list(self.tail)[-15:]),
-                    )
+            return status if status is not None and (check is None or check(status)) else None
+
+        found: dict[str, Any] | None = poll_until(wanted, timeout, POLL_S)
+        if found is None:
+            problem = getattr(self.source, "last_error", None)
+            raise HilTimeout(
+                "board %s: no %s within %.0f s%s; console tail:\n%s"
+                % (
+                    self.name,
+                    what,
+                    timeout,
+                    " (%s)" % problem if problem else "",
+                    "\n".join(list(self.tail)[-15:]),
                 )
-            time.sleep(POLL_S)
+            )
+        return found
 
 
 # ------------------------------------------------------------------------------------- gateway
@@ -551,11 +553,7 @@ def _get_json(url: str) -> Any:
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll ``check`` until it returns something true; ``HilTimeout`` naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise HilTimeout("waited %.0f s for %s" % (timeout, what))
-        time.sleep(POLL_S)
+    result = poll_until(check, timeout, POLL_S)
+    if not result:
+        raise HilTimeout("waited %.0f s for %s" % (timeout, what))
+    return result

@@ -1,81 +1,28 @@
 """A lab file turned into working drivers: ``open_lab(spec, workdir) -> HilLab``.
 
-Real labs: the boards are already there; the firmware is built once into ``workdir`` and
-deployed by ``EsptoolFirmwareDriver``. Virtual labs (``hil.virtual``): the hosts, the gateway
-and the boards' processes are made on this machine.
+Real labs (here): the boards are already there; the firmware is built once into ``workdir``
+and deployed by ``EsptoolFirmwareDriver``. Virtual labs (``hil.virtual``): the hosts, the
+gateway and the boards' processes are made on this machine. Both return a ``hil.target.HilLab``.
 """
 
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from agent import firmware_tool
 from hil.drivers import (
     AlwaysOnPowerDriver,
     CommandPowerDriver,
     ConsoleDriver,
     EsptoolFirmwareDriver,
-    FirmwareDriver,
     GatewayDriver,
     PowerDriver,
     SerialLines,
     build_firmware,
 )
 from hil.resources import LabSpec
-from hil.strategy import BoardStrategy, MeshStrategy
-
-
-@dataclass
-class Board:
-    """One board's drivers (labgrid's "target")."""
-
-    name: str
-    firmware: FirmwareDriver
-    power: PowerDriver
-    console: ConsoleDriver
-
-
-@dataclass
-class HilLab:
-    """A running lab: its spec, boards, gateway, and what to undo at the end."""
-
-    spec: LabSpec
-    boards: dict[str, Board]
-    gateway: GatewayDriver | None
-    build_hash: str
-    manifest: dict[str, Any]
-    workdir: Path
-    closers: list[Any] = field(default_factory=list)
-
-    def strategy(self) -> MeshStrategy:
-        return MeshStrategy(
-            {
-                name: BoardStrategy(
-                    name,
-                    board.firmware,
-                    board.power,
-                    board.console,
-                    boot_s=self.spec.boot_s,
-                    join_s=self.spec.join_s,
-                )
-                for name, board in self.boards.items()
-            }
-        )
-
-    def close(self) -> None:
-        """Undo everything, newest first; every step runs even if one fails."""
-        errors = []
-        while self.closers:
-            closer = self.closers.pop()
-            try:
-                closer()
-            except Exception as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+from hil.target import Board, HilLab
+from tools import firmware as firmware_tool
 
 
 def open_lab(spec: LabSpec, workdir: Path) -> HilLab:

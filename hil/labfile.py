@@ -17,7 +17,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from agent.firmware_tool import merge
 from hil.resources import (
     LAB_TYPES,
     BoardSpec,
@@ -27,6 +26,7 @@ from hil.resources import (
     SerialPort,
     VirtualBoard,
 )
+from tools.firmware import merge
 
 # Board keys that describe resources, not the node: kept out of the device's config.json.
 RESOURCE_KEYS = (

@@ -9,7 +9,7 @@ library at load time; the drivers are imported when a lab is opened. Disable it 
 
     pytest --hil-lab hil/labs/virtual-3.toml hil/suite [--hil-workdir DIR]
 
-- ``hil_lab`` (session): the opened lab (``hil.lab.HilLab``); skips without ``--hil-lab``.
+- ``hil_lab`` (session): the opened lab (``hil.target.HilLab``); skips without ``--hil-lab``.
   Records ``hil_lab``, ``hil_lab_type``, ``git_sha`` and ``firmware_build`` with
   ``record_testsuite_property`` (they land in ``--junitxml`` reports).
 - ``boards`` (session): board name -> its drivers (``firmware``, ``power``, ``console``).
@@ -33,9 +33,9 @@ import pytest
 
 if TYPE_CHECKING:
     from hil.drivers import GatewayDriver
-    from hil.lab import Board, HilLab
     from hil.resources import LabSpec
     from hil.strategy import MeshStrategy
+    from hil.target import Board, HilLab
 
 LAB_OPTION = "--hil-lab"
 WORKDIR_OPTION = "--hil-workdir"

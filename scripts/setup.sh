@@ -88,7 +88,7 @@ if ! venv_ok; then
     fi
 fi
 if [ -z "$uv" ]; then
-    # uv installs the dependency set in seconds where pip takes most of a minute (testbed.md).
+    # uv installs the dependency set in seconds where pip takes most of a minute.
     say "installing uv into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check uv
     uv=.venv/bin/uv
@@ -102,7 +102,7 @@ export UV_NATIVE_TLS="${UV_NATIVE_TLS:-1}"
 "$uv" pip install -q --python .venv/bin/python -e ".[$extras]"
 
 # MicroPython stubs for editors and type checkers, kept out of site-packages: the stub package
-# ships empty requests/umqtt/mip packages that would shadow real ones (testbed.md).
+# ships empty requests/umqtt/mip packages that would shadow real ones.
 if [ ! -f .stubs/.installed ]; then
     say "installing micropython-esp32-stubs into .stubs/"
     "$uv" pip install -q --python .venv/bin/python --target .stubs micropython-esp32-stubs

@@ -41,7 +41,7 @@ run_check "ruff format" .venv/bin/ruff format --check .
 # mypy on the CPython-only packages that exist so far (agent/core and firmware are excluded in
 # pyproject.toml: they are MicroPython code without runtime typing).
 mypy_targets=()
-for package in agent gateway hil; do
+for package in agent gateway hil tools testkit; do
     if [ -n "$(find "$package" -name '*.py' -print -quit 2>/dev/null)" ]; then
         mypy_targets+=("$package")
     fi

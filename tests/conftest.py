@@ -9,31 +9,32 @@ Markers (registered in pyproject.toml) bring their own checks, so a test only ne
 - ``hardware``    real boards: runs only with ``--run-hardware`` (skipped otherwise, CI included)
 
 A missing tool skips the test locally and fails it when ``CI=true``: CI installs every tool, so
-a skip there would hide a broken setup. Skips raised in other ways (``pytest.importorskip``,
+a skip there would hide a broken setup. The test kit (``testkit/``, shared with the benches)
+knows nothing of pytest and raises ``MissingTool``; the hooks below turn that into the skip or
+the failure, in a test, a fixture or a marker check alike. Skips raised in other ways (``pytest.importorskip``,
 ``skipif`` with a reason such as "mosquitto not found") are turned into failures in CI too.
 ``hardware`` tests are exempt, and so is anything marked xfail.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
-from tests.helpers.broker import Mosquitto
-from tests.helpers.mpy import micropython_path
-from tests.helpers.netns import Lab, require_netns
-from tests.helpers.tools import (
-    MISSING_PREFIX,
-    REPO_ROOT,
-    in_ci,
-    missing,
-    require_chromium,
-    require_tool,
-)
+from testkit.broker import Mosquitto
+from testkit.mpy import micropython_path
+from testkit.netns import Lab, require_netns
+from testkit.tools import MissingTool, require_chromium, require_tool
+from tests.paths import REPO_ROOT
+
+# Prefix of every reason a missing tool gives, so the CI rule below recognises (and fails)
+# skips about missing tools that were raised in other ways too.
+MISSING_PREFIX = "missing tool: "
 
 # Skip reasons that mean "something is not installed / not permitted here".
 MISSING_TOOL_REASON = re.compile(
@@ -71,8 +72,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(marker)
 
 
+def in_ci() -> bool:
+    """True when running under CI (``CI`` set to true/1/yes, as .ci/run does)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip the current test because something it needs is missing (fail instead in CI)."""
+    message = MISSING_PREFIX + reason
+    if in_ci():
+        pytest.fail(message + " (CI must provide it: see scripts/test.sh)", pytrace=False)
+    pytest.skip(message)
+
+
 def check_marker_requirements(item: pytest.Item) -> None:
-    """Skip (locally) / fail (CI) a test whose markers need a tool that is not there."""
+    """Raise MissingTool for a test whose markers need a tool that is not there."""
     if item.get_closest_marker("hardware") and not item.config.getoption("--run-hardware"):
         pytest.skip("hardware test: needs real boards, run with --run-hardware")
     if item.get_closest_marker("broker"):
@@ -85,9 +99,23 @@ def check_marker_requirements(item: pytest.Item) -> None:
         require_chromium()
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    check_marker_requirements(item)
+# The test kit raises MissingTool (it also serves benches, which know nothing of pytest); in a
+# test, a fixture or a marker check that becomes a skip locally and a failure in CI.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        check_marker_requirements(item)
+        return (yield)
+    except MissingTool as exc:
+        missing(str(exc))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
+    try:
+        return (yield)
+    except MissingTool as exc:
+        missing(str(exc))
 
 
 # ------------------------------------------------------------------------- CI: skips are failures

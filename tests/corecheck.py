@@ -1,4 +1,4 @@
-"""Check replay output against the rules of shared/contracts/replay.md.
+"""Check replay output against the rules of docs/replay.md.
 
 Used by the replay tests (on both runtimes' output) and the property tests. Everything here
 reads only the printed lines, so it checks what a user of the replay tool sees.

@@ -24,9 +24,9 @@ import pytest
 from agent.core.messages import HEARTBEAT, Msg
 from agent.core.wire import Codec
 from agent.status import read_status
-from tests.helpers.broker import Mosquitto
-from tests.helpers.tls import make_test_certificates
-from tests.helpers.waiting import poll_until
+from testkit.broker import Mosquitto
+from testkit.tls import make_test_certificates
+from testkit.waiting import poll_until
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "00112233445566778899aabbccddeeff"

@@ -17,8 +17,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from agent.status import read_status
-from tests.helpers.broker import Mosquitto
-from tests.helpers.waiting import poll_until
+from testkit.broker import Mosquitto
+from testkit.waiting import poll_until
 
 pytestmark = pytest.mark.broker
 

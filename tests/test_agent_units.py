@@ -1,5 +1,5 @@
 """Fast tests of the Pi agent's parts that need no network: config, sensors, link quality,
-logs, status, boot counter, the sink's fencing and dedup."""
+logs, status, boot counter."""
 
 from __future__ import annotations
 
@@ -13,10 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent import runtime, status
-from agent.bench import Sink, read_jsonl
 from agent.config import ConfigError, from_dict, load_config
-from agent.core.messages import ACK_FENCED, ACK_OK, BATCH, BATCH_ACK, Msg
-from agent.core.wire import Codec
 from agent.linkquality import LinkQuality
 from agent.logs import EventLog
 from agent.sensors import (
@@ -265,46 +262,6 @@ def test_status_file_round_trip_and_render(
     assert status.cli(["--state-dir", str(tmp_path / "nothing")]) == 1
 
 
-# -------------------------------------------------------------------------------------- sink
-
-
-def test_sink_fences_lower_terms_and_dedups(tmp_path: Path) -> None:
-    out_path = tmp_path / "sink.jsonl"
-    with open(out_path, "w") as out:
-        sink = Sink("m", None, out)
-        leader = Codec("m", None, boot=1)
-        gw_view = Codec("m", None, boot=1)
-
-        def batch(term: int, batch_id: int, seqs: list[int]) -> bytes:
-            body = {
-                "id": batch_id,
-                "mesh": "m",
-                "leader": "n1",
-                "readings": [["n2", 1, s, 1000 + s, {"t": s}] for s in seqs],
-                "agg": [],
-                "members": [],
-                "dropped": [],
-                "elections": [],
-            }
-            return leader.encode(Msg(BATCH, "n1", term=5 if term is None else term, body=body))
-
-        reply = sink.handle(batch(5, 1, [1, 2]))
-        assert reply is not None
-        ack = gw_view.decode(reply[1], 0)
-        assert ack.kind == BATCH_ACK
-        assert ack.body == [1, ACK_OK, 5]
-        sink.handle(batch(5, 2, [2, 3]))
-        fenced = sink.handle(batch(4, 3, [9]))
-        assert fenced is not None
-        assert gw_view.decode(fenced[1], 0).body == [3, ACK_FENCED, 5]
-        assert sink.handle(b"\xffgarbage") is None
-    assert sink.stored == {("n2", 1, 1), ("n2", 1, 2), ("n2", 1, 3)}
-    assert sink.duplicates == 1
-    assert sink.fenced == 1
-    records = read_jsonl(str(out_path))
-    assert [r["event"] for r in records] == ["batch", "batch", "batch", "dropped"]
-
-
 def test_status_module_runs_as_script(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "agent.status", "--state-dir", str(tmp_path)],
@@ -331,7 +288,7 @@ def test_udp_interface_by_address_or_name() -> None:
 # ------------------------------------------------------------------------------------- --help
 
 
-@pytest.mark.parametrize("module", ["agent.runtime", "agent.demo", "agent.bench_idle"])
+@pytest.mark.parametrize("module", ["agent.runtime", "agent.demo", "tools.bench.idle"])
 def test_every_option_has_a_help_text_with_its_default(module: str) -> None:
     import argparse
     import importlib

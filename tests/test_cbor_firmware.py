@@ -27,8 +27,8 @@ from agent.core.messages import (
     Msg,
 )
 from firmware.lib import cbor as fw
-from tests.helpers.mpy import MPY_SCRIPTS, compile_mpy, run_micropython
-from tests.helpers.tools import REPO_ROOT
+from testkit.mpy import compile_mpy, run_micropython
+from tests.paths import MPY_SCRIPTS, REPO_ROOT
 
 FW_LIB = REPO_ROOT / "firmware" / "lib"
 

@@ -11,7 +11,7 @@ import pytest
 
 from agent import __version__
 from agent.cli import COMMANDS, Command, main
-from tests.helpers.tools import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 EXPECTED_COMMANDS = {
     "agent": "agent.runtime",
@@ -19,8 +19,9 @@ EXPECTED_COMMANDS = {
     "gateway": "gateway.cli",
     "demo": "agent.demo",
     "replay": "agent.core.replay",
-    "bench": "agent.bench",
-    "firmware": "agent.firmware_tool",
+    "bench": "tools.bench.cli",
+    "firmware": "tools.firmware",
+    "simulate": "tools.simulate.cli",
 }
 
 

@@ -29,7 +29,7 @@ from agent.core.node import (
     Node,
 )
 from agent.core.prng import Prng
-from tests.helpers.tools import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 # The doc's names of the events, in the order of MACHINE's columns (node.py's _ON_*).
 EVENTS = (

@@ -9,19 +9,11 @@ from typing import Any
 
 import pytest
 
-from gateway.testing import BatchSender, GatewayProcess, make_batch
+from testkit.gateway import BatchSender, GatewayProcess, make_batch
+from testkit.tools import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 NODES = ["pi-1", "pi-2", "pi-3", "esp-4", "esp-5"]
 BASE_MS = int(time.time() * 1000) - 60_000
 
@@ -90,7 +82,7 @@ def test_dashboard_shows_leader_and_follows_a_new_one(
     barn.send("pi-2", 1)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1250})
             errors: list[str] = []
@@ -161,7 +153,7 @@ def test_dashboard_follows_real_agents_when_the_leader_is_killed(
 
     from playwright.sync_api import expect, sync_playwright
 
-    from gateway.testing import REPO_ROOT
+    from tests.paths import REPO_ROOT
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -181,7 +173,7 @@ def test_dashboard_follows_real_agents_when_the_leader_is_killed(
                 cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
             try:
                 page = browser.new_page(viewport={"width": 1500, "height": 1100})
                 page.goto(gateway.url + "/")

@@ -45,8 +45,8 @@ from agent.core.messages import (
 )
 from agent.core.wire import MAX_FRAME_BYTES, Codec, WireError
 from gateway.batch import Batch, parse_batch
-from tests.helpers.mpy import MPY_SCRIPTS, compile_mpy, micropython_path, run_micropython
-from tests.helpers.tools import REPO_ROOT
+from testkit.mpy import compile_mpy, micropython_path, run_micropython
+from tests.paths import MPY_SCRIPTS, REPO_ROOT
 
 MESH = "greenhouse"
 KEY = b"datapath-test-key"

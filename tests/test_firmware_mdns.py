@@ -33,9 +33,10 @@ from zeroconf import (
 )
 from zeroconf import const as zc_const
 
-from tests.helpers.mpy import MPY_SCRIPTS, micropython_env
-from tests.helpers.netns import Lab
-from tests.helpers.tools import REPO_ROOT, require_tool
+from testkit.mpy import micropython_env
+from testkit.netns import Lab
+from testkit.tools import require_tool
+from tests.paths import MPY_SCRIPTS, REPO_ROOT
 
 
 def _load_firmware_module(name: str) -> Any:

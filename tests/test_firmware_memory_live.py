@@ -6,7 +6,7 @@ CBOR, and its defaults, a board's) run on CPython in one process on a second hos
 the real gateway (on a third host, cut off for the first half of the run, so that the leader's
 buffers fill to their bounds: buffer 32, collector 64); the leader is ``micropython -X
 heapsize=...`` on the first host. After the run the leader reports its peak live heap and that
-no allocation failed (``errors`` counts a MemoryError the node survived). Issue 5's budget is
+no allocation failed (``errors`` counts a MemoryError the node survived). The budget is
 128k; the process peaks at about 114 KB of live heap (not enough room left in 120k).
 ``MESHELECT_FW_HEAP=120k`` tries another heap; firmware/README.md ("Memory") has the figures.
 """
@@ -24,16 +24,17 @@ from typing import Any
 
 import pytest
 
-from agent import firmware_tool
-from tests.helpers.netns import Lab
-from tests.helpers.tools import REPO_ROOT, require_tool
+from testkit.netns import Lab
+from testkit.tools import require_tool
+from tests.paths import REPO_ROOT
+from tools import firmware as firmware_tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.micropython, pytest.mark.slow]
 
 MESH = "mem"
 KEY = "6d656d6f7279"
 RUN_S = 12.0
-# Issue 5's budget for the whole process.
+# The heap budget for the whole process.
 HEAP = os.environ.get("MESHELECT_FW_HEAP", "128k")
 
 SWARM = r"""

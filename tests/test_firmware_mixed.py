@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
-from agent import firmware_tool
-from tests.helpers.netns import Lab
-from tests.helpers.tools import REPO_ROOT, require_tool
-from tests.helpers.waiting import poll_until
+from testkit.netns import Lab
+from testkit.tools import require_tool
+from testkit.waiting import poll_until
+from tests.paths import REPO_ROOT
+from tools import firmware as firmware_tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.micropython, pytest.mark.slow]
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 
-from tests.helpers.broker import Mosquitto, free_port
-from tests.helpers.mpy import MPY_SCRIPTS, micropython_env
-from tests.helpers.tools import REPO_ROOT, require_tool
+from testkit.broker import Mosquitto, free_port
+from testkit.mpy import micropython_env
+from testkit.tools import require_tool
+from tests.paths import MPY_SCRIPTS, REPO_ROOT
 
 pytestmark = [pytest.mark.micropython]
 

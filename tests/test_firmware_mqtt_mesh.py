@@ -20,10 +20,11 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
-from agent import firmware_tool
-from tests.helpers.broker import Mosquitto
-from tests.helpers.tools import REPO_ROOT, require_tool
-from tests.helpers.waiting import poll_until
+from testkit.broker import Mosquitto
+from testkit.tools import require_tool
+from testkit.waiting import poll_until
+from tests.paths import REPO_ROOT
+from tools import firmware as firmware_tool
 
 pytestmark = [pytest.mark.micropython, pytest.mark.slow]
 

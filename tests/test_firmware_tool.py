@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from agent import firmware_tool as ft
-from tests.helpers.mpy import micropython_env
-from tests.helpers.tools import require_tool
+from testkit.mpy import micropython_env
+from testkit.tools import require_tool
+from tools import firmware as ft
 
 NODE_TOML = """
 node_id = "fw-7"
@@ -368,7 +368,7 @@ def test_provision_rejects_duplicates(tmp_path: Path, capsys: pytest.CaptureFixt
 
 class UnixBoard:
     """The MicroPython unix port as a board: its REPL on a pty, bridged to a TCP port that
-    mpremote reaches as ``socket://127.0.0.1:PORT`` (testbed.md). Files land in ``folder``."""
+    mpremote reaches as ``socket://127.0.0.1:PORT``. Files land in ``folder``."""
 
     def __init__(self, folder: Path) -> None:
         exe = require_tool("micropython")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.bench import main
+from tools.bench.gateway import main
 
 
 @pytest.mark.slow

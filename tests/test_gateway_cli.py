@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from gateway.cli import build_parser, cli, load_config
-from gateway.testing import REPO_ROOT, GatewayProcess
+from testkit.gateway import GatewayProcess
+from tests.paths import REPO_ROOT
 
 
 def config_from(argv: list[str]) -> Any:
@@ -105,7 +106,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 BROWSE = r"""
 import json, sys, time
 from zeroconf import IPVersion, ServiceBrowser, Zeroconf
-from gateway.testing import BatchSender, make_batch
+from testkit.gateway import BatchSender, make_batch
 
 SERVICE = "_meshelect-gw._udp.local."
 zc = Zeroconf(interfaces=[sys.argv[1]], ip_version=IPVersion.V4Only)

@@ -14,7 +14,7 @@ from gateway import storage as storage_module
 from gateway.events import QUEUE_EVENTS, EventHub
 from gateway.frames import FrameDrop, FrameRouter
 from gateway.storage import SqliteStorage
-from gateway.testing import make_batch
+from testkit.gateway import make_batch
 
 KEY = b"0123456789abcdef"
 

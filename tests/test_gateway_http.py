@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.testing import BatchSender, GatewayProcess, make_batch
+from testkit.gateway import BatchSender, GatewayProcess, make_batch
 
 TOKEN = "s3cret-token"
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from agent.core.messages import ACK_FENCED, ACK_OK
-from gateway.testing import GatewayProcess, MqttBatchSender, make_batch
-from tests.helpers.broker import Mosquitto
-from tests.helpers.tls import make_test_certificates
+from testkit.broker import Mosquitto
+from testkit.gateway import GatewayProcess, MqttBatchSender, make_batch
+from testkit.tls import make_test_certificates
 
 pytestmark = pytest.mark.broker
 KEY = bytes.fromhex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf")

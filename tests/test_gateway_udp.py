@@ -14,7 +14,7 @@ import pytest
 
 from agent.core import wire
 from agent.core.messages import ACK_FENCED, ACK_OK
-from gateway.testing import BatchSender, GatewayProcess, make_batch
+from testkit.gateway import BatchSender, GatewayProcess, make_batch
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.tools import REPO_ROOT, require_tool
+from testkit.tools import require_tool
+from tests.paths import REPO_ROOT
 
 ENTRY_POINT = "meshelect-hil"
 

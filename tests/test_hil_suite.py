@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.netns import require_netns
-from tests.helpers.tools import REPO_ROOT, require_tool
+from testkit.netns import require_netns
+from testkit.tools import require_tool
+from tests.paths import REPO_ROOT
 from tests.test_hil_plugin import plugin_args
 
 SUITE = REPO_ROOT / "hil" / "suite"

@@ -35,7 +35,7 @@ from hil.labfile import LabFileError, load_lab, parse_lab
 from hil.nsthread import NamespaceError, NamespaceThread
 from hil.resources import BoardSpec, Gateway, PowerPort, SerialPort, VirtualBoard
 from hil.strategy import BoardStrategy, MeshStrategy, StrategyBroken
-from tests.helpers.tools import REPO_ROOT
+from tests.paths import REPO_ROOT
 
 LABS = REPO_ROOT / "hil" / "labs"
 

@@ -1,4 +1,5 @@
-"""The shared test helpers work for real: broker, network-namespace lab, MicroPython, CI rules."""
+"""The test kit works for real (broker, network-namespace lab, MicroPython), and so do the
+suite's CI rules for missing tools."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.broker import Mosquitto
-from tests.helpers.mpy import compile_mpy, run_micropython
-from tests.helpers.netns import Lab, run_tag
-from tests.helpers.tools import REPO_ROOT, require_tool
+from testkit.broker import Mosquitto
+from testkit.mpy import compile_mpy, run_micropython
+from testkit.netns import Lab, run_tag
+from testkit.tools import require_tool
+from tests.paths import REPO_ROOT
 
 PREFIX = "mi-"  # this suite's namespace prefix and subnet (see the team's allocation)
 SUBNET = "10.91.0.0/24"
@@ -391,7 +393,7 @@ INNER_ARGS = ("-p", "no:hypothesispytest", "-p", "no:asyncio", "-p", "no:anyio")
 
 SKIPPING = """
 import pytest
-from tests.helpers.tools import require_tool
+from testkit.tools import require_tool
 
 def test_needs_a_module():
     pytest.importorskip("mi_no_such_module")

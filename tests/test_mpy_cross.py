@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mpy import compile_mpy, python_files, run_micropython
-from tests.helpers.tools import REPO_ROOT
+from testkit.mpy import compile_mpy, run_micropython
+from tests.paths import REPO_ROOT, python_files
 
 MICROPYTHON_SOURCES = python_files("agent/core", "firmware")
 CORE_MODULES = [

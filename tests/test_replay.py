@@ -1,7 +1,8 @@
-"""The replay contract: same output on CPython and MicroPython, and decisions that obey the rules.
+"""The replay contract (docs/replay.md): same output on CPython and MicroPython, and decisions
+that obey the rules.
 
-Scenarios: the shared examples (../shared/scenarios) and ours (tests/scenarios), which add an
-optional "expect" section checked by tests/corecheck.py.
+Scenarios: every file in tests/scenarios; some add an "expect" section and other checks that
+tests/corecheck.py applies.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.mpy import run_micropython
 from tests.corecheck import (
     Output,
     assert_settled,
@@ -23,15 +25,13 @@ from tests.corecheck import (
     parse,
     run_replay,
 )
-from tests.helpers.mpy import run_micropython
-from tests.helpers.tools import REPO_ROOT
+from tests.paths import REPO_ROOT
+from tests.paths import SCENARIOS as SCENARIO_DIR
 
-SHARED = REPO_ROOT.parent / "shared" / "scenarios"
-OURS = REPO_ROOT / "tests" / "scenarios"
-SCENARIOS = sorted(SHARED.glob("*.json")) + sorted(OURS.glob("*.json"))
+SCENARIOS = sorted(SCENARIO_DIR.glob("*.json"))
 IDS = [p.stem for p in SCENARIOS]
 
-# The failover bound of the issue: every live node follows a new leader within 1.5 s.
+# The failover bound: every live node follows a new leader within 1.5 s.
 FAILOVER_BOUND_MS = 1500
 SETTLE_MS = 3000
 
@@ -104,8 +104,13 @@ def test_replay_is_identical_on_micropython(path: Path) -> None:
     assert result.stdout == expected
 
 
+def test_the_scenarios_are_all_there() -> None:
+    # A glob that finds nothing would run no scenario test at all, silently.
+    assert {"three-nodes-crash", "partition-then-stop", "crash", "sixty-nodes"} <= set(IDS)
+
+
 def test_replay_command_line_matches_in_process() -> None:
-    path = SHARED / "three-nodes-crash.json"
+    path = SCENARIO_DIR / "three-nodes-crash.json"
     done = subprocess.run(
         [sys.executable, "-m", "agent.core.replay", str(path)],
         cwd=REPO_ROOT,

@@ -28,8 +28,8 @@ from agent.core.messages import (
     Msg,
 )
 from firmware.lib import cbor as fw_cbor
-from tests.helpers.mpy import run_micropython
-from tests.helpers.tools import REPO_ROOT
+from testkit.mpy import run_micropython
+from tests.paths import REPO_ROOT
 
 MESH = "greenhouse"
 U32 = 0xFFFFFFFF

@@ -3,7 +3,7 @@
     python      -m agent.core.replay SCENARIO.json
     micropython -m agent.core.replay SCENARIO.json
 
-Both print exactly the same text (the contract is shared/contracts/replay.md). Output lines:
+Both print exactly the same text (the contract is docs/replay.md). Output lines:
 
     <t_ms> <node> <role> <term> <leader>     one per change of a node's view
     end <t_ms>
@@ -216,7 +216,7 @@ def cli(argv):
     args = [a for a in argv if not a.startswith("-")]
     if any(a in ("-h", "--help") for a in argv) or len(args) != 1:
         print("usage: meshelect replay SCENARIO.json")
-        print("Replays a scenario on the election core; see shared/contracts/replay.md.")
+        print("Replays a scenario on the election core; see docs/replay.md.")
         return 0 if any(a in ("-h", "--help") for a in argv) else 2
     try:
         run_file(args[0], print)
@@ -230,7 +230,9 @@ def _main():
     try:
         import gc
 
-        gc.threshold(131072)  # MicroPython: collect less often; see shared/testbed.md
+        # MicroPython: collecting every 128 KB allocated runs a long replay about 13x faster
+        # on the unix port than collecting only when its 2 MB heap is full.
+        gc.threshold(131072)
     except (ImportError, AttributeError):
         pass
     # MicroPython's argv for "-m agent.core.replay X" and CPython's both end with the file.

@@ -27,7 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent.core.messages import READINGS_ACK
-from agent.transport import FrameHandler, Transport, format_address
+from agent.transport.base import FrameHandler, Transport, format_address
 
 QOS_ELECTION = 0  # heartbeats repeat every interval; a lost one is replaced by the next
 QOS_DATA = 1  # readings, acks and batches must arrive; dedup happens at the gateway

@@ -16,7 +16,7 @@ import socket
 import struct
 from typing import Any
 
-from agent.transport import FrameHandler, Transport, format_address
+from agent.transport.base import FrameHandler, Transport, format_address
 
 SIOCGIFADDR = 0x8915
 RECEIVE_BUFFER = 1 << 18  # room for a burst of heartbeats while the loop is busy

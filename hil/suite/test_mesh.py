@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from hil.drivers import GatewayDriver, wait_until
-from hil.lab import Board, HilLab
 from hil.strategy import MeshStrategy
+from hil.target import Board, HilLab
 
 WAIT_S = 20.0
 MIN_READINGS = 4

@@ -73,12 +73,13 @@ class ToolError(Exception):
 
 
 def repo_root() -> Path:
+    """The folder holding the ``agent`` package: the checkout, or site-packages for a wheel."""
     return Path(__file__).resolve().parent.parent
 
 
 def firmware_source() -> Path:
     """``firmware/`` in a checkout, or ``agent/_firmware`` in an installed wheel."""
-    for candidate in (repo_root() / "firmware", Path(__file__).resolve().parent / "_firmware"):
+    for candidate in (repo_root() / "firmware", repo_root() / "agent" / "_firmware"):
         if (candidate / "main.py").is_file():
             return candidate
     raise ToolError("firmware sources not found (no firmware/main.py)")

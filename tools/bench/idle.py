@@ -1,16 +1,15 @@
 """`meshelect bench idle`: CPU and memory of idle agents with default settings.
 
-Issue 3 asks that an idle agent use under 2% of one core and under 60 MB. This starts N real
-agent processes on loopback (UDP multicast, or MQTT through a Mosquitto it starts itself), a
-gateway sink, lets the mesh elect and settle, then measures each agent's CPU time and resident
-memory from /proc over a quiet window. Only what loopback needs is configured (addresses,
+The target: an idle agent uses under 2% of one core and under 60 MB. This starts N real agent
+processes on loopback (UDP multicast, or MQTT through a Mosquitto it starts itself) and the real
+gateway (`python -m gateway`), lets the mesh elect and settle, then measures each agent's CPU
+time and resident memory from /proc over a quiet window. Only what loopback needs is configured (addresses,
 ports, state dir); heartbeat, status refresh, sampling, sensors and mDNS keep their defaults.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import socket
@@ -22,6 +21,11 @@ import time
 from typing import Any
 
 from agent.status import read_status
+from testkit.broker import Mosquitto
+from testkit.gateway import GatewayProcess
+from testkit.tools import MissingTool, python_env
+from testkit.waiting import poll_until
+from tools.bench.usage import measure
 
 AGREE_TIMEOUT_S = 30.0
 
@@ -35,7 +39,7 @@ def _free_udp_port() -> int:
 def idle_agent_toml(
     node_id: str, mesh: str, state_dir: str, transport: str, election_port: int, target: str
 ) -> str:
-    """Default settings but for loopback: `target` is the sink (UDP) or the broker (MQTT)."""
+    """Default settings but for loopback: `target` is the gateway (UDP) or the broker (MQTT)."""
     lines = [
         'node_id = "%s"' % node_id,
         'mesh = "%s"' % mesh,
@@ -57,7 +61,7 @@ def idle_agent_toml(
 
 
 class IdleMesh:
-    """N agents and a sink (plus a broker for MQTT) on loopback, in a temp folder."""
+    """N agents and the gateway (plus a broker for MQTT) on loopback, in a temp folder."""
 
     def __init__(self, agents: int, transport: str) -> None:
         self.n = agents
@@ -66,30 +70,27 @@ class IdleMesh:
         self.tmp = tempfile.TemporaryDirectory(prefix="meshelect-idle-")
         self.dir = self.tmp.name
         self.procs: list[subprocess.Popen[Any]] = []
-        self.broker: Any = None
+        self.broker: Mosquitto | None = None
+        self.gateway: GatewayProcess | None = None
 
     def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen[Any]:
         with open(os.path.join(self.dir, log_name), "ab") as log:
             proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=_child_env()
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=python_env()
             )
         self.procs.append(proc)
         return proc
 
     def start(self) -> list[subprocess.Popen[Any]]:
-        sink_argv = [sys.executable, "-m", "agent.bench", "sink", "--mesh", self.mesh]
-        sink_argv += ["--out", os.path.join(self.dir, "sink.jsonl")]
+        db = os.path.join(self.dir, "gateway.db")
         if self.transport == "mqtt":
-            from tests.helpers.broker import Mosquitto
-
             self.broker = Mosquitto().start()
             target = "127.0.0.1:%d" % self.broker.port
-            sink_argv += ["--mqtt", target]
+            mqtt = ["--mqtt-host", "127.0.0.1", "--mqtt-port", str(self.broker.port)]
+            self.gateway = GatewayProcess(db, *mqtt, "--no-udp").start()
         else:
-            port = _free_udp_port()
-            target = "127.0.0.1:%d" % port
-            sink_argv += ["--host", "127.0.0.1", "--port", str(port)]
-        self._spawn(sink_argv, "sink.log")
+            self.gateway = GatewayProcess(db).start()
+            target = "%s:%d" % self.gateway.udp
         election_port = _free_udp_port()
         agents = []
         for index in range(1, self.n + 1):
@@ -116,7 +117,7 @@ class IdleMesh:
         return len(leaders) == 1 and None not in leaders
 
     def close(self) -> None:
-        for proc in reversed(self.procs):  # agents first, then the sink
+        for proc in self.procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.procs:
@@ -125,43 +126,25 @@ class IdleMesh:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+        if self.gateway is not None:
+            self.gateway.stop()
         if self.broker is not None:
             self.broker.close()
         self.tmp.cleanup()
-
-
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def measure(pids: list[int], seconds: float) -> list[tuple[float, int]]:
-    """(CPU % of one core over `seconds`, RSS bytes at the end) per pid."""
-    from agent.bench import process_usage
-
-    start = [process_usage(pid)[0] for pid in pids]
-    t0 = time.monotonic()
-    time.sleep(seconds)
-    elapsed = time.monotonic() - t0
-    out = []
-    for pid, cpu0 in zip(pids, start, strict=True):
-        cpu1, rss = process_usage(pid)
-        out.append(((cpu1 - cpu0) / elapsed * 100, rss))
-    return out
 
 
 def idle(args: argparse.Namespace) -> int:
     mesh = IdleMesh(args.agents, args.transport)
     try:
         agents = mesh.start()
-        deadline = time.monotonic() + AGREE_TIMEOUT_S
-        while not mesh.leader_agreed():
-            if time.monotonic() > deadline or any(p.poll() is not None for p in agents):
-                print("no leader agreed within %.0f s (logs: %s)" % (AGREE_TIMEOUT_S, mesh.dir))
-                return 1
-            time.sleep(0.2)
+        settled = poll_until(
+            lambda: mesh.leader_agreed() or any(p.poll() is not None for p in agents),
+            AGREE_TIMEOUT_S,
+            0.2,
+        )
+        if not settled or not mesh.leader_agreed():
+            print("no leader agreed within %.0f s (logs: %s)" % (AGREE_TIMEOUT_S, mesh.dir))
+            return 1
         time.sleep(args.settle_s)  # start-up (imports, mDNS announcements) is not idle
         usage = measure([p.pid for p in agents], args.seconds)
     finally:
@@ -206,17 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def idle_cli(argv: list[str]) -> int:
+def cli(argv: list[str]) -> int:
     p = build_parser()
     args = p.parse_args(argv)
     if args.agents < 1 or args.seconds <= 0:
         p.error("--agents must be >= 1 and --seconds > 0")
-    if args.transport == "mqtt":
-        try:
-            import tests.helpers.broker  # noqa: F401
-        except ImportError:
-            print("meshelect bench idle: MQTT needs a meshelect checkout", file=sys.stderr)
-            return 2
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         return idle(args)
-    return 130
+    except MissingTool as exc:
+        print("meshelect bench idle: missing %s" % exc, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,6 +1,6 @@
 """A real Mosquitto broker per test, on a free loopback port, from a config in a temp folder.
 
-    from tests.helpers.broker import Mosquitto
+    from testkit.broker import Mosquitto
 
     with Mosquitto() as broker:            # or the `mosquitto` fixture from tests/conftest.py
         client.connect(broker.host, broker.port)
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.helpers.tools import require_tool
+from testkit.tools import require_tool
 
 START_TIMEOUT_S = 10.0  # mosquitto listens within ~20 ms; this only bounds a broken start
 STOP_TIMEOUT_S = 5.0
@@ -155,7 +155,7 @@ class Mosquitto:
         ]
         if os.geteuid() == 0:
             # Started as root, mosquitto drops to the `mosquitto` user, which cannot read
-            # files in a root-owned temp folder (see testbed.md).
+            # files in a root-owned temp folder.
             lines.append("user root")
         self.config_path.write_text("\n".join(lines) + "\n" + self.extra_config + "\n")
 

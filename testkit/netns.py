@@ -1,6 +1,6 @@
 """Several hosts on one machine: network namespaces joined by a bridge in its own namespace.
 
-    from tests.helpers.netns import Lab
+    from testkit.netns import Lab
 
     with Lab(prefix="mi-", subnet="10.91.0.0/24", hosts=3) as lab:
         proc = lab.run(1, [sys.executable, "-m", "agent", "agent", ...], stdout=subprocess.PIPE)
@@ -20,7 +20,7 @@ there are no default routes, so no traffic can leave the lab.
 
 Partitions and loss are nftables rules in the bridge namespace (``table bridge lab``): silent
 drops, interfaces and routes stay intact (``ip link set down`` would make senders fail at once
-and lose the multicast route; see testbed.md).
+and take the multicast route with it).
 
 Teardown (``close()``, also on exceptions) kills every process still running in the lab's
 namespaces and deletes them; creating a Lab first removes stale namespaces left with the same
@@ -42,7 +42,7 @@ from collections.abc import Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
-from tests.helpers.tools import find_tool, require_root, require_tool
+from testkit.tools import find_tool, require_root, require_tool
 
 TEN_NET = ipaddress.IPv4Network("10.0.0.0/8")
 MULTICAST_ROUTE = "224.0.0.0/4"
@@ -56,7 +56,7 @@ class LabError(RuntimeError):
 
 
 def require_netns() -> None:
-    """Skip (locally) / fail (CI) unless this process can build a Lab."""
+    """``MissingTool`` unless this process can build a Lab."""
     require_root("network namespaces")
     require_tool("ip", "apt-get install iproute2")
     require_tool("nft", "apt-get install nftables")

@@ -1,15 +1,16 @@
 """Running code under the real MicroPython unix port, and compiling with mpy-cross.
 
-    from tests.helpers.mpy import run_micropython, MPY_SCRIPTS
+    from testkit.mpy import run_micropython
 
-    rc, out = run_micropython(MPY_SCRIPTS / "wire_vectors.py", "arg1")
+    rc, out = run_micropython("tests/mpy/wire_vectors.py", "arg1")
     rc, out = run_micropython(module="agent.core.messages")
     rc, out = run_micropython(code="import agent.core.node; print('ok')", heapsize="64K")
 
-The checkout root is on ``MICROPYPATH`` (after ``.frozen``, where the unix port keeps its
-built-in asyncio), so ``import agent.core.wire`` works as on CPython; pass ``path=[...]`` for
-more folders (e.g. ``REPO_ROOT / "firmware" / "lib"``). MicroPython prints tracebacks to
-stdout; stderr is merged into ``out`` so nothing is lost. An uncaught exception gives rc 1.
+The folder holding ``agent`` (the checkout, or site-packages) is on ``MICROPYPATH``, after
+``.frozen`` where the unix port keeps its built-in asyncio, so ``import agent.core.wire`` works
+as on CPython; pass ``path=[...]`` for more folders (e.g. the firmware's ``lib``). MicroPython
+prints tracebacks to stdout; stderr is merged into ``out`` so nothing is lost. An uncaught
+exception gives rc 1. A missing interpreter or compiler raises ``MissingTool``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,9 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterable
-from pathlib import Path
 from typing import NamedTuple
 
-from tests.helpers.tools import REPO_ROOT, find_tool, require_tool
-
-MPY_SCRIPTS = REPO_ROOT / "tests" / "mpy"
+from testkit.tools import SOURCE_ROOT, find_tool, require_tool
 
 
 class MpyResult(NamedTuple):
@@ -41,9 +39,10 @@ def mpy_cross_path() -> str | None:
 
 
 def micropython_env(path: Iterable[str | os.PathLike[str]] = ()) -> dict[str, str]:
-    """The environment for a MicroPython child: checkout root (plus ``path``) on MICROPYPATH."""
+    """The environment for a MicroPython child: :data:`SOURCE_ROOT` (plus ``path``) on
+    MICROPYPATH."""
     # MICROPYPATH replaces the default search path, so keep ".frozen" (built-in asyncio etc.).
-    entries = [".frozen", str(REPO_ROOT), *(str(p) for p in path)]
+    entries = [".frozen", str(SOURCE_ROOT), *(str(p) for p in path)]
     env = dict(os.environ)
     env["MICROPYPATH"] = ":".join(entries)
     return env
@@ -58,14 +57,13 @@ def run_micropython(
     heapsize: str | None = None,
     stdin: str | None = None,
     timeout: float = 60.0,
-    cwd: str | os.PathLike[str] = REPO_ROOT,
+    cwd: str | os.PathLike[str] = SOURCE_ROOT,
 ) -> MpyResult:
     """Run one of ``script`` (a file), ``module`` (``-m``) or ``code`` (``-c``) under
     MicroPython with ``args``; return ``(rc, stdout)``.
 
     ``heapsize`` limits the heap like an MCU would (``"64K"``); the default heap is 2 MB.
-    Skips (locally) / fails (in CI) if MicroPython is not installed. Raises
-    ``subprocess.TimeoutExpired`` if the run exceeds ``timeout`` seconds.
+    Raises ``subprocess.TimeoutExpired`` if the run exceeds ``timeout`` seconds.
     """
     if sum(x is not None for x in (script, module, code)) != 1:
         raise ValueError("give exactly one of script, module, code")
@@ -110,13 +108,3 @@ def compile_mpy(
         check=False,
     )
     return MpyResult(completed.returncode, completed.stdout)
-
-
-def python_files(*folders: str) -> list[Path]:
-    """Every ``.py`` under ``folders`` (relative to the checkout), sorted, caches skipped."""
-    files: list[Path] = []
-    for folder in folders:
-        root = REPO_ROOT / folder
-        if root.is_dir():
-            files += [p for p in root.rglob("*.py") if "__pycache__" not in p.parts]
-    return sorted(files)

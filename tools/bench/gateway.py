@@ -1,4 +1,4 @@
-"""``python -m gateway.bench``: ingest throughput, dedup cost, and batch -> live-feed delay.
+"""``meshelect bench gateway``: ingest throughput, dedup cost, and batch -> live-feed delay.
 
 Prints figures; asserts nothing (timings vary with the machine). Batches are built as leaders
 build them (agent/core/datapath.py: up to 64 readings per batch, the frame at most 4096 bytes).
@@ -27,8 +27,8 @@ from agent.core.messages import BATCH, Msg
 from gateway.ingest import Ingest
 from gateway.metrics import Counters
 from gateway.storage import SqliteStorage
-from gateway.testing import BatchSender, GatewayProcess, make_batch
 from gateway.tracker import Tracker
+from testkit.gateway import BatchSender, GatewayProcess, make_batch
 
 READINGS_PER_BATCH = 64  # datapath.BATCH_MAX_READINGS
 
@@ -185,7 +185,7 @@ def bench_feed(samples: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gateway.bench", description=__doc__.split("\n")[0]
+        prog="meshelect bench gateway", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
     args = parser.parse_args(argv)
@@ -221,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         % (r["median_ms"], r["p99_ms"], r["max_ms"], r["samples"])
     )
     return 0
+
+
+def cli(argv: list[str]) -> int:
+    return main(argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Tools for tests and the benchmark: a gateway as a real process, and a leader-side batch sender.
+"""The real gateway for tests and benches: ``python -m gateway`` as a process, what it stored
+(read from its database and ``/metrics``), and leader-side batch senders.
 
 ``BatchSender`` speaks the real wire format (``agent.core.wire.Codec``) over a real UDP socket or
 a real MQTT broker, the way a leader's collector does: every send is a new frame (new counter),
@@ -8,11 +9,12 @@ a batch unacknowledged is sent again, and the ack frames are decoded and checked
 from __future__ import annotations
 
 import atexit
-import os
+import queue
 import re
 import select
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,9 +23,9 @@ from typing import Any
 
 from agent.core import wire
 from agent.core.messages import BATCH, BATCH_ACK, Msg
+from testkit.tools import SOURCE_ROOT, python_env
 
 _READY = re.compile(r"meshelect gateway: http://([\d.]+):(\d+)/ udp (?:([\d.]+):(\d+)|off)")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class GatewayProcess:
@@ -70,11 +72,11 @@ class GatewayProcess:
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args,
-            cwd=REPO_ROOT,
+            cwd=SOURCE_ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=python_env(PYTHONUNBUFFERED="1"),
         )
         assert self.process.stdout is not None
         # Never outlive the test process, even if it dies before calling stop().
@@ -145,6 +147,58 @@ def _kill_quietly(process: subprocess.Popen[str]) -> None:
         process.wait(5)
 
 
+def accepted_batches(db_path: str, mesh: str) -> list[dict[str, Any]]:
+    """The batches the gateway accepted for ``mesh``, oldest first: ``leader``, ``term``,
+    ``id`` and ``wall`` (the gateway's clock at ingest, in seconds). Read from its database
+    (read-only, beside a running gateway); a database not there yet, or locked, gives []."""
+    rows = _query(
+        db_path,
+        "SELECT leader, term, batch_id, received_ms FROM batches WHERE mesh = ? "
+        "ORDER BY received_ms",
+        (mesh,),
+    )
+    return [
+        {"leader": leader, "term": term, "id": batch_id, "wall": received_ms / 1000}
+        for leader, term, batch_id, received_ms in rows
+    ]
+
+
+def stored_readings(db_path: str, mesh: str) -> dict[tuple[str, int], set[int]]:
+    """(node, boot) -> the seqs the gateway stored for ``mesh`` (see ``accepted_batches``)."""
+    stored: dict[tuple[str, int], set[int]] = {}
+    for node, boot, seq in _query(
+        db_path, "SELECT node, boot, seq FROM readings WHERE mesh = ?", (mesh,)
+    ):
+        stored.setdefault((node, boot), set()).add(seq)
+    return stored
+
+
+def _query(db_path: str, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    try:
+        db = sqlite3.connect("file:%s?mode=ro" % db_path, uri=True, timeout=5)
+    except sqlite3.Error:
+        return []
+    try:
+        return list(db.execute(sql, args))
+    except sqlite3.Error:
+        return []
+    finally:
+        db.close()
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) ([-+0-9.eE]+|[-+]?Inf|NaN)$")
+
+
+def parse_counters(text: str) -> dict[str, float]:
+    """Samples of a Prometheus text page (``/metrics``): ``name`` or ``name{labels}`` -> value."""
+    samples = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line.strip())
+        if match:
+            samples[match.group(1)] = float(match.group(2))
+    return samples
+
+
 def make_batch(
     batch_id: int,
     mesh: str,
@@ -179,35 +233,30 @@ def make_batch(
     }
 
 
-class BatchSender:
-    """A leader's gateway link over UDP: encode BATCH frames, send, wait for the BATCH_ACK."""
+class _LeaderLink:
+    """What a leader's gateway link does on any transport: encode BATCH frames (every send a
+    new frame, a new counter), take the gateway's BATCH_ACKs for this leader, and resend a
+    batch until it is acknowledged. Subclasses move the bytes."""
 
-    def __init__(
-        self,
-        mesh: str,
-        leader: str,
-        gateway: tuple[str, int],
-        key: bytes | None = None,
-        boot: int = 1,
-        bind: str = "127.0.0.1",
-    ) -> None:
+    deliver_timeout = 0.5  # seconds to wait for an ack before sending again
+    deliver_attempts = 40
+
+    def __init__(self, mesh: str, leader: str, key: bytes | None, boot: int) -> None:
         self.mesh = mesh
         self.leader = leader
-        self.gateway = gateway
         self.codec = wire.Codec(mesh, key, boot=boot)
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((bind, 0))
         self.acks: list[list[Any]] = []
         self._now = 0
 
-    def close(self) -> None:
-        self.sock.close()
+    def send_frame(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _next_frame(self, timeout: float) -> bytes | None:
+        """The next frame from the gateway within ``timeout`` seconds, or None."""
+        raise NotImplementedError
 
     def frame(self, term: int, batch: dict[str, Any]) -> bytes:
         return bytes(self.codec.encode(Msg(BATCH, self.leader, term=term, body=batch)))
-
-    def send_frame(self, data: bytes) -> None:
-        self.sock.sendto(data, self.gateway)
 
     def send(self, term: int, batch: dict[str, Any]) -> None:
         self.send_frame(self.frame(term, batch))
@@ -219,10 +268,9 @@ class BatchSender:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if not ready:
+            data = self._next_frame(left)
+            if data is None:
                 return None
-            data, _ = self.sock.recvfrom(8192)
             self._now += 1
             try:
                 msg = self.codec.decode(data, self._now)
@@ -233,12 +281,17 @@ class BatchSender:
                 return list(msg.body)
 
     def deliver(
-        self, term: int, batch: dict[str, Any], timeout: float = 0.5, attempts: int = 40
+        self,
+        term: int,
+        batch: dict[str, Any],
+        timeout: float | None = None,
+        attempts: int | None = None,
     ) -> list[Any]:
         """Send until acknowledged (as a leader resends an unacknowledged batch)."""
-        for _ in range(attempts):
+        wait = self.deliver_timeout if timeout is None else timeout
+        for _ in range(self.deliver_attempts if attempts is None else attempts):
             self.send(term, batch)
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
                 ack = self.receive_ack(deadline - time.monotonic())
                 if ack is not None and ack[0] == batch["id"]:
@@ -246,9 +299,40 @@ class BatchSender:
         raise TimeoutError("batch %r of %s never acknowledged" % (batch["id"], self.leader))
 
 
-class MqttBatchSender:
+class BatchSender(_LeaderLink):
+    """A leader's gateway link over UDP."""
+
+    def __init__(
+        self,
+        mesh: str,
+        leader: str,
+        gateway: tuple[str, int],
+        key: bytes | None = None,
+        boot: int = 1,
+        bind: str = "127.0.0.1",
+    ) -> None:
+        super().__init__(mesh, leader, key, boot)
+        self.gateway = gateway
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((bind, 0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send_frame(self, data: bytes) -> None:
+        self.sock.sendto(data, self.gateway)
+
+    def _next_frame(self, timeout: float) -> bytes | None:
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        return self.sock.recvfrom(8192)[0] if ready else None
+
+
+class MqttBatchSender(_LeaderLink):
     """A leader's gateway link over MQTT: publish on ``P/<mesh>/batch``, acks on
     ``P/<mesh>/batch-ack/<leader>``."""
+
+    deliver_timeout = 1.0
+    deliver_attempts = 30
 
     def __init__(
         self,
@@ -261,13 +345,9 @@ class MqttBatchSender:
         tls_ca: str | None = None,
         user: tuple[str, str] | None = None,
     ) -> None:
-        import queue
-
         import paho.mqtt.client as mqtt
 
-        self.mesh = mesh
-        self.leader = leader
-        self.codec = wire.Codec(mesh, key, boot=boot)
+        super().__init__(mesh, leader, key, boot)
         self.topic = "%s/%s/batch" % (prefix, mesh)
         self._acks: queue.Queue[bytes] = queue.Queue()
         self._subscribed = threading.Event()
@@ -289,46 +369,16 @@ class MqttBatchSender:
         if not self._subscribed.wait(10):
             raise TimeoutError("no subscription to %s" % ack_topic)
         self.client = client
-        self._now = 0
 
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def frame(self, term: int, batch: dict[str, Any]) -> bytes:
-        return bytes(self.codec.encode(Msg(BATCH, self.leader, term=term, body=batch)))
-
     def send_frame(self, data: bytes, topic: str | None = None) -> None:
         self.client.publish(topic or self.topic, data, qos=1).wait_for_publish(10)
 
-    def receive_ack(self, timeout: float) -> list[Any] | None:
-        import queue
-
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            try:
-                data = self._acks.get(timeout=left)
-            except queue.Empty:
-                return None
-            self._now += 1
-            try:
-                msg = self.codec.decode(data, self._now)
-            except wire.WireError:
-                continue
-            if msg.kind == BATCH_ACK and msg.target == self.leader:
-                return list(msg.body)
-
-    def deliver(
-        self, term: int, batch: dict[str, Any], timeout: float = 1.0, attempts: int = 30
-    ) -> list[Any]:
-        for _ in range(attempts):
-            self.send_frame(self.frame(term, batch))
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                ack = self.receive_ack(deadline - time.monotonic())
-                if ack is not None and ack[0] == batch["id"]:
-                    return ack
-        raise TimeoutError("batch %r of %s never acknowledged" % (batch["id"], self.leader))
+    def _next_frame(self, timeout: float) -> bytes | None:
+        try:
+            return self._acks.get(timeout=timeout)
+        except queue.Empty:
+            return None

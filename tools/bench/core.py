@@ -1,7 +1,7 @@
 """Benchmark of the election core on the in-memory mesh: failover, message cost, CPU.
 
-    python -m agent.bench_core                    # meshes of 10, 100 and 1000 nodes
-    python -m agent.bench_core --sizes 10,100 --crashes 50
+    meshelect bench core                    # meshes of 10, 100 and 1000 nodes
+    meshelect bench core --sizes 10,100 --crashes 50
 
 For each mesh size it boots the mesh, lets it settle, then crashes the current leader again
 and again (restarting the previous victim each time, so the mesh keeps its size) and prints:
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from agent.core.mesh import Mesh
 from agent.core.messages import HEARTBEAT, Msg
 from agent.core.node import ROLE_LEADER, Config
 from agent.core.wire import Codec
+from testkit.tools import SOURCE_ROOT, find_tool
 
 
 def build(n: int, heartbeat_ms: int, seed: int) -> Mesh:
@@ -159,19 +159,18 @@ def replay_timing(nodes: int = 12, minutes: int = 5) -> None:
             {"at": minutes * 60000, "op": "end"},
         ],
     }
-    repo = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "timing.json"
         path.write_text(json.dumps(scenario))
         interpreters = [("cpython", sys.executable)]
-        mpy = shutil.which("micropython") or str(Path(sys.executable).parent / "micropython")
-        if Path(mpy).exists():
+        mpy = find_tool("micropython")
+        if mpy is not None:
             interpreters.append(("micropython", mpy))
         for name, exe in interpreters:
             t0 = time.perf_counter()
             done = subprocess.run(
                 [exe, "-m", "agent.core.replay", str(path)],
-                cwd=repo,
+                cwd=SOURCE_ROOT,
                 capture_output=True,
                 text=True,
                 check=False,

@@ -1,0 +1,1 @@
+"""Host-side tools beside the product: benches, the firmware tool and the simulator."""

@@ -1,0 +1,1 @@
+"""Benchmarks: `meshelect bench core|failover|idle|gateway` (see tools/bench/cli.py)."""
