@@ -736,7 +736,7 @@ def test_collector_dedup_matches_a_plain_set_of_names(seed: int) -> None:
 
 
 def test_a_collector_with_one_batch_in_flight_waits_for_its_ack() -> None:
-    # The firmware's setting (firmware/app/meshnode.py): one batch in flight at a time.
+    # The firmware's setting (firmware/app/runtime.py): one batch in flight at a time.
     collector = Collector("esp-1", MESH, 64, batch_ms=1000, batch_resend_ms=2000, max_in_flight=1)
     collector.add([[1, 1, 10, {"temp": 5}]], "esp-3")
     first = collector.due_batch(0, 3)

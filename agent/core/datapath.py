@@ -19,7 +19,7 @@ How a member's ring overflow reaches the gateway: a READINGS frame has no field 
 buffer adds the reserved metric ``_dropped`` (its running total for this boot) to the first
 reading of a send; the collector strips it before batching and reports it in ``dropped``.
 
-How a runtime drives it (the Pi agent and the firmware alike), on every tick::
+How the node application (agent/core/app.py) drives it for both runtimes, on every tick::
 
     buffer.add(now, {"temp": 21500})                      # whenever a sensor is read
     if node.leader == me:                                 # leading: a member of itself too

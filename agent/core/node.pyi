@@ -1,5 +1,5 @@
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 from agent.core.messages import Msg
 from agent.core.peers import PeerTable
@@ -52,6 +52,8 @@ class Node:
     boot: int
     prng: Prng
     outbox: list[Msg]
+    # (kind, role, term, leader, lead_reason, previous role): view changes, emptied by the caller
+    events: list[tuple[str, int, int, str | None, str | None, int]]
     wakeup: int
     stats_sent: int
     stats_terms_started: int
@@ -80,4 +82,7 @@ class Node:
     def receive(self, msg: Msg, now: int) -> None: ...
     @property
     def role_name(self) -> str: ...
-    def view(self) -> tuple[int, int, str | None]: ...
+    def phase(self, now: int) -> int: ...
+
+# One row per role (None for ROLE_DOWN): per event, the handler and the roles it may lead to.
+MACHINE: tuple[tuple[Callable[..., Any] | int | None, ...] | None, ...]

@@ -20,6 +20,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent.core import topics
+from agent.core.messages import READINGS_ACK
 from agent.transport.base import FrameHandler, Transport, format_address
 
 QOS_ELECTION = topics.qos(topics.ELECTION)
@@ -205,13 +206,9 @@ class MqttTransport(Transport):
             if len(self._own) > OWN_FRAMES_REMEMBERED:
                 del self._own[0]
 
-    def send_readings(self, leader: str, frame: bytes) -> bool:
-        readings = topics.topic(self.cfg.prefix, self.mesh, topics.READINGS, leader)
-        return self._publish(readings, frame, QOS_DATA)
-
-    def send_readings_ack(self, member: str, frame: bytes) -> bool:
-        acks = topics.topic(self.cfg.prefix, self.mesh, topics.ACKS, member)
-        return self._publish(acks, frame, QOS_DATA)
+    def send_to(self, node: str, kind: int, frame: bytes, address: Any) -> bool:
+        what = topics.ACKS if kind == READINGS_ACK else topics.READINGS
+        return self._publish(topics.topic(self.cfg.prefix, self.mesh, what, node), frame, QOS_DATA)
 
     def send_batch(self, frame: bytes) -> bool:
         return self._publish(self.t_batch, frame, QOS_DATA)
