@@ -374,5 +374,5 @@ def test_make_config_maps_the_config_tables_onto_the_core() -> None:
         make_config(250, {"suspect_intervals": 1})
     with pytest.raises(ValueError, match="heartbeat"):
         make_config(5)
-    with pytest.raises(ValueError, match="election.no_such_key: unknown setting"):
+    with pytest.raises(ValueError, match=r"election\.no_such_key: unknown setting"):
         make_config(250, {"no_such_key": 1})
