@@ -2,7 +2,7 @@
 
 An environment's board targets are the ones with a ``MeshNodeStrategy`` (one per board, as
 labgrid has one strategy per target); the gateway is the target with a ``MeshGatewayDriver``,
-the broker the one with a ``MeshBrokerDriver``. ``mesh["vb-1"]`` is that board's strategy
+the broker the one with a ``MeshBrokerDriver``, Pis those with a ``MeshAgentDriver``. ``mesh["vb-1"]`` is that board's strategy
 (``.console``, ``.power``, ``.deploy``, ``.flash`` are its drivers).
 """
 
@@ -22,6 +22,7 @@ class Mesh:
         self.boards: dict[str, MeshNodeStrategy] = {}
         self.gateway_target: Any = None
         self.broker_target: Any = None
+        self.agents: dict[str, Any] = {}  # Pi targets (a MeshAgentDriver), by name
         for name in sorted(env.config.get_targets()):
             target = env.get_target(name)
             try:
@@ -34,6 +35,8 @@ class Mesh:
                 self.gateway_target = target
             if _has_driver(target, "MeshBrokerDriver"):
                 self.broker_target = target
+            if _has_driver(target, "MeshAgentDriver"):
+                self.agents[name] = target
 
     def __getitem__(self, name: str) -> MeshNodeStrategy:
         return self.boards[name]

@@ -52,6 +52,22 @@ def test_shipped_environments_pass_the_check() -> None:
     assert virtual["targets"]["vb-2"]["resources"]["MicroPythonUnixPort"]["host"] == 2
 
 
+def test_the_example_bench_binds_every_driver_labgrids_way() -> None:
+    """Targets are built (bindings resolved), nothing activated: no hardware needed."""
+    from labgrid import Environment
+
+    env = Environment(str(ENVS / "bench-esp32.yaml"))
+    strategy = env.get_target("esp-1").get_strategy()
+    assert type(strategy.power).__name__ == "USBPowerDriver"
+    assert type(strategy.flash).__name__ == "EsptoolDriver"
+    assert type(strategy.console.console).__name__ == "SerialDriver"
+    assert strategy.deploy.on_serial
+    assert type(env.get_target("esp-3").get_strategy().power).__name__ == "ExternalPowerDriver"
+    agent = env.get_target("pi-1").get_driver("MeshAgentDriver", activate=False)
+    assert agent.commands_for("start") == ["sudo systemctl start meshelect-agent.service"]
+    env.cleanup()
+
+
 GOOD: dict[str, Any] = {
     "options": {"mesh_node": {"mesh": "m", "data": {"sample_ms": 250}}},
     "targets": {

@@ -207,6 +207,25 @@ def test_a_broker_restart_loses_no_reading(
     wait_stored_once(gateway, mesh, after)
 
 
+@pytest.mark.lg_feature("pi")
+def test_a_pi_runs_the_agent_as_a_service_and_its_readings_arrive(
+    mesh: Mesh, gateway: MeshGatewayDriver
+) -> None:
+    """Each Pi gets the agent's config and the systemd unit over SSH; the service runs, joins
+    the boards' mesh, and its readings reach the gateway (its node id is its target's name)."""
+    assert mesh.agents, "the environment declares the pi feature but has no MeshAgentDriver"
+    mesh.transition("joined")
+    for name, target in mesh.agents.items():
+        agent = target.get_driver("MeshAgentDriver")
+        agent.install()
+        wait_until(agent.active, WAIT_S, "the agent service on %s" % name)
+
+        def arrived(node: str = name) -> bool:
+            return bool(gateway.readings(mesh.mesh_name, node))
+
+        wait_until(arrived, WAIT_S, "readings of %s at the gateway" % name)
+
+
 @pytest.mark.lg_feature("serial-console")
 def test_consoles_print_parseable_status_on_real_boards(mesh: Mesh) -> None:
     """Real serial consoles carry status lines intact (a virtual lab has no serial port)."""
