@@ -81,6 +81,21 @@ class Bench:
         self.gateway: subprocess.Popen[Any] | None = None
         self.is_open = False
 
+    @classmethod
+    def from_spec(cls, workdir: Path, spec: Any, gateway_args: tuple[str, ...] = ()) -> Bench:
+        """A bench from anything with ``boards``, ``mesh``, ``mesh_key``, ``transport``,
+        ``prefix`` and ``subnet`` (a ``VirtualBench`` resource, command-line options)."""
+        return cls(
+            workdir,
+            boards=spec.boards,
+            mesh=spec.mesh,
+            mesh_key=spec.mesh_key,
+            transport=spec.transport,
+            prefix=spec.prefix,
+            subnet=spec.subnet,
+            gateway_args=gateway_args,
+        )
+
     # -- what tests and drivers need to know -----------------------------------------------
     def slot(self, host: int) -> Slot:
         if not 1 <= host <= self.boards:

@@ -244,15 +244,7 @@ def exporter_config(bench: Bench, group: str, interpreter: str = "micropython") 
 def _virtual_host(args: argparse.Namespace) -> int:
     """Build a virtual bench, export it, create its place; run until interrupted."""
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="meshelect-farm-"))
-    bench = Bench(
-        folder / "bench",
-        boards=args.boards,
-        mesh=args.mesh,
-        mesh_key=args.mesh_key,
-        transport=args.transport,
-        prefix=args.prefix,
-        subnet=args.subnet,
-    )
+    bench = Bench.from_spec(folder / "bench", args)
     stop: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     with bench:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from labgrid import Target
@@ -89,6 +90,23 @@ def _listening(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def pi_target(port: int, key: Path, config: Path, root: Path, systemctl: str) -> Any:
+    """The "Pi": labgrid's SSHDriver to the sshd, the agent driver with its files under
+    ``root``; returns (target, agent driver)."""
+    target = Target("pi-1")
+    NetworkService(target, None, address="127.0.0.1", username="root", port=port)
+    SSHDriver(target, None, keyfile=str(key), connection_timeout=10.0)
+    agent = MeshAgentDriver(
+        target,
+        None,
+        config_file=str(config),
+        config_path=str(root / "etc" / "meshelect" / "agent.toml"),
+        unit_dir=str(root / "etc" / "systemd" / "system"),
+        systemctl=systemctl,
+    )
+    return target, agent
+
+
 def test_agent_driver_installs_and_starts_the_unit_over_real_ssh(
     sshd: tuple[int, Path], tmp_path: Path
 ) -> None:
@@ -101,17 +119,7 @@ def test_agent_driver_installs_and_starts_the_unit_over_real_ssh(
     config = tmp_path / "pi-1.toml"
     config.write_text('node_id = "pi-1"\nmesh = "bench"\n')
 
-    target = Target("pi-1")
-    NetworkService(target, None, address="127.0.0.1", username="root", port=port)
-    SSHDriver(target, None, keyfile=str(key), connection_timeout=10.0)
-    agent = MeshAgentDriver(
-        target,
-        None,
-        config_file=str(config),
-        config_path=str(root / "etc" / "meshelect" / "agent.toml"),
-        unit_dir=str(root / "etc" / "systemd" / "system"),
-        systemctl=str(shim),
-    )
+    target, agent = pi_target(port, key, config, root, str(shim))
     try:
         target.activate(agent)
         assert not agent.active()
@@ -139,21 +147,11 @@ def test_agent_driver_says_which_command_failed(sshd: tuple[int, Path], tmp_path
     port, key = sshd
     config = tmp_path / "pi-1.toml"
     config.write_text('node_id = "pi-1"\n')
-    target = Target("pi-1")
-    NetworkService(target, None, address="127.0.0.1", username="root", port=port)
-    SSHDriver(target, None, keyfile=str(key), connection_timeout=10.0)
-    agent = MeshAgentDriver(
-        target,
-        None,
-        config_file=str(config),
-        config_path=str(tmp_path / "etc" / "agent.toml"),
-        unit_dir=str(tmp_path / "units"),
-        systemctl="/nonexistent/systemctl",
-    )
+    target, agent = pi_target(port, key, config, tmp_path, "/nonexistent/systemctl")
     try:
         target.activate(agent)
         with pytest.raises(HilError, match=r"pi-1: `/nonexistent/systemctl daemon-reload` failed"):
             agent.install()
-        assert (tmp_path / "etc" / "agent.toml").exists()  # the steps before it ran
+        assert (tmp_path / "etc" / "meshelect" / "agent.toml").exists()  # the steps before it ran
     finally:
         target.cleanup()

@@ -40,16 +40,7 @@ class VirtualBenchDriver(Driver):
         spec: Any = self.spec
         try:
             args = tuple(shlex.split(spec.gateway_args))
-            bench = Bench(
-                workdir(self.target) / self.target.name,
-                boards=spec.boards,
-                mesh=spec.mesh,
-                mesh_key=spec.mesh_key,
-                transport=spec.transport,
-                prefix=spec.prefix,
-                subnet=spec.subnet,
-                gateway_args=args,
-            )
+            bench = Bench.from_spec(workdir(self.target) / self.target.name, spec, args)
             bench.open()
         except (BenchError, ValueError) as exc:
             raise HilError("bench %s: %s" % (self.target.name, exc)) from None
