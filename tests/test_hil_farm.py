@@ -124,3 +124,13 @@ def test_two_sessions_share_one_place_one_waits_for_the_lock(farm: str, tmp_path
         print(run.stdout.strip().splitlines()[-1])
     assert second["asked"] < first["released"] <= second["locked"], (first, second)
     print("second session waited %.1f s for the place" % (second["locked"] - second["asked"]))
+    # The command-line form holds the place around any command and passes its status on.
+    for command, status in (("true", 0), ("false", 1)):
+        done = subprocess.run(
+            [sys.executable, "-m", "hil.farm", "run", "--coordinator", farm, "--place", PLACE,
+             "--", command],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == status, done.stdout + done.stderr
+    shown = farm_module.client(farm, "-p", PLACE, "show").stdout
+    assert "acquired: None" in shown  # released again
