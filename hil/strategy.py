@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attr
 from labgrid.factory import target_factory
@@ -70,7 +70,7 @@ def sticky(func: F) -> F:
 @target_factory.reg_driver
 @attr.s(eq=False)
 class MeshNodeStrategy(Strategy):
-    bindings = {  # noqa: RUF012
+    bindings: ClassVar[dict[str, Any]] = {
         "power": "PowerProtocol",
         "console": "MeshConsoleDriver",
         "deploy": "MeshDeployDriver",

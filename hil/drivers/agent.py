@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attr
 from labgrid.driver.common import Driver
@@ -37,7 +37,10 @@ class MeshAgentDriver(Driver):
     """``config_file``: the node's agent.toml on this machine (relative to the environment
     file); ``unit``: the unit file to install (default: the one in ``examples/``)."""
 
-    bindings = {"command": "CommandProtocol", "files": "FileTransferProtocol"}  # noqa: RUF012
+    bindings: ClassVar[dict[str, Any]] = {
+        "command": "CommandProtocol",
+        "files": "FileTransferProtocol",
+    }
     config_file: str = attr.ib(validator=attr.validators.instance_of(str))
     unit: str = attr.ib(default="", validator=attr.validators.instance_of(str))
     config_path: str = attr.ib(

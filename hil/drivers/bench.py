@@ -8,7 +8,7 @@ target (``bench: bench``); activating any of them activates this driver first.
 from __future__ import annotations
 
 import shlex
-from typing import Any
+from typing import Any, ClassVar
 
 import attr
 from labgrid.driver.common import Driver
@@ -24,7 +24,7 @@ GATEWAY_START_S = 20.0
 @target_factory.reg_driver
 @attr.s(eq=False)
 class VirtualBenchDriver(Driver):
-    bindings = {"spec": "VirtualBench"}  # noqa: RUF012 (labgrid's class-level binding table)
+    bindings: ClassVar[dict[str, Any]] = {"spec": "VirtualBench"}
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()

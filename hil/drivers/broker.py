@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from typing import Any
+from typing import Any, ClassVar
 
 import attr
 from labgrid.driver.common import Driver
@@ -20,7 +20,7 @@ COMMAND_TIMEOUT_S = 60.0
 @target_factory.reg_driver
 @attr.s(eq=False)
 class MeshBrokerDriver(Driver):
-    bindings = {"broker": "MeshBroker"}  # noqa: RUF012
+    bindings: ClassVar[dict[str, Any]] = {"broker": "MeshBroker"}
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()

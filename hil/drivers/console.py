@@ -17,7 +17,7 @@ import collections
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attr
 from labgrid.driver.common import Driver
@@ -36,7 +36,7 @@ READ_CHUNK = 65536
 @target_factory.reg_driver
 @attr.s(eq=False)
 class MeshConsoleDriver(Driver):
-    bindings = {"console": "ConsoleProtocol"}  # noqa: RUF012
+    bindings: ClassVar[dict[str, Any]] = {"console": "ConsoleProtocol"}
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()

@@ -11,7 +11,7 @@ into its folder). The build is made once per session (``hil.drivers.common.firmw
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attr
 from labgrid.driver.common import Driver
@@ -39,7 +39,7 @@ class EsptoolDriver(Driver, BootstrapProtocol):
     """Erase the chip and write a MicroPython image. ``image``: a key of the environment's
     ``images:`` or a path (relative to the environment file)."""
 
-    bindings = {"port": SERIAL_PORTS}  # noqa: RUF012
+    bindings: ClassVar[dict[str, Any]] = {"port": SERIAL_PORTS}
     image: str = attr.ib(default="", validator=attr.validators.instance_of(str))
     chip: str = attr.ib(default="esp32", validator=attr.validators.instance_of(str))
     baud: int = attr.ib(
@@ -69,7 +69,7 @@ class EsptoolDriver(Driver, BootstrapProtocol):
 @target_factory.reg_driver
 @attr.s(eq=False)
 class MeshDeployDriver(Driver):
-    bindings = {"port": {*SERIAL_PORTS, "MicroPythonUnixDriver"}}  # noqa: RUF012
+    bindings: ClassVar[dict[str, Any]] = {"port": {*SERIAL_PORTS, "MicroPythonUnixDriver"}}
     config: dict[str, Any] = attr.ib(factory=dict, validator=attr.validators.instance_of(dict))
 
     def __attrs_post_init__(self) -> None:

@@ -6,7 +6,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, ClassVar
 
 import attr
 from labgrid.driver.common import Driver
@@ -24,7 +24,7 @@ READINGS_LIMIT = 10000  # the gateway API's maximum page
 class MeshGatewayDriver(Driver):
     """Binds a ``MeshGateway``; on activation waits until the API answers (``start_s``)."""
 
-    bindings = {"gateway": "MeshGateway"}  # noqa: RUF012
+    bindings: ClassVar[dict[str, Any]] = {"gateway": "MeshGateway"}
     start_s: float = attr.ib(default=20.0, validator=attr.validators.instance_of(float))
 
     def __attrs_post_init__(self) -> None:

@@ -23,7 +23,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import attr
 from labgrid.driver.common import Driver
@@ -43,7 +43,7 @@ CYCLE_OFF_S = 0.2  # a power cycle's off time: a process has no capacitors to dr
 @target_factory.reg_driver
 @attr.s(eq=False)
 class MicroPythonUnixDriver(Driver, PowerProtocol, ConsoleProtocol, BootstrapProtocol):
-    bindings = {"port": "MicroPythonUnixPort"}  # noqa: RUF012
+    bindings: ClassVar[dict[str, Any]] = {"port": "MicroPythonUnixPort"}
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
