@@ -82,9 +82,14 @@ class MeshAgentDriver(Driver):
     def install(self) -> None:
         config = self.local_path(self.config_file)
         unit = self.local_path(self.unit) if self.unit else Path(default_unit())
-        for path in (config, unit):
-            if not path.is_file():
-                raise HilError("pi %s: %s does not exist" % (self.target.name, path))
+        if not config.is_file():
+            raise HilError("pi %s: config_file %s does not exist" % (self.target.name, config))
+        if not unit.is_file():
+            # The default is the checkout's examples/ file; an installed wheel has no examples/.
+            raise HilError(
+                "pi %s: unit file %s does not exist (set unit: to a copy of "
+                "examples/%s)" % (self.target.name, unit, UNIT_NAME)
+            )
         self._run("mkdir -p %s" % STAGING)
         self.files.put(str(config), STAGING + "/agent.toml")
         self.files.put(str(unit), STAGING + "/" + UNIT_NAME)
