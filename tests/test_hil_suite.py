@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.netns import require_netns
+from testkit.netns import require_netns, run_tag
 from testkit.tools import require_tool
 from tests.paths import REPO_ROOT
 
@@ -29,22 +29,31 @@ SUITE_TIMEOUT_S = 240.0  # a bound for a hung child, not a timing assertion
 def run_suite(
     env_file: Path, report: Path, *args: str
 ) -> tuple[subprocess.CompletedProcess[str], ET.Element | None]:
+    """The suite in a child pytest; ``returncode``, output and the child's namespace prefix
+    (``<bench prefix><pid tag>-``: names its own benches, not a concurrent run's)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT)
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rsx", "-v", "-s",
-            "--lg-env", str(env_file), "--junitxml", str(report), str(SUITE), *args,
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT_S,
-        check=False,
-    )  # fmt: skip
+    argv = [
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rsx", "-v", "-s",
+        "--lg-env", str(env_file), "--junitxml", str(report), str(SUITE), *args,
+    ]  # fmt: skip
+    with subprocess.Popen(
+        argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            out, err = child.communicate(timeout=SUITE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, err = child.communicate()
+    done = subprocess.CompletedProcess(argv, child.returncode, out, err)
+    done.run_tag = run_tag(child.pid)  # type: ignore[attr-defined]
     root = ET.parse(report).getroot() if report.exists() else None
     return done, root
+
+
+def namespaces_left(prefix: str) -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return [n for n in listed.stdout.split() if n.startswith(prefix)]
 
 
 def suite_properties(root: ET.Element) -> dict[str, str]:
@@ -88,9 +97,8 @@ def test_hil_suite_on_the_virtual_lab(tmp_path: Path) -> None:
     for line in done.stdout.splitlines():
         if "failover" in line or "stored once" in line or "gateway term" in line:
             print(line.lstrip("."))
-    # Nothing left behind: no namespace of the bench's prefix from this run.
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    assert not [n for n in listed.stdout.split() if n.startswith("mh-")]
+    # Nothing left behind by this run's bench.
+    assert not namespaces_left("mh-%s-" % done.run_tag)  # type: ignore[attr-defined]
 
 
 @pytest.mark.netns
@@ -104,8 +112,7 @@ def test_hil_suite_broker_restart_in_mqtt_mode(tmp_path: Path) -> None:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     assert "1 passed" in done.stdout, output
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    assert not [n for n in listed.stdout.split() if n.startswith("mq-")]
+    assert not namespaces_left("mq-%s-" % done.run_tag)  # type: ignore[attr-defined]
 
 
 @pytest.mark.hardware
