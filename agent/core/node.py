@@ -122,9 +122,16 @@ _REASON_HANDOFF = const("score")  # the previous leader handed over to a better 
 _REASON_BATTERY = const("battery")  # the previous leader's battery fell below the threshold
 _REASON_SHUTDOWN = const("shutdown")  # the previous leader shut down gracefully
 _REASON_MERGE = const("merge")  # two leaders met after a partition healed
+_REASON_FENCED = const("fenced")  # the gateway knew a newer term (say, after a site restart)
 
 MAX_NODE_ID_BYTES = const(16)  # the node_id setting: 1..16 UTF-8 bytes (the wire's bound)
-HEARD_NONE = const(65535)  # "heard" field: no leader heard (also the cap of the field)
+HEARD_NONE = const(65535)
+# Terms are 32-bit on the wire: a node never holds a term whose successor would not encode, so
+# a frame at or above this cap is dropped (it cannot capture the mesh).
+_TERM_CAP = const(0xFFFFFFFF)
+# A term more than this above the highest the node has seen is implausible (a mesh makes one
+# term per election): dropped and counted, unless corroborated (see ``Node._plausible``).
+_MAX_TERM_STEP = const(1 << 16)  # "heard" field: no leader heard (also the cap of the field)
 # ``now`` never wraps (ms since boot), so these lie far beyond any uptime: 2**30 ms would be
 # reached after 12.4 days, and every "no deadline" would then fire at once. (Not small ints
 # on a 32-bit board, but so is ``now`` itself after 12.4 days.)
@@ -253,7 +260,7 @@ def make_config(heartbeat_ms=_DEFAULT_HEARTBEAT_MS, election=None, score=None):
 class Node:
     """One node's election state. See the module docstring for the rules."""
 
-    def __init__(self, node_id, config=None, boot=0, seed=0):
+    def __init__(self, node_id, config=None, boot=0, seed=0, term=0):
         if not isinstance(node_id, str):
             raise TypeError("node id must be a str")
         n = len(node_id.encode())
@@ -271,6 +278,11 @@ class Node:
         self.stats_terms_started = 0
         self.stats_suspicions = 0
         self.stats_handoffs = 0
+        self.stats_term_jumps = 0  # frames dropped for an implausible term
+        # The highest term seen before this boot (persisted by the runtime): the first claim
+        # goes above it, so a restarted mesh is not fenced by its own past.
+        self._start_term = term if 0 <= term < _TERM_CAP else 0
+        self._jumper = None  # the sender of the last implausible term (see _plausible)
         self._reset(0)  # peers, role, term, leader and every timer
         self._view = [ROLE_DOWN, 0, None]  # role, term, leader: what the last event showed
 
@@ -335,12 +347,36 @@ class Node:
         """Take one decoded, authenticated message from a peer."""
         if self.role == ROLE_DOWN or msg.sender == self.id:
             return
+        if not self._plausible(msg):
+            self.stats_term_jumps += 1
+            return
         event = self._learn(msg, now)
         if event < 0:
             return  # not an election message
         handler = MACHINE[self.role][2 * event]
         if handler is not None:
             handler(self, msg, now)
+        self._update_wakeup(now)
+        self._after()
+
+    def fenced(self, now, term):
+        """The gateway refused our batch: it holds ``term`` (say, from before a whole-site
+        restart). A leader leads in a term above it at once, instead of sending nothing until
+        some later election; once per leadership, so two leaders split by a partition do not
+        take turns raising the fence (the second one fenced stays fenced until the heal)."""
+        if (
+            self.role != ROLE_LEADER
+            or self.lead_reason == _REASON_FENCED
+            or term < self.term
+            or term + 1 >= _TERM_CAP
+        ):
+            return
+        if term > self.max_seen:
+            self.max_seen = term
+        self.term = self.max_seen + 1
+        self.max_seen = self.term
+        self.stats_terms_started += 1
+        self._become_leader(now, _REASON_FENCED)
         self._update_wakeup(now)
         self._after()
 
@@ -361,6 +397,22 @@ class Node:
 
     # ---- what a message says, whoever we are --------------------------------------------
 
+    def _plausible(self, m):
+        """A term the node may take: one whose successor encodes, and not a jump of more than
+        _MAX_TERM_STEP above the highest seen, unless the node has had no leader since boot
+        (nothing to compare with: a wiped node joining an old mesh), the sender is its own
+        leader (which learned the gateway's term), or a second sender jumps too."""
+        term = m.term
+        if term >= _TERM_CAP:
+            return False
+        if term <= self.max_seen + _MAX_TERM_STEP or not self._had_leader:
+            return True
+        if m.sender == self.leader or (self._jumper is not None and self._jumper != m.sender):
+            self._jumper = None
+            return True
+        self._jumper = m.sender
+        return False
+
     def _learn(self, m, now):
         """Record what ``m`` tells about its sender and the terms; return its event (_ON_*),
         or -1 for a message the election does not read."""
@@ -372,8 +424,8 @@ class Node:
             p.link = m.link
             p.flags = m.flags
             p.term = m.term
-            if m.term > self._max_seen:
-                self._max_seen = m.term
+            if m.term > self.max_seen:
+                self.max_seen = m.term
             if m.flags & F_LEADER:
                 return _ON_LEADER_BEAT
             if m.heard < HEARD_NONE and not m.flags & F_CANDIDATE:
@@ -385,8 +437,8 @@ class Node:
             p.score = m.score
             p.term = m.term
             p.flags = F_CANDIDATE
-            if m.term > self._max_seen:
-                self._max_seen = m.term
+            if m.term > self.max_seen:
+                self.max_seen = m.term
             return _ON_CLAIM
         if kind == HANDOFF:
             self.peers.touch(m.sender, now)
@@ -528,10 +580,12 @@ class Node:
             if self.score < 0:
                 return
             top = self.term if self.term > m.term else m.term
-            if self._max_seen > top:
-                top = self._max_seen
+            if self.max_seen > top:
+                top = self.max_seen
+            if top + 1 >= _TERM_CAP:
+                return
             self.term = top + 1
-            self._max_seen = self.term
+            self.max_seen = self.term
             self.stats_terms_started += 1
             if m.flags & F_LEAVING:
                 reason = _REASON_SHUTDOWN
@@ -631,7 +685,7 @@ class Node:
         self.term = 0
         self.leader = None
         self.lead_reason = None
-        self._max_seen = 0
+        self.max_seen = self._start_term
         self._ev_time = _NEVER  # latest time a leader of self.term was known alive
         self._direct = _NEVER  # latest time we heard our leader ourselves
         self._suspected = None
@@ -695,9 +749,14 @@ class Node:
         self._claim_at = now + rank * cfg.claim_slot_ms
 
     def _claim(self, now, reason):
-        top = self.term if self.term > self._max_seen else self._max_seen
+        top = self.term if self.term > self.max_seen else self.max_seen
+        if top + 1 >= _TERM_CAP:
+            # No term left to claim (only a corroborated jump gets here): wait for a leader.
+            self._claim_at = _NO_TIME
+            self._listen_until = now + self.config.suspect_ms
+            return
         self.term = top + 1
-        self._max_seen = self.term
+        self.max_seen = self.term
         self.stats_terms_started += 1
         self._become_candidate(now, reason)
 
