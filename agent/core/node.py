@@ -461,8 +461,15 @@ class Node:
             self._ev_time = now
             self._direct = now
         else:
+            # A leader of our term we hear, against ours: the better one, or this one if we
+            # have not heard ours ourselves for a live interval (peers' reports of "their
+            # leader" may be about this one, and would keep a dead leader of ours alive).
             current = self.peers.by_id.get(self.leader)
-            if current is None or better(m.score, sender, current.score, current.id):
+            if (
+                current is None
+                or current.heard < now - self.config.live_ms
+                or better(m.score, sender, current.score, current.id)
+            ):
                 self._adopt(sender, term, now)
 
     def _on_report(self, m, now):
