@@ -74,7 +74,7 @@ def test_members_follow_their_leader_over_a_big_fence_jump() -> None:
     f.tick(f.wakeup)  # running a while
     f.receive(Msg(HEARTBEAT, "boss", term=1 + 10 * STEP, flags=F_LEADER, score=900), now=200)
     assert (f.term, f.leader) == (1 + 10 * STEP, "boss")
-    assert f.stats_term_jumps == 0
+    assert f.term_jumps == 0
 
 
 def test_a_term_that_does_not_leave_room_on_the_wire_is_dropped() -> None:
@@ -83,7 +83,7 @@ def test_a_term_that_does_not_leave_room_on_the_wire_is_dropped() -> None:
         node.start(0)  # even a booting node (any jump is plausible then)
         node.receive(Msg(HEARTBEAT, "rogue", term=term, flags=F_LEADER, score=1000), now=10)
         assert node.term == 0 and node.leader is None and node.max_seen == 0
-        assert node.stats_term_jumps == 1 and "rogue" not in node.peers
+        assert node.term_jumps == 1 and "rogue" not in node.peers
 
 
 def test_an_uncorroborated_jump_is_dropped_and_counted() -> None:
@@ -91,7 +91,7 @@ def test_an_uncorroborated_jump_is_dropped_and_counted() -> None:
     for kind in (HEARTBEAT, CLAIM, HANDOFF, LEAVE):
         f.receive(Msg(kind, "rogue", term=3 + STEP + 1, flags=F_LEADER, score=1000), now=20)
     assert (f.term, f.leader, f.max_seen) == (3, "boss", 3)
-    assert f.stats_term_jumps == 4
+    assert f.term_jumps == 4
     f.receive(Msg(HEARTBEAT, "rogue", term=3 + STEP, flags=F_LEADER, score=1000), now=30)
     assert f.term == 3 + STEP  # within the bound: a newer term, followed as ever
 

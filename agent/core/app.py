@@ -339,7 +339,7 @@ class NodeApp:
                 "terms_started": node.stats_terms_started,
                 "suspicions": node.stats_suspicions,
                 "handoffs": node.stats_handoffs,
-                "term_jumps": node.stats_term_jumps,
+                "term_jumps": node.term_jumps,
             },
             "buffer": {
                 "depth": buf.depth,

@@ -130,7 +130,7 @@ HEARD_NONE = const(65535)
 # a frame at or above this cap is dropped (it cannot capture the mesh).
 _TERM_CAP = const(0xFFFFFFFF)
 # A term more than this above the highest the node has seen is implausible (a mesh makes one
-# term per election): dropped and counted, unless corroborated (see ``Node._plausible``).
+# term per election): dropped and counted, unless corroborated (see ``Node.receive``).
 _MAX_TERM_STEP = const(1 << 16)  # "heard" field: no leader heard (also the cap of the field)
 # ``now`` never wraps (ms since boot), so these lie far beyond any uptime: 2**30 ms would be
 # reached after 12.4 days, and every "no deadline" would then fire at once. (Not small ints
@@ -278,11 +278,11 @@ class Node:
         self.stats_terms_started = 0
         self.stats_suspicions = 0
         self.stats_handoffs = 0
-        self.stats_term_jumps = 0  # frames dropped for an implausible term
+        self.term_jumps = 0  # frames dropped for an implausible term
         # The highest term seen before this boot (persisted by the runtime): the first claim
-        # goes above it, so a restarted mesh is not fenced by its own past.
-        self._start_term = term if 0 <= term < _TERM_CAP else 0
-        self._jumper = None  # the sender of the last implausible term (see _plausible)
+        # goes above it, so a restarted mesh is not fenced by its own past. (Kept by start.)
+        self.max_seen = term if 0 <= term < _TERM_CAP else 0
+        self._jumper = None  # the sender of the last implausible term (see receive)
         self._reset(0)  # peers, role, term, leader and every timer
         self._view = [ROLE_DOWN, 0, None]  # role, term, leader: what the last event showed
 
@@ -347,9 +347,21 @@ class Node:
         """Take one decoded, authenticated message from a peer."""
         if self.role == ROLE_DOWN or msg.sender == self.id:
             return
-        if not self._plausible(msg):
-            self.stats_term_jumps += 1
+        # A term the node may take: one whose successor encodes, and not a jump of more than
+        # _MAX_TERM_STEP above the highest seen, unless the node has had no leader since boot
+        # (nothing to compare with: a wiped node joining an old mesh), the sender is its own
+        # leader (which learned the gateway's term), or a second sender jumps too.
+        term = msg.term
+        if term >= _TERM_CAP:
+            self.term_jumps += 1
             return
+        if term > self.max_seen + _MAX_TERM_STEP and self._had_leader:
+            sender = msg.sender
+            if sender != self.leader and (self._jumper is None or self._jumper == sender):
+                self._jumper = sender
+                self.term_jumps += 1
+                return
+            self._jumper = None
         event = self._learn(msg, now)
         if event < 0:
             return  # not an election message
@@ -396,22 +408,6 @@ class Node:
         return ROLE_NAMES[self.role]
 
     # ---- what a message says, whoever we are --------------------------------------------
-
-    def _plausible(self, m):
-        """A term the node may take: one whose successor encodes, and not a jump of more than
-        _MAX_TERM_STEP above the highest seen, unless the node has had no leader since boot
-        (nothing to compare with: a wiped node joining an old mesh), the sender is its own
-        leader (which learned the gateway's term), or a second sender jumps too."""
-        term = m.term
-        if term >= _TERM_CAP:
-            return False
-        if term <= self.max_seen + _MAX_TERM_STEP or not self._had_leader:
-            return True
-        if m.sender == self.leader or (self._jumper is not None and self._jumper != m.sender):
-            self._jumper = None
-            return True
-        self._jumper = m.sender
-        return False
 
     def _learn(self, m, now):
         """Record what ``m`` tells about its sender and the terms; return its event (_ON_*),
@@ -692,7 +688,6 @@ class Node:
         self.term = 0
         self.leader = None
         self.lead_reason = None
-        self.max_seen = self._start_term
         self._ev_time = _NEVER  # latest time a leader of self.term was known alive
         self._direct = _NEVER  # latest time we heard our leader ourselves
         self._suspected = None

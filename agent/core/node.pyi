@@ -59,7 +59,7 @@ class Node:
     stats_terms_started: int
     stats_suspicions: int
     stats_handoffs: int
-    stats_term_jumps: int
+    term_jumps: int
     max_seen: int
     battery: int
     link: int

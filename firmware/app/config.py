@@ -120,16 +120,6 @@ def next_boot(path):
     return boot
 
 
-def read_term(path):
-    """The highest term seen before this boot (``Runtime`` writes it on every rise), or 0."""
-    try:
-        with open(path) as f:
-            term = int(f.read().strip() or "0")
-    except (OSError, ValueError):
-        return 0
-    return term if 0 <= term < 0xFFFFFFFF else 0
-
-
 def host_port(text, port):
     """``"host:port"`` or ``"host"`` (then ``port``) -> (host, port); empty -> None."""
     if not text:

@@ -137,7 +137,14 @@ class Runtime:
         # Beside the boot counter: the highest term seen, so that after a power cut the first
         # claim goes above the gateway's fence. Written only when it rises (flash wear is one
         # small write per election).
-        self._term_file = cfg["boot_file"] + ".term"
+        term = 0
+        try:
+            # ("." and "term" are interned names already; ".term" would be one more, and the
+            # process is at the edge of a new qstr pool: firmware/README.md, "Memory".)
+            with open(cfg["boot_file"] + "." + "term") as f:
+                term = int(f.read())
+        except (OSError, ValueError):
+            pass
         self.app = NodeApp(
             cfg["node_id"],
             cfg["mesh"],
@@ -151,7 +158,7 @@ class Runtime:
             buffer_size=cfg["data"]["buffer_capacity"],
             collector_size=cfg["data"]["collector_capacity"],
             clock_paused=link.clock_paused,
-            term=config.read_term(self._term_file),
+            term=term,  # (the core ignores one out of range)
         )  # (the rest: NodeApp's defaults are a board's)
         udp_cfg = cfg["udp"]
         # Where our unicast frames arrive (UDP); mDNS advertises it on either link.
@@ -259,7 +266,7 @@ class Runtime:
                     if role == ROLE_LEADER:
                         self.link.leader(event[2])  # once per term
                 elif kind == "max_term":
-                    path = self._term_file
+                    path = self.cfg["boot_file"] + "." + "term"
                     try:
                         with open(path + ".tmp", "w") as f:
                             f.write("%d\n" % event[1])
