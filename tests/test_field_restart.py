@@ -29,12 +29,28 @@ def _fence(mesh: MeshUnderTest) -> int:
 
 
 @pytest.mark.parametrize(
-    ("wipe", "gateway_too"),
-    [(False, False), (True, False), (False, True), (True, True)],
-    ids=["state-kept", "state-wiped", "state-kept-gateway-too", "state-wiped-gateway-too"],
+    ("transport", "wipe", "gateway_too"),
+    [
+        ("udp", False, False),
+        ("udp", True, False),
+        ("udp", False, True),
+        ("udp", True, True),
+        ("mqtt", False, False),
+        ("mqtt", True, True),
+    ],
+    ids=[
+        "udp-state-kept",
+        "udp-state-wiped",
+        "udp-state-kept-gateway-too",
+        "udp-state-wiped-gateway-too",
+        "mqtt-state-kept",
+        "mqtt-state-wiped-gateway-too",
+    ],
 )
-def test_whole_site_power_cut_then_readings_flow_again(wipe: bool, gateway_too: bool) -> None:
-    mesh = MeshUnderTest(4, "udp", mesh="t-cut", sample_ms=300)
+def test_whole_site_power_cut_then_readings_flow_again(
+    transport: str, wipe: bool, gateway_too: bool
+) -> None:
+    mesh = MeshUnderTest(4, transport, mesh="t-cut", sample_ms=300)
     killed: dict[tuple[str, int], tuple[int, int]] = {}
     try:
         with mesh:
@@ -43,9 +59,9 @@ def test_whole_site_power_cut_then_readings_flow_again(wipe: bool, gateway_too: 
             assert mesh.wait_for(lambda: mesh.agreed_leader() == "n1", WAIT_S), _dump(mesh)
             assert mesh.wait_for(lambda: _fence(mesh) >= 1, WAIT_S), _dump(mesh)
             # Move the term on: the leader dies, n2 leads, n1 comes back and follows.
-            killed[("n1", boot_progress(mesh.state_dir(1))[0])] = boot_progress(
-                mesh.state_dir(1)
-            )[1:]
+            killed[("n1", boot_progress(mesh.state_dir(1))[0])] = boot_progress(mesh.state_dir(1))[
+                1:
+            ]
             mesh.kill(1)
             assert mesh.wait_for(lambda: mesh.agreed_leader([2, 3, 4]) == "n2", WAIT_S)
             assert mesh.wait_for(lambda: _fence(mesh) >= 2, WAIT_S), _dump(mesh)
@@ -75,10 +91,12 @@ def test_whole_site_power_cut_then_readings_flow_again(wipe: bool, gateway_too: 
             assert terms == sorted(terms), terms
             if not wipe:
                 report = mesh.wait_for(
-                    lambda: (r := delivery_report(mesh, killed))["lost"] == 0
-                    and r["lost_with_kill"] == 0
-                    and r["in_flight_at_end"] <= 4 * 6
-                    and r,
+                    lambda: (
+                        (r := delivery_report(mesh, killed))["lost"] == 0
+                        and r["lost_with_kill"] == 0
+                        and r["in_flight_at_end"] <= 4 * 6
+                        and r
+                    ),
                     WAIT_S,
                     step=0.5,
                 )
