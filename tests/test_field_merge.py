@@ -26,8 +26,10 @@ def test_after_a_heal_the_better_leader_leads_both_sides() -> None:
             assert mesh.wait_for(lambda: mesh.agreed_leader() == "n1", WAIT_S), _dump(mesh)
             mesh.lab.partition([[1, 2, 5], [3, 4]])
             assert mesh.wait_for(
-                lambda: _leaders(mesh, [3, 4]).get(3, ("",))[:2] == ("leader", "n3")
-                and _leaders(mesh, [3, 4]).get(4, ("", ""))[1] == "n3",
+                lambda: (
+                    _leaders(mesh, [3, 4]).get(3, ("",))[:2] == ("leader", "n3")
+                    and _leaders(mesh, [3, 4]).get(4, ("", ""))[1] == "n3"
+                ),
                 WAIT_S,
             ), _dump(mesh)
             views = _leaders(mesh, [1, 2, 3, 4])
