@@ -125,13 +125,13 @@ _REASON_MERGE = const("merge")  # two leaders met after a partition healed
 _REASON_FENCED = const("fenced")  # the gateway knew a newer term (say, after a site restart)
 
 MAX_NODE_ID_BYTES = const(16)  # the node_id setting: 1..16 UTF-8 bytes (the wire's bound)
-HEARD_NONE = const(65535)
+HEARD_NONE = const(65535)  # "heard" field: no leader heard (also the cap of the field)
 # Terms are 32-bit on the wire: a node never holds a term whose successor would not encode, so
 # a frame at or above this cap is dropped (it cannot capture the mesh).
 _TERM_CAP = const(0xFFFFFFFF)
 # A term more than this above the highest the node has seen is implausible (a mesh makes one
 # term per election): dropped and counted, unless corroborated (see ``Node.receive``).
-_MAX_TERM_STEP = const(1 << 16)  # "heard" field: no leader heard (also the cap of the field)
+_MAX_TERM_STEP = const(1 << 16)
 # ``now`` never wraps (ms since boot), so these lie far beyond any uptime: 2**30 ms would be
 # reached after 12.4 days, and every "no deadline" would then fire at once. (Not small ints
 # on a 32-bit board, but so is ``now`` itself after 12.4 days.)
