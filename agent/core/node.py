@@ -18,7 +18,10 @@ mesh of a dozen nodes does not look like a death.
 
 Terms only grow. A claim starts a new term; a leader's heartbeats carry its term; every node
 follows the highest term it has seen, so a deposed leader is fenced (the gateway refuses its
-batches, and no node follows it again).
+batches, and no node follows it again). A node starts knowing the highest term it saw before
+its boot (``term``, persisted by the runtime), a leader the gateway fences learns its term
+(``fenced``), and no frame makes a node take a term without an encodable successor, or one
+implausibly far above what it has seen (docs/design.md, "Terms across restarts").
 
 Claims are ordered by rank, so one round usually settles an election with one CLAIM (bully
 with scores): when the leader is suspected, every node computes its rank among the live
