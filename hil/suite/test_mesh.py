@@ -21,15 +21,11 @@ from hil.mesh import Mesh
 
 WAIT_S = 20.0
 MIN_READINGS = 4
-# After a restart the data must flow again within 3 s of the new leader's election (issue 9's
-# requirement); this bound leaves room for the election and a slow bench on top of that.
+# After a restart the data must flow again within 3 s of the new leader's election (the
+# field requirement); this bound leaves room for the election and a slow bench on top of that.
 STORED_AFTER_RESTART_S = 10.0
 # Named so a test's xfail points at the open bug; once fixed, strict xfail turns the test red
 # and the marker must go.
-SITE_RESTART_BUG = (
-    "issue 9 item 1: terms are not persisted, so after a whole-site restart the new leader "
-    "leads a term the gateway has already fenced, and no batch is stored again"
-)
 WIPED_BOARD_BUG = (
     "issue 9 item 2: a wiped board's boot counter starts again, and the gateway drops its "
     "new readings as duplicates of old ones with the same (boot, seq)"
@@ -235,9 +231,7 @@ def test_consoles_print_parseable_status_on_real_boards(mesh: Mesh) -> None:
         assert mesh[name].console.bad_lines == 0, name
 
 
-# Last: while the bug it names is open, the mesh stores nothing after it.
 @pytest.mark.lg_feature(["power-cycle", "gateway"])
-@pytest.mark.xfail(strict=True, reason=SITE_RESTART_BUG)
 def test_readings_exactly_once_across_a_power_cut_of_every_board(
     mesh: Mesh, gateway: MeshGatewayDriver
 ) -> None:
