@@ -10,10 +10,15 @@ import socket
 import tomllib
 from typing import Any
 
+from agent.core import topics
+from agent.core.datapath import MAX_MESH_BYTES
+from agent.core.node import MAX_NODE_ID_BYTES, make_config
+
 TRANSPORTS = ("udp", "mqtt")
 LOG_FORMATS = ("text", "json")
 SENSOR_TYPES = ("cpu_temp", "load", "battery", "wireless", "simulated")
-MAX_NODE_ID_BYTES = 16
+# A Pi hears bigger meshes than the core's default peer table is sized for (a board's).
+PI_MAX_PEERS = 256
 
 
 class ConfigError(Exception):
@@ -136,7 +141,7 @@ class UdpConfig:
 class MqttConfig:
     def __init__(self, t: _Table) -> None:
         self.broker = parse_host_port("mqtt.broker", t.string("broker", ""), 1883)
-        self.prefix = t.string("prefix", "meshelect")
+        self.prefix = t.string("prefix", topics.DEFAULT_PREFIX)
         if not self.prefix or any(ch in self.prefix for ch in "+#"):
             raise ConfigError("mqtt.prefix", "must be non-empty without + or #")
         self.username = t.string("username", "")
@@ -190,12 +195,13 @@ class AgentConfig:
         default_id = socket.gethostname().split(".")[0][:MAX_NODE_ID_BYTES] or "node"
         self.node_id = t.string("node_id", default_id)
         if not 1 <= len(self.node_id.encode()) <= MAX_NODE_ID_BYTES:
-            raise ConfigError("node_id", f"must be 1..16 bytes of UTF-8, got {self.node_id!r}")
+            raise ConfigError(
+                "node_id", f"must be 1..{MAX_NODE_ID_BYTES} bytes of UTF-8, got {self.node_id!r}"
+            )
         self.mesh = t.string("mesh", "default")
-        if not self.mesh:
-            raise ConfigError("mesh", "must not be empty")
+        if not 1 <= len(self.mesh.encode()) <= MAX_MESH_BYTES:
+            raise ConfigError("mesh", f"must be 1..{MAX_MESH_BYTES} bytes of UTF-8")
         self.transport = t.string("transport", "udp", TRANSPORTS)
-        self.heartbeat_ms = t.integer("heartbeat_ms", 250, 20, 60000)
         # Hex, as the gateway takes it (`--mesh-key MESH=HEX`); empty: frames are not tagged.
         mesh_key_hex = t.string("mesh_key", "")
         try:
@@ -209,23 +215,26 @@ class AgentConfig:
         self.status_ms = t.integer("status_ms", 500, 50, 60000)
         self.seed = t.integer("seed", 0, 0, 2**31)
 
-        # Election settings for the core (agent/core/node.py Config); 0 keeps the core default.
-        election = t.table("election")
-        self.margin = election.integer("margin", 150, 0, 1000)
-        self.quorum = election.integer("quorum", 0, 0, 1000)
-        self.max_peers = election.integer("max_peers", 256, 1, 4096)
-        self.suspect_intervals = election.integer("suspect_intervals", 3, 2, 100)
-        self.listen_intervals = election.integer("listen_intervals", 2, 0, 100)
-        election.check_unknown()
-
-        # Score weights (agent/core/score.py): relative weights and the low-battery threshold.
-        score = t.table("score")
-        self.weight_battery = score.integer("battery", 600, 0, 1000000)
-        self.weight_link = score.integer("link", 400, 0, 1000000)
-        if self.weight_battery + self.weight_link <= 0:
-            raise ConfigError("score.battery", "score.battery and score.link cannot both be 0")
-        self.low_battery = score.integer("low_battery", 200, 0, 1000)
-        score.check_unknown()
+        # heartbeat_ms, [election] and [score]: the core's settings, with the core's defaults
+        # and ranges (agent/core/node.py make_config; the firmware takes them from there too).
+        election = dict(t.table("election").data)
+        election.setdefault("max_peers", PI_MAX_PEERS)
+        heartbeat = t._get("heartbeat_ms")
+        given = {} if heartbeat is None else {"heartbeat_ms": heartbeat}
+        try:
+            core = make_config(election=election, score=t.table("score").data, **given)
+        except ValueError as exc:
+            key, _, problem = str(exc).partition(": ")
+            raise ConfigError(key, problem) from None
+        self.heartbeat_ms = core.heartbeat_ms
+        self.margin = core.margin
+        self.quorum = core.quorum
+        self.max_peers = core.max_peers
+        self.suspect_intervals = core.suspect_intervals
+        self.listen_intervals = core.listen_intervals
+        self.weight_battery = core.weights.battery
+        self.weight_link = core.weights.link
+        self.low_battery = core.weights.low_battery
 
         # Data path bounds: readings a member holds until confirmed; readings a leader holds.
         data_table = t.table("data")

@@ -8,8 +8,8 @@ core: what follows is the mesh's own doing, and the gateway's election list show
 | `kill` | SIGKILL to the leader's process | a new leader, reason `crash` |
 | `stop` | SIGTERM to the leader: it hands over as it goes | a new leader, reason `handoff` |
 | `drain` | the leader's simulated battery drops to `DRAINED` per mille (its battery set file) | a new leader, reason `low battery` |
-| `partition` | each half of the agents drops the other half's frames (their faults files, agent/faults.py) | a leader on each side (`crash` on the side that lost it), a `two leaders` alert |
-| `heal` | the faults files are emptied | one leader again, reason `partition merge` |
+| `partition` | each half of the agents drops the other half's frames (their faults files, agent/faults.py) | a leader on each side (`crash` on the side that lost it; the other side's leader, whose batches the gateway now fences, leads on a term above: `fenced`), a `two leaders` alert |
+| `heal` | the faults files are emptied | one leader again, the better one: `partition merge` if it claims a term above both, nothing new if it held the higher term already |
 
 The leader is the running node whose status file (rewritten by the node at least every 2 s)
 says it leads, in the highest term when a partition gives two. Firmware nodes (the MicroPython

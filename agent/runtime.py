@@ -1,18 +1,18 @@
-"""`meshelect agent`: the asyncio runtime around the sans-IO core.
+"""`meshelect agent`: the asyncio shell around the node application (agent/core/app.py).
 
-It owns the I/O the core must not have: sockets (a transport), the clock, sensors, mDNS, the
-state dir (boot counter, status file, readings journal) and signals. Every loop turn it feeds
-the core what arrived, ticks it at `node.wakeup`, and sends what it queued; the data path
-(member buffer -> leader collector -> gateway, acks back) runs beside it on the same clock.
+The app does everything a node does with frames: election, data path, wire codec, the
+election clock. This shell owns the I/O the app must not have: sockets (a transport), the
+clock, sensors, mDNS, the state dir (boot counter, status file, readings journal), logs and
+signals. Every loop turn it feeds the app what arrived, ticks it at `app.wakeup`, sends what
+it queued and acts on its events: log lines, the MQTT leader record, mDNS, the sensors'
+leader drain, link-quality samples.
 
-The clock (agent/clock.py) *pauses* while an MQTT broker is unreachable: without a broker
-nobody hears anybody, and letting the election time out would make every node claim and then
-merge when the broker returns. Pausing keeps the view the nodes had; it resumes when the
-leader is heard again (or after a grace period, so a leader that died meanwhile is still
-replaced).
+Over MQTT the app stops its election clock while the broker is unreachable (nobody hears
+anybody then; see agent/core/app.py): the shell tells it when the broker goes and comes back.
 
 Readings also go to a journal in the state dir (agent/journal.py) until the gateway confirmed
-them, so a kill -9 loses none: the next boot resends what the journal still holds.
+them, so a kill -9 loses none: the next boot resends what the journal still holds (the app
+carries those readings as its `backlog`).
 """
 
 from __future__ import annotations
@@ -28,32 +28,24 @@ from typing import Any
 
 import cbor2
 
-from agent.clock import PausableClock, real_ms
+from agent import strict_cbor
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.core.messages import (
-    BATCH,
-    BATCH_ACK,
-    CLAIM,
-    HANDOFF,
-    HEARTBEAT,
-    LEAVE,
-    READINGS,
-    READINGS_ACK,
-    Msg,
-)
-from agent.core.node import ROLE_DOWN, ROLE_LEADER, ROLE_NAMES, Config, Node
-from agent.core.score import Weights
-from agent.core.wire import Codec, WireError
-from agent.datadriver import DataPathDriver
+from agent.core import datapath
+from agent.core.app import DEST_GATEWAY, DEST_MESH, NodeApp, make_config
+from agent.core.batchcheck import check_batch
+from agent.core.messages import ACK_FENCED, HANDOFF, HEARTBEAT, READINGS
+from agent.core.node import MAX_NODE_ID_BYTES, ROLE_LEADER, ROLE_NAMES, Config
+from agent.journal import ReadingJournal, RecoveredReadings
 from agent.linkquality import LinkQuality
 from agent.logs import EventLog
 from agent.sensors import SensorHub
 from agent.status import REFRESH_MS, settled_view, write_status
+from agent.termfile import load_term, save_term
 from agent.transport import Transport, format_address, make_transport
 
-ELECTION_KINDS = (HEARTBEAT, CLAIM, HANDOFF, LEAVE)
 DROP_LOG_EVERY_MS = 10000  # one log line per drop reason per 10 s; counters count them all
-STOP_REPEATS = 2  # the goodbye (HANDOFF/LEAVE) is sent twice: UDP may lose one
+STOP_SPACING_S = 0.02  # the goodbye goes out twice (the app's two frames), this far apart
+BATCHES_TIMED = 8  # batches whose send time is kept for a round-trip sample (UDP)
 
 
 def next_boot(state_dir: str) -> int:
@@ -78,19 +70,21 @@ def next_boot(state_dir: str) -> int:
 
 
 def core_config(cfg: AgentConfig) -> Config:
+    """The core's Config from the agent's [election] and [score] settings (the app's
+    mapping, agent/core/app.py `make_config`)."""
+    election = {
+        "margin": cfg.margin,
+        "quorum": cfg.quorum,
+        "max_peers": cfg.max_peers,
+        "suspect_intervals": cfg.suspect_intervals,
+        "listen_intervals": cfg.listen_intervals,
+    }
+    score = {"battery": cfg.weight_battery, "link": cfg.weight_link, "low_battery": cfg.low_battery}
     try:
-        weights = Weights(cfg.weight_battery, cfg.weight_link, cfg.low_battery)
-        return Config(
-            heartbeat_ms=cfg.heartbeat_ms,
-            margin=cfg.margin,
-            quorum=cfg.quorum,
-            max_peers=cfg.max_peers,
-            weights=weights,
-            suspect_intervals=cfg.suspect_intervals,
-            listen_intervals=cfg.listen_intervals,
-        )
+        config: Config = make_config(cfg.heartbeat_ms, election, score)
     except ValueError as exc:
         raise ConfigError("election", str(exc)) from None
+    return config
 
 
 class Agent:
@@ -99,39 +93,52 @@ class Agent:
         self.log = log
         self.boot = boot
         self.counters: dict[str, int] = {}
-        self.clock = PausableClock()
-        self.codec = Codec(cfg.mesh, cfg.mesh_key or None, boot=boot)
-        seed = cfg.seed or random.randrange(1, 2**31)
-        self.node = Node(cfg.node_id, core_config(cfg), boot=boot, seed=seed)
+        self._origin = time.monotonic()
+        mqtt = cfg.transport == "mqtt"
+        self.app = NodeApp(
+            cfg.node_id,
+            cfg.mesh,
+            cfg.mesh_key or None,
+            boot,
+            strict_cbor.dumps,
+            strict_cbor.loads,
+            config=core_config(cfg),
+            seed=cfg.seed or random.randrange(1, 2**31),
+            buffer_size=cfg.buffer_capacity,
+            collector_size=cfg.collector_capacity,
+            # A Pi is no board: 4 KB batches, two in flight, and it checks the batches it
+            # sends (and would read) like the gateway does.
+            max_frame_bytes=datapath.BATCH_FRAME_BYTES,
+            max_in_flight=datapath.MAX_IN_FLIGHT,
+            check_batch=check_batch,
+            clock_paused=mqtt,  # no broker yet: nothing can be heard
+            term=load_term(cfg.state_dir),  # the first claim goes above it
+        )
+        self.app.needs_address = not mqtt  # UDP: readings go to where the leader's frames came from
+        self.app.gateway_known = mqtt  # MQTT: the gateway subscribes to the batch topic
         self.sensors = SensorHub.from_config(cfg.sensors)
         self.linkq = LinkQuality(cfg.heartbeat_ms)
         self.transport: Transport = make_transport(cfg, self._on_frame, log)
-        self.data = DataPathDriver(
-            cfg,
-            boot,
-            self.node,
-            self.transport,
-            self._encode,
-            self.count,
-            log,
-            batch_rtt=self.linkq.rtt_sample if cfg.transport == "udp" else None,
-        )
+        self.recovered = self._recover_journals()
+        self.app.backlog = self.recovered
+        self.journal = ReadingJournal(cfg.state_dir, boot, cfg.buffer_capacity)
         self.discovery: Any = None
         self._drop_logged: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._seen_role = ROLE_DOWN
-        self._seen_leader: str | None = None
-        self._seen_term = 0
         self._seen_peers: set[str] = set()
-        self._resume_deadline: float | None = None
+        self._batch_sent: dict[Any, int] = {}  # batch id -> when it went out (UDP round trips)
         self.broker_leader: list[Any] | None = None
         self.frames_in = 0
         self.loop_turns = 0
         self._status_view: dict[str, Any] | None = None
         self._status_written = 0
-        # What the loop sleeps until on the (pausable) clock; None: paused or not asleep.
+        # What the loop sleeps until (the app's wakeup); None: not asleep.
         self._sleep_deadline: int | None = None
+
+    def now(self) -> int:
+        """Monotonic ms since the agent started: the clock the app and the loop run on."""
+        return int((time.monotonic() - self._origin) * 1000)
 
     # ---- counters and logs -------------------------------------------------------------
 
@@ -141,7 +148,7 @@ class Agent:
     def _log_drop(self, reason: str, source: Any, detail: str) -> None:
         """A clear line for bad input, rate-limited per reason; the counter counts every one."""
         self.count("dropped_" + reason)
-        now = self.clock.now()
+        now = self.now()
         last = self._drop_logged.get(reason)
         if last is None or now - last >= DROP_LOG_EVERY_MS:
             self._drop_logged[reason] = now
@@ -153,146 +160,171 @@ class Agent:
                 total=self.counters["dropped_" + reason],
             )
 
-    # ---- receiving ---------------------------------------------------------------------
+    def _recover_journals(self) -> RecoveredReadings:
+        cfg = self.cfg
+        found = ReadingJournal.recover(cfg.state_dir, self.boot, cfg.buffer_capacity)
+        if found.items or found.dropped or found.bad_lines:
+            self.log.info(
+                "readings_recovered",
+                count=len(found.items),
+                dropped=found.dropped,
+                bad_lines=found.bad_lines,
+                journals=len(found.paths),
+            )
+        if found.stale or found.unreadable:
+            self.log.warning(
+                "journals_set_aside",
+                stale=",".join(found.stale) or "-",
+                unreadable=",".join(found.unreadable) or "-",
+                why="stale: boot counter went back; their ids would clash with ours",
+            )
+        for name, n in (
+            ("recovered_dropped", found.dropped),
+            ("journal_bad_lines", found.bad_lines),
+            ("journals_stale", len(found.stale)),
+            ("journals_unreadable", len(found.unreadable)),
+        ):
+            if n:
+                self.count(name, n)
+        return RecoveredReadings(found.items, found.paths)
+
+    # ---- the app: frames in, frames and events out ---------------------------------------
 
     def _on_frame(self, data: bytes, source: Any) -> None:
         """Called by the transport, in the event loop, for every frame that arrived."""
-        now = self.clock.now()
+        now = self.now()
         self.frames_in += 1
-        try:
-            msg = self.codec.decode(data, now)
-        except WireError as exc:
-            self._log_drop(exc.reason, source, str(exc))
-            return
-        if msg.sender == self.cfg.node_id:
-            self._log_drop("own_id", source, f"another node uses our id {msg.sender!r}")
-            return
-        self.transport.learn(msg.sender, source)
-        kind = msg.kind
-        try:
-            if kind in ELECTION_KINDS:
-                if kind == HEARTBEAT:
-                    self.linkq.heard(msg.sender, now)
-                self._maybe_resume(msg)
-                self.node.receive(msg, now)
-            elif kind == READINGS:
-                self.data.on_readings(msg)
-            elif kind == READINGS_ACK:
-                self.data.on_readings_ack(msg)
-            elif kind == BATCH_ACK:
-                self.data.on_batch_ack(msg, now)
-            elif kind == BATCH:
-                self.count("ignored_batch")  # for the gateway; MQTT/UDP may show it to us
-        except Exception as exc:  # never let one frame kill the agent
-            self.count("frame_errors")
-            self.log.error("frame_error", kind=kind, sender=msg.sender, error=repr(exc))
-        self._after_core(now)
+        msg = self.app.frame(data, source, now)
+        if msg is not None and msg.kind == HEARTBEAT:
+            self.linkq.heard(msg.sender, self.app.clock_ms(now))
+        self._flush(now)
         self._wake_if_sooner()
 
     def _wake_if_sooner(self) -> None:
-        """Wake the loop only if a frame moved a deadline before the one it sleeps until:
-        most frames (heartbeats) change nothing it waits for, and a loop turn per frame was
-        half of an idle agent's loop turns."""
+        """Wake the loop only if a frame moved the app's wakeup before the time the loop sleeps
+        until: most frames (heartbeats) change nothing it waits for, and a loop turn per frame
+        was half of an idle agent's loop turns."""
         deadline = self._sleep_deadline
-        if deadline is None or min(self.node.wakeup, self.data.next_due) < deadline:
+        if deadline is None or self.app.wakeup < deadline:
             self._wake.set()
 
-    # ---- sending -----------------------------------------------------------------------
+    def _flush(self, now: int) -> None:
+        """Send what the app queued, then act on its events."""
+        app = self.app
+        transport = self.transport
+        for dest, name, kind, frame in app.out:
+            if dest == DEST_MESH:
+                transport.send_election(frame)
+            elif dest == DEST_GATEWAY:
+                if transport.send_batch(frame):
+                    self.count("batches_sent")
+                    self._batch_sent[name] = now
+                    if len(self._batch_sent) > BATCHES_TIMED:
+                        del self._batch_sent[min(self._batch_sent)]
+                else:
+                    self.count("batches_unsent")  # resent by the collector
+            elif not transport.send_to(name, kind, frame, app.address(name)) and kind == READINGS:
+                self.count("readings_unsent")  # resent by the data path
+        del app.out[:]
+        for event in app.events:
+            self._on_event(event, now)
+        del app.events[:]
 
-    def _encode(self, msg: Msg) -> bytes | None:
-        try:
-            frame: bytes = self.codec.encode(msg)
-        except WireError as exc:
-            self.count("encode_errors")
-            self.log.error("encode_failed", kind=msg.kind, error=str(exc))
-            return None
-        return frame
+    def _on_event(self, event: tuple[Any, ...], now: int) -> None:
+        kind = event[0]
+        if kind in ("role", "term"):
+            _, role, term, leader, reason, was = event
+            if kind == "role":
+                self.log.info(
+                    "role_changed",
+                    role=ROLE_NAMES[role],
+                    term=term,
+                    leader=leader or "-",
+                    reason=reason or "-",
+                )
+            if was == ROLE_LEADER and role != ROLE_LEADER:
+                self._batch_sent.clear()
+            self.sensors.set_leading(role == ROLE_LEADER)
+            if role == ROLE_LEADER:  # newly leading, or leading in a new term
+                record = cbor2.dumps([term, self.cfg.node_id])
+                self.transport.publish_leader(term, self.cfg.node_id, record)
+            if self.discovery is not None:
+                self.discovery.update(ROLE_NAMES[role], self.app.node.score)
+        elif kind == "max_term":
+            try:
+                save_term(self.cfg.state_dir, event[1])
+            except OSError as exc:
+                self.count("term_save_errors")
+                self.log.warning("term_save_failed", error=str(exc))
+        elif kind == "clock_paused":
+            self.log.info("clock_paused" if event[1] else "clock_resumed", why=event[2])
+        elif kind == "confirmed":
+            self.count("readings_confirmed", event[1])
+        elif kind == "batch_ack":
+            _, batch_id, status, highest_term = event
+            sent = self._batch_sent.pop(batch_id, None)
+            if sent is not None and self.cfg.transport == "udp":
+                self.linkq.rtt_sample(now - sent)  # a batch's ack time says how good our link is
+            if status == ACK_FENCED:
+                self.log.warning(
+                    "batch_fenced",
+                    batch=batch_id,
+                    highest_term=highest_term,
+                    term=self.app.node.term,
+                )
+        elif kind == "dropped":
+            _, reason, source, error = event
+            if error is None:  # our own id, not looped back by our transport
+                detail = f"another node uses our id {self.cfg.node_id!r}"
+            else:
+                detail = str(error)
+            self._log_drop(reason, source, detail)
+        elif kind == "error":
+            _, what, error, msg = event
+            if what == "sample":
+                self.count("bad_samples")
+                self.log.warning("sample_rejected", error=str(error))
+            elif what == "encode":
+                self.count("encode_errors")
+                self.log.error("encode_failed", kind=msg.kind, error=str(error))
+            else:  # never let one frame kill the agent: the app caught it
+                self.count("frame_errors")
+                self.log.error(
+                    "frame_error",
+                    kind=msg.kind if msg is not None else "-",
+                    sender=msg.sender if msg is not None else "-",
+                    error=repr(error),
+                )
 
-    def _flush_outbox(self) -> None:
-        outbox = self.node.outbox
-        for msg in outbox:
-            frame = self._encode(msg)
-            if frame is not None:
-                self.transport.send_election(frame)
-        del outbox[:]
-
-    def _after_core(self, now: int) -> None:
-        self._flush_outbox()
-        node = self.node
-        if (
-            node.role != self._seen_role
-            or node.leader != self._seen_leader
-            or node.term != self._seen_term
-        ):
-            self._on_change(now)
-
-    def _on_change(self, now: int) -> None:
-        node = self.node
-        was_leader = self._seen_role == ROLE_LEADER
-        if node.leader != self._seen_leader or node.role != self._seen_role:
-            self.log.info(
-                "role_changed",
-                role=ROLE_NAMES[node.role],
-                term=node.term,
-                leader=node.leader or "-",
-                reason=node.lead_reason or "-",
-            )
-        self._seen_role, self._seen_leader, self._seen_term = node.role, node.leader, node.term
-        self.sensors.set_leading(node.role == ROLE_LEADER)
-        self.data.on_role_change(was_leader)
-        if node.role == ROLE_LEADER and not was_leader:
-            record = cbor2.dumps([node.term, node.id])
-            self.transport.publish_leader(node.term, node.id, record)
-        if self.discovery is not None:
-            self.discovery.update(ROLE_NAMES[node.role], node.score)
-
-    # ---- sensors and the members view (the data path itself: agent/datadriver.py) ------
+    # ---- sensors -----------------------------------------------------------------------
 
     def _sample(self, now: int) -> None:
-        metrics = self.sensors.read(now)
-        battery, mains = self.sensors.power(now)
+        # Sensors and link quality follow the election clock (it stops with an MQTT broker).
+        t = self.app.clock_ms(now)
+        metrics = self.sensors.read(t)
+        battery, mains = self.sensors.power(t)
         self.linkq.wifi = self.sensors.wifi_link()
-        link = self.linkq.link(now)
-        self.node.set_power(battery, link, mains, self.cfg.eligible)
+        self.app.set_power(battery, self.linkq.link(t), mains, self.cfg.eligible)
         if not metrics:
             self.count("empty_samples")
             return
-        self.data.take(metrics)
+        t_ms = int(time.time() * 1000)  # readings carry wall time, for the gateway
+        seq = self.app.sample(now, t_ms, metrics)
+        if seq is not None:
+            try:
+                self.journal.add(seq, t_ms, metrics)
+            except OSError as exc:  # a full disk must not stop the mesh; RAM still holds it
+                self.count("journal_errors")
+                self.log.warning("journal_failed", error=str(exc))
+        self._flush(now)
 
-    def members_view(self, now: int) -> list[list[Any]]:
-        node = self.node
-        rows: list[list[Any]] = [
-            [node.id, node.score, node.battery, node.link, _own_flags(node), 0]
-        ]
-        since = now - node.config.live_ms
-        for peer_id in sorted(node.peers.by_id):
-            p = node.peers.by_id[peer_id]
-            if p.heard >= since:
-                rows.append([p.id, p.score, p.battery, p.link, p.flags, max(0, now - p.heard)])
-        return rows
-
-    # ---- the broker pause (MQTT) -------------------------------------------------------
+    # ---- the broker (MQTT) ------------------------------------------------------------------
 
     def _on_connection(self, connected: bool) -> None:
-        if not connected:
-            self.clock.pause()
-            self.log.info("clock_paused", why="broker unreachable")
-        elif self.clock.paused:
-            if self.node.role == ROLE_LEADER or self.node.leader is None:
-                self._resume("reconnected")
-            else:
-                grace = (self.cfg.mqtt.reconnect_max_ms + 2 * self.cfg.heartbeat_ms) / 1000
-                self._resume_deadline = time.monotonic() + grace
+        now = self.now()
+        self.app.connected(now, connected, self.cfg.mqtt.reconnect_max_ms)
+        self._flush(now)
         self._wake.set()
-
-    def _maybe_resume(self, msg: Msg) -> None:
-        if self.clock.paused and self.transport.connected and msg.sender == self.node.leader:
-            self._resume("leader heard")
-
-    def _resume(self, why: str) -> None:
-        self.clock.resume()
-        self._resume_deadline = None
-        self.log.info("clock_resumed", why=why)
 
     def _on_leader_record(self, payload: bytes) -> None:
         try:
@@ -304,6 +336,12 @@ class Agent:
             self.broker_leader = record
 
     # ---- discovery ---------------------------------------------------------------------
+
+    def _set_gateway(self, address: tuple[str, int] | None) -> None:
+        """Where batches go (UDP; from the config or mDNS): the app sends them once known."""
+        self.transport.set_gateway(address)
+        if self.cfg.transport == "udp":
+            self.app.gateway_known = self.transport.describe().get("gateway") is not None
 
     async def _start_discovery(self) -> None:
         from agent.discovery import Discovery
@@ -317,11 +355,12 @@ class Agent:
             port = local[1]
         self.discovery = Discovery(cfg.mesh, cfg.node_id, interface, port or 1, self.log)
         if cfg.gateway is None:
-            self.discovery.on_gateway = self.transport.set_gateway
+            self.discovery.on_gateway = self._set_gateway
         if cfg.transport == "mqtt" and cfg.mqtt.broker is None:
             self.discovery.on_broker = getattr(self.transport, "set_broker", None)
+        node = self.app.node
         try:
-            await self.discovery.start(ROLE_NAMES[self.node.role], self.node.score)
+            await self.discovery.start(ROLE_NAMES[node.role], node.score)
         except Exception as exc:  # no multicast route, etc.: the mesh still works
             self.log.warning("mdns_unavailable", error=str(exc))
             self.discovery = None
@@ -329,76 +368,45 @@ class Agent:
     # ---- status ------------------------------------------------------------------------
 
     def status(self, now: int) -> dict[str, Any]:
-        node = self.node
-        peers = []
-        for peer_id in sorted(node.peers.by_id):
-            p = node.peers.by_id[peer_id]
-            peers.append(
-                {
-                    "id": p.id,
-                    "score": p.score,
-                    "battery": p.battery,
-                    "link": p.link,
-                    "term": p.term,
-                    "flags": p.flags,
-                    "age_ms": max(0, now - p.heard),
-                }
-            )
-        return {
-            "node": node.id,
-            "mesh": self.cfg.mesh,
-            "pid": os.getpid(),
-            "boot": self.boot,
-            "updated": time.time(),
-            "clock_ms": now,
-            "clock_paused": self.clock.paused,
-            "role": ROLE_NAMES[node.role],
-            "term": node.term,
-            "leader": node.leader,
-            "lead_reason": node.lead_reason,
-            "score": node.score,
-            "battery": node.battery,
-            "link": node.link,
-            "mains": node.mains,
-            "peers": peers,
-            **self.data.status(),
-            "drops": {k: v for k, v in self.codec.drops.items() if v},
-            "counters": dict(self.counters),
-            "events": dict(self.log.counts),
-            "transport": self.transport.describe(),
-            "gateway": self.transport.describe().get("gateway"),
-            "broker_leader": self.broker_leader,
-            "mdns_peers": sorted(self.discovery.peers) if self.discovery is not None else [],
-            "stats": {
-                "sent": node.stats_sent,
-                "terms_started": node.stats_terms_started,
-                "suspicions": node.stats_suspicions,
-                "handoffs": node.stats_handoffs,
-                "frames_in": self.frames_in,
-                "loop_turns": self.loop_turns,
-            },
-        }
+        """The app's status (the layout every runtime writes) with the agent's own figures."""
+        status: dict[str, Any] = self.app.status(now)
+        transport = self.transport.describe()
+        status.update(
+            pid=os.getpid(),
+            updated=time.time(),
+            counters=dict(self.counters),
+            events=dict(self.log.counts),
+            transport=transport,
+            gateway=transport.get("gateway"),
+            broker_leader=self.broker_leader,
+            mdns_peers=sorted(self.discovery.peers) if self.discovery is not None else [],
+        )
+        status["buffer"]["recovered_pending"] = len(self.recovered.items)
+        status["buffer"]["recovered_confirmed"] = self.recovered.confirmed
+        status["stats"]["frames_in"] = self.frames_in
+        status["stats"]["loop_turns"] = self.loop_turns
+        return status
 
     def _write_status(self, now: int, force: bool = False) -> None:
         try:
-            self.data.trim_journal()
+            held = self.app.buffer.unconfirmed()
+            self.journal.trim(held[0] if held else None)  # forget what the buffer let go
         except OSError as exc:
             self.count("journal_errors")
             self.log.warning("journal_failed", error=str(exc))
         status = self.status(now)
         view = settled_view(status)
-        real = real_ms()
         # Unchanged but for the ever-moving figures: skip the write until REFRESH_MS (see
         # agent/status.py); an idle agent then writes ~1/s instead of every status_ms.
-        if force or view != self._status_view or real - self._status_written >= REFRESH_MS:
+        if force or view != self._status_view or now - self._status_written >= REFRESH_MS:
             try:
                 write_status(self.cfg.state_dir, status)
                 self._status_view = view
-                self._status_written = real
+                self._status_written = now
             except OSError as exc:
                 self.count("status_write_errors")
                 self.log.warning("status_write_failed", error=str(exc))
-        live = set(self.node.peers.by_id)
+        live = set(self.app.node.peers.by_id)
         for gone in sorted(self._seen_peers - live):
             self.log.info("peer_left", peer=gone)
             self.linkq.forget(gone)
@@ -414,20 +422,19 @@ class Agent:
 
     async def run(self) -> None:
         cfg = self.cfg
+        app = self.app
         if cfg.transport == "mqtt":
             mqtt_transport: Any = self.transport
             mqtt_transport.on_connection = self._on_connection
             mqtt_transport.on_leader_record = self._on_leader_record
             mqtt_transport.on_rtt = self.linkq.rtt_sample
-            # No broker yet: nothing can be heard, so the election clock waits for it.
-            self.clock.pause()
         await self.transport.start()
         if cfg.gateway is not None:
-            self.transport.set_gateway(cfg.gateway)
-        now = self.clock.now()
+            self._set_gateway(cfg.gateway)
+        now = self.now()
         self._sample(now)
-        self.node.start(now)
-        self._after_core(now)
+        app.start(now)
+        self._flush(now)
         if cfg.discovery:
             await self._start_discovery()  # after start: the TXT record shows a real role
         self.log.info(
@@ -436,42 +443,29 @@ class Agent:
             boot=self.boot,
             transport=cfg.transport,
             heartbeat_ms=cfg.heartbeat_ms,
-            score=self.node.score,
+            score=app.node.score,
         )
-        # Sampling and status follow real time; the core and the data path the pausable clock.
-        next_sample = real_ms() + cfg.sample_ms
-        next_status = real_ms()
-        self.data.next_due = now
+        next_sample = now + cfg.sample_ms
+        next_status = now
         loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set():
                 self.loop_turns += 1
-                if self._resume_deadline is not None and time.monotonic() >= self._resume_deadline:
-                    self._resume("grace period over")
-                now = self.clock.now()
-                real = real_ms()
-                if real >= next_sample:
+                now = self.now()
+                if now >= next_sample:
                     self._sample(now)
-                    self._after_core(now)
-                    next_sample = real + cfg.sample_ms
-                if not self.clock.paused:
-                    if now >= self.node.wakeup:
-                        self.node.tick(now)
-                        self._after_core(now)
-                    if now >= self.data.next_due:
-                        self.data.run(now, self.members_view)
-                if real >= next_status:
+                    next_sample = now + cfg.sample_ms
+                if now >= app.wakeup:
+                    app.tick(now)
+                    self._flush(now)
+                if now >= next_status:
                     self._write_status(now)
-                    next_status = real + cfg.status_ms
-                delay_ms = min(next_sample, next_status) - real_ms()
-                self._sleep_deadline = None
-                if not self.clock.paused:
-                    core_deadline = min(self.node.wakeup, self.data.next_due)
-                    delay_ms = min(delay_ms, core_deadline - self.clock.now())
-                    self._sleep_deadline = core_deadline
+                    next_status = now + cfg.status_ms
+                deadline = min(next_sample, next_status, app.wakeup)
+                self._sleep_deadline = app.wakeup
                 self._wake.clear()
                 # A plain timer, not wait_for: no task per turn (this loop turns ~10 times/s).
-                timer = loop.call_later(max(1, delay_ms) / 1000, self._wake.set)
+                timer = loop.call_later(max(1, deadline - self.now()) / 1000, self._wake.set)
                 await self._wake.wait()
                 self._sleep_deadline = None
                 timer.cancel()
@@ -479,38 +473,28 @@ class Agent:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        now = self.clock.now()
-        was_leader = self.node.role == ROLE_LEADER
-        self.node.stop(now)
-        goodbye = list(self.node.outbox)
-        del self.node.outbox[:]
-        for repeat in range(STOP_REPEATS):
-            for msg in goodbye:
-                frame = self._encode(msg)
-                if frame is not None:
-                    self.transport.send_election(frame)
-            if repeat + 1 < STOP_REPEATS:
-                await asyncio.sleep(0.02)
+        app = self.app
+        now = self.now()
+        was_leader = app.node.role == ROLE_LEADER
+        app.stop(now)
+        goodbye = [(name, kind, frame) for dest, name, kind, frame in app.out if dest == DEST_MESH]
+        del app.out[:]
+        for i, (_, _, frame) in enumerate(goodbye):
+            if i:
+                await asyncio.sleep(STOP_SPACING_S)
+            self.transport.send_election(frame)
+        self._flush(now)  # its events: the last role change
         self.log.info(
             "agent_stopping",
-            handoff_to=next((m.target for m in goodbye if m.kind == HANDOFF), None) or "-",
+            handoff_to=next((name for name, kind, _ in goodbye if kind == HANDOFF), None) or "-",
             was_leader=was_leader,
         )
         await asyncio.sleep(0.05)  # let the datagrams leave before the socket closes
         if self.discovery is not None:
             await self.discovery.stop()
         await self.transport.stop()
-        self._write_status(self.clock.now(), force=True)  # trims the journal one last time
-        self.data.close()
-
-
-def _own_flags(node: Node) -> int:
-    flags = 0
-    if node.role == ROLE_LEADER:
-        flags |= 1
-    if node.mains:
-        flags |= 4
-    return flags
+        self._write_status(self.now(), force=True)  # trims the journal one last time
+        self.journal.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -557,8 +541,8 @@ def cli(argv: list[str] | None = None) -> int:
         if args.state_dir:
             cfg.state_dir = args.state_dir
         if args.node_id:
-            if not 1 <= len(args.node_id.encode()) <= 16:
-                raise ConfigError("node_id", "must be 1..16 bytes of UTF-8")
+            if not 1 <= len(args.node_id.encode()) <= MAX_NODE_ID_BYTES:
+                raise ConfigError("node_id", "must be 1..%d bytes of UTF-8" % MAX_NODE_ID_BYTES)
             cfg.node_id = args.node_id
         boot = next_boot(cfg.state_dir)
         log = EventLog(cfg.node_id, cfg.log_format, min_level=cfg.log_level)

@@ -1,9 +1,10 @@
-"""cbor2, made strict for the wire: the CBOR functions ``wire.Codec`` uses on CPython by default.
+"""cbor2, made strict for the wire: the CBOR functions CPython code passes to ``wire.Codec``.
+
+    codec = wire.Codec(mesh, key, strict_cbor.dumps, strict_cbor.loads, boot=boot)
 
 No indefinite lengths, no tags, no trailing bytes, bounded depth (docs/wire.md, "CBOR on both
-runtimes"). CPython-only: ``wire.Codec`` imports it only when it is given no ``dumps``/``loads``,
-and the firmware build leaves it out (``tools.firmware.EXCLUDED_AGENT``). Importing it
-without cbor2 raises ImportError; ``wire.Codec`` then falls back to firmware/lib/cbor.py.
+runtimes"). CPython-only: nothing under ``agent/core`` imports it (the core is given its CBOR
+functions), so the firmware build never contains it.
 """
 
 from __future__ import annotations

@@ -12,10 +12,15 @@ API (all JSON; times are gateway milliseconds since the epoch):
 - ``GET /api/meshes/{mesh}/aggregates?since=&until=&limit=``: the leaders' aggregates
 - ``GET /api/elections?mesh=&limit=``, ``GET /api/alerts?mesh=&active=1&limit=``
 - ``POST /api/alerts/{id}/clear``: needs ``Authorization: Bearer <token>``
+- ``POST /api/meshes/{mesh}/fence-reset?term=N``: an operator resets the mesh's fence to ``N``
+  (default 0), e.g. after a bogus batch raised it; needs the bearer token; logged, recorded,
+  shown on the dashboard
 - ``GET /api/events``: Server-Sent Events; first a ``snapshot``, then every change
-- ``GET /metrics``, ``GET /healthz``
+- ``GET /metrics``, ``GET /healthz`` (status ``ok`` or ``degraded``, with ``problems``)
 - in demo mode only (``--demo-control``): ``GET /api/demo``, ``POST /api/demo/{action}``
   (gateway/democontrol.py)
+
+A storage failure while answering (say, an I/O error) is a 503 with a JSON error.
 """
 
 from __future__ import annotations
@@ -34,7 +39,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from gateway.events import encode_event
+from gateway.fence import MAX_TERM
 from gateway.metrics import CONTENT_TYPE
+from gateway.storage import StorageError
 
 if TYPE_CHECKING:
     from gateway.service import Gateway
@@ -118,6 +125,15 @@ def create_app(gateway: Gateway) -> Starlette:
             raise HTTPException(404, "no open alert %d" % alert_id)
         return JSONResponse({"cleared": alert_id})
 
+    async def fence_reset(request: Request) -> Response:
+        _check_token(gateway.token, request)
+        name = await _known_mesh(gateway, request)
+        term = _int_param(request, "term", 0, 0, MAX_TERM)
+        record = await gateway.call(gateway.reset_fence, name, term, "api")
+        if record is None:
+            raise HTTPException(404, "unknown mesh %r" % name)
+        return JSONResponse(record)
+
     async def events(request: Request) -> Response:
         return StreamingResponse(
             _event_stream(gateway),
@@ -144,18 +160,26 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/api/elections", elections),
         Route("/api/alerts", alerts),
         Route("/api/alerts/{alert_id}/clear", clear_alert, methods=["POST"]),
+        Route("/api/meshes/{mesh}/fence-reset", fence_reset, methods=["POST"]),
         Route("/api/events", events),
         Route("/metrics", metrics),
         Route("/healthz", healthz),
         *(gateway.demo.routes() if gateway.demo is not None else []),
         Mount("/static", StaticFiles(directory=STATIC_DIR)),
     ]
-    return Starlette(routes=routes, exception_handlers={HTTPException: _json_error})
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _json_error, StorageError: _storage_error},
+    )
 
 
 async def _json_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return JSONResponse({"error": exc.detail, "status": exc.status_code}, exc.status_code)
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "storage failing: %s" % exc, "status": 503}, 503)
 
 
 async def _event_stream(gateway: Gateway) -> AsyncIterator[bytes]:

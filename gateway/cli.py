@@ -12,6 +12,10 @@ the long option names with ``_`` for ``-``; options on the command line win. Mes
 On start it prints one line that scripts (``meshelect demo``) can parse::
 
     meshelect gateway: http://127.0.0.1:8470/ udp 0.0.0.0:47471 db meshelect-gateway.db
+
+``meshelect gateway fence-reset --mesh M [--term N] [--db PATH | --config FILE]`` resets a
+mesh's fence in the database (see gateway/fence.py), also while a gateway runs on it: the
+running gateway applies, logs and shows it within a tick.
 """
 
 from __future__ import annotations
@@ -26,7 +30,11 @@ import sys
 import tomllib
 from typing import Any
 
-from gateway.service import Gateway, GatewayConfig
+from agent.core import topics
+from gateway.clock import wall_clock
+from gateway.fence import MAX_TERM
+from gateway.service import PURGE_EVERY_MS, Gateway, GatewayConfig
+from gateway.storage import SqliteStorage, StorageError
 from gateway.tracker import TrackerConfig
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d)?$")
@@ -58,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="meshelect gateway",
         description="Receive leaders' batches (UDP, MQTT), store them, serve the dashboard.",
+        epilog="Also: meshelect gateway fence-reset --mesh M [--term N] [--db PATH] (see "
+        "fence-reset --help).",
     )
     p.add_argument("--config", help="TOML file with a [gateway] table")
     p.add_argument("--db", help="SQLite file (default meshelect-gateway.db)")
@@ -69,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--retention-raw", type=duration_ms, help="keep raw readings (default 7d)")
     p.add_argument("--retention-agg", type=duration_ms, help="keep aggregates (default 365d)")
+    p.add_argument(
+        "--purge-every", type=duration_ms, help="apply retention this often (default 10m)"
+    )
     g = p.add_argument_group("UDP and mDNS")
     g.add_argument("--udp-host", help="bind address (default 0.0.0.0)")
     g.add_argument("--udp-port", type=int, help="UDP port (default 47471; 0: any free port)")
@@ -174,6 +187,7 @@ def load_config(args: argparse.Namespace) -> GatewayConfig:
         synchronous=str(pick("sync", "full")).upper(),
         raw_retention_ms=duration("retention_raw", 7 * 86_400_000),
         aggregate_retention_ms=duration("retention_agg", 365 * 86_400_000),
+        purge_every_ms=duration("purge_every", PURGE_EVERY_MS),
         udp_host=pick("udp_host", "0.0.0.0"),
         udp_port=int(pick("udp_port", 47471)),
         udp=not pick("no_udp", False),
@@ -181,7 +195,7 @@ def load_config(args: argparse.Namespace) -> GatewayConfig:
         mdns_interfaces=pick("mdns_interface", None),
         mqtt_host=pick("mqtt_host", None),
         mqtt_port=int(pick("mqtt_port", 8883 if tls else 1883)),
-        mqtt_prefix=pick("mqtt_prefix", "meshelect"),
+        mqtt_prefix=pick("mqtt_prefix", topics.DEFAULT_PREFIX),
         mqtt_tls=tls,
         mqtt_ca=pick("mqtt_ca", None),
         mqtt_cert=pick("mqtt_cert", None),
@@ -222,7 +236,70 @@ async def serve(config: GatewayConfig) -> None:
         await gateway.stop()
 
 
+def term(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a term: %r" % text) from None
+    if not 0 <= value <= MAX_TERM:
+        raise argparse.ArgumentTypeError("a term is between 0 and %d" % MAX_TERM)
+    return value
+
+
+def fence_reset_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="meshelect gateway fence-reset",
+        description="Reset a mesh's fence (the highest batch term the gateway accepts from): "
+        "after a bogus batch raised it, the real leader is refused as deposed. Later batches "
+        "are fenced against the new term as usual. Works while a gateway runs on the database; "
+        "it logs the reset and shows it on its dashboard.",
+    )
+    p.add_argument("--mesh", required=True, help="the mesh")
+    p.add_argument("--term", type=term, default=0, help="the new fence (default 0)")
+    p.add_argument("--db", help="SQLite file (default: from --config, else meshelect-gateway.db)")
+    p.add_argument("--config", help="TOML file with a [gateway] table (for its db)")
+    return p
+
+
+def fence_reset_cli(argv: list[str]) -> int:
+    args = fence_reset_parser().parse_args(argv)
+    try:
+        db = args.db or load_config(argparse.Namespace(config=args.config, mesh_key=None)).db_path
+    except (OSError, tomllib.TOMLDecodeError, argparse.ArgumentTypeError, ValueError) as exc:
+        print("meshelect gateway fence-reset: bad configuration: %s" % exc, file=sys.stderr)
+        return 2
+    if not os.path.exists(db):
+        print("meshelect gateway fence-reset: no database %s" % db, file=sys.stderr)
+        return 2
+    try:
+        storage = SqliteStorage(db)
+        try:
+            record = storage.reset_fence(args.mesh, args.term, "cli", wall_clock()())
+        finally:
+            storage.close()
+    except StorageError as exc:
+        print("meshelect gateway fence-reset: storage failing: %s" % exc, file=sys.stderr)
+        return 1
+    if record is None:
+        print("meshelect gateway fence-reset: no mesh %r in %s" % (args.mesh, db), file=sys.stderr)
+        return 1
+    logging.getLogger("meshelect.gateway").warning(
+        "fence of mesh %s reset by operator (cli) from term %d to term %d",
+        args.mesh,
+        record["from_term"],
+        record["to_term"],
+    )
+    print(
+        "meshelect gateway fence-reset: mesh %s fence reset from term %d to term %d (reset #%d)"
+        % (args.mesh, record["from_term"], record["to_term"], record["id"])
+    )
+    return 0
+
+
 def cli(argv: list[str]) -> int:
+    if argv[:1] == ["fence-reset"]:
+        logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        return fence_reset_cli(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -237,6 +314,9 @@ def cli(argv: list[str]) -> int:
         asyncio.run(serve(config))
     except OSError as exc:
         print("meshelect gateway: %s" % exc, file=sys.stderr)
+        return 1
+    except StorageError as exc:  # the database cannot even be opened or set up
+        print("meshelect gateway: storage failing: %s" % exc, file=sys.stderr)
         return 1
     return 0
 

@@ -10,18 +10,15 @@ a key-less codec is made for it.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import cbor2
-
+from agent import strict_cbor
 from agent.core import batchcheck, wire
 from agent.core.messages import BATCH, BATCH_ACK, Msg
 
 MAX_FRAME_BYTES = wire.MAX_FRAME_BYTES
 # Open meshes are created from traffic; bound them so junk hashes cannot fill memory.
 MAX_OPEN_MESHES = 256
-_PEEK_DEPTH = 6
 
 
 class FrameDrop(Exception):
@@ -51,7 +48,7 @@ class FrameRouter:
         self._codecs: dict[int, wire.Codec] = {}
         self._keyed: set[int] = set()
         for mesh in sorted(keys):
-            codec = wire.Codec(mesh, keys[mesh], boot=boot)
+            codec = _codec(mesh, keys[mesh], boot)
             if codec.mesh_hash in self._codecs:
                 raise ValueError(
                     "meshes %r and %r share a mesh hash"
@@ -97,9 +94,21 @@ class FrameRouter:
         name = _peek_batch_mesh(data)
         if name is None or wire.mesh_hash(name) != hash_:
             raise FrameDrop("unknown_mesh")
-        codec = wire.Codec(name, None, boot=self.boot)
+        codec = _codec(name, None, self.boot)
         self._codecs[hash_] = codec
         return codec
+
+
+def _codec(mesh: str, key: bytes | None, boot: int) -> wire.Codec:
+    """A codec that reads BATCH frames: strict CBOR, and the batch schema's check."""
+    return wire.Codec(
+        mesh,
+        key,
+        strict_cbor.dumps,
+        strict_cbor.loads,
+        boot=boot,
+        check_batch=batchcheck.check_batch,
+    )
 
 
 def _peek_mesh_hash(data: bytes) -> int | None:
@@ -126,16 +135,10 @@ def _peek_mesh_hash(data: bytes) -> int | None:
     return value
 
 
-def _no_tags(decoder: Any, tag: Any) -> Any:
-    raise ValueError("CBOR tags are not used on the wire")
-
-
 def _peek_batch_mesh(data: bytes) -> str | None:
     """The ``mesh`` field of an unauthenticated BATCH frame, or None."""
     try:
-        value = cbor2.CBORDecoder(
-            io.BytesIO(data), tag_hook=_no_tags, max_depth=_PEEK_DEPTH, allow_indefinite=False
-        ).decode()
+        value = strict_cbor.loads(data)  # a frame of an open mesh has no tag after its CBOR
     except Exception:  # any decoder error means "not a frame we can route"
         return None
     if type(value) is not list or len(value) != 7 or value[0] != wire.VERSION * 16 + BATCH:

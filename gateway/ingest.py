@@ -5,47 +5,75 @@ with the arrival time; this module validates the batch, lets the storage fence a
 (inside the database, so it holds with several gateway processes), updates the mesh tracker,
 persists the elections and alerts the tracker infers, and returns what to acknowledge and what
 to publish. The caller runs every method on one worker thread (the storage is synchronous).
+
+When the storage fails (:class:`gateway.storage.StorageError`, e.g. a full disk) nothing is
+lost and nothing stops. The batch is answered REJECTED with reason ``storage``, never OK: the
+leader drops it and its members, who keep every reading until an OK comes back, send them
+again; the leader's next batch is a new one, with a fresh mesh view (a batch resent unanswered
+would repeat its old view for as long as the disk is full). The tracker takes the batch in
+provisionally, so that alerts such as a silent node keep working, and what it infers is
+published at once and *held*, in order, until the storage takes it (:meth:`Ingest.flush`, every
+tick). Failures go to :class:`gateway.health.Health`, which logs and counts them.
 """
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from typing import Any, NamedTuple
 
+from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
+from gateway import fence
 from gateway.batch import Batch, BatchError, parse_batch
+from gateway.health import Health
 from gateway.metrics import Counters
-from gateway.storage import STATUS_OK, Storage
+from gateway.storage import Storage, StorageError
 from gateway.tracker import Change, Tracker
 
-# BATCH_ACK statuses (agent/core/messages.py: ACK_OK, ACK_FENCED, ACK_REJECTED).
-ACK_OK = 0
-ACK_FENCED = 1
-ACK_REJECTED = 2
+log = logging.getLogger("meshelect.gateway")
+
+__all__ = ["ACK_FENCED", "ACK_OK", "ACK_REJECTED", "Ingest", "IngestResult"]
 
 # How much of the history to reload into the tracker after a restart.
 _RESTORE_ELECTIONS = 500
+# Changes (alerts, elections) waiting for a failing storage; beyond this the oldest are dropped
+# (counted): hours of alerts for a large site.
+MAX_HELD = 10_000
+_RESETS_PER_POLL = 100
 
 
 class IngestResult(NamedTuple):
     status: int  # ACK_OK, ACK_FENCED or ACK_REJECTED
     highest_term: int
     batch_id: int | str
-    reason: str  # why a batch was rejected ("" otherwise)
+    reason: str  # why a batch was rejected ("storage": it could not be stored; "" if not)
     events: list[dict[str, Any]]  # live-feed events, in order
 
 
 class Ingest:
-    def __init__(self, storage: Storage, tracker: Tracker, counters: Counters) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        tracker: Tracker,
+        counters: Counters,
+        health: Health | None = None,
+    ) -> None:
         self.storage = storage
         self.tracker = tracker
         self.counters = counters
+        self.health = health or Health(counters)
+        self.held: deque[Change] = deque()
+        self._resets_seen = 0  # id of the last fence reset applied to the live view
 
     def restore(self) -> None:
-        """Reload mesh state, recent elections and open alerts from storage."""
+        """Reload mesh state, recent elections, open alerts and fence resets from storage."""
         meshes = self.storage.meshes()
         nodes = {m["name"]: self.storage.nodes(m["name"]) for m in meshes}
         elections = self.storage.elections(None, _RESTORE_ELECTIONS)
         alerts = self.storage.alerts(None, True, 10_000)
-        self.tracker.restore(meshes, nodes, elections, alerts)
+        resets = self.storage.fence_resets(None, 0, 1_000_000)
+        self.tracker.restore(meshes, nodes, elections, alerts, resets)
+        self._resets_seen = max((row["id"] for row in resets), default=0)
 
     def receive(
         self, transport: str, mesh: str, sender: str, term: int, body: Any, now_ms: int
@@ -55,12 +83,17 @@ class Ingest:
             batch = parse_batch(body, mesh, sender)
         except BatchError as exc:
             return self._reject(transport, body, "batch_" + exc.reason)
-
-        outcome = self.storage.ingest(term, batch, now_ms)
-        accepted = outcome.status == STATUS_OK
+        try:
+            outcome = self.storage.ingest(term, batch, now_ms)
+        except StorageError as exc:
+            return self._unstored(transport, term, batch, exc, now_ms)
+        if outcome.status == ACK_REJECTED:
+            return self._refused(transport, term, batch, outcome.highest_term, now_ms)
+        accepted = outcome.status == ACK_OK
         self.counters.count_batch(transport, outcome.status)
         events: list[dict[str, Any]] = []
         if accepted:
+            self.health.storage_wrote()
             self.counters.readings_received += len(batch.readings)
             self.counters.count_stored(outcome.inserted, now_ms)
             self.counters.dedup_hits += outcome.duplicates
@@ -81,8 +114,7 @@ class Ingest:
         events.extend(self._apply(changes, now_ms))
         if accepted or changes:
             events.append({"type": "mesh", "mesh": self.mesh_state(mesh)})
-        status = ACK_OK if accepted else ACK_FENCED
-        return IngestResult(status, outcome.highest_term, batch.batch_id, "", events)
+        return IngestResult(outcome.status, outcome.highest_term, batch.batch_id, "", events)
 
     def tick(self, now_ms: int) -> list[dict[str, Any]]:
         """Time-driven alerts (no leader, silent node); returns live-feed events."""
@@ -92,8 +124,60 @@ class Ingest:
             events.append({"type": "mesh", "mesh": self.mesh_state(mesh)})
         return events
 
-    def purge(self, now_ms: int) -> tuple[int, int]:
-        return self.storage.purge(now_ms)
+    def flush(self, now_ms: int) -> list[dict[str, Any]]:
+        """Store the changes held while the storage failed, in order; stop at a failure.
+
+        Returns an ``alert`` event for each alert stored now and still open: the same alert as
+        published when it was raised, now with its storage id.
+        """
+        events: list[dict[str, Any]] = []
+        while self.held:
+            change = self.held[0]
+            try:
+                self._persist(change)
+            except StorageError as exc:
+                self.health.storage_failed("alerts", exc, now_ms)
+                break
+            self.held.popleft()
+            self.health.storage_wrote()
+            data = change.data
+            if change.kind == "raise" and self.tracker.active.get(_alert_key(data)) is data:
+                events.append(dict(data, type="alert", cleared_ms=None))
+        return events
+
+    def reset_fence(self, mesh: str, term: int, source: str, now_ms: int) -> dict[str, Any] | None:
+        """An operator's fence reset (raises StorageError); None if the mesh is unknown."""
+        record = self.storage.reset_fence(mesh, term, source, now_ms)
+        if record is not None:
+            self.health.storage_wrote()
+        return record
+
+    def poll_fence_resets(self, now_ms: int) -> list[dict[str, Any]]:
+        """Apply fence resets recorded since the last poll (by the API, or by ``meshelect
+        gateway fence-reset`` from another process) to the live view; log and publish them."""
+        try:
+            rows = self.storage.fence_resets(None, self._resets_seen, _RESETS_PER_POLL)
+        except StorageError as exc:
+            self.health.storage_failed("fence_resets", exc, now_ms)
+            return []
+        events: list[dict[str, Any]] = []
+        for row in rows:
+            self._resets_seen = row["id"]
+            self.counters.fence_resets += 1
+            log.warning(
+                "fence of mesh %s reset by operator (%s) from term %d to term %d",
+                row["mesh"],
+                row["source"],
+                row["from_term"],
+                row["to_term"],
+            )
+            events.append(dict(row, type="fence_reset"))
+            if self.tracker.fence_reset(row):
+                events.append({"type": "mesh", "mesh": self.mesh_state(row["mesh"])})
+        return events
+
+    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> tuple[int, int]:
+        return self.storage.purge(now_ms, agg_now_ms)
 
     def has_mesh(self, mesh: str) -> bool:
         if mesh in self.tracker.meshes:
@@ -114,6 +198,7 @@ class Ingest:
         members = self.storage.nodes(mesh)
         for member in members:
             member["leader"] = member["node"] == row["leader"]
+        resets = self.storage.fence_resets(mesh, 0, 1_000_000)
         return {
             "name": mesh,
             "term": row["term"],
@@ -121,6 +206,8 @@ class Ingest:
             "leader_since_ms": row["updated_ms"],
             "last_batch_ms": row["updated_ms"],
             "members": members,
+            "fence_resets": len(resets),
+            "fence_reset": resets[-1] if resets else None,
             "alerts": self.storage.alerts(mesh, True, 100),
         }
 
@@ -130,38 +217,111 @@ class Ingest:
     # -- helpers -----------------------------------------------------------------------------
 
     def _reject(self, transport: str, body: Any, reason: str) -> IngestResult:
-        self.counters.count_batch(transport, "rejected")
+        self.counters.count_batch(transport, ACK_REJECTED)
         self.counters.count_drop(transport, reason)
         batch_id = body.get("id") if isinstance(body, dict) else None
         if not (type(batch_id) is int and batch_id >= 0) and not isinstance(batch_id, str):
             batch_id = 0
         return IngestResult(ACK_REJECTED, 0, batch_id, reason, [])
 
+    def _refused(
+        self, transport: str, term: int, batch: Batch, fence_term: int, now_ms: int
+    ) -> IngestResult:
+        """A term jump from a sender never seen in the mesh: REJECTED, counted, alerted."""
+        self.counters.count_batch(transport, ACK_REJECTED, "refused")
+        self.counters.term_jumps_refused += 1
+        changes = self.tracker.refused(term, batch, fence_term, now_ms)
+        if changes:
+            log.warning("%s: %s", batch.mesh, changes[0].data["message"])
+        events: list[dict[str, Any]] = [
+            {
+                "type": "refused",
+                "mesh": batch.mesh,
+                "leader": batch.leader,
+                "term": term,
+                "highest_term": fence_term,
+                "at_ms": now_ms,
+            }
+        ]
+        events.extend(self._apply(changes, now_ms))
+        return IngestResult(ACK_REJECTED, fence_term, batch.batch_id, "term_jump", events)
+
+    def _unstored(
+        self, transport: str, term: int, batch: Batch, error: StorageError, now_ms: int
+    ) -> IngestResult:
+        """The storage failed: REJECTED (sent again later), but the live view goes on."""
+        self.health.storage_failed("ingest", error, now_ms)
+        self.counters.count_batch(transport, ACK_REJECTED, "unstored")
+        state = self.tracker.meshes.get(batch.mesh)
+        fence_term = None if state is None else state.term
+        verdict = fence.decide(
+            fence_term, term, lambda: self.tracker.knows(batch.mesh, batch.leader)
+        )
+        events: list[dict[str, Any]] = []
+        if verdict != fence.REFUSED:
+            changes = self.tracker.observe(term, batch, verdict == fence.ACCEPT, now_ms)
+            events = self._apply(changes, now_ms)
+            events.append({"type": "mesh", "mesh": self.mesh_state(batch.mesh)})
+        return IngestResult(ACK_REJECTED, fence_term or 0, batch.batch_id, "storage", events)
+
     def _apply(self, changes: list[Change], now_ms: int) -> list[dict[str, Any]]:
-        """Persist what the tracker inferred; turn it into live-feed events."""
+        """Persist what the tracker inferred (or hold it); turn it into live-feed events."""
         events: list[dict[str, Any]] = []
         for change in changes:
             data = change.data
+            if change.kind == "lost":
+                self.counters.lost_readings += data["count"]
+                continue
+            stored: Any = None
+            if not self.held:  # else it waits its turn behind the held ones
+                try:
+                    stored = self._persist(change)
+                    self.health.storage_wrote()
+                except StorageError as exc:
+                    self.health.storage_failed("alerts", exc, now_ms)
+            if stored is None:
+                self._hold(change)
             if change.kind == "election":
-                if self.storage.add_election(
-                    data["mesh"], data["term"], data["leader"], data["reason"], data["at_ms"]
-                ):
-                    self.counters.elections += 1
+                if stored is not False:  # False: another gateway process recorded it first
                     events.append(dict(data, type="election"))
             elif change.kind == "raise":
-                stored = self.storage.raise_alert(
-                    data["mesh"], data["kind"], data["node"], data["message"], now_ms
-                )
-                data["id"] = stored["id"]  # the tracker keeps this dict: the id clears it later
                 self.counters.alerts_raised += 1
-                events.append(dict(stored, type="alert"))
+                events.append(dict(data, type="alert", id=data.get("id"), cleared_ms=None))
             elif change.kind == "clear":
-                if "id" in data:
-                    self.storage.clear_alert(data["id"], now_ms)
                 events.append(dict(data, type="alert_cleared"))
-            elif change.kind == "lost":
-                self.counters.lost_readings += data["count"]
         return events
+
+    def _persist(self, change: Change) -> Any:
+        """Store one change; True/False for an election (False: already there), the stored
+        alert for a raise, True for a clear. Raises StorageError."""
+        data = change.data
+        if change.kind == "election":
+            added = self.storage.add_election(
+                data["mesh"], data["term"], data["leader"], data["reason"], data["at_ms"]
+            )
+            if added:
+                self.counters.elections += 1
+            return added
+        if change.kind == "raise":
+            stored = self.storage.raise_alert(
+                data["mesh"], data["kind"], data["node"], data["message"], data["raised_ms"]
+            )
+            data["id"] = stored["id"]  # the tracker keeps this dict: the id clears it later
+            return stored
+        alert_id = (change.record or data).get("id")
+        if alert_id is not None:  # None: its raise was dropped from a full hold
+            self.storage.clear_alert(alert_id, data["cleared_ms"])
+        return True
+
+    def _hold(self, change: Change) -> None:
+        if len(self.held) >= MAX_HELD:
+            self.held.popleft()
+            self.counters.held_dropped += 1
+        self.held.append(change)
+
+
+def _alert_key(alert: dict[str, Any]) -> tuple[str, str, str]:
+    return alert["mesh"], alert["kind"], alert["node"]
 
 
 def _batch_event(

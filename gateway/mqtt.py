@@ -1,4 +1,5 @@
-"""MQTT ingest: subscribe ``P/+/batch`` (QoS 1), answer on ``P/<mesh>/batch-ack/<leader>``.
+"""MQTT ingest: subscribe ``P/+/batch`` (QoS 1), answer on ``P/<mesh>/batch-ack/<leader>``
+(the topics are ``agent/core/topics.py``'s).
 
 paho-mqtt runs its network loop in its own thread and reconnects by itself; every message hops
 onto the asyncio loop with ``call_soon_threadsafe`` (the gateway's frame path is loop-only).
@@ -18,12 +19,14 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.core import topics
+
 if TYPE_CHECKING:
     from gateway.service import Gateway, GatewayConfig
 
 log = logging.getLogger("meshelect.gateway.mqtt")
 
-QOS = 1
+QOS = topics.qos(topics.BATCH)
 KEEPALIVE_S = 10
 # Session kept by the broker while the gateway restarts, so QoS 1 batches queue meanwhile.
 SESSION_EXPIRY_S = 300
@@ -53,7 +56,7 @@ class MqttIngest:
         self.gateway = gateway
         self.config = config
         self.prefix = config.mqtt_prefix.rstrip("/")
-        topic = "%s/+/batch" % self.prefix
+        topic = topics.batch_filter(self.prefix)
         if config.mqtt_shared_group:
             topic = "$share/%s/%s" % (config.mqtt_shared_group, topic)
         self.topic = topic
@@ -139,11 +142,9 @@ class MqttIngest:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
         # Topic P/<mesh>/batch: the mesh named in the topic must be the frame's mesh.
-        parts = message.topic.split("/")
-        prefix_parts = self.prefix.split("/")
-        if len(parts) != len(prefix_parts) + 2 or parts[-1] != "batch":
+        topic_mesh = topics.batch_mesh(self.prefix, message.topic)
+        if topic_mesh is None:
             return
-        topic_mesh = parts[-2]
         payload = bytes(message.payload)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(
@@ -153,4 +154,5 @@ class MqttIngest:
     # -- loop thread ---------------------------------------------------------------------------
 
     def _reply(self, mesh: str, leader: str, ack: bytes) -> None:
-        self._client.publish("%s/%s/batch-ack/%s" % (self.prefix, mesh, leader), ack, qos=QOS)
+        reply = topics.topic(self.prefix, mesh, topics.BATCH_ACK, leader)
+        self._client.publish(reply, ack, qos=QOS)

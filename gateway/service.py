@@ -4,6 +4,10 @@ Threads and loops: everything asyncio runs on one event loop. The database, the 
 wire codecs belong to one worker thread (``Gateway.call`` / the frame path submit work to it),
 so they never need locks and the event loop never blocks on SQLite. paho-mqtt runs its own
 network thread and hands frames over with ``call_soon_threadsafe``.
+
+The timer task (alerts, held changes, fence resets, retention, checkpoints) must never die: a
+storage error is handled where it happens (gateway/ingest.py, gateway/upkeep.py), and anything
+else a tick raises is logged and counted, and the next tick runs as usual.
 """
 
 from __future__ import annotations
@@ -13,20 +17,24 @@ import concurrent.futures
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import uvicorn
 
+from agent.core import topics
 from gateway import history, units
 from gateway.app import create_app
+from gateway.clock import CLOCK_FILE_ENV, OffsetWallClock, mono_ms, wall_clock
 from gateway.events import EventHub
 from gateway.frames import FrameDrop, FrameRouter
+from gateway.health import Health
 from gateway.ingest import Ingest
 from gateway.metrics import Counters, MetricsRenderer
-from gateway.storage import SqliteStorage
+from gateway.retention import Retention
+from gateway.storage import SqliteStorage, StorageError
 from gateway.tracker import Tracker, TrackerConfig
+from gateway.upkeep import Upkeep
 
 log = logging.getLogger("meshelect.gateway")
 T = TypeVar("T")
@@ -34,7 +42,7 @@ T = TypeVar("T")
 # Frames waiting for the worker before new ones are dropped (counted "overload"): the leaders
 # resend what is not acknowledged, so shedding load loses nothing.
 MAX_PENDING_FRAMES = 2000
-# Retention runs this often; it deletes in the worker, between batches.
+# Retention runs this often (monotonic time); it deletes in the worker, between batches.
 PURGE_EVERY_MS = 600_000
 
 
@@ -44,10 +52,6 @@ class _HttpServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class GatewayConfig:
@@ -65,7 +69,7 @@ class GatewayConfig:
         mdns_interfaces: list[str] | None = None,
         mqtt_host: str | None = None,
         mqtt_port: int = 1883,
-        mqtt_prefix: str = "meshelect",
+        mqtt_prefix: str = topics.DEFAULT_PREFIX,
         mqtt_tls: bool = False,
         mqtt_ca: str | None = None,
         mqtt_cert: str | None = None,
@@ -81,6 +85,7 @@ class GatewayConfig:
         aggregate_retention_ms: int = 365 * 86_400_000,
         synchronous: str = "FULL",
         tick_ms: int = 1000,
+        purge_every_ms: int = PURGE_EVERY_MS,
         tracker: TrackerConfig | None = None,
         demo_control: str | None = None,
         homeassistant: bool = True,
@@ -112,6 +117,7 @@ class GatewayConfig:
         self.aggregate_retention_ms = aggregate_retention_ms
         self.synchronous = synchronous
         self.tick_ms = tick_ms
+        self.purge_every_ms = purge_every_ms
         self.tracker = tracker or TrackerConfig()
         self.demo_control = demo_control  # `meshelect demo`'s control socket: demo mode
         # Home Assistant MQTT discovery, when there is a broker (gateway/homeassistant.py).
@@ -123,11 +129,18 @@ Reply = Callable[[str, str, bytes], None]  # (mesh, leader, ack frame)
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, clock: Callable[[], int] = wall_ms) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        clock: Callable[[], int] | None = None,
+        mono: Callable[[], int] = mono_ms,
+    ) -> None:
         self.config = config
-        self.clock = clock
+        self.clock = clock or wall_clock()  # wall ms: timestamps (a test hook may offset it)
+        self.mono = mono  # monotonic ms: durations, retention
         self.token = config.api_token
         self.counters = Counters()
+        self.health_state = Health(self.counters)
         self.hub = EventHub()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gw-ingest")
         self._pending = 0
@@ -142,9 +155,10 @@ class Gateway:
         self.udp_address: tuple[str, int] | None = None
         self.http_address: tuple[str, int] | None = None
         self.started_ms = 0
-        self._last_purge_ms = 0
+        self._health_published = 0  # Health.version last published on the live feed
         # Built in the worker by start(): they belong to that thread.
         self.ingest: Ingest = None  # type: ignore[assignment]
+        self.upkeep: Upkeep = None  # type: ignore[assignment]
         self.router: FrameRouter = None  # type: ignore[assignment]
         self.metrics: MetricsRenderer = None  # type: ignore[assignment]
 
@@ -153,6 +167,12 @@ class Gateway:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.started_ms = self.clock()
+        if isinstance(self.clock, OffsetWallClock):
+            log.warning(
+                "test clock hook on (%s=%s): the wall clock is offset by that file's ms",
+                CLOCK_FILE_ENV,
+                self.clock.path,
+            )
         try:
             await self._start()
         except BaseException:
@@ -200,8 +220,12 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a bug in a task must not turn a clean stop into a crash
+                log.exception("task %s failed", task.get_name())
         self._tasks.clear()
         if self.demo is not None:
             await self.demo.stop()
@@ -223,7 +247,10 @@ class Gateway:
             self._udp.close()
             self._udp = None
         if self.ingest is not None:
-            await self.call(self.ingest.storage.close)
+            try:
+                await self.call(self.ingest.storage.close)
+            except Exception as exc:  # e.g. the disk still refuses the final checkpoint
+                log.warning("closing the database: %s", exc)
         self._worker.shutdown(wait=True)
 
     async def __aenter__(self) -> Gateway:
@@ -242,10 +269,17 @@ class Gateway:
             synchronous=config.synchronous,
         )
         boot = storage.next_boot()
-        self.ingest = Ingest(storage, Tracker(config.tracker), self.counters)
+        self.ingest = Ingest(storage, Tracker(config.tracker), self.counters, self.health_state)
         self.ingest.restore()
+        retention = Retention(
+            config.raw_retention_ms, config.aggregate_retention_ms, config.purge_every_ms
+        )
+        self.upkeep = Upkeep(storage, retention, self.health_state, self.counters)
+        self.upkeep.start(self.clock(), self.mono())
         self.router = FrameRouter(config.mesh_keys, config.open_meshes, config.node_id, boot)
-        self.metrics = MetricsRenderer(self.counters, self.ingest.mesh_states, self.clock)
+        self.metrics = MetricsRenderer(
+            self.counters, self.ingest.mesh_states, self.clock, self._gauges
+        )
 
     async def _start_http(self) -> None:
         config = self.config
@@ -271,6 +305,16 @@ class Gateway:
 
     # -- the worker ----------------------------------------------------------------------------
 
+    def _now(self) -> int:
+        """The wall clock as the worker reads it. A step is noticed here, before anything uses
+        the stepped time: logged and counted, and the live view's time points move with it,
+        so that a step is not taken for time passing (no false "silent" or "no leader")."""
+        wall = self.clock()
+        step = self.upkeep.observe(wall, self.mono())
+        if step is not None:
+            self.ingest.tracker.shift(step)
+        return wall
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the worker thread that owns storage, tracker and codecs."""
         loop = asyncio.get_running_loop()
@@ -293,7 +337,7 @@ class Gateway:
     def _handle_frame(
         self, transport: str, data: bytes, topic_mesh: str | None
     ) -> tuple[str, str, bytes, list[dict[str, Any]]] | None:
-        now = self.clock()
+        now = self._now()
         try:
             mesh, msg = self.router.decode(data, now)
         except FrameDrop as drop:
@@ -328,15 +372,25 @@ class Gateway:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_ms / 1000)
-            events = await self.call(self._tick)
+            try:
+                events = await self.call(self._tick)
+            except Exception:  # a bug, not a storage error (those are handled in the tick)
+                self.counters.task_errors += 1
+                log.exception("timer tick failed; the next one runs as usual")
+                continue
             self.hub.publish(events)
 
     def _tick(self) -> list[dict[str, Any]]:
-        now = self.clock()
+        """Time-driven alerts, held changes, fence resets, retention, checkpoints, health."""
+        now = self._now()
         events = self.ingest.tick(now)
-        if now - self._last_purge_ms >= PURGE_EVERY_MS:
-            self._last_purge_ms = now
-            self.ingest.purge(now)
+        events.extend(self.ingest.flush(now))
+        events.extend(self.ingest.poll_fence_resets(now))
+        self.upkeep.tick(self._now(), self.mono())
+        self.health_state.tick(now)
+        if self.health_state.version != self._health_published:
+            self._health_published = self.health_state.version
+            events.append({"type": "health", "health": self.health()})
         return events
 
     # -- worker-side helpers for the HTTP app --------------------------------------------------
@@ -346,26 +400,45 @@ class Gateway:
 
     def snapshot(self) -> dict[str, Any]:
         storage = self.ingest.storage
-        now = self.clock()
+        alerts = storage.alerts(None, False, 100)
+        # Alerts raised while the storage failed are not stored yet: the live view has them.
+        stored = {(a["mesh"], a["kind"], a["node"], a["raised_ms"]) for a in alerts}
+        for alert in self.ingest.tracker.active_alerts():
+            key = (alert["mesh"], alert["kind"], alert["node"], alert["raised_ms"])
+            if key not in stored:
+                alerts.append(dict(alert, id=alert.get("id"), cleared_ms=None))
+        now = self._now()
         meshes = self.ingest.mesh_states()
         return {
             "type": "snapshot",
             "now_ms": now,
             "meshes": meshes,
             "elections": storage.elections(None, 200),
-            "alerts": storage.alerts(None, False, 100),
+            "alerts": alerts,
+            "fence_resets": storage.fence_resets(None, 0, 1_000_000)[-200:],
+            "health": self.health(),
             # The charts' recent past and how to show each metric: the page draws at once.
             "history": history.recent(storage, [m["name"] for m in meshes], now),
             "units": units.table(),
         }
 
+    def reset_fence(self, mesh: str, term: int, source: str) -> dict[str, Any] | None:
+        """An operator's fence reset (API); applied to the live view and published at once."""
+        now = self._now()
+        record = self.ingest.reset_fence(mesh, term, source, now)
+        if record is not None:
+            events = self.ingest.poll_fence_resets(now)
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self.hub.publish, events)
+        return record
+
     def clear_alert_by_id(self, alert_id: int) -> bool:
         tracker = self.ingest.tracker
         for key, record in list(tracker.active.items()):
             if record.get("id") == alert_id:
+                now = self._now()
+                self.ingest.storage.clear_alert(alert_id, now)  # first: it may fail (503)
                 del tracker.active[key]
-                now = self.clock()
-                self.ingest.storage.clear_alert(alert_id, now)
                 event = dict(record, type="alert_cleared", cleared_ms=now)
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self.hub.publish, [event])
@@ -373,13 +446,32 @@ class Gateway:
         return False
 
     def health(self) -> dict[str, Any]:
-        now = self.clock()
+        """``/healthz``: status ``ok``, or ``degraded`` while the storage fails; ``problems``
+        says what is wrong (storage, a wall-clock step holding retention back)."""
+        now = self._now()
+        health = self.health_state
+        try:
+            schema = getattr(self.ingest.storage, "schema_version", None)
+        except StorageError:
+            schema = None
         return {
-            "status": "ok",
+            "status": "degraded" if health.degraded else "ok",
+            "problems": health.problems(),
             "uptime_ms": now - self.started_ms,
-            "schema_version": getattr(self.ingest.storage, "schema_version", None),
+            "schema_version": schema,
             "meshes": len(self.ingest.tracker.meshes),
             "readings_stored": self.counters.readings_stored,
+            "held_changes": len(self.ingest.held),
+            "clock_steps": self.counters.clock_steps,
+            "retention_held_back_ms": health.retention_held_back_ms,
             "udp": list(self.udp_address) if self.udp_address else None,
             "mqtt": self._mqtt.connected if self._mqtt is not None else None,
+        }
+
+    def _gauges(self) -> dict[str, Any]:
+        return {
+            "degraded": self.health_state.degraded,
+            "held_changes": len(self.ingest.held),
+            "wal_bytes": self.ingest.storage.wal_bytes(),
+            "retention_held_back_ms": self.health_state.retention_held_back_ms,
         }

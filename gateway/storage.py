@@ -7,23 +7,36 @@ database behind the same interface) still store every reading once and never tak
 deposed leader.
 
 All times are integer milliseconds passed in by the caller (the storage reads no clock).
+
+When the database itself fails (a full disk, an I/O error, a lock held too long) every method
+raises :class:`StorageError` and leaves nothing half-written: the caller keeps what it could not
+store, retries later, and never acknowledges what is not stored.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import os
 import sqlite3
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
 
+from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
+from gateway import fence
 from gateway.batch import Batch, Member
 
-STATUS_OK = "ok"
-STATUS_FENCED = "fenced"
+
+class StorageError(Exception):
+    """The database failed (full disk, I/O error, busy for too long): retry later."""
 
 
 class IngestOutcome(NamedTuple):
-    status: str  # STATUS_OK or STATUS_FENCED
-    highest_term: int  # the mesh's highest term after this batch
+    # The BATCH_ACK status: ACK_OK; ACK_FENCED (a higher term is stored); ACK_REJECTED (a term
+    # jump from a sender never seen in the mesh, gateway/fence.py).
+    status: int
+    highest_term: int  # the mesh's fence (highest accepted term) after this batch
     inserted: int  # readings stored now
     duplicates: int  # readings already stored before (dedup hits)
     new_batch: bool  # False when this exact batch (mesh, leader, term, id) was stored before
@@ -44,7 +57,21 @@ class Storage(Protocol):
 
     def clear_alert(self, alert_id: int, now_ms: int) -> None: ...
 
-    def purge(self, now_ms: int) -> tuple[int, int]: ...
+    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> tuple[int, int]: ...
+
+    def retention_state(self) -> tuple[int | None, int | None]: ...
+
+    def reset_fence(
+        self, mesh: str, term: int, source: str, now_ms: int
+    ) -> dict[str, Any] | None: ...
+
+    def fence_resets(self, mesh: str | None, after_id: int, limit: int) -> list[dict[str, Any]]: ...
+
+    def probe(self, now_ms: int) -> None: ...
+
+    def checkpoint(self) -> bool: ...
+
+    def wal_bytes(self) -> int: ...
 
     def meshes(self) -> list[dict[str, Any]]: ...
 
@@ -142,9 +169,48 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX alerts_active ON alerts (cleared_ms);
     """,
+    """
+    CREATE TABLE fence_resets (
+        id INTEGER PRIMARY KEY,
+        mesh TEXT NOT NULL,
+        from_term INTEGER NOT NULL,
+        to_term INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    );
+    """,
 ]
 
 _DAY_MS = 86_400_000
+_BUSY_TIMEOUT_MS = 10_000
+# A checkpoint that has to wait for readers gives up quickly and is tried again later, rather
+# than holding up the ingest worker.
+_CHECKPOINT_BUSY_MS = 200
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _guarded(
+    method: Callable[Concatenate[SqliteStorage, _P], _R],
+) -> Callable[Concatenate[SqliteStorage, _P], _R]:
+    """Turn SQLite's failures of the database itself into :class:`StorageError`.
+
+    Constraint and programming errors stay what they are: they are bugs, not a full disk.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: SqliteStorage, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.OperationalError as exc:
+            raise StorageError(str(exc)) from exc
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # IntegrityError, ProgrammingError...
+                raise
+            raise StorageError(str(exc)) from exc  # e.g. "database disk image is malformed"
+
+    return wrapper
 
 
 class SqliteStorage:
@@ -154,6 +220,7 @@ class SqliteStorage:
     may open the same file; SQLite's locking plus the constraints keep them consistent.
     """
 
+    @_guarded
     def __init__(
         self,
         path: str,
@@ -169,7 +236,7 @@ class SqliteStorage:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so one batch is one transaction.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA busy_timeout = 10000")
+        self._db.execute("PRAGMA busy_timeout = %d" % _BUSY_TIMEOUT_MS)
         if path != ":memory:":
             self._db.execute("PRAGMA journal_mode = WAL")
         # An ack promises the batch is stored, so FULL (one fsync per batch) is the default;
@@ -184,13 +251,31 @@ class SqliteStorage:
         row = self._db.execute("SELECT version FROM schema_version").fetchone()
         return int(row[0]) if row else 0
 
-    def _migrate(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back on any error, whatever SQLite already undid.
+
+        SQLite may roll a transaction back by itself on a full disk or an I/O error; a ROLLBACK
+        then would fail and hide the real error, so it is issued only if one is still open.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = self._db.execute("SELECT version FROM schema_version").fetchone()
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            raise
+
+    @_guarded
+    def _migrate(self) -> None:
+        with self._transaction() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
-                self._db.execute("INSERT INTO schema_version VALUES (0)")
+                db.execute("INSERT INTO schema_version VALUES (0)")
                 version = 0
             else:
                 version = int(row[0])
@@ -202,49 +287,47 @@ class SqliteStorage:
             for number in range(version, len(MIGRATIONS)):
                 for statement in MIGRATIONS[number].split(";"):
                     if statement.strip():
-                        self._db.execute(statement)
-                self._db.execute("UPDATE schema_version SET version = ?", (number + 1,))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+                        db.execute(statement)
+                db.execute("UPDATE schema_version SET version = ?", (number + 1,))
 
+    @_guarded
     def next_boot(self) -> int:
         """Count this gateway start; the ack frames' boot field must grow across restarts."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            self._db.execute(
+        with self._transaction() as db:
+            db.execute(
                 "INSERT INTO meta (key, value) VALUES ('boot', 1) "
                 "ON CONFLICT(key) DO UPDATE SET value = value + 1"
             )
-            boot = int(self._db.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()[0])
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return boot
+            return int(db.execute("SELECT value FROM meta WHERE key = 'boot'").fetchone()[0])
 
     # -- writes ------------------------------------------------------------------------------
 
+    @_guarded
     def ingest(self, term: int, batch: Batch, now_ms: int) -> IngestOutcome:
         """Fence, then store the batch's readings once each, all in one transaction."""
-        db = self._db
         mesh = batch.mesh
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            # Conditional upsert: only a term at least as high as the stored one moves it.
+        with self._transaction() as db:
+            row = db.execute("SELECT term, leader FROM meshes WHERE name = ?", (mesh,)).fetchone()
+            stored = None if row is None else int(row[0])
+            verdict = fence.decide(
+                stored,
+                term,
+                lambda: (
+                    (row is not None and row[1] == batch.leader) or self._known(mesh, batch.leader)
+                ),
+            )
+            if verdict != fence.ACCEPT:
+                # Nothing was written: the commit ends an empty transaction.
+                status = ACK_FENCED if verdict == fence.FENCED else ACK_REJECTED
+                return IngestOutcome(status, stored or 0, 0, 0, False)
+            # Conditional upsert: only a term at least as high as the stored one moves it (the
+            # write lock is held since BEGIN IMMEDIATE; this keeps the rule in the data too).
             db.execute(
                 "INSERT INTO meshes (name, term, leader, updated_ms) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET term = excluded.term, leader = excluded.leader, "
                 "updated_ms = excluded.updated_ms WHERE excluded.term >= meshes.term",
                 (mesh, term, batch.leader, now_ms),
             )
-            highest = int(
-                db.execute("SELECT term FROM meshes WHERE name = ?", (mesh,)).fetchone()[0]
-            )
-            if highest > term:
-                db.execute("ROLLBACK")
-                return IngestOutcome(STATUS_FENCED, highest, 0, 0, False)
             before = db.total_changes
             db.execute(
                 "INSERT OR IGNORE INTO batches VALUES (?, ?, ?, ?, ?, ?)",
@@ -295,13 +378,19 @@ class SqliteStorage:
                     "UPDATE nodes SET dropped = ? WHERE mesh = ? AND node = ?",
                     [(count, mesh, node) for node, count in batch.dropped],
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return IngestOutcome(
-            STATUS_OK, highest, inserted, len(batch.readings) - inserted, new_batch
+            ACK_OK, max(term, stored or 0), inserted, len(batch.readings) - inserted, new_batch
         )
+
+    def _known(self, mesh: str, node: str) -> bool:
+        """Was ``node`` seen in ``mesh`` before: in a member view, or as a leader?"""
+        row = self._db.execute(
+            "SELECT 1 FROM nodes WHERE mesh = ? AND node = ? "
+            "UNION ALL SELECT 1 FROM batches WHERE mesh = ? AND leader = ? "
+            "UNION ALL SELECT 1 FROM elections WHERE mesh = ? AND leader = ? LIMIT 1",
+            (mesh, node, mesh, node, mesh, node),
+        ).fetchone()
+        return row is not None
 
     def _upsert_members(self, mesh: str, members: list[Member], now_ms: int) -> None:
         self._db.executemany(
@@ -315,6 +404,7 @@ class SqliteStorage:
             ],
         )
 
+    @_guarded
     def add_election(self, mesh: str, term: int, leader: str, reason: str, at_ms: int) -> bool:
         """Record who led from ``term`` and why; False if it was already recorded."""
         cursor = self._db.execute(
@@ -324,6 +414,7 @@ class SqliteStorage:
         )
         return cursor.rowcount > 0
 
+    @_guarded
     def raise_alert(
         self, mesh: str, kind: str, node: str, message: str, now_ms: int
     ) -> dict[str, Any]:
@@ -341,34 +432,130 @@ class SqliteStorage:
             "cleared_ms": None,
         }
 
+    @_guarded
     def clear_alert(self, alert_id: int, now_ms: int) -> None:
         self._db.execute(
             "UPDATE alerts SET cleared_ms = ? WHERE id = ? AND cleared_ms IS NULL",
             (now_ms, alert_id),
         )
 
-    def purge(self, now_ms: int) -> tuple[int, int]:
-        """Apply retention: (raw readings deleted, aggregates deleted)."""
-        raw = self._db.execute(
-            "DELETE FROM readings WHERE received_ms < ?", (now_ms - self.raw_retention_ms,)
-        ).rowcount
-        self._db.execute(
-            "DELETE FROM batches WHERE received_ms < ?", (now_ms - self.raw_retention_ms,)
-        )
-        agg = self._db.execute(
-            "DELETE FROM aggregates WHERE received_ms < ?",
-            (now_ms - self.aggregate_retention_ms,),
-        ).rowcount
+    @_guarded
+    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> tuple[int, int]:
+        """Apply retention: (raw readings deleted, aggregates deleted).
+
+        Raw readings (and batch records) received before ``now_ms - raw retention`` go, and
+        aggregates received before ``agg_now_ms - aggregate retention`` (``agg_now_ms``
+        defaults to ``now_ms``). Both reference times are kept, in the same transaction, so a
+        restart goes on from them (:meth:`retention_state`, gateway/retention.py).
+        """
+        agg_now = now_ms if agg_now_ms is None else agg_now_ms
+        raw_cutoff = now_ms - self.raw_retention_ms
+        with self._transaction() as db:
+            raw = db.execute("DELETE FROM readings WHERE received_ms < ?", (raw_cutoff,)).rowcount
+            db.execute("DELETE FROM batches WHERE received_ms < ?", (raw_cutoff,))
+            agg = db.execute(
+                "DELETE FROM aggregates WHERE received_ms < ?",
+                (agg_now - self.aggregate_retention_ms,),
+            ).rowcount
+            db.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [("retention_raw_now", now_ms), ("retention_agg_now", agg_now)],
+            )
         return raw, agg
+
+    @_guarded
+    def retention_state(self) -> tuple[int | None, int | None]:
+        """The reference times of the last purge (raw, aggregates); None before the first."""
+        rows = dict(
+            self._db.execute(
+                "SELECT key, value FROM meta "
+                "WHERE key IN ('retention_raw_now', 'retention_agg_now')"
+            ).fetchall()
+        )
+        return rows.get("retention_raw_now"), rows.get("retention_agg_now")
+
+    @_guarded
+    def reset_fence(self, mesh: str, term: int, source: str, now_ms: int) -> dict[str, Any] | None:
+        """Set ``mesh``'s fence to ``term`` (an operator's decision) and record that; None if
+        the mesh is unknown. Later batches are fenced against ``term`` by the usual rule."""
+        if not 0 <= term <= fence.MAX_TERM:
+            raise ValueError("term must be between 0 and %d" % fence.MAX_TERM)
+        with self._transaction() as db:
+            row = db.execute("SELECT term FROM meshes WHERE name = ?", (mesh,)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE meshes SET term = ? WHERE name = ?", (term, mesh))
+            cursor = db.execute(
+                "INSERT INTO fence_resets (mesh, from_term, to_term, source, at_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (mesh, int(row[0]), term, source, now_ms),
+            )
+        return {
+            "id": cursor.lastrowid,
+            "mesh": mesh,
+            "from_term": int(row[0]),
+            "to_term": term,
+            "source": source,
+            "at_ms": now_ms,
+        }
+
+    @_guarded
+    def fence_resets(self, mesh: str | None, after_id: int, limit: int) -> list[dict[str, Any]]:
+        """Fence resets with an id above ``after_id``, oldest first."""
+        query = "SELECT id, mesh, from_term, to_term, source, at_ms FROM fence_resets WHERE id > ?"
+        args: list[Any] = [after_id]
+        if mesh is not None:
+            query += " AND mesh = ?"
+            args.append(mesh)
+        query += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        return [dict(row) for row in self._db.execute(query, args).fetchall()]
+
+    @_guarded
+    def probe(self, now_ms: int) -> None:
+        """One small write transaction: does the database take writes (again)?"""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('probe', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (now_ms,),
+            )
+
+    @_guarded
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database and truncate the log to zero bytes.
+
+        This gives the log's disk space back: SQLite reuses a log but never shrinks it. False
+        when a reader kept it from completing (try again later).
+        """
+        if self.path == ":memory:":
+            return True
+        db = self._db
+        db.execute("PRAGMA busy_timeout = %d" % _CHECKPOINT_BUSY_MS)
+        try:
+            busy = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            db.execute("PRAGMA busy_timeout = %d" % _BUSY_TIMEOUT_MS)
+        return int(busy) == 0
+
+    def wal_bytes(self) -> int:
+        """Size of the write-ahead log file (0 if there is none)."""
+        try:
+            return os.path.getsize(self.path + "-wal")
+        except OSError:
+            return 0
 
     # -- reads -------------------------------------------------------------------------------
 
+    @_guarded
     def meshes(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT name, term, leader, updated_ms FROM meshes ORDER BY name"
         ).fetchall()
         return [dict(row) for row in rows]
 
+    @_guarded
     def nodes(self, mesh: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT node, score, battery, link, flags, last_seen_ms, dropped FROM nodes "
@@ -377,6 +564,7 @@ class SqliteStorage:
         ).fetchall()
         return [dict(row) for row in rows]
 
+    @_guarded
     def readings(
         self, mesh: str, node: str | None, since_ms: int, until_ms: int, limit: int
     ) -> list[dict[str, Any]]:
@@ -399,6 +587,7 @@ class SqliteStorage:
             out.append(item)
         return out
 
+    @_guarded
     def aggregates(
         self, mesh: str, since_ms: int, until_ms: int, limit: int
     ) -> list[dict[str, Any]]:
@@ -410,6 +599,7 @@ class SqliteStorage:
         ).fetchall()
         return [dict(row) for row in reversed(rows)]
 
+    @_guarded
     def elections(self, mesh: str | None, limit: int) -> list[dict[str, Any]]:
         query = "SELECT mesh, term, leader, reason, at_ms FROM elections"
         args: list[Any] = []
@@ -420,6 +610,7 @@ class SqliteStorage:
         args.append(limit)
         return [dict(row) for row in reversed(self._db.execute(query, args).fetchall())]
 
+    @_guarded
     def alerts(self, mesh: str | None, active_only: bool, limit: int) -> list[dict[str, Any]]:
         query = "SELECT id, mesh, kind, node, message, raised_ms, cleared_ms FROM alerts WHERE 1"
         args: list[Any] = []
@@ -432,6 +623,7 @@ class SqliteStorage:
         args.append(limit)
         return [dict(row) for row in self._db.execute(query, args).fetchall()]
 
+    @_guarded
     def reading_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM readings").fetchone()[0])
 

@@ -13,10 +13,14 @@ the gateway infers a reason from what it saw:
 - ``handoff``: the previous leader is still listed and flagged as leaving;
 - ``crash``: the previous leader is gone from the member list, or has not been heard lately;
 - ``score``: the previous leader is alive and present, so a better-scored node took over.
+
+It also keeps each mesh's operator fence resets (the latest is shown with the mesh) and the
+``term_jump`` alerts for batches refused by the fencing rule (gateway/fence.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from gateway.batch import Batch
@@ -30,6 +34,7 @@ ALERT_TWO_LEADERS = "two_leaders"
 ALERT_LOW_BATTERY = "low_battery"
 ALERT_NODE_SILENT = "node_silent"
 ALERT_READINGS_DROPPED = "readings_dropped"
+ALERT_TERM_JUMP = "term_jump"
 
 REASON_CRASH = "crash"
 REASON_HANDOFF = "handoff"
@@ -77,7 +82,7 @@ class TrackerConfig:
         self.split_window_ms = split_window_ms
         self.low_battery = low_battery
         self.silent_ms = silent_ms
-        # A dropped-readings alert stays up this long after the last new drop.
+        # A dropped-readings (or refused term jump) alert stays up this long after the last one.
         self.drop_alert_ms = drop_alert_ms
         # A previous leader the new leader has not heard for this long is taken as crashed.
         self.crash_age_ms = crash_age_ms
@@ -87,9 +92,12 @@ class TrackerConfig:
 
 
 class Change(NamedTuple):
-    kind: str  # "election", "raise", "clear"
+    kind: str  # "election", "raise", "clear", "lost"
     mesh: str
     data: dict[str, Any]
+    # For "clear": the alert record as raised, which gets its storage id when it is stored
+    # (perhaps only after this change was made, if the storage was failing).
+    record: dict[str, Any] | None = None
 
 
 class NodeState:
@@ -131,6 +139,9 @@ class MeshState:
         self.split_pair: tuple[str, str] | None = None
         self.known_elections: set[tuple[int, str]] = set()
         self.drop_seen_ms: dict[str, int] = {}
+        self.refused_seen_ms: dict[str, int] = {}  # sender -> its last refused term jump
+        self.fence_resets = 0
+        self.fence_reset: dict[str, Any] | None = None  # the latest
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -140,6 +151,8 @@ class MeshState:
             "leader_since_ms": self.leader_since_ms,
             "last_batch_ms": self.last_ok_ms,
             "members": [self.nodes[n].as_dict(self.leader) for n in sorted(self.nodes)],
+            "fence_resets": self.fence_resets,
+            "fence_reset": self.fence_reset,
         }
 
 
@@ -160,6 +173,7 @@ class Tracker:
         nodes: dict[str, list[dict[str, Any]]],
         elections: list[dict[str, Any]],
         alerts: list[dict[str, Any]],
+        fence_resets: Sequence[dict[str, Any]] = (),
     ) -> None:
         """Seed the picture from storage, so a restart neither forgets nor re-raises."""
         for row in meshes:
@@ -181,6 +195,49 @@ class Tracker:
         for row in alerts:
             if row["cleared_ms"] is None:
                 self.active[(row["mesh"], row["kind"], row["node"])] = dict(row)
+        for row in fence_resets:
+            reset_mesh = self.meshes.get(row["mesh"])
+            if reset_mesh is not None:
+                reset_mesh.fence_resets += 1
+                reset_mesh.fence_reset = dict(row)
+
+    def knows(self, mesh: str, node: str) -> bool:
+        """Was ``node`` seen in ``mesh`` (as a member or leader) by this gateway's live view?"""
+        state = self.meshes.get(mesh)
+        return state is not None and (
+            node in state.nodes
+            or node == state.leader
+            or any(leader == node for _, leader in state.known_elections)
+        )
+
+    def fence_reset(self, row: dict[str, Any]) -> bool:
+        """An operator reset ``row["mesh"]``'s fence to ``row["to_term"]``; False if the mesh
+        is not in the live view."""
+        state = self.meshes.get(row["mesh"])
+        if state is None:
+            return False
+        state.term = row["to_term"]
+        state.fence_resets += 1
+        state.fence_reset = dict(row)
+        return True
+
+    def refused(self, term: int, batch: Batch, fence_term: int, now: int) -> list[Change]:
+        """A batch refused by the fencing rule: a term jump from a sender never seen."""
+        state = self._mesh(batch.mesh)
+        out: list[Change] = []
+        sender = batch.leader
+        if (
+            sender not in state.refused_seen_ms
+            and len(state.refused_seen_ms) >= MAX_LEADERS_TRACKED
+        ):
+            return out  # counted by the caller; a flood of names raises no more alerts
+        state.refused_seen_ms[sender] = now
+        message = (
+            "batch from %s at term %d refused: the fence is at term %d and %s was never seen "
+            "in this mesh" % (sender, term, fence_term, sender)
+        )
+        self._raise(state.name, ALERT_TERM_JUMP, sender, message, now, out)
+        return out
 
     # -- batches -----------------------------------------------------------------------------
 
@@ -314,6 +371,22 @@ class Tracker:
 
     # -- time --------------------------------------------------------------------------------
 
+    def shift(self, step_ms: int) -> None:
+        """The wall clock stepped by ``step_ms``: move every time point durations are measured
+        from by as much, so the step does not count as time passing (ages stay right)."""
+        for state in self.meshes.values():
+            if state.last_ok_ms:
+                state.last_ok_ms += step_ms
+            if state.leader_since_ms:
+                state.leader_since_ms += step_ms
+            if state.split_seen_ms >= 0:
+                state.split_seen_ms += step_ms
+            for node in state.nodes.values():
+                node.last_seen_ms += step_ms
+            for times in (state.last_batch_ms, state.drop_seen_ms, state.refused_seen_ms):
+                for key in times:
+                    times[key] += step_ms
+
     def tick(self, now: int) -> list[Change]:
         """Raise and clear the alerts that depend on time passing."""
         config = self.config
@@ -329,6 +402,10 @@ class Tracker:
                 if now - state.drop_seen_ms[node_name] > config.drop_alert_ms:
                     del state.drop_seen_ms[node_name]
                     self._clear(name, ALERT_READINGS_DROPPED, node_name, now, out)
+            for sender in sorted(state.refused_seen_ms):
+                if now - state.refused_seen_ms[sender] > config.drop_alert_ms:
+                    del state.refused_seen_ms[sender]
+                    self._clear(name, ALERT_TERM_JUMP, sender, now, out)
             if now - state.last_ok_ms > config.no_leader_ms:
                 # Without a leader nobody reports members: "no leader" says it all, rather
                 # than one "silent" alert per node.
@@ -369,7 +446,7 @@ class Tracker:
     def _clear(self, mesh: str, kind: str, node: str, now: int, out: list[Change]) -> None:
         record = self.active.pop((mesh, kind, node), None)
         if record is not None:
-            out.append(Change("clear", mesh, dict(record, cleared_ms=now)))
+            out.append(Change("clear", mesh, dict(record, cleared_ms=now), record))
 
     def active_alerts(self, mesh: str | None = None) -> list[dict[str, Any]]:
         keys = sorted(k for k in self.active if mesh is None or k[0] == mesh)

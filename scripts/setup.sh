@@ -64,8 +64,9 @@ fi
 if [ "$system_tools" -eq 1 ]; then
     # mosquitto: the real MQTT broker; nftables + iproute2: partitions and loss between
     # network namespaces; chromium: the dashboard's browser tests (never `playwright install`).
-    # openssl: throw-away CAs for the MQTT TLS tests.
-    apt_install mosquitto mosquitto-clients nftables iproute2 chromium openssl
+    # openssl: throw-away CAs for the MQTT TLS tests. openssh-server: the HIL Pi target's
+    # SSH driver is tested against a real sshd on loopback (its service is never started).
+    apt_install mosquitto mosquitto-clients nftables iproute2 chromium openssl openssh-server
     # The distribution starts a mosquitto service on 1883; tests never use it, leave it alone.
 fi
 

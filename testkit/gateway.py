@@ -21,7 +21,9 @@ import threading
 import time
 from typing import Any
 
-from agent.core import wire
+from agent import strict_cbor
+from agent.core import topics, wire
+from agent.core.batchcheck import check_batch
 from agent.core.messages import BATCH, BATCH_ACK, Msg
 from testkit.tools import SOURCE_ROOT, python_env
 
@@ -244,7 +246,10 @@ class _LeaderLink:
     def __init__(self, mesh: str, leader: str, key: bytes | None, boot: int) -> None:
         self.mesh = mesh
         self.leader = leader
-        self.codec = wire.Codec(mesh, key, boot=boot)
+        # Batches are checked with the gateway's schema before they go out, as a Pi agent's.
+        self.codec = wire.Codec(
+            mesh, key, strict_cbor.dumps, strict_cbor.loads, boot=boot, check_batch=check_batch
+        )
         self.acks: list[list[Any]] = []
         self._now = 0
 
@@ -340,7 +345,7 @@ class MqttBatchSender(_LeaderLink):
         leader: str,
         broker: tuple[str, int],
         key: bytes | None = None,
-        prefix: str = "meshelect",
+        prefix: str = topics.DEFAULT_PREFIX,
         boot: int = 1,
         tls_ca: str | None = None,
         user: tuple[str, str] | None = None,
@@ -348,7 +353,7 @@ class MqttBatchSender(_LeaderLink):
         import paho.mqtt.client as mqtt
 
         super().__init__(mesh, leader, key, boot)
-        self.topic = "%s/%s/batch" % (prefix, mesh)
+        self.topic = topics.topic(prefix, mesh, topics.BATCH)
         self._acks: queue.Queue[bytes] = queue.Queue()
         self._subscribed = threading.Event()
         client = mqtt.Client(
@@ -356,8 +361,10 @@ class MqttBatchSender(_LeaderLink):
             client_id="test-%s-%s" % (mesh, leader),
             protocol=mqtt.MQTTv5,
         )
-        ack_topic = "%s/%s/batch-ack/%s" % (prefix, mesh, leader)
-        client.on_connect = lambda c, u, f, r, p: c.subscribe(ack_topic, qos=1)
+        ack_topic = topics.topic(prefix, mesh, topics.BATCH_ACK, leader)
+        client.on_connect = lambda c, u, f, r, p: c.subscribe(
+            ack_topic, topics.qos(topics.BATCH_ACK)
+        )
         client.on_subscribe = lambda c, u, m, r, p: self._subscribed.set()
         client.on_message = lambda c, u, message: self._acks.put(bytes(message.payload))
         if tls_ca:
@@ -375,7 +382,8 @@ class MqttBatchSender(_LeaderLink):
         self.client.loop_stop()
 
     def send_frame(self, data: bytes, topic: str | None = None) -> None:
-        self.client.publish(topic or self.topic, data, qos=1).wait_for_publish(10)
+        qos = topics.qos(topics.BATCH)
+        self.client.publish(topic or self.topic, data, qos=qos).wait_for_publish(10)
 
     def _next_frame(self, timeout: float) -> bytes | None:
         try:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from agent import strict_cbor
 from agent.core.messages import HEARTBEAT, Msg
 from agent.core.wire import Codec
 from agent.status import read_status
@@ -81,9 +82,11 @@ def test_garbage_other_mesh_forged_and_replayed_frames(tmp_path: Path) -> None:
         assert status is not None, (tmp_path / "agent.log").read_text()
         host, port = status["transport"]["local"].split(":")
         target = (host, int(port))
-        peer = Codec("t-bad", bytes.fromhex(KEY), boot=1)
-        other_mesh = Codec("another-mesh", bytes.fromhex(KEY), boot=1)
-        forger = Codec("t-bad", b"wrong key", boot=1)
+        peer = Codec("t-bad", bytes.fromhex(KEY), strict_cbor.dumps, strict_cbor.loads, boot=1)
+        other_mesh = Codec(
+            "another-mesh", bytes.fromhex(KEY), strict_cbor.dumps, strict_cbor.loads, boot=1
+        )
+        forger = Codec("t-bad", b"wrong key", strict_cbor.dumps, strict_cbor.loads, boot=1)
 
         def heartbeat(codec: Codec, sender: str = "peer") -> bytes:
             return codec.encode(

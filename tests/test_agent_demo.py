@@ -159,7 +159,18 @@ def test_breaking_the_demo_on_purpose_shows_each_reason(
     assert get_json(demo.url + "api/demo")["partitioned"] is True
     status, reply = post_json(demo.url + "api/demo/heal")
     assert status == 200
-    _wait_election(demo, reply["event"]["at_ms"], "partition merge")
+    # Healed: one leader again, the better one (a "partition merge" election when it has to
+    # claim a term above both; none when it holds the higher term already), and the gateway's
+    # two-leaders alert clears.
+    healed = reply["event"]["at_ms"] / 1000
+    assert poll_until(lambda: demo.settled(4, healed), 30, 0.2), demo.output()
+    assert poll_until(
+        lambda: (
+            not any(a["kind"] == "two_leaders" for a in get_json(demo.url + "api/alerts?active=1"))
+        ),
+        20,
+        0.3,
+    )
     recent = [e["action"] for e in get_json(demo.url + "api/demo")["recent"]]
     assert recent == ["kill", "stop", "drain", "partition", "heal"]
     assert demo.end() == 0, demo.output()

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from agent import strict_cbor
 from agent.config import from_dict
+from agent.core.batchcheck import check_batch
 from agent.core.messages import BATCH, CLAIM, HEARTBEAT, READINGS, Msg
 from agent.core.wire import Codec
 from agent.faults import RECHECK_S, FaultFilter, peek_sender
@@ -23,7 +25,9 @@ from agent.sensors import SensorHub, Simulated
 @pytest.mark.parametrize("sender", ["n", "node-3", "sixteen-bytes-id", "grün-ünï"])
 @pytest.mark.parametrize("key", [None, b"k" * 16])
 def test_the_sender_is_read_from_real_frames(sender: str, key: bytes | None) -> None:
-    codec = Codec("demo", key, boot=2**32 - 1)
+    codec = Codec(
+        "demo", key, strict_cbor.dumps, strict_cbor.loads, boot=2**32 - 1, check_batch=check_batch
+    )
     frames = [
         codec.encode(Msg(HEARTBEAT, sender, term=7, score=800, battery=900, link=1000)),
         codec.encode(Msg(CLAIM, sender, term=2**32 - 1, score=999)),
@@ -63,7 +67,7 @@ def test_the_drop_list_follows_its_file(tmp_path: Path) -> None:
     fault = FaultFilter(
         str(path), lambda data, source: passed.append(source), EventLog("n1", stream=out), clock
     )
-    codec = Codec("demo")
+    codec = Codec("demo", None, strict_cbor.dumps, strict_cbor.loads)
     fault(_frame(codec, "node-3"), "a")
     assert passed == ["a"]  # no file: no fault
 
@@ -107,7 +111,7 @@ def test_a_bad_file_is_logged_and_keeps_the_fault_in_force(tmp_path: Path, text:
     fault = FaultFilter(
         str(path), lambda data, source: passed.append(source), EventLog("n1", stream=out), clock
     )
-    codec = Codec("demo")
+    codec = Codec("demo", None, strict_cbor.dumps, strict_cbor.loads)
     fault(_frame(codec, "node-3"), "a")
     path.write_text(text)
     clock.t += RECHECK_S

@@ -16,6 +16,7 @@ import cbor2
 import paho.mqtt.client as mqtt
 import pytest
 
+from agent.core import topics
 from agent.status import read_status
 from testkit.broker import Mosquitto
 from testkit.waiting import poll_until
@@ -58,7 +59,8 @@ class Watcher:
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
-        self.client.on_connect = lambda c, *_: c.subscribe("meshelect/%s/#" % MESH, qos=1)
+        every = topics.topic(topics.DEFAULT_PREFIX, MESH, "#")
+        self.client.on_connect = lambda c, *_: c.subscribe(every, qos=1)
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
 
@@ -66,9 +68,9 @@ class Watcher:
         with self.lock:
             self.messages[message.topic] = (bytes(message.payload), bool(message.retain))
 
-    def get(self, topic: str) -> tuple[bytes, bool] | None:
+    def get(self, kind: str, node: str | None = None) -> tuple[bytes, bool] | None:
         with self.lock:
-            return self.messages.get("meshelect/%s/%s" % (MESH, topic))
+            return self.messages.get(topics.topic(topics.DEFAULT_PREFIX, MESH, kind, node))
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -86,12 +88,12 @@ def test_retained_leader_record_status_topics_and_last_will(tmp_path: Path) -> N
         # The topic layout: election frames flow, each node says it is online (retained).
         live = Watcher(broker)
         watchers.append(live)
-        assert _wait(lambda: live.get("election"))
-        assert _wait(lambda: live.get("status/a2") == (b"online", True))
+        assert _wait(lambda: live.get(topics.ELECTION))
+        assert _wait(lambda: live.get(topics.STATUS, "a2") == (topics.ONLINE, True))
         # A newcomer learns the leader at once from the retained record.
         late = Watcher(broker)
         watchers.append(late)
-        record = _wait(lambda: late.get("leader"))
+        record = _wait(lambda: late.get(topics.LEADER))
         assert record is not None and record[1]  # delivered as retained
         term, leader = cbor2.loads(record[0])
         assert leader == "a1"
@@ -101,7 +103,7 @@ def test_retained_leader_record_status_topics_and_last_will(tmp_path: Path) -> N
         # kill -9: the broker publishes the dead node's last will.
         procs[1].send_signal(signal.SIGKILL)
         procs[1].wait(5)
-        assert _wait(lambda: (live.get("status/a2") or (b"",))[0] == b"offline")
+        assert _wait(lambda: (live.get(topics.STATUS, "a2") or (b"",))[0] == topics.OFFLINE)
     finally:
         for watcher in watchers:
             watcher.close()

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from agent import runtime, status
-from agent.clock import PausableClock
 from agent.config import ConfigError, from_dict, load_config
+from agent.core.node import Config
 from agent.linkquality import LinkQuality
 from agent.logs import EventLog
 from agent.sensors import (
@@ -51,6 +51,15 @@ def test_example_config_loads() -> None:
     assert runtime.core_config(cfg).heartbeat_ms == cfg.heartbeat_ms
 
 
+def test_election_settings_default_to_the_cores() -> None:
+    cfg = from_dict({"election": {"quorum": 3}})
+    core = Config()
+    assert (cfg.heartbeat_ms, cfg.margin, cfg.quorum) == (core.heartbeat_ms, core.margin, 3)
+    assert (cfg.suspect_intervals, cfg.listen_intervals) == (3, 2)
+    assert (cfg.weight_battery, cfg.weight_link, cfg.low_battery) == (600, 400, 200)
+    assert cfg.max_peers == 256  # the Pi's own default: it hears bigger meshes than a board
+
+
 @pytest.mark.parametrize(
     ("data", "key"),
     [
@@ -62,6 +71,13 @@ def test_example_config_loads() -> None:
         ({"udp": "x"}, "udp"),
         ({"mqtt": {"broker": "host:notaport"}}, "mqtt.broker"),
         ({"score": {"battery": 0, "link": 0}}, "score.battery"),
+        # The core's ranges (agent/core/node.py), named as in the file:
+        ({"heartbeat_ms": 5}, "heartbeat_ms"),
+        ({"election": {"suspect_intervals": 1}}, "election.suspect_intervals"),
+        ({"election": {"max_peers": 5000}}, "election.max_peers"),
+        ({"election": {"typo": 1}}, "election.typo"),
+        ({"score": {"low_battery": -1}}, "score.low_battery"),
+        ({"mesh": "m" * 33}, "mesh"),
         ({"sensors": [{"type": "geiger"}]}, "sensors[0].type"),
         (
             {"sensors": [{"type": "simulated", "metrics": {"t": {"base": 1.5}}}]},
@@ -105,15 +121,6 @@ def test_boot_counter_grows_and_persists(tmp_path: Path) -> None:
     (tmp_path / "boot").write_text("garbage")
     with pytest.raises(ConfigError):
         runtime.next_boot(str(tmp_path))
-
-
-def test_pausable_clock_freezes() -> None:
-    clock = PausableClock()
-    clock.pause()
-    frozen = clock.now()
-    assert clock.now() == frozen
-    clock.resume()
-    assert clock.now() >= frozen
 
 
 # ----------------------------------------------------------------------------------- sensors
@@ -317,24 +324,26 @@ def test_every_option_has_a_help_text_with_its_default(module: str) -> None:
 def test_a_frame_wakes_the_loop_only_if_it_moved_a_deadline_sooner(tmp_path: Path) -> None:
     cfg = from_dict({"state_dir": str(tmp_path), "discovery": {"enabled": False}})
     agent = runtime.Agent(cfg, EventLog("n1", "json", stream=io.StringIO()), boot=1)
+    app = agent.app
     try:
-        agent.node.wakeup = 2000
-        agent.data.next_due = 1500
+        app.node.wakeup = 2000
+        app._data_at = 1500  # the data path's next run
+        assert app.wakeup == 1500
         agent._sleep_deadline = 1500  # what the loop sleeps until
         agent._wake_if_sooner()
         assert not agent._wake.is_set()  # a heartbeat that changed nothing it waits for
-        agent.node.wakeup = 1200
+        app.node.wakeup = 1200
         agent._wake_if_sooner()
         assert agent._wake.is_set()
         agent._wake.clear()
-        agent.node.wakeup = 2000
-        agent.data.next_due = 0  # a new leader: resend now
+        app.node.wakeup = 2000
+        app._data_at = 0  # a new leader: resend now
         agent._wake_if_sooner()
         assert agent._wake.is_set()
         agent._wake.clear()
-        agent.data.next_due = 1500
-        agent._sleep_deadline = None  # paused (MQTT) or not asleep: always wake
+        app._data_at = 1500
+        agent._sleep_deadline = None  # not asleep: always wake
         agent._wake_if_sooner()
         assert agent._wake.is_set()
     finally:
-        agent.data.close()
+        agent.journal.close()

@@ -13,7 +13,9 @@ from typing import Any
 import cbor2
 import pytest
 
+from agent import strict_cbor
 from agent.core import wire
+from agent.core.batchcheck import check_batch
 from agent.core.messages import (
     ACK_OK,
     BATCH,
@@ -365,11 +367,15 @@ def _as_json_fields(m: Msg) -> list[Any]:
 @pytest.mark.micropython
 @pytest.mark.parametrize("key", [b"mesh-key", None], ids=["key", "nokey"])
 def test_cpython_frames_decode_on_micropython(key: bytes | None) -> None:
-    tx = wire.Codec("greenhouse", key=key, boot=4)
+    tx = wire.Codec(
+        "greenhouse", key, strict_cbor.dumps, strict_cbor.loads, boot=4, check_batch=check_batch
+    )
     frames = [tx.encode(m) for m in SAMPLES]
     # Then a replay, another mesh's frame and a tampered one: dropped there as here.
     frames.append(frames[0])
-    frames.append(wire.Codec("barn", key=key).encode(_copy(SAMPLES[0])))
+    frames.append(
+        wire.Codec("barn", key, strict_cbor.dumps, strict_cbor.loads).encode(_copy(SAMPLES[0]))
+    )
     tampered = bytearray(tx.encode(_copy(SAMPLES[3])))
     if key:
         tampered[-1] ^= 1  # a tag bit
@@ -422,7 +428,9 @@ def test_micropython_frames_decode_on_cpython(key: bytes | None) -> None:
     assert rc == 0, out
     lines = _lines(out)
     assert lines[-1] == "END"
-    rx = wire.Codec("greenhouse", key=key)
+    rx = wire.Codec(
+        "greenhouse", key, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch
+    )
     for counter, (m, line) in enumerate(zip(SAMPLES, lines, strict=False), start=1):
         assert line.startswith("FRAME "), line
         frame = bytes.fromhex(line[6:])
@@ -431,7 +439,14 @@ def test_micropython_frames_decode_on_cpython(key: bytes | None) -> None:
         assert _as_json_fields(got) == _as_json_fields(m)
         # Byte-identical to CPython's frame, unless a map with 2+ keys (hash order there).
         if not _has_multi_key_map(m.body):
-            same = wire.Codec("greenhouse", key=key, boot=9)
+            same = wire.Codec(
+                "greenhouse",
+                key,
+                strict_cbor.dumps,
+                strict_cbor.loads,
+                boot=9,
+                check_batch=check_batch,
+            )
             same.counter = counter - 1
             assert frame == same.encode(_copy(m))
 
@@ -461,18 +476,22 @@ def test_micropython_benchmark_runs() -> None:
 
 
 @pytest.mark.micropython
-def test_codec_finds_firmware_cbor_by_itself_on_micropython() -> None:
+def test_codec_with_firmware_cbor_on_micropython_talks_to_cpython() -> None:
     code = (
+        "import cbor\n"
         "from agent.core import wire, messages as m\n"
-        "c = wire.Codec('greenhouse', key=b'k')\n"
+        "c = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads)\n"
         "f = c.encode(m.Msg(m.LEAVE, 'esp32-1', term=3))\n"
-        "print(wire.Codec('greenhouse', key=b'k').decode(f, 0).term, f.hex())\n"
+        "rx = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads)\n"
+        "print(rx.decode(f, 0).term, f.hex())\n"
     )
     rc, out = run_micropython(code=code, path=[FW_LIB])
     assert rc == 0, out
     term, frame = out.split()
     assert term == "3"
-    got = wire.Codec("greenhouse", key=b"k").decode(bytes.fromhex(frame), 0)
+    got = wire.Codec("greenhouse", b"k", strict_cbor.dumps, strict_cbor.loads).decode(
+        bytes.fromhex(frame), 0
+    )
     assert (got.kind, got.sender, got.term) == (LEAVE, "esp32-1", 3)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 import pytest
 
 from agent.core.mesh import Mesh
@@ -13,6 +16,7 @@ from agent.core.node import (
     ROLE_LEADER,
     Config,
     Node,
+    make_config,
 )
 from agent.core.peers import PeerTable
 from agent.core.prng import Prng
@@ -29,7 +33,7 @@ def test_score_scale_and_weights() -> None:
     assert compute_score(199, 1000, mains=True) == 1000
     link_only = Weights(battery=0, link=1)
     assert compute_score(300, 800, weights=link_only) == 800
-    with pytest.raises(ValueError, match="weights"):
+    with pytest.raises(ValueError, match=r"^score\.battery: .*cannot both be 0"):
         Weights(battery=0, link=0)
 
 
@@ -70,6 +74,43 @@ def test_config_rejects_nonsense() -> None:
         Config(quorum=-1)
     cfg = Config(heartbeat_ms=250)
     assert (cfg.suspect_ms, cfg.listen_ms, cfg.claim_slot_ms) == (750, 500, 62)
+
+
+@pytest.mark.parametrize(
+    ("heartbeat_ms", "election", "score", "message"),
+    [
+        (5, {}, {}, "heartbeat_ms: must be an integer within 20..60000, got 5"),
+        (60001, {}, {}, "heartbeat_ms: must be an integer within 20..60000, got 60001"),
+        ("250", {}, {}, "heartbeat_ms: must be an integer within 20..60000, got '250'"),
+        (250, {"suspect_intervals": 1}, {}, "election.suspect_intervals: must be an integer within 2..100, got 1"),
+        (250, {"listen_intervals": 101}, {}, "election.listen_intervals: must be an integer within 0..100, got 101"),
+        (250, {"margin": 1001}, {}, "election.margin: must be an integer within 0..1000, got 1001"),
+        (250, {"quorum": True}, {}, "election.quorum: must be an integer within 0..1000, got True"),
+        (250, {"max_peers": 0}, {}, "election.max_peers: must be an integer within 1..4096, got 0"),
+        (250, {"typo": 1}, {}, "election.typo: unknown setting"),
+        (250, {}, {"low_battery": 1001}, "score.low_battery: must be an integer within 0..1000, got 1001"),
+        (250, {}, {"link": -1}, "score.link: must be an integer within 0..1000000, got -1"),
+        (250, {}, {"battery": 0, "link": 0}, "score.battery: score.battery and score.link cannot both be 0"),
+        (250, {}, {"weight": 1}, "score.weight: unknown setting"),
+    ],
+)  # fmt: skip
+def test_settings_are_checked_by_the_core_and_named_as_in_the_config_files(
+    heartbeat_ms: Any, election: dict[str, Any], score: dict[str, Any], message: str
+) -> None:
+    """Both runtimes' config checks and `meshelect firmware deploy` show these as they are."""
+    with pytest.raises(ValueError, match="^%s$" % re.escape(message)):
+        make_config(heartbeat_ms, election, score)
+
+
+def test_make_config_keeps_the_core_defaults_for_what_is_not_set() -> None:
+    cfg = make_config(100, {"quorum": 5, "margin": None}, {"battery": 1})
+    assert (cfg.heartbeat_ms, cfg.quorum, cfg.majority, cfg.margin) == (100, 5, 3, 150)
+    assert (cfg.weights.battery, cfg.weights.link, cfg.weights.low_battery) == (1, 400, 200)
+    assert (cfg.suspect_intervals, cfg.suspect_ms) == (3, 300)
+    assert make_config().heartbeat_ms == Config().heartbeat_ms == 250
+    # 0 is a value, not "the default": no hysteresis, claim without listening first.
+    zero = make_config(250, {"margin": 0, "listen_intervals": 0})
+    assert (zero.margin, zero.listen_ms) == (0, 0)
 
 
 def test_a_lone_node_elects_itself_and_ticks_are_idempotent() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,25 @@ from testkit.tools import CHROMIUM, CHROMIUM_ARGS
 pytestmark = pytest.mark.browser
 
 NODES = ["pi-1", "pi-2", "pi-3", "esp-4", "esp-5"]
+
+
+@contextlib.contextmanager
+def dashboard(url: str, height: int = 1100) -> Iterator[tuple[Any, list[str]]]:
+    """The dashboard at ``url`` in headless Chromium: (page, page errors seen so far)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": height})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url + "/")
+            yield page, errors
+        finally:
+            browser.close()
+
+
 BASE_MS = int(time.time() * 1000) - 60_000
 
 
@@ -73,7 +93,7 @@ def gateway(tmp_path: Path) -> Iterator[GatewayProcess]:
 def test_dashboard_shows_leader_and_follows_a_new_one(
     gateway: GatewayProcess, artifacts_dir: Path
 ) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     greenhouse = Mesh(gateway, "greenhouse")
     for _ in range(6):
@@ -81,37 +101,29 @@ def test_dashboard_shows_leader_and_follows_a_new_one(
     barn = Mesh(gateway, "barn")
     barn.send("pi-2", 1)
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 1250})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(gateway.url + "/")
-            mesh = page.locator('section.mesh[data-mesh="greenhouse"]')
-            expect(mesh.get_by_test_id("leader")).to_have_text("pi-1")
-            expect(page.get_by_test_id("feed")).to_have_text("live")
-            expect(mesh.locator("svg.graph g.node-leader")).to_have_attribute("data-node", "pi-1")
+    with dashboard(gateway.url, height=1250) as (page, errors):
+        mesh = page.locator('section.mesh[data-mesh="greenhouse"]')
+        expect(mesh.get_by_test_id("leader")).to_have_text("pi-1")
+        expect(page.get_by_test_id("feed")).to_have_text("live")
+        expect(mesh.locator("svg.graph g.node-leader")).to_have_attribute("data-node", "pi-1")
 
-            # The leader crashes: pi-2 takes over in a new term, pi-1 is gone from the view.
-            for _ in range(3):
-                greenhouse.send("pi-2", 4, gone={"pi-1"})
-            expect(mesh.get_by_test_id("leader")).to_have_text("pi-2")
-            expect(mesh.locator(".term-value")).to_have_text("4")
-            expect(mesh.locator("svg.graph g.node-leader")).to_have_attribute("data-node", "pi-2")
-            expect(mesh.locator("ol.timeline li").first).to_contain_text("pi-2")
-            expect(mesh.locator("ol.timeline li").first).to_contain_text("crash")
-            # Plotly drew the charts (served from the installed package, no network).
-            expect(mesh.locator(".readings-chart .main-svg").first).to_be_visible()
-            expect(mesh.locator(".agg-chart .main-svg").first).to_be_visible()
-            # An alert arrives live too.
-            greenhouse.send("pi-2", 4, gone={"pi-1"}, dropped=[["esp-5", 12]])
-            expect(mesh.locator('ul.alerts li[data-kind="readings_dropped"]')).to_be_visible()
-            page.wait_for_timeout(600)  # let the throttled chart redraw settle for the picture
-            page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
-            assert errors == []
-        finally:
-            browser.close()
+        # The leader crashes: pi-2 takes over in a new term, pi-1 is gone from the view.
+        for _ in range(3):
+            greenhouse.send("pi-2", 4, gone={"pi-1"})
+        expect(mesh.get_by_test_id("leader")).to_have_text("pi-2")
+        expect(mesh.locator(".term-value")).to_have_text("4")
+        expect(mesh.locator("svg.graph g.node-leader")).to_have_attribute("data-node", "pi-2")
+        expect(mesh.locator("ol.timeline li").first).to_contain_text("pi-2")
+        expect(mesh.locator("ol.timeline li").first).to_contain_text("crash")
+        # Plotly drew the charts (served from the installed package, no network).
+        expect(mesh.locator(".readings-chart .main-svg").first).to_be_visible()
+        expect(mesh.locator(".agg-chart .main-svg").first).to_be_visible()
+        # An alert arrives live too.
+        greenhouse.send("pi-2", 4, gone={"pi-1"}, dropped=[["esp-5", 12]])
+        expect(mesh.locator('ul.alerts li[data-kind="readings_dropped"]')).to_be_visible()
+        page.wait_for_timeout(600)  # let the throttled chart redraw settle for the picture
+        page.screenshot(path=str(artifacts_dir / "dashboard.png"), full_page=True)
+        assert errors == []
 
 
 AGENT_CONFIG = """

@@ -21,7 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import strict_cbor
 from agent.core import datapath
+from agent.core.batchcheck import check_batch
 from agent.core.datapath import (
     DROPPED_METRIC,
     MAX_IN_FLIGHT,
@@ -136,7 +138,9 @@ class MeshSim:
         self.pending_elections: list[list[Any]] = []
         self.blocked: set[tuple[str, str]] = set()  # (src, dst) links that lose everything
         self.gateway = GatewaySink()
-        self.gateway_codec = Codec(MESH, key=KEY, boot=1)
+        self.gateway_codec = Codec(
+            MESH, KEY, strict_cbor.dumps, strict_cbor.loads, boot=1, check_batch=check_batch
+        )
         self.queue: list[tuple[int, int, str, bytes]] = []
         self.serial = 0  # heap tie-break, so equal times deliver in send order
         self.taken: dict[Key, tuple[int, dict[str, int]]] = {}
@@ -241,7 +245,14 @@ class MeshSim:
     def _boot_node(self, node: str) -> None:
         self.alive[node] = True
         self.buffers[node] = ReadingBuffer(node, self.boot[node], self.capacity)
-        self.codecs[node] = Codec(MESH, key=KEY, boot=self.boot[node])
+        self.codecs[node] = Codec(  # batches checked with the schema before they go out
+            MESH,
+            KEY,
+            strict_cbor.dumps,
+            strict_cbor.loads,
+            boot=self.boot[node],
+            check_batch=check_batch,
+        )
         self.next_sample[node] = self.now + self.rng.randrange(self.sample_ms)
         self.view[node] = self.group_leader.get(self.group[node], (None, 0))
 
@@ -725,7 +736,7 @@ def test_collector_dedup_matches_a_plain_set_of_names(seed: int) -> None:
 
 
 def test_a_collector_with_one_batch_in_flight_waits_for_its_ack() -> None:
-    # The firmware's setting (firmware/app/meshnode.py): one batch in flight at a time.
+    # The firmware's setting (firmware/app/runtime.py): one batch in flight at a time.
     collector = Collector("esp-1", MESH, 64, batch_ms=1000, batch_resend_ms=2000, max_in_flight=1)
     collector.add([[1, 1, 10, {"temp": 5}]], "esp-3")
     first = collector.due_batch(0, 3)
@@ -795,7 +806,9 @@ def test_collector_ack_confirms_each_member_in_compact_ranges() -> None:
     assert collector.on_batch_ack(batch["id"], ACK_OK, 11) == []  # a second ack is stale
     assert collector.stale_acks == 1
     for msg in make_ack_messages("pi-1", 1, confirmations):
-        Codec(MESH, key=KEY).encode(msg)  # every ack frame is one the wire accepts
+        Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads).encode(
+            msg
+        )  # every ack frame is one the wire accepts
 
 
 def test_collector_fenced_ack_discards_and_stops_until_a_newer_term() -> None:
@@ -861,10 +874,39 @@ def test_big_mesh_views_are_reported_in_turns() -> None:
     assert collector.due_batch(3, 1, [["n1", 2**40, 0, 0, 0, 0]])["members"] == []
 
 
+def test_mesh_view_rows_are_checked_with_the_batch_schema() -> None:
+    """The collector keeps out of its batches the members and elections rows that the batch
+    schema (the gateway's check) refuses, and, for elections, reasons over the 16 bytes that
+    its frame budget allows."""
+    collector = Collector("pi-1", MESH, 8)
+    collector.add([[1, 1, 0, {"t": 1}]], "esp-3")
+    members = [["a", 900, 900, 900, 0, 0], ["b", 2**31, 0, 0, 0, 0], ("c", 1, 1, 1, 1, 1)]
+    elections = [[3, "pi-1", "start"], [2, None, 7], [1, "pi-1", ""], [1, "pi-1", "r" * 17]]
+    batch = collector.due_batch(0, 3, members, elections)
+    assert batch is not None
+    assert [row[0] for row in batch["members"]] == ["a", "c"]
+    assert batch["elections"] == [[3, "pi-1", "start"], [2, None, 7]]
+    assert collector.invalid_view == 3
+    assert check_batch(batch) is None
+
+
 # -------------------------------------------------------------------------- frames and sizes
 
 WORST_METRICS = {"m%015d" % i: -datapath.MAX_VALUE for i in range(datapath.MAX_METRICS)}
 WORST_ID = "x" * datapath.MAX_NAME_BYTES
+WORST_REASON = "r" * datapath.MAX_REASON_BYTES
+
+
+def worst_case_gateway_codec() -> Codec:
+    """A checking codec (the gateway's) for the longest mesh name and the highest boot."""
+    return Codec(
+        "m" * datapath.MAX_MESH_BYTES,
+        KEY,
+        strict_cbor.dumps,
+        strict_cbor.loads,
+        boot=0xFFFFFFFF,
+        check_batch=check_batch,
+    )
 
 
 def test_readings_frames_stay_under_the_budget_at_worst_case_sizes() -> None:
@@ -875,7 +917,7 @@ def test_readings_frames_stay_under_the_budget_at_worst_case_sizes() -> None:
     readings = buffer.due(0, WORST_ID, 0xFFFFFFFF, 64)
     messages = make_messages(WORST_ID, WORST_ID, 0xFFFFFFFF, readings)
     assert sum(len(m.body) for m in messages) == 40
-    codec = Codec(MESH, key=KEY, boot=0xFFFFFFFF)
+    codec = Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads, boot=0xFFFFFFFF)
     codec.counter = 0xFFFFFFFF - 100
     for msg in messages:
         assert len(codec.encode(msg)) <= READINGS_FRAME_BYTES
@@ -895,8 +937,8 @@ def test_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes() -> None:
         readings[0][3][DROPPED_METRIC] = datapath.MAX_VALUE  # fills the dropped table too
         collector.add(readings, sender)
     members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(40)]
-    elections = [[0xFFFFFFFF, WORST_ID, "r" * datapath.MAX_REASON_BYTES]] * 8
-    codec = Codec("m" * datapath.MAX_MESH_BYTES, key=KEY, boot=0xFFFFFFFF)
+    elections = [[0xFFFFFFFF, WORST_ID, WORST_REASON]] * 8
+    codec = worst_case_gateway_codec()
     codec.counter = 0xFFFFFFFF - 100
     sent = 0
     now = 0
@@ -1001,8 +1043,8 @@ def test_small_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes(
         readings[0][3][DROPPED_METRIC] = datapath.MAX_VALUE
         collector.add(readings, sender)
     members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(30)]
-    elections = [[0xFFFFFFFF - i, WORST_ID, "r" * datapath.MAX_REASON_BYTES] for i in range(4)]
-    codec = Codec("m" * datapath.MAX_MESH_BYTES, key=KEY, boot=0xFFFFFFFF)
+    elections = [[0xFFFFFFFF - i, WORST_ID, WORST_REASON] for i in range(4)]
+    codec = worst_case_gateway_codec()
     codec.counter = 0xFFFFFFFF - 1000
     sent = 0
     seen_members: set[str] = set()
@@ -1035,7 +1077,7 @@ def test_max_frame_bytes_defaults_to_the_codec_limit_and_is_checked() -> None:
     collector = Collector("pi-1", MESH, 64, batch_ms=0, max_frame_bytes=1400)
     for seq in range(1, 65):
         collector.add([[1, seq, 0, {"temp_mc": 21000, "hum_mpct": 40000}]], "n%02d" % (seq % 10))
-    codec = Codec(MESH, key=KEY)
+    codec = Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch)
     batch = collector.due_batch(0, 1)
     assert batch is not None
     assert 0 < len(batch["readings"]) < 64  # split into datagram-sized batches

@@ -20,6 +20,7 @@ from typing import Any
 import paho.mqtt.client as paho
 import pytest
 
+from agent.core import topics
 from testkit.broker import Mosquitto
 from testkit.tools import require_tool
 from testkit.waiting import poll_until
@@ -93,7 +94,7 @@ def test_firmware_and_pi_agent_share_an_mqtt_mesh(mosquitto: Mosquitto, tmp_path
     watcher = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="will-watcher")
     watcher.on_message = lambda _c, _u, m: wills.put((m.topic, m.payload))
     watcher.connect(mosquitto.host, mosquitto.port)
-    watcher.subscribe("meshelect/%s/status/#" % MESH, qos=1)
+    watcher.subscribe(topics.topic(topics.DEFAULT_PREFIX, MESH, topics.STATUS, "#"), qos=1)
     watcher.loop_start()
     try:
         procs.start(
@@ -223,6 +224,7 @@ def test_firmware_and_pi_agent_share_an_mqtt_mesh(mosquitto: Mosquitto, tmp_path
         procs.kill("fw-1")
         assert wait_for(lambda: agreed(["fw-2", "pi-1"]) == "fw-2"), procs.logs()
         # The broker published fw-1's last will.
+        will = (topics.topic(topics.DEFAULT_PREFIX, MESH, topics.STATUS, "fw-1"), topics.OFFLINE)
         deadline = time.monotonic() + WAIT_S
         seen = []
         while time.monotonic() < deadline:
@@ -230,9 +232,9 @@ def test_firmware_and_pi_agent_share_an_mqtt_mesh(mosquitto: Mosquitto, tmp_path
                 seen.append(wills.get(timeout=0.1))
             except queue.Empty:
                 continue
-            if seen[-1] == ("meshelect/%s/status/fw-1" % MESH, b"offline"):
+            if seen[-1] == will:
                 break
-        assert ("meshelect/%s/status/fw-1" % MESH, b"offline") in seen, seen
+        assert will in seen, seen
         # The new firmware leader's batches reach the gateway too.
         before = stored().get("pi-1", 0)
         assert wait_for(lambda: stored().get("pi-1", 0) > before), procs.logs()

@@ -1,5 +1,6 @@
-"""The firmware application's pieces: MeshNode (the glue between frames and the shared core)
-in a simulated mesh on CPython with the firmware's own CBOR codec; the hardware helpers and
+"""The firmware application's pieces: the core's NodeApp with the firmware's settings (its
+own CBOR codec, one-datagram batches, one batch in flight, no batch checker) in a simulated
+mesh on CPython; the hardware helpers and
 config under MicroPython; the parsers fuzzed under MicroPython; and the memory budget of a
 leader with 10 members, measured under MicroPython with a limited heap."""
 
@@ -15,6 +16,9 @@ from typing import Any
 
 import pytest
 
+from agent import strict_cbor
+from agent.core.app import DEST_MESH, DEST_NODE, NodeApp
+from agent.core.batchcheck import check_batch
 from agent.core.messages import (
     ACK_OK,
     BATCH,
@@ -42,10 +46,21 @@ def _load(name: str, path: Path) -> Any:
 
 
 cbor = _load("firmware_lib_cbor", FIRMWARE / "lib" / "cbor.py")
-meshnode = _load("firmware_app_meshnode", FIRMWARE / "app" / "meshnode.py")
 
 KEY = b"mesh-key"
 STEP_MS = 10
+
+
+# A board's batches fit one Wi-Fi datagram (NodeApp's defaults are a board's).
+DATAGRAM_BYTES = 1400
+
+
+def board_app(name: str, dumps: Any = None, **kwargs: Any) -> NodeApp:
+    """A NodeApp as the firmware's runtime makes one (firmware/app/runtime.py)."""
+    app = NodeApp(name, "fwmesh", KEY, 1, dumps or cbor.dumps, cbor.loads, **kwargs)
+    assert app.collector.max_frame_bytes == DATAGRAM_BYTES
+    assert app.collector.max_in_flight == 1 and app.codec.check_batch is None
+    return app
 
 
 class Gateway:
@@ -53,7 +68,7 @@ class Gateway:
     stores each (node, boot, seq) once (the real gateway runs in the netns test)."""
 
     def __init__(self, mesh: str) -> None:
-        self.codec = Codec(mesh, KEY, cbor.dumps, cbor.loads)
+        self.codec = Codec(mesh, KEY, cbor.dumps, cbor.loads, check_batch=check_batch)
         self.reply = Codec(mesh, KEY, cbor.dumps, cbor.loads, boot=1)
         self.stored: dict[tuple[str, int, int], int] = {}
         self.duplicates = 0
@@ -91,10 +106,8 @@ class SimMesh:
         self.nodes = {}
         self.metrics = metrics
         for i, (name, battery) in enumerate(sorted(powers.items())):
-            dumps = cbor.Encoder(meshnode.BATCH_FRAME_BYTES).dumps if reuse_encoder else cbor.dumps
-            node = meshnode.MeshNode(
-                name, "fwmesh", KEY, 1, dumps, cbor.loads, buffer_size=32, seed=i + 1
-            )
+            dumps = cbor.Encoder(DATAGRAM_BYTES).dumps if reuse_encoder else cbor.dumps
+            node = board_app(name, dumps, buffer_size=32, seed=i + 1)
             node.set_power(battery, 900, False)
             node.gateway_known = True
             self.nodes[name] = node
@@ -130,15 +143,16 @@ class SimMesh:
                 node.sample(now, 1_700_000_000_000 + now, metrics)
             node.tick(now)
             for dest, to, _kind, frame in node.out:
-                if dest == meshnode.DEST_MESH:
+                if dest == DEST_MESH:
                     self.in_flight += [
                         (other, frame) for other in sorted(self.nodes) if other != name
                     ]
-                elif dest == meshnode.DEST_NODE:
+                elif dest == DEST_NODE:
                     self.in_flight.append((to, frame))
                 else:
                     self.in_flight.append((name, self.gateway.receive(bytes(frame), now)))
             del node.out[:]
+            del node.events[:]
 
     def leaders(self) -> set[str]:
         return {n.node.leader for name, n in self.nodes.items() if name not in self.down}
@@ -190,7 +204,7 @@ def test_leader_crash_fails_over_and_loses_no_reading() -> None:
 
 
 def test_malformed_frames_are_counted_never_raised() -> None:
-    node = meshnode.MeshNode("fw-z", "fwmesh", KEY, 1, cbor.dumps, cbor.loads)
+    node = board_app("fw-z")
     node.start(0)
     for junk in (b"", b"\xff" * 10, b"\x9f" + b"\x00" * 40, bytes(range(64)), b"\x86" * 5000):
         assert node.frame(junk, ("10.94.0.9", 47470), 5) is None
@@ -221,19 +235,24 @@ def test_the_reused_encode_buffer_gives_the_same_frames_as_cbor2() -> None:
         Msg(BATCH, "fw-a", 3, body=batch),
     ]
     for key in (KEY, None):
-        plain = Codec("fwmesh", key, boot=4)  # cbor2
+        plain = Codec("fwmesh", key, strict_cbor.dumps, strict_cbor.loads, boot=4)
         reused = Codec("fwmesh", key, encoder.dumps, cbor.loads, boot=4)
         frames = [reused.encode(m) for m in messages]
         assert [bytes(f) for f in frames] == [plain.encode(m) for m in messages]
         # Each frame is its own copy: later encodes do not touch it.
-        assert bytes(frames[0]) == plain.__class__("fwmesh", key, boot=4).encode(messages[0])
-        decoded = Codec("fwmesh", key).decode(frames[3], 0)
+        assert bytes(frames[0]) == Codec(
+            "fwmesh", key, strict_cbor.dumps, strict_cbor.loads, boot=4
+        ).encode(messages[0])
+        gateway = Codec(
+            "fwmesh", key, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch
+        )
+        decoded = gateway.decode(frames[3], 0)
         assert decoded.body["readings"] == batch["readings"]
     assert len(encoder.buf) >= len(frames[3])
 
 
 def test_a_leader_of_ten_sends_one_datagram_batches_and_delivers_everything_once() -> None:
-    """The firmware's batches fit one Wi-Fi datagram (``BATCH_FRAME_BYTES``), and what one
+    """The firmware's batches fit one Wi-Fi datagram (``DATAGRAM_BYTES``), and what one
     batch cannot carry goes in the next at once: 11 nodes with 4 metrics each, every reading
     stored once."""
     powers = {"fw-%02d" % i: 300 + i for i in range(10)}
@@ -244,7 +263,7 @@ def test_a_leader_of_ten_sends_one_datagram_batches_and_delivers_everything_once
     mesh.run(8000)  # no new samples: everything drains
     assert mesh.leaders() == {"fw-lead"}
     assert mesh.gateway.batches > 0
-    assert max(mesh.gateway.frame_sizes) <= meshnode.BATCH_FRAME_BYTES
+    assert max(mesh.gateway.frame_sizes) <= DATAGRAM_BYTES
     # Sized by worst cases (agg rows of 9-byte ints), a batch still carries several readings.
     assert len(mesh.gateway.stored) >= 3 * mesh.gateway.batches
     taken = sum(n.buffer.taken for n in mesh.nodes.values())

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pty
+import re
 import select
 import signal
 import socket
@@ -260,6 +261,18 @@ def _toml(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+def _dump_toml(data: dict[str, Any]) -> str:
+    """The TOML of ``data``: top-level scalars, then one table per dict (enough for a node)."""
+    lines = [
+        "%s = %s" % (k, json.dumps(v)) for k, v in sorted(data.items()) if not isinstance(v, dict)
+    ]
+    for name, table in sorted(data.items()):
+        if isinstance(table, dict):
+            lines.append("[%s]" % name)
+            lines.extend("%s = %s" % (k, json.dumps(v)) for k, v in sorted(table.items()))
+    return "\n".join(lines) + "\n"
+
+
 def test_device_config_from_toml() -> None:
     cfg = ft.device_config(_toml(NODE_TOML % 48202))
     assert cfg["mesh_key"] == b"s3cret".hex()
@@ -273,6 +286,65 @@ def test_device_config_from_toml() -> None:
         ft.device_config({"node_id": "x" * 17})
     with pytest.raises(ft.ToolError, match="transport: expected udp or mqtt"):
         ft.device_config({"node_id": "a", "transport": "carrier-pigeon"})
+
+
+# Settings the core refuses (agent/core/node.py), and what deploy and the board both say.
+CORE_REFUSES = [
+    ({"heartbeat_ms": 5}, "config: heartbeat_ms: must be an integer within 20..60000, got 5"),
+    (
+        {"election": {"suspect_intervals": 1}},
+        "config: election.suspect_intervals: must be an integer within 2..100, got 1",
+    ),
+    ({"score": {"battery": 0, "link": 0}}, "config: score.battery: score.battery and score.link"),
+    ({"election": {"quorom": 3}}, "config: election.quorom: unknown setting"),
+    ({"mesh": "m" * 33}, "config: mesh: must be 1..32 bytes of UTF-8"),
+]
+
+
+@pytest.mark.parametrize(("settings", "message"), CORE_REFUSES)
+def test_deploy_refuses_what_the_core_refuses(
+    settings: dict[str, Any], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(ft.ToolError, match="^" + re.escape(message)) as caught:
+        ft.device_config(dict(settings, node_id="a"))
+    assert caught.value.status == ft.EXIT_USAGE
+    node = tmp_path / "node.toml"
+    node.write_text(NODE_TOML % 48203)
+    data = _toml(node.read_text())
+    data.update(settings)
+    node.write_text(_dump_toml(data))
+    # Refused before any build, port or board is looked at.
+    argv = ["deploy", "--port", "/dev/ttyNOPE", "--config", str(node), "--build", "/nowhere"]
+    assert ft.cli(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.micropython
+@pytest.mark.parametrize(("settings", "message"), CORE_REFUSES)
+def test_the_board_refuses_at_boot_what_the_core_refuses(
+    built: tuple[Path, dict[str, Any]], tmp_path: Path, settings: dict[str, Any], message: str
+) -> None:
+    """A config.json written by hand (not through deploy) with a setting the core refuses:
+    the built firmware says so and exits 2 at boot, before it opens anything."""
+    out, _ = built
+    exe = require_tool("micropython")
+    device = _toml(NODE_TOML % 48204)
+    device.update(settings)
+    (tmp_path / "config.json").write_text(json.dumps(device))
+    for entry in out.iterdir():
+        os.symlink(entry, tmp_path / entry.name)
+    done = subprocess.run(
+        [exe, "main.py"],
+        cwd=tmp_path,
+        env=dict(os.environ, MICROPYPATH=".frozen:."),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout.startswith(message), done.stdout
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 def test_plan_copies_skips_files_whose_hash_matches() -> None:

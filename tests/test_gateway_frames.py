@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from agent import strict_cbor
 from agent.core import wire
+from agent.core.batchcheck import check_batch
 from agent.core.messages import BATCH, BATCH_ACK, HEARTBEAT, Msg
 from gateway import storage as storage_module
 from gateway.events import QUEUE_EVENTS, EventHub
@@ -23,7 +25,11 @@ def batch_frame(mesh: str, key: bytes | None, term: int = 1, with_name: bool = T
     body = make_batch(7, mesh, "pi-1", [["pi-1", 1, 1, 5, {"t": 1}]])
     if not with_name:
         del body["mesh"]
-    return bytes(wire.Codec(mesh, key).encode(Msg(BATCH, "pi-1", term=term, body=body)))
+    return bytes(
+        wire.Codec(mesh, key, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch).encode(
+            Msg(BATCH, "pi-1", term=term, body=body)
+        )
+    )
 
 
 def test_routes_keyed_and_open_meshes_and_answers_with_an_ack() -> None:
@@ -33,7 +39,7 @@ def test_routes_keyed_and_open_meshes_and_answers_with_an_ack() -> None:
     mesh, msg = router.decode(batch_frame("open-mesh", None), 2)
     assert mesh == "open-mesh"
     ack = router.encode_ack("keyed", "pi-1", 1, 7, 0, 1)
-    leader_side = wire.Codec("keyed", KEY)
+    leader_side = wire.Codec("keyed", KEY, strict_cbor.dumps, strict_cbor.loads)
     decoded = leader_side.decode(ack, 1)
     assert (decoded.kind, decoded.sender, decoded.target, decoded.body) == (
         BATCH_ACK, "gw", "pi-1", [7, 0, 1],
@@ -64,7 +70,9 @@ def test_closed_router_and_non_batch_frames() -> None:
     closed = FrameRouter({"keyed": KEY}, open_meshes=False, node_id="gw", boot=1)
     with pytest.raises(FrameDrop, match="unknown_mesh"):
         closed.decode(batch_frame("open-mesh", None), 1)
-    heartbeat = wire.Codec("keyed", KEY).encode(Msg(HEARTBEAT, "pi-1", term=1))
+    heartbeat = wire.Codec("keyed", KEY, strict_cbor.dumps, strict_cbor.loads).encode(
+        Msg(HEARTBEAT, "pi-1", term=1)
+    )
     with pytest.raises(FrameDrop, match="not_batch"):
         closed.decode(bytes(heartbeat), 1)
 
@@ -102,15 +110,16 @@ def test_migrations_upgrade_in_place_and_refuse_a_newer_schema(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = str(tmp_path / "gw.db")
+    released = len(storage_module.MIGRATIONS)
     first = SqliteStorage(path)
-    assert first.schema_version == 1 and first.next_boot() == 1
+    assert first.schema_version == released and first.next_boot() == 1
     first.close()
     extra = (
         "ALTER TABLE nodes ADD COLUMN note TEXT; CREATE INDEX nodes_by_seen ON nodes (last_seen_ms)"
     )
     monkeypatch.setattr(storage_module, "MIGRATIONS", [*storage_module.MIGRATIONS, extra])
     upgraded = SqliteStorage(path)
-    assert upgraded.schema_version == 2 and upgraded.next_boot() == 2  # data kept
+    assert upgraded.schema_version == released + 1 and upgraded.next_boot() == 2  # data kept
     upgraded.close()
     columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(nodes)")]
     assert "note" in columns

@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from agent.core.batchcheck import check_batch
+from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
 from gateway.batch import BatchError, parse_batch
-from gateway.ingest import ACK_FENCED, ACK_OK, ACK_REJECTED, Ingest
+from gateway.ingest import Ingest
 from gateway.metrics import Counters, MetricsRenderer
 from gateway.storage import MIGRATIONS, SqliteStorage
 from gateway.tracker import Tracker, TrackerConfig
@@ -98,12 +102,66 @@ def test_malformed_batches_are_rejected_and_counted(ingest: Ingest) -> None:
         ("readings", [["a", 1, 1, 5, {"t": 2**70}]]),
         ("members", [["a", 1, 1]]),
         ("elections", [[1, "a", 1.5]]),
+        ("elections", [[1, "a", ""]]),
         ("dropped", "x"),
+        # One past the bounds that the gateway's storage sets (SQLite's int64):
+        ("id", 2**63),
+        ("readings", [["a", 1, 1, 2**63, {}]]),
+        ("agg", [["a", "t", 2**63, 0, 0, 0]]),
+        ("members", [["a", 1, 1, 1, 1, 2**63]]),
+        ("dropped", [["a", 2**63]]),
     ],
 )
 def test_parse_batch_refuses_bad_fields(field: str, value: Any) -> None:
-    with pytest.raises(BatchError):
+    with pytest.raises(BatchError) as caught:
         parse_batch(make_batch("m", "a", 1, [], **{field: value}), "m", "a")
+    assert caught.value.reason == field  # the schema names the bad key
+
+
+# Batches at the schema's bounds (docs/wire.md, "The batch map"), written out here on their own.
+U8, U16, U32 = (
+    st.sampled_from([0, 0xFF]),
+    st.sampled_from([0, 0xFFFF]),
+    st.sampled_from([0, 2**32 - 1]),
+)
+U63 = st.sampled_from([0, 2**53, 2**63 - 1])  # "unsigned 64-bit" within SQLite's int64
+I32 = st.sampled_from([-(2**31), 0, 2**31 - 1])
+I64 = st.sampled_from([-(2**63), 0, 2**63 - 1])
+NODE = st.sampled_from(["a", "x" * 16, "é" * 8])
+NAME = st.sampled_from(["t", "x" * 32, "é" * 16])
+METRICS = st.dictionaries(NAME, I64, max_size=3)
+VALID_BODY = st.fixed_dictionaries(
+    {
+        "id": st.one_of(U63, NAME),
+        "readings": st.lists(st.tuples(NODE, U32, U32, U63, METRICS).map(list), max_size=4),
+    },
+    optional={
+        "mesh": st.just("m"),
+        "leader": st.just("a"),
+        "agg": st.lists(st.tuples(NODE, NAME, U63, I64, I64, I64).map(list), max_size=3),
+        "members": st.lists(st.tuples(NODE, I32, U16, U16, U8, U63).map(list), max_size=3),
+        "dropped": st.lists(st.tuples(NODE, U63).map(list), max_size=3),
+        "elections": st.lists(
+            st.tuples(U32, st.one_of(st.none(), NODE), st.one_of(NAME, U32)).map(list),
+            max_size=3,
+        ),
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=VALID_BODY)
+def test_the_gateway_stores_every_batch_the_core_schema_accepts(body: dict[str, Any]) -> None:
+    """One schema: a batch at its bounds passes ``check_batch``, and the gateway converts and
+    stores it without a check of its own (its integers fit SQLite)."""
+    assert check_batch(body) is None
+    storage = SqliteStorage(":memory:")
+    ingest = Ingest(storage, Tracker(), Counters())
+    result = ingest.receive("test", "m", "a", 1, body, 1000)
+    assert result.status == ACK_OK and result.reason == ""
+    stored = {(node, boot, seq) for node, boot, seq, _, _ in body["readings"]}
+    assert storage.reading_count() == len(stored)
+    storage.close()
 
 
 def test_elections_are_inferred_with_reasons(ingest: Ingest) -> None:

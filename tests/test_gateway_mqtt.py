@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from agent.core import topics
 from agent.core.messages import ACK_FENCED, ACK_OK
 from testkit.broker import Mosquitto
 from testkit.gateway import GatewayProcess, MqttBatchSender, make_batch
@@ -61,7 +62,7 @@ def test_mqtt_ingest_dedup_fencing_and_forgery(mosquitto: Mosquitto, tmp_path: P
         assert forger.receive_ack(0.7) is None
         # A frame published on another mesh's topic is refused too.
         frame = new.frame(3, make_batch(2, "barn", "pi-2", readings("pi-2", range(5, 8))))
-        new.send_frame(frame, topic="meshelect/other/batch")
+        new.send_frame(frame, topic=topics.topic(topics.DEFAULT_PREFIX, "other", topics.BATCH))
         assert new.receive_ack(0.5) is None
         assert stored(db) == (15, 15)
     finally:

@@ -131,6 +131,10 @@ def test_replay_command_line_matches_in_process() -> None:
             "unknown node",
         ),
         ('{"nodes": [{"id": "a", "battery": 1.5}], "steps": [{"at": 0, "op": "end"}]}', "integer"),
+        (
+            '{"heartbeat_ms": 5, "nodes": [{"id": "a"}], "steps": [{"at": 0, "op": "end"}]}',
+            "scenario: heartbeat_ms: must be an integer within 20..60000, got 5",
+        ),
         ('{"nodes": [{"id": "a"}], "steps": [{"at": 0, "op": "start", "node": "a"}]}', "'end'"),
         (
             '{"nodes": [{"id": "a"}], "steps": [{"at": 5, "op": "fly"}, {"at": 9, "op": "end"}]}',

@@ -10,7 +10,8 @@ from typing import Any
 import cbor2
 import pytest
 
-from agent.core import auth, batchcheck, messages, wire
+from agent import strict_cbor
+from agent.core import auth, batchcheck, datapath, messages, wire
 from agent.core.messages import (
     ACK_FENCED,
     ACK_OK,
@@ -59,8 +60,15 @@ SAMPLES = [
 ]
 
 
-def codec(key: bytes | None = KEY, **kw: Any) -> wire.Codec:
-    return wire.Codec(MESH, key=key, **kw)
+def codec(
+    key: bytes | None = KEY,
+    dumps: Any = strict_cbor.dumps,
+    loads: Any = strict_cbor.loads,
+    check_batch: Any = batchcheck.check_batch,
+    **kw: Any,
+) -> wire.Codec:
+    """A codec as the gateway makes one: it reads batches (the batch schema is given)."""
+    return wire.Codec(MESH, key, dumps, loads, check_batch=check_batch, **kw)
 
 
 def raw_frame(arr: list[Any], key: bytes | None = KEY) -> bytes:
@@ -248,7 +256,7 @@ def test_mesh_hash_is_first_two_sha256_bytes() -> None:
 
 
 def test_other_mesh_is_dropped_before_the_tag_is_checked() -> None:
-    other = wire.Codec("barn", key=b"another key")
+    other = wire.Codec("barn", b"another key", strict_cbor.dumps, strict_cbor.loads)
     expect_drop(codec(), other.encode(SAMPLES[0]), wire.OTHER_MESH)
 
 
@@ -419,7 +427,9 @@ def test_codec_arguments() -> None:
         codec(boot=-1)
     with pytest.raises(ValueError, match="max_senders"):
         codec(max_senders=0)
-    tx = wire.Codec(MESH, key="mesh-key-of-greenhouse")  # str keys are UTF-8
+    tx = wire.Codec(
+        MESH, "mesh-key-of-greenhouse", strict_cbor.dumps, strict_cbor.loads
+    )  # str keys are UTF-8
     assert codec().decode(tx.encode(SAMPLES[3]), 0) == SAMPLES[3]
 
 
@@ -525,21 +535,15 @@ def test_drops_are_counted_by_reason() -> None:
 
 
 def test_batchcheck_bounds_agree_with_wire() -> None:
-    # batchcheck.py repeats some of wire.py's bounds (underscored consts cannot be imported
-    # on MicroPython); on CPython both are module attributes.
-    for name in (
-        "_MAX_ID_BYTES",
-        "_MAX_NAME_BYTES",
-        "_U8",
-        "_U16",
-        "_U32",
-        "_U64",
-        "_I32_MIN",
-        "_I32_MAX",
-        "_I64_MIN",
-        "_I64_MAX",
-    ):
+    # batchcheck.py and datapath.py repeat some of wire.py's bounds (underscored consts cannot
+    # be imported on MicroPython); on CPython all are module attributes.
+    for name in ("_MAX_ID_BYTES", "_MAX_NAME_BYTES", "_U32", "_I64_MIN", "_I64_MAX"):
         assert getattr(batchcheck, name) == getattr(wire, name), name
+    for name in ("_I32_MIN", "_I32_MAX", "_U16", "_U8", "_I64_MAX"):
+        assert getattr(datapath, name) == getattr(wire, name), name
+    assert datapath._MAX_TEXT_BYTES == wire._MAX_NAME_BYTES
+    assert datapath.MAX_NAME_BYTES == wire._MAX_ID_BYTES  # node ids in the data path
+    assert datapath.MAX_U32 == wire._U32
     assert wire._TAG_BYTES == auth.TAG_BYTES
 
 
@@ -551,7 +555,7 @@ def test_every_kind_has_a_body_layout() -> None:
 
 
 def test_codec_without_batch_checks_drops_batches_unread() -> None:
-    rx = codec(check_batches=False)
+    rx = codec(check_batch=None)
     data = codec().encode(SAMPLES[6])
     expect_drop(rx, data, wire.NO_BATCHES)
     # Dropped before the tag is checked and before the replay window moves.
@@ -565,7 +569,7 @@ def test_codec_without_batch_checks_drops_batches_unread() -> None:
 
 
 def test_codec_without_batch_checks_encodes_batch_bodies_unchecked() -> None:
-    tx = codec(check_batches=False)
+    tx = codec(check_batch=None)
     unchecked = Msg(BATCH, "pi-1", term=5, body={"id": 1, "readings": [], "x": 1})
     data = tx.encode(unchecked)  # a checking codec refuses this body ...
     with pytest.raises(wire.WireError) as info:
@@ -582,18 +586,21 @@ def test_codec_without_batch_checks_encodes_batch_bodies_unchecked() -> None:
 
 @pytest.mark.micropython
 def test_codec_without_batch_checks_never_loads_batchcheck_on_micropython() -> None:
+    """The firmware's codec is given no batch check: batchcheck.py is never imported. A codec
+    given one reads the same frame."""
     code = (
         "import sys\n"
         "import cbor\n"
         "from agent.core import wire, messages as m\n"
-        "c = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads, check_batches=False)\n"
+        "c = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads)\n"
         "f = c.encode(m.Msg(m.BATCH, 'esp32-1', term=3, body={'id': 1, 'readings': []}))\n"
         "try:\n"
         "    c.decode(f, 0)\n"
         "except wire.WireError as e:\n"
         "    print(e.reason)\n"
         "print('agent.core.batchcheck' in sys.modules)\n"
-        "c2 = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads)\n"
+        "from agent.core.batchcheck import check_batch\n"
+        "c2 = wire.Codec('greenhouse', b'k', cbor.dumps, cbor.loads, check_batch=check_batch)\n"
         "print(c2.decode(f, 0).body['id'], 'agent.core.batchcheck' in sys.modules)\n"
     )
     rc, out = run_micropython(code=code, path=[REPO_ROOT / "firmware" / "lib"])

@@ -11,7 +11,9 @@ import cbor2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import strict_cbor
 from agent.core import auth, wire
+from agent.core.batchcheck import check_batch
 from agent.core.messages import Msg
 from firmware.lib import cbor as fw
 from tests.test_wire import KEY, MESH, SAMPLES, assert_well_typed
@@ -42,17 +44,17 @@ def decode_or_drop(codec: wire.Codec, data: bytes) -> Msg | str:
 
 def codecs() -> list[wire.Codec]:
     return [
-        wire.Codec(MESH, key=KEY),
-        wire.Codec(MESH),
-        wire.Codec(MESH, key=KEY, dumps=fw.dumps, loads=fw.loads),
-        wire.Codec(MESH, dumps=fw.dumps, loads=fw.loads),
+        wire.Codec(MESH, KEY, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch),
+        wire.Codec(MESH, None, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch),
+        wire.Codec(MESH, KEY, fw.dumps, fw.loads, check_batch=check_batch),
+        wire.Codec(MESH, None, fw.dumps, fw.loads, check_batch=check_batch),
     ]
 
 
 def valid_frames() -> list[bytes]:
     out = []
     for key in (KEY, None):
-        tx = wire.Codec(MESH, key=key, boot=2)
+        tx = wire.Codec(MESH, key, strict_cbor.dumps, strict_cbor.loads, boot=2)
         out += [
             tx.encode(
                 Msg(

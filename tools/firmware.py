@@ -54,9 +54,8 @@ DEFAULT_BAUD = 460800
 SOURCE_FILES = ("boot.py", "main.py")  # run by name at reset: must stay .py
 CONFIG_NAME = "config.json"
 MANIFEST_NAME = "manifest.json"
-# Agent modules the firmware never needs even if something imports them lazily
-# (agent.strict_cbor is CPython-only: wire.Codec falls back to lib/cbor.py without it).
-EXCLUDED_AGENT = ("agent.core.replay", "agent.core.mesh", "agent.strict_cbor")
+# Agent modules the firmware never needs even if something imports them lazily.
+EXCLUDED_AGENT = ("agent.core.replay", "agent.core.mesh")
 # Seconds for one mpremote / esptool run: flashing 1.6 MB at 460 kbaud takes ~40 s.
 TOOL_TIMEOUT_S = 180.0
 
@@ -324,7 +323,8 @@ def flash(port: str, image: str, chip: str, baud: int, dry_run: bool) -> None:
 
 
 def device_config(data: dict[str, Any]) -> dict[str, Any]:
-    """The device's config.json content from a node.toml table (checked like the board does).
+    """The device's config.json content from a node.toml table, checked as the board does (by
+    firmware/app/config.py, whose core settings are checked by the core's own rules).
 
     The TOML uses the Pi agent's keys (node_id, mesh, mesh_key in hex, heartbeat_ms, [udp],
     [mqtt], [gateway], [discovery], [election], [score], [data]) plus [wifi] and [hw].
@@ -452,8 +452,8 @@ def deploy(
     log: Any = print,
 ) -> list[str]:
     """Copy what differs to the board; returns the paths copied."""
+    device = device_config(config)  # a bad config is refused before anything else is looked at
     manifest = load_manifest(build_dir)
-    device = device_config(config)
     with tempfile.TemporaryDirectory(prefix="meshelect-deploy-") as tmp:
         stage = Path(tmp)
         wanted: dict[str, str] = {}

@@ -1,28 +1,32 @@
-"""The check of a BATCH frame's body: the batch map of docs/design.md ("The data path").
+"""The batch schema: the one check of a BATCH frame's body, the batch map of docs/wire.md.
 
-Split from ``wire.py`` because only a node that decodes batches (the gateway, a Pi agent, a
-test) or wants its own batches checked before they go out needs it. ``wire.Codec`` imports
-this module on first use; a codec made with ``check_batches=False`` (the firmware's) never
-does, so the ESP32 does not hold this code in its heap. Runs on CPython and MicroPython.
+Every reader of batches applies this and nothing else: a ``wire.Codec`` given it as its
+``check_batch`` (on decode, and on encode, so a node never sends a batch its gateway refuses),
+and the gateway's ``parse_batch``, which only converts what passed. Its bounds are the
+gateway's storage: integers the schema calls unsigned 64-bit stop at 2**63 - 1, what SQLite
+holds.
+
+Apart from ``wire.py`` because only a codec's user that decodes batches (the gateway, a test)
+or has its own checked before they go out (a Pi agent) needs it, and passes it in; the
+firmware's codec is given none, so a board never loads this module. The two rows a leader's
+data path also checks (members, elections) are in ``datapath.py``, which every leader loads.
+Runs on CPython and MicroPython.
 """
 
 try:
     from micropython import const  # built in on a board: no _compat module to load
 except ImportError:  # CPython
     from agent.core._compat import const
+from agent.core.datapath import _election_row, _member_row
 from agent.core.wire import _int, _list, _metrics, _text, _uint
 
-# The same bounds as in wire.py (tests/test_wire.py checks that they agree).
+# wire.py's bounds: an underscored const is not a module attribute on MicroPython, so they
+# are repeated here (tests/test_wire.py checks that they agree).
 _MAX_ID_BYTES = const(16)  # node ids
-_MAX_NAME_BYTES = const(32)  # metric names, election reasons, batch ids given as text
-_U8 = const(0xFF)
-_U16 = const(0xFFFF)
+_MAX_NAME_BYTES = const(32)  # metric names, batch ids given as text
 _U32 = const(0xFFFFFFFF)
-_U64 = const(0xFFFFFFFFFFFFFFFF)
-_I32_MIN = const(-0x80000000)
-_I32_MAX = const(0x7FFFFFFF)
 _I64_MIN = const(-0x8000000000000000)
-_I64_MAX = const(0x7FFFFFFFFFFFFFFF)
+_I64_MAX = const(0x7FFFFFFFFFFFFFFF)  # also the bound of every unsigned 64-bit field
 
 MAX_MESH_BYTES = 64  # the mesh name inside a batch (the gateway reads it before decoding)
 
@@ -34,7 +38,7 @@ def _batch_reading(r):
         and _text(r[0], _MAX_ID_BYTES)
         and _uint(r[1], _U32)
         and _uint(r[2], _U32)
-        and _uint(r[3], _U64)
+        and _uint(r[3], _I64_MAX)
         and _metrics(r[4])
     )
 
@@ -45,84 +49,64 @@ def _batch_agg(a):
         _list(a, 6)
         and _text(a[0], _MAX_ID_BYTES)
         and _text(a[1], _MAX_NAME_BYTES)
-        and _uint(a[2], _U64)
+        and _uint(a[2], _I64_MAX)
         and _int(a[3], _I64_MIN, _I64_MAX)
         and _int(a[4], _I64_MIN, _I64_MAX)
         and _int(a[5], _I64_MIN, _I64_MAX)
     )
 
 
-def _batch_member(m):
-    # [node, score, battery, link, flags, age_ms]
-    return (
-        _list(m, 6)
-        and _text(m[0], _MAX_ID_BYTES)
-        and _int(m[1], _I32_MIN, _I32_MAX)
-        and _uint(m[2], _U16)
-        and _uint(m[3], _U16)
-        and _uint(m[4], _U8)
-        and _uint(m[5], _U64)
-    )
-
-
 def _batch_dropped(d):
     # [node, count]
-    return _list(d, 2) and _text(d[0], _MAX_ID_BYTES) and _uint(d[1], _U64)
-
-
-def _batch_election(e):
-    # [term, leader or null, reason (text or int code)]
-    return (
-        _list(e, 3)
-        and _uint(e[0], _U32)
-        and (e[1] is None or _text(e[1], _MAX_ID_BYTES))
-        and (_uint(e[2], _U32) or _text(e[2], _MAX_NAME_BYTES))
-    )
+    return _list(d, 2) and _text(d[0], _MAX_ID_BYTES) and _uint(d[1], _I64_MAX)
 
 
 # Optional list-valued batch keys and the check for each of their items.
 _BATCH_LISTS = {
     "readings": _batch_reading,
     "agg": _batch_agg,
-    "members": _batch_member,
+    "members": _member_row,
     "dropped": _batch_dropped,
-    "elections": _batch_election,
+    "elections": _election_row,
 }
 
 
 def check_batch(batch):
-    """None if ``batch`` is a valid batch map, else ``"batch"`` (the name of the bad field).
+    """None if ``batch`` is a valid batch map, else why not, as a short name.
 
-    "id" and "readings" are required; every other known key is optional; an unknown key is
-    refused (the code is the spec).
+    The name is the key whose value is bad (``"readings"``, ``"id"``, ...), or ``"not_map"``,
+    ``"unknown_key"`` (a key the schema does not list), ``"no_id"``, ``"no_readings"`` (the
+    two required keys). Every other key is optional.
     """
     # items(), and the type check before any ==, keep str and bytes keys from ever being
     # compared (MicroPython prints a warning for that).
     if type(batch) is not dict:
-        return "batch"
-    required = 0
+        return "not_map"
     for key, value in batch.items():
         if type(key) is not str:
-            return "batch"
+            return "unknown_key"
         if key == "id":
-            # The same rule as the batch id of a BATCH_ACK (wire.py).
-            ok = _uint(value, _U64) or _text(value, _MAX_NAME_BYTES)
-            required += 1
+            # The same rule as the batch id of a BATCH_ACK (wire.py), within the storage's int64.
+            ok = _uint(value, _I64_MAX) or _text(value, _MAX_NAME_BYTES)
         elif key == "mesh":
             ok = _text(value, MAX_MESH_BYTES)
         elif key == "leader":
             ok = _text(value, _MAX_ID_BYTES)
         else:
             check = _BATCH_LISTS.get(key)
-            if check is None or not _list(value):
-                return "batch"
-            if key == "readings":
-                required += 1
-            ok = True
-            for item in value:
-                if not check(item):
-                    ok = False
-                    break
+            if check is None:
+                return "unknown_key"
+            ok = _list(value)
+            if ok:
+                for item in value:
+                    if not check(item):
+                        ok = False
+                        break
         if not ok:
-            return "batch"
-    return None if required == 2 else "batch"
+            return key
+    # Every key is a str by now: these lookups compare no bytes.
+    if "id" not in batch:
+        return "no_id"
+    if "readings" not in batch:
+        return "no_readings"
+    return None

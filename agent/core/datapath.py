@@ -19,7 +19,7 @@ How a member's ring overflow reaches the gateway: a READINGS frame has no field 
 buffer adds the reserved metric ``_dropped`` (its running total for this boot) to the first
 reading of a send; the collector strips it before batching and reports it in ``dropped``.
 
-How a runtime drives it (the Pi agent and the firmware alike), on every tick::
+How the node application (agent/core/app.py) drives it for both runtimes, on every tick::
 
     buffer.add(now, {"temp": 21500})                      # whenever a sensor is read
     if node.leader == me:                                 # leading: a member of itself too
@@ -80,9 +80,10 @@ _FRAME_OVERHEAD = const(88)
 # strings; mesh 32), the seven key names and the array headers of its lists.
 _BATCH_MAP_OVERHEAD = const(136)
 
-# Bounds on what one reading may carry: within (often tighter than) what agent/core/wire.py and
-# gateway/batch.py accept, so that nothing the data path builds is refused further on; a
-# refused batch would otherwise be resent for ever. 16 bytes is the wire's node-id bound too.
+# The data path's own bounds on what one reading may carry, tighter than the wire's schema
+# (agent/core/wire.py, and the batch map's agent/core/batchcheck.py, which the gateway applies):
+# they size the frames (see _READING_MAX), and nothing the data path builds is refused further
+# on, where a refused batch would be resent for ever. 16 bytes is the wire's node-id bound too.
 MAX_METRICS = const(8)
 MAX_NAME_BYTES = const(16)
 MAX_MESH_BYTES = const(32)
@@ -103,10 +104,22 @@ MAX_IN_FLIGHT = const(2)
 _MAX_ELECTIONS = const(4)
 _MAX_MEMBERS = const(24)
 _MAX_DROPPED_NODES = const(24)
+# An election reason the collector reports: the schema's text allows 32 bytes, but at the
+# smallest frame (_MIN_BATCH_FRAME_BYTES) a row with a longer reason would never fit the view.
 MAX_REASON_BYTES = const(16)
 _MAX_RANGES_IN = const(64)
 # Nodes whose newest seq the collector keeps (the others are looked for in what it holds).
 _MAX_NEWEST = const(64)
+
+# The schema's bounds that the two rows of the mesh view need (_member_row, _election_row):
+# wire.py's, repeated because an underscored const is no module attribute on MicroPython
+# (tests/test_wire.py checks that they agree).
+_MAX_TEXT_BYTES = const(32)  # wire._MAX_NAME_BYTES: election reasons
+_I32_MIN = const(-0x80000000)
+_I32_MAX = const(0x7FFFFFFF)
+_U16 = const(0xFFFF)
+_U8 = const(0xFF)
+_I64_MAX = const(0x7FFFFFFFFFFFFFFF)
 
 _NEVER = const(-1)
 # Worst case of an agg row without its two strings: array header, two string headers, the
@@ -556,7 +569,7 @@ class Collector:
         """
         if elections:
             for entry in elections:
-                if not _is_election(entry):
+                if not _election_row(entry, MAX_REASON_BYTES):
                     self.invalid_view += 1
                     continue
                 if len(self._elections) >= _MAX_ELECTIONS:
@@ -681,7 +694,7 @@ class Collector:
         if callable(members):
             members = members(now)
         for item in members or ():
-            if _is_member(item):
+            if _member_row(item):
                 rows.append(list(item))
             else:
                 self.invalid_view += 1
@@ -925,33 +938,38 @@ def _is_range(item):
     )
 
 
-def _is_member(item):
-    # [node, score, battery, link, flags, age_ms], in the wire's ranges (i32, u16, u16, u8).
-    if not isinstance(item, (list, tuple)) or len(item) != 6 or not _is_name(item[0]):
+# The batch schema's rows of the mesh view: agent/core/batchcheck.py checks a received batch's
+# "members" and "elections" with these, and the collector keeps out of its batches what they
+# refuse (they are here, not there, because every leader needs them and batchcheck.py is
+# loaded only where batches are read). A tuple is taken too: a runtime's rows may be tuples.
+
+
+def _member_row(item):
+    # [node, score, battery, link, flags, age_ms]: i32, u16, u16, u8, unsigned int64.
+    if type(item) not in (list, tuple) or len(item) != 6 or not _is_name(item[0]):
         return False
     for value in item[1:]:
         if not _is_int(value):
             return False
     return (
-        -0x80000000 <= item[1] <= 0x7FFFFFFF
-        and 0 <= item[2] <= 0xFFFF
-        and 0 <= item[3] <= 0xFFFF
-        and 0 <= item[4] <= 0xFF
-        and 0 <= item[5] <= MAX_VALUE
+        _I32_MIN <= item[1] <= _I32_MAX
+        and 0 <= item[2] <= _U16
+        and 0 <= item[3] <= _U16
+        and 0 <= item[4] <= _U8
+        and 0 <= item[5] <= _I64_MAX
     )
 
 
-def _is_election(item):
-    # [term, leader, reason]
-    return (
-        isinstance(item, (list, tuple))
-        and len(item) == 3
-        and _is_int(item[0])
-        and 0 <= item[0] <= MAX_U32
-        and _is_name(item[1])
-        and isinstance(item[2], str)
-        and len(item[2].encode()) <= MAX_REASON_BYTES
-    )
+def _election_row(item, hi=_MAX_TEXT_BYTES):
+    # [term u32, leader id or None, reason: text of 1..hi (32) bytes or a u32 code]
+    if type(item) not in (list, tuple) or len(item) != 3:
+        return False
+    term, leader, reason = item
+    if not (_is_int(term) and 0 <= term <= MAX_U32) or not (leader is None or _is_name(leader)):
+        return False
+    if _is_int(reason):
+        return 0 <= reason <= MAX_U32
+    return isinstance(reason, str) and 0 < len(reason.encode()) <= hi
 
 
 def _is_reading(item):

@@ -178,7 +178,8 @@ class Mesh:
         heapq.heappush(self._queue, (at, prio, self._seq, a, b))
 
     def _after(self, sim):
-        """Collect what a node did: send its outbox, note view changes, arrange its timer."""
+        """Collect what a node did: send its outbox, pass on its view changes, arrange its
+        timer."""
         node = sim.node
         out = node.outbox
         if out:
@@ -188,11 +189,13 @@ class Mesh:
                 delay = 1 + self.prng.below(self.max_delay_ms)
                 self._push(now + delay, _DELIVER, msg, sim)
             del out[:]
-        view = (node.role, node.term, node.leader)
-        if view != sim.view:
-            sim.view = view
-            if self.on_change is not None:
-                self.on_change(self.now, sim)
+        events = node.events
+        if events:
+            for event in events:  # (kind, role, term, leader, reason, was): one per call
+                sim.view = (event[1], event[2], event[3])
+                if self.on_change is not None:
+                    self.on_change(self.now, sim)
+            del events[:]
         if node.role != ROLE_DOWN:
             wake = node.wakeup
             if wake < self.now:

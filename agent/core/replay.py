@@ -67,15 +67,18 @@ class Replay:
             raise ScenarioError("scenario must be a JSON object")
         self.write = write
         seed = _int(scenario, "seed", "scenario", 0)
-        heartbeat_ms = _int(scenario, "heartbeat_ms", "scenario", 250, 20, 60000)
-        quorum = _int(scenario, "quorum", "scenario", 0, 0, 100000)
+        heartbeat_ms = _int(scenario, "heartbeat_ms", "scenario", 250)
+        quorum = _int(scenario, "quorum", "scenario", 0)
         nodes = scenario.get("nodes")
         if not isinstance(nodes, list) or not nodes:
             raise ScenarioError("scenario: 'nodes' must be a non-empty list")
         steps = scenario.get("steps")
         if not isinstance(steps, list) or not steps:
             raise ScenarioError("scenario: 'steps' must be a non-empty list")
-        config = Config(heartbeat_ms=heartbeat_ms, quorum=quorum, max_peers=max(64, len(nodes)))
+        try:  # the core's ranges, as every runtime's (docs/design.md, "Settings")
+            config = Config(heartbeat_ms, quorum=quorum, max_peers=max(64, len(nodes)))
+        except ValueError as e:
+            raise ScenarioError("scenario: %s" % e) from None
         self.mesh = Mesh(config, seed=seed, on_change=self._changed)
         for i, spec in enumerate(nodes):
             where = "nodes[%d]" % i

@@ -27,10 +27,27 @@ _DEFAULT_LINK_WEIGHT = const(400)
 # battery-powered router is a poor leader). The same threshold triggers a leader's handoff.
 _DEFAULT_LOW_BATTERY = const(200)
 _LOW_BATTERY_DIVISOR = const(4)
+# Weights are relative: a million leaves room for any ratio and keeps weight * 1000 small.
+_MAX_WEIGHT = const(1000000)
+
+
+def _setting(kind, name, value, lo, hi):
+    # ``value``, if it is an int within lo..hi; else a ValueError that names the setting as
+    # the config files do (kind "election", name "quorum": "election.quorum: ..."; kind None
+    # for a top-level one), for a runtime to show as it is. The election's Config (node.py)
+    # checks its settings with it too. On a board every distinct short string and argument
+    # name is interned for good, and the process is a few names short of a bigger pool: so
+    # the table and the name come apart (both interned already), and the arguments are named
+    # as elsewhere in the core.
+    if type(value) is not int or not lo <= value <= hi:
+        key = name if kind is None else "%s.%s" % (kind, name)
+        raise ValueError("%s: must be an integer within %d..%d, got %r" % (key, lo, hi, value))
+    return value
 
 
 class Weights:
-    """Score weights; plain class so it runs on MicroPython."""
+    """Score weights; plain class so it runs on MicroPython. The settings of the ``[score]``
+    table of both runtimes' config files, checked here (errors name them so)."""
 
     def __init__(
         self,
@@ -38,13 +55,11 @@ class Weights:
         link=_DEFAULT_LINK_WEIGHT,
         low_battery=_DEFAULT_LOW_BATTERY,
     ):
-        if battery < 0 or link < 0 or battery + link <= 0:
-            raise ValueError("score weights must be >= 0 and not both 0")
-        if low_battery < 0 or low_battery > SCORE_MAX:
-            raise ValueError("low_battery must be within 0..1000")
-        self.battery = battery
-        self.link = link
-        self.low_battery = low_battery
+        self.battery = _setting("score", "battery", battery, 0, _MAX_WEIGHT)
+        self.link = _setting("score", "link", link, 0, _MAX_WEIGHT)
+        if battery + link <= 0:
+            raise ValueError("score.battery: score.battery and score.link cannot both be 0")
+        self.low_battery = _setting("score", "low_battery", low_battery, 0, SCORE_MAX)
 
 
 DEFAULT_WEIGHTS = Weights()

@@ -3,9 +3,9 @@
     frame = cbor([vk, mesh_hash, sender, boot, counter, *body_fields]) + tag
 
 See docs/design.md ("Wire format") for the layout and docs/wire.md for the field ranges and
-the order of the checks. Runs on CPython and MicroPython: the CBOR functions are injected
-(cbor2 by default on CPython, ``firmware/lib/cbor.py`` on MicroPython), nothing here does
-I/O or reads a clock (``now`` is passed in, in ms).
+the order of the checks. Runs on CPython and MicroPython: the caller passes the CBOR
+functions in (``agent/strict_cbor.py`` on CPython, ``firmware/lib/cbor.py`` on MicroPython),
+nothing here does I/O or reads a clock (``now`` is passed in, in ms).
 
 Theory of operation for ``Codec.decode`` (cheapest and least trusting first):
 
@@ -14,8 +14,8 @@ Theory of operation for ``Codec.decode`` (cheapest and least trusting first):
    unsigned ints); read by hand, so the frames of a neighbouring mesh are counted
    ``other_mesh`` before anything else, and no full CBOR decode runs before the tag is
    checked;
-3. mesh, version, kind and field count; a codec made with ``check_batches=False`` drops a
-   BATCH frame here, unread (``no_batches``);
+3. mesh, version, kind and field count; a codec given no ``check_batch`` drops a BATCH
+   frame here, unread (``no_batches``);
 4. tag (with a key): HMAC-SHA256 over the CBOR bytes, first 8 bytes, constant-time compare;
 5. full CBOR decode, then every field's type and range for the kind: a frame never yields a
    ``Msg`` with a wrong-typed field;
@@ -74,7 +74,7 @@ OTHER_MESH = "other_mesh"  # mesh_hash of another mesh
 BAD_TAG = "bad_tag"  # missing or wrong HMAC tag
 BAD_FIELD = "bad_field"  # unknown kind, or a field of the wrong type or out of range
 REPLAYED = "replayed"  # older boot, or a counter already seen or below the window
-NO_BATCHES = "no_batches"  # a BATCH frame reached a codec made with check_batches=False
+NO_BATCHES = "no_batches"  # a BATCH frame reached a codec given no check_batch
 REASONS = (TOO_BIG, MALFORMED, BAD_VERSION, OTHER_MESH, BAD_TAG, BAD_FIELD, REPLAYED, NO_BATCHES)
 
 # Field ranges. The 32-bit bounds on boot, counter, term and score keep the worst-case
@@ -129,37 +129,28 @@ class Codec:
     """Encodes and decodes the frames of one mesh, for one local sender.
 
     ``key``: the mesh key (bytes or str), or None for unauthenticated frames.
-    ``dumps``/``loads``: CBOR functions; default cbor2 on CPython (MicroPython: pass
-    ``cbor.dumps, cbor.loads`` from firmware/lib). ``boot``: this node's persisted boot
-    counter, grown at every boot. ``max_senders``: bound of the replay table.
-    ``check_batches``: with False, the codec never loads the BATCH body check
-    (agent/core/batchcheck.py): a received BATCH frame is dropped (``no_batches``) and an
-    encoded one goes out with its body unchecked. For nodes that only send batches they
-    built within the bounds (the firmware's ``datapath.Collector``) and never read one.
+    ``dumps``/``loads``: the CBOR functions, always given by the caller, so this module
+    imports nothing of either runtime: ``agent.strict_cbor`` on CPython, ``cbor`` from
+    firmware/lib on MicroPython. ``boot``: this node's persisted boot counter, grown at
+    every boot. ``max_senders``: bound of the replay table.
+    ``check_batch``: the batch schema's check (``agent.core.batchcheck.check_batch``), given
+    by a codec's user that reads batches (the gateway) or has its own checked before they go
+    out (a Pi agent). Without it a received BATCH frame is dropped unread (``no_batches``)
+    and an encoded one goes out with its body unchecked: for nodes that only send batches
+    they built within the bounds (the firmware's ``datapath.Collector``) and never read one,
+    and so never load batchcheck.py (it is not imported here).
     """
 
     def __init__(
         self,
         mesh,
-        key=None,
-        dumps=None,
-        loads=None,
+        key,
+        dumps,
+        loads,
         boot=0,
         max_senders=_MAX_SENDERS,
-        check_batches=True,
+        check_batch=None,
     ):
-        if dumps is None or loads is None:
-            # CPython: cbor2 made strict (agent/strict_cbor.py, CPython-only, left out of the
-            # firmware build). MicroPython, or no cbor2: firmware/lib/cbor.py on a board's /lib.
-            try:
-                from agent import strict_cbor as default
-            except ImportError:
-                try:
-                    import cbor as default
-                except ImportError:
-                    raise ImportError("no CBOR codec: pass dumps= and loads= to Codec") from None
-            dumps = dumps or default.dumps
-            loads = loads or default.loads
         if isinstance(key, (bytes, bytearray, str)) and len(key) == 0:
             raise ValueError("empty mesh key: pass None for unauthenticated frames")
         if type(boot) is not int or not 0 <= boot <= _U32:
@@ -176,7 +167,7 @@ class Codec:
         self.boot = boot
         self.counter = 0  # of the last frame encoded; the first frame carries 1
         self.max_senders = max_senders
-        self.check_batches = check_batches
+        self.check_batch = check_batch
         # sender -> [boot, highest counter, window bits (bit i: highest - i seen), heard ms]
         self._senders = {}
         self.drops = {}
@@ -219,7 +210,7 @@ class Codec:
             arr.append(msg.target)
             arr.append(msg.body)
         # Check with the receiver's rules, so every frame we send is one peers accept.
-        why = _check_fields(kind, arr, self.check_batches)
+        why = _check_fields(kind, arr, self.check_batch)
         if why:
             raise WireError(BAD_FIELD, why)
         data = self._dumps(arr)
@@ -280,7 +271,7 @@ class Codec:
             raise WireError(BAD_FIELD, "unknown kind %d" % kind)
         if count != _HEADER_FIELDS + fields:
             raise WireError(MALFORMED, "field count")
-        if kind == BATCH and not self.check_batches:
+        if kind == BATCH and self.check_batch is None:
             # Not read at all: no tag check, no CBOR decode of up to 4 KB.
             raise WireError(NO_BATCHES)
         if self._key is not None:
@@ -296,7 +287,7 @@ class Codec:
         if type(arr) is not list or len(arr) != count or arr[0] != vk or arr[1] != mesh:
             # The peek and the decoder disagree: only a broken injected decoder gets here.
             raise WireError(MALFORMED, "frame array")
-        why = _check_fields(kind, arr, True)
+        why = _check_fields(kind, arr, self.check_batch)
         if why:
             raise WireError(BAD_FIELD, why)
         sender = arr[2]
@@ -425,9 +416,9 @@ def _metrics(v):
     return True
 
 
-def _check_fields(kind, arr, batches):
+def _check_fields(kind, arr, check_batch):
     # None if the fields after vk and mesh_hash suit ``kind``, else the name of the first bad
-    # one. ``batches``: whether to check a BATCH body (see Codec's ``check_batches``).
+    # one. ``check_batch``: the Codec's (None: a BATCH body goes unchecked).
     if not _text(arr[2], _MAX_ID_BYTES):
         return "sender"
     if not _uint(arr[3], _U32):
@@ -456,11 +447,9 @@ def _check_fields(kind, arr, batches):
         if not _uint(arr[7], _U8):
             return "flags"
     elif kind == BATCH:
-        if batches:
-            # Imported on first use: a codec made with check_batches=False never loads it.
-            from agent.core.batchcheck import check_batch
-
-            return check_batch(arr[6])
+        if check_batch is not None:
+            why = check_batch(arr[6])
+            return why and "%s.%s" % ("batch", why)  # "batch.readings" (no new interned name)
     elif kind != LEAVE:  # READINGS, READINGS_ACK, BATCH_ACK: a target, then a list
         if not _text(arr[6], _MAX_ID_BYTES):
             return "target"

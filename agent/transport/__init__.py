@@ -1,9 +1,9 @@
 """One interface, two transports (UDP multicast, MQTT), same frames on both.
 
-The runtime owns the codec; transports move opaque bytes. Received frames are handed to
-`on_frame(data, source)`; `source` is an address the transport can send back to (UDP) or
-None (MQTT). The runtime calls `learn(node, source)` only after a frame from that source
-authenticated, so a forged datagram cannot redirect readings.
+The node application (agent/core/app.py) owns the codec; transports move opaque bytes.
+Received frames are handed to `on_frame(data, source)`; `source` is an address the transport
+can send back to (UDP) or None (MQTT). The app remembers a node's source only after a frame
+from it authenticated (`app.address(node)`), so a forged datagram cannot redirect readings.
 """
 
 from __future__ import annotations

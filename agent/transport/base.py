@@ -29,19 +29,15 @@ class Transport:
         """Broadcast an election frame (heartbeat, claim, handoff, leave) to the mesh."""
         raise NotImplementedError
 
-    def send_readings(self, leader: str, frame: bytes) -> bool:
-        """Member -> leader. False when the leader's address is unknown (retried later)."""
-        raise NotImplementedError
-
-    def send_readings_ack(self, member: str, frame: bytes) -> bool:
+    def send_to(self, node: str, kind: int, frame: bytes, address: Any) -> bool:
+        """Member -> leader (READINGS) or leader -> member (READINGS_ACK). `address`: where
+        `node`'s frames came from (UDP; None: not heard yet). False: not sent (the data path
+        sends it again later)."""
         raise NotImplementedError
 
     def send_batch(self, frame: bytes) -> bool:
         """Leader -> gateway. False when no gateway is known yet."""
         raise NotImplementedError
-
-    def learn(self, node: str, source: Any) -> None:
-        """Remember where an authenticated frame from `node` came from."""
 
     def set_gateway(self, address: tuple[str, int] | None) -> None:
         """UDP: where batches go (from the config or mDNS)."""

@@ -1,14 +1,7 @@
 """MQTT transport (paho-mqtt 2.x, MQTT 5), bridged into asyncio.
 
-Topic layout under the prefix P (default `meshelect`), per docs/design.md:
-
-    P/<mesh>/election              all election frames               QoS 0
-    P/<mesh>/readings/<leader>     member -> leader readings         QoS 1
-    P/<mesh>/acks/<node>           leader -> member readings acks    QoS 1
-    P/<mesh>/batch                 leader -> gateway                 QoS 1
-    P/<mesh>/batch-ack/<leader>    gateway -> leader                 QoS 1
-    P/<mesh>/leader                retained CBOR [term, leader]      QoS 1
-    P/<mesh>/status/<node>         retained "online"; last will "offline"
+The topics and their QoS are `agent/core/topics.py`'s (the firmware and the gateway use the
+same module).
 
 paho runs its network loop in its own thread; every callback hops into the asyncio loop with
 `call_soon_threadsafe`, so the runtime never sees a second thread. paho reconnects on its own
@@ -26,10 +19,12 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from agent.core import topics
+from agent.core.messages import READINGS_ACK
 from agent.transport.base import FrameHandler, Transport, format_address
 
-QOS_ELECTION = 0  # heartbeats repeat every interval; a lost one is replaced by the next
-QOS_DATA = 1  # readings, acks and batches must arrive; dedup happens at the gateway
+QOS_ELECTION = topics.qos(topics.ELECTION)
+QOS_DATA = topics.qos(topics.READINGS)
 MAX_QUEUED = 200  # bound on QoS 1 messages paho keeps while offline
 OWN_FRAMES_REMEMBERED = 8
 
@@ -42,15 +37,14 @@ class MqttTransport(Transport):
         self.cfg = cfg.mqtt
         self.node = cfg.node_id
         self.log = log
-        base = f"{self.cfg.prefix}/{cfg.mesh}/"
-        self.t_election = base + "election"
-        self.t_readings_in = base + "readings/" + self.node
-        self.t_acks_in = base + "acks/" + self.node
-        self.t_batch = base + "batch"
-        self.t_batch_ack_in = base + "batch-ack/" + self.node
-        self.t_leader = base + "leader"
-        self.t_status = base + "status/" + self.node
-        self.base = base
+        prefix, self.mesh = self.cfg.prefix, cfg.mesh
+        self.t_election = topics.topic(prefix, cfg.mesh, topics.ELECTION)
+        self.t_readings_in = topics.topic(prefix, cfg.mesh, topics.READINGS, self.node)
+        self.t_acks_in = topics.topic(prefix, cfg.mesh, topics.ACKS, self.node)
+        self.t_batch = topics.topic(prefix, cfg.mesh, topics.BATCH)
+        self.t_batch_ack_in = topics.topic(prefix, cfg.mesh, topics.BATCH_ACK, self.node)
+        self.t_leader = topics.topic(prefix, cfg.mesh, topics.LEADER)
+        self.t_status = topics.topic(prefix, cfg.mesh, topics.STATUS, self.node)
         self.connected = False
         self.broker: tuple[str, int] | None = self.cfg.broker
         self.refusals = 0
@@ -68,10 +62,10 @@ class MqttTransport(Transport):
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id="meshelect-{}-{}".format(self.base.split("/")[1], self.node),
+            client_id=f"meshelect-{self.mesh}-{self.node}",
             protocol=mqtt.MQTTv5,
         )
-        client.will_set(self.t_status, b"offline", qos=1, retain=True)
+        client.will_set(self.t_status, topics.OFFLINE, qos=QOS_DATA, retain=True)
         if self.cfg.username:
             client.username_pw_set(self.cfg.username, self.cfg.password or None)
         if self.cfg.tls:
@@ -115,7 +109,7 @@ class MqttTransport(Transport):
                 (self.t_leader, QOS_DATA),
             ]
         )
-        client.publish(self.t_status, b"online", qos=1, retain=True)
+        client.publish(self.t_status, topics.ONLINE, qos=QOS_DATA, retain=True)
         self._hop(self._set_connected, True)
 
     def _paho_disconnect(
@@ -186,7 +180,9 @@ class MqttTransport(Transport):
     async def stop(self) -> None:
         if self._started:
             if self.connected:
-                info = self._client.publish(self.t_status, b"offline", qos=1, retain=True)
+                info = self._client.publish(
+                    self.t_status, topics.OFFLINE, qos=QOS_DATA, retain=True
+                )
                 with contextlib.suppress(asyncio.TimeoutError, RuntimeError, ValueError):
                     await asyncio.wait_for(asyncio.to_thread(info.wait_for_publish, 1.0), 1.5)
             self._client.disconnect()
@@ -210,11 +206,9 @@ class MqttTransport(Transport):
             if len(self._own) > OWN_FRAMES_REMEMBERED:
                 del self._own[0]
 
-    def send_readings(self, leader: str, frame: bytes) -> bool:
-        return self._publish(self.base + "readings/" + leader, frame, QOS_DATA)
-
-    def send_readings_ack(self, member: str, frame: bytes) -> bool:
-        return self._publish(self.base + "acks/" + member, frame, QOS_DATA)
+    def send_to(self, node: str, kind: int, frame: bytes, address: Any) -> bool:
+        what = topics.ACKS if kind == READINGS_ACK else topics.READINGS
+        return self._publish(topics.topic(self.cfg.prefix, self.mesh, what, node), frame, QOS_DATA)
 
     def send_batch(self, frame: bytes) -> bool:
         return self._publish(self.t_batch, frame, QOS_DATA)

@@ -69,7 +69,6 @@ class UdpTransport(Transport):
         self.cfg = cfg.udp
         self.log = log
         self.group = (self.cfg.group, self.cfg.port)
-        self.addresses: dict[str, tuple[str, int]] = {}
         self.gateway: tuple[str, int] | None = None
         self.received = 0
         self.local: tuple[str, int] = ("0.0.0.0", 0)
@@ -148,20 +147,11 @@ class UdpTransport(Transport):
             del self.own_frames[0]
         self._send(frame, self.group)
 
-    def send_readings(self, leader: str, frame: bytes) -> bool:
-        address = self.addresses.get(leader)
-        return address is not None and self._send(frame, address)
-
-    def send_readings_ack(self, member: str, frame: bytes) -> bool:
-        address = self.addresses.get(member)
+    def send_to(self, node: str, kind: int, frame: bytes, address: Any) -> bool:
         return address is not None and self._send(frame, address)
 
     def send_batch(self, frame: bytes) -> bool:
         return self.gateway is not None and self._send(frame, self.gateway)
-
-    def learn(self, node: str, source: Any) -> None:
-        if source is not None and self.addresses.get(node) != source:
-            self.addresses[node] = source
 
     def set_gateway(self, address: tuple[str, int] | None) -> None:
         if address is not None:

@@ -5,7 +5,10 @@ JSON because MicroPython reads it with no extra library. Keys are the Pi agent's
 (``node_id``, ``mesh``, ``mesh_key`` in hex, ``heartbeat_ms``, ``eligible``, ``transport``,
 ``udp``, ``mqtt``, ``gateway``, ``discovery``, ``election``, ``score``, ``data``) plus ``wifi``
 and ``hw`` (the board) and a few runtime settings (``status_ms``, ``status_file``,
-``boot_file``, ``run_ms``). A problem raises ``ConfigError`` naming the key.
+``boot_file``, ``run_ms``). A problem raises ``ConfigError`` naming the key. The settings the
+shared core takes (``node_id``, ``mesh``, ``heartbeat_ms``, ``[election]``, ``[score]``) are
+checked by the core's own rules (``agent.core.node.make_config``), the same as the Pi agent's
+and ``meshelect firmware deploy``'s, which runs this check on the host before it copies.
 
 Everything here runs once at boot (``boot`` also builds the hardware layer): on UDP,
 ``app.runtime.main`` unloads the module afterwards, so its code goes back to the heap.
@@ -52,9 +55,10 @@ def check(data):
     }
     # [data] defaults: smaller than the Pi agent's 1024/1024, sized for an ESP32 without PSRAM.
     data_defaults = {"sample_ms": 1000, "buffer_capacity": 64, "collector_capacity": 128}
-    # [election] keys the core's Config takes; [score] keys of its Weights.
-    election_keys = ("margin", "quorum", "max_peers", "suspect_intervals", "listen_intervals")
-    score_keys = ("battery", "link", "low_battery")
+    # The core's rules (a node loads these modules anyway).
+    from agent.core.datapath import MAX_MESH_BYTES
+    from agent.core.node import MAX_NODE_ID_BYTES, make_config
+
     if not isinstance(data, dict):
         raise ConfigError("config: expected an object")
     cfg = {}
@@ -64,11 +68,13 @@ def check(data):
     for key in data:
         cfg[key] = data[key]
     node = cfg.get("node_id")
-    if not isinstance(node, str) or not 1 <= len(node.encode()) <= 16:
-        raise ConfigError("node_id: must be 1..16 bytes of UTF-8, got %r" % (node,))
-    if not isinstance(cfg["mesh"], str) or not cfg["mesh"]:
-        raise ConfigError("mesh: must be a non-empty string")
-    _positive(cfg["heartbeat_ms"], "heartbeat_ms")
+    if not isinstance(node, str) or not 1 <= len(node.encode()) <= MAX_NODE_ID_BYTES:
+        raise ConfigError(
+            "node_id: must be 1..%d bytes of UTF-8, got %r" % (MAX_NODE_ID_BYTES, node)
+        )
+    mesh = cfg["mesh"]
+    if not isinstance(mesh, str) or not 1 <= len(mesh.encode()) <= MAX_MESH_BYTES:
+        raise ConfigError("mesh: must be 1..%d bytes of UTF-8" % MAX_MESH_BYTES)
     if cfg["transport"] not in ("udp", "mqtt"):
         raise ConfigError("transport: expected udp or mqtt")
     for key in ("udp", "mqtt", "gateway", "discovery", "election", "score", "data", "wifi", "hw"):
@@ -80,13 +86,10 @@ def check(data):
             raise ConfigError("data.%s: unknown key" % key)
         data[key] = _positive(cfg["data"][key], "data." + key)
     cfg["data"] = data
-    for table, known in (("election", election_keys), ("score", score_keys)):
-        for key in cfg[table]:
-            if key not in known:
-                raise ConfigError("%s.%s: unknown key" % (table, key))
-            value = cfg[table][key]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ConfigError("%s.%s: expected an integer >= 0" % (table, key))
+    try:
+        make_config(cfg["heartbeat_ms"], cfg["election"], cfg["score"])
+    except ValueError as e:
+        raise ConfigError(str(e))  # "election.suspect_intervals: must be ...", as it is
     try:
         cfg["key_bytes"] = bytes.fromhex(cfg["mesh_key"]) if cfg["mesh_key"] else b""
     except (ValueError, TypeError):

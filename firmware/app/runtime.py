@@ -1,13 +1,20 @@
-"""The firmware's asyncio loop on UDP multicast: hardware, sockets, mDNS, and the shared core
-through ``MeshNode``. On MQTT, ``app.mqtt_transport.MqttRuntime`` extends it (that module is
-never loaded on UDP, so its code costs a UDP node no heap).
+"""The firmware's asyncio loop around the shared core's node application
+(``agent.core.app.NodeApp``, which does everything a node does with frames): hardware, the
+link the mesh's frames travel on, mDNS, status.
 
-Tasks: one receiver per socket (frames are handled the moment they arrive) and one main loop
-(ticks at the core's wakeup, sensor samples every ``sample_ms``, power every heartbeat, Wi-Fi
-and address check every second, watchdog, LED, mDNS announcements and queries, status).
+The link is UDP multicast and unicast (``UdpLink``, here) or an MQTT broker
+(``app.mqtt_transport.MqttLink``, loaded only when ``transport`` is ``mqtt``: its code costs a
+UDP node no heap). Both take the app's outgoing frames and feed it the frames that arrive; the
+runtime never asks which one it has.
 
-Status lines on stdout (``role leader term 3 leader fw-1``, ``status {...}``) are what the
-tests and a serial console read; ``status_file`` (optional) gets the same as JSON.
+Tasks: one receiver per socket (frames are handled the moment they arrive), the link's own
+task (MQTT), and one main loop (ticks at the app's wakeup, sensor samples every
+``sample_ms``, power every heartbeat, Wi-Fi and address check every second, watchdog, LED, mDNS
+announcements and queries, status).
+
+Status lines on stdout (``role leader term 3 leader fw-1``, printed from the app's events,
+``status {...}``) are what the tests and a serial console read; ``status_file`` (optional)
+gets the same as JSON.
 
 MicroPython only (``time.ticks_ms``, ``asyncio.sleep_ms``, ``sys.print_exception``). What
 runs once at boot lives in ``app.config`` (unloaded after boot). Constants are ``_NAME =
@@ -30,7 +37,8 @@ import mdns
 import udp
 from micropython import const  # type: ignore[import-not-found]
 
-from app.meshnode import BATCH_FRAME_BYTES, DEST_GATEWAY, DEST_MESH, DEST_NODE, MeshNode
+from agent.core.app import DEST_GATEWAY, DEST_MESH, DEST_NODE, NodeApp, make_config, nonzero
+from agent.core.node import ROLE_LEADER, ROLE_NAMES
 
 _AGENT_TYPE = const("_meshelect._udp.local")
 _GATEWAY_TYPE = const("_meshelect-gw._udp.local")
@@ -42,23 +50,82 @@ _MAX_SLEEP_MS = const(100)
 # Every receive allocates this much first: one datagram, not the codec's 4 KB frame limit (what
 # the mesh sends a node is under READINGS_FRAME_BYTES; a longer datagram is cut and dropped).
 _RX_BYTES = const(1500)
+# The encode buffer, allocated once at boot: as long as the app's longest frame (a batch, one
+# datagram: NodeApp's default max_frame_bytes).
+_ENCODE_BYTES = const(1400)
 
 
-def nonzero(drops):
-    """The counters of ``drops`` that are not 0 (the status lists only what happened)."""
-    out = {}
-    for key in drops:
-        if drops[key]:
-            out[key] = drops[key]
-    return out
+class UdpLink:
+    """The mesh on UDP: election frames to the multicast group, readings and acks unicast to
+    where the peer's frames came from, batches to the gateway. (The runtime's link interface:
+    ``app.mqtt_transport.MqttLink`` has the same.)"""
+
+    clock_paused = False  # the election clock never stops on UDP (see MqttLink)
+    browse = ()  # service types mDNS looks for besides the gateway and the agents
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        udp_cfg = runtime.cfg["udp"]
+        port = int(udp_cfg.get("port", udp.MESH_PORT))
+        self.group = (udp_cfg.get("group", udp.MESH_GROUP), port)  # the mesh's (address, port)
+        self.ttl = int(udp_cfg.get("ttl", 1))
+        self.sockets = []
+        self.send_errors = 0
+
+    def open(self, ip):
+        """The sockets frames arrive on (the runtime starts a receiver on each)."""
+        group, port = self.group
+        unicast_port = self.runtime.unicast_port
+        if unicast_port == port:
+            self.sockets = [udp.open_multicast(group, port, ip, self.ttl)]
+        else:
+            # Several nodes on one host (demos): unicast on its own port, group shared.
+            self.sockets = [
+                udp.open_unicast(ip, unicast_port),
+                udp.open_multicast(group, port, ip, self.ttl, bind_ip=group),
+            ]
+        return self.sockets
+
+    def close(self):
+        for sock in self.sockets:
+            sock.close()
+        self.sockets = []
+
+    def offline(self):
+        return not self.sockets
+
+    def send(self, out):
+        if not self.sockets:
+            self.send_errors += len(out)  # offline: the core and the data path resend
+            return
+        sock = self.sockets[0]
+        app = self.runtime.app
+        for dest, name, _kind, frame in out:
+            if dest == DEST_MESH:
+                addr = self.group
+            elif dest == DEST_NODE:
+                addr = app.address(name)  # learned from its frames; None: not yet
+            elif dest == DEST_GATEWAY:
+                addr = self.runtime.gateway
+            else:
+                addr = None
+            if addr is None or not udp.send(sock, frame, addr[0], addr[1]):
+                self.send_errors += 1
+
+    def leader(self, term):
+        pass  # we lead in ``term`` (MQTT publishes the leader record)
+
+    def found(self, m, now):
+        pass  # (MQTT looks for a broker)
+
+    run = None  # no task of its own: the runtime's receivers do it all
+
+    def status(self):
+        return {"transport": "udp", "connected": bool(self.sockets)}
 
 
 class Runtime:
-    transport = "udp"
-    clock_paused = False  # the election clock never stops on UDP (see MqttRuntime)
-    browse = (_GATEWAY_TYPE, _AGENT_TYPE)  # service types mDNS looks for
-
-    def __init__(self, cfg, hw):
+    def __init__(self, cfg, hw, link=UdpLink):
         self.cfg = cfg
         self.hw = hw
         self._ticks = time.ticks_ms()
@@ -67,34 +134,42 @@ class Runtime:
 
         boot = config.next_boot(cfg["boot_file"])
         self.boot = boot
-        self.mesh = MeshNode(
+        # Beside the boot counter: the highest term seen, so that after a power cut the first
+        # claim goes above the gateway's fence. Written only when it rises (flash wear is one
+        # small write per election).
+        term = 0
+        try:
+            # ("." and "term" are interned names already; ".term" would be one more, and the
+            # process is at the edge of a new qstr pool: firmware/README.md, "Memory".)
+            with open(cfg["boot_file"] + "." + "term") as f:
+                term = int(f.read())
+        except (OSError, ValueError):
+            pass
+        self.app = NodeApp(
             cfg["node_id"],
             cfg["mesh"],
             cfg["key_bytes"],
             boot,
-            # One reused encode buffer, a batch datagram long: no growing copies per frame.
-            cbor.Encoder(BATCH_FRAME_BYTES).dumps,
+            # One reused encode buffer: no growing copies per frame.
+            cbor.Encoder(_ENCODE_BYTES).dumps,
             cbor.loads,
+            config=make_config(cfg["heartbeat_ms"], cfg["election"], cfg["score"]),
+            seed=boot,
             buffer_size=cfg["data"]["buffer_capacity"],
             collector_size=cfg["data"]["collector_capacity"],
-            heartbeat_ms=cfg["heartbeat_ms"],
-            election=cfg["election"],
-            score=cfg["score"],
-            seed=boot,
-        )
+            clock_paused=link.clock_paused,
+            term=term,  # (the core ignores one out of range)
+        )  # (the rest: NodeApp's defaults are a board's)
         udp_cfg = cfg["udp"]
-        port = int(udp_cfg.get("port", udp.MESH_PORT))
-        self.group = (udp_cfg.get("group", udp.MESH_GROUP), port)  # the mesh's (address, port)
-        self.unicast_port = int(udp_cfg.get("unicast_port", port))
+        # Where our unicast frames arrive (UDP); mDNS advertises it on either link.
+        self.unicast_port = int(udp_cfg.get("unicast_port", udp_cfg.get("port", udp.MESH_PORT)))
         self.gateway = config.host_port(cfg["gateway"].get("address", ""), udp.GATEWAY_PORT)
-        self.mesh.gateway_known = self.gateway is not None
-        self.sockets = []
-        self.send_errors = 0
+        self.app.gateway_known = self.gateway is not None
+        self.link = link(self)
         self.mdns = None
         self.mdns_sock = None
         self._mdns_heard = False  # a packet came in since the last look at what mDNS found
-        self._announced = (None, 0, -_MIN_ANNOUNCE_INTERVAL_MS)
-        self._view = [None, None, None]  # role, term, leader last printed
+        self._announced = (None, 0, -_MIN_ANNOUNCE_INTERVAL_MS)  # role, score, when
         self.peak_heap = 0
         self.loop_errors = 0
         self.ip = None
@@ -102,13 +177,12 @@ class Runtime:
 
     def now(self):
         """Milliseconds since boot that never wrap (``ticks_ms`` wraps after 2**30 ms, about 12
-        days): the election clock."""
+        days). The app keeps its own election clock on top (it stops while MQTT's broker is
+        away)."""
         t = time.ticks_ms()
         self._ms += time.ticks_diff(t, self._ticks)
         self._ticks = t
         return self._ms
-
-    real = now  # time that never stops, even when MqttRuntime's now() does
 
     # ---- sockets -----------------------------------------------------------------------
 
@@ -125,17 +199,7 @@ class Runtime:
             return
         cfg = self.cfg
         try:
-            if self.transport == "udp":
-                group, port = self.group
-                ttl = int(cfg["udp"].get("ttl", 1))
-                if self.unicast_port == port:
-                    self.sockets = [udp.open_multicast(group, port, ip, ttl)]
-                else:
-                    # Several nodes on one host (demos): unicast on its own port, group shared.
-                    self.sockets = [
-                        udp.open_unicast(ip, self.unicast_port),
-                        udp.open_multicast(group, port, ip, ttl, bind_ip=group),
-                    ]
+            sockets = self.link.open(ip)
             if cfg["discovery"].get("enabled", True):
                 if self.mdns is None:
                     self.mdns = mdns.Mdns(
@@ -144,7 +208,7 @@ class Runtime:
                         self.unicast_port,
                         ip,
                         self._txt(),
-                        browse=self.browse,
+                        browse=(_GATEWAY_TYPE, _AGENT_TYPE) + self.link.browse,
                         host="meshelect-%s-%s" % (cfg["mesh"], cfg["node_id"]),
                     )
                 else:
@@ -157,7 +221,7 @@ class Runtime:
             self.close()
             self.ip = None  # try again at the next check
             return
-        for sock in self.sockets:
+        for sock in sockets:
             self._rx_tasks.append(asyncio.create_task(self.receive(sock)))
         if self.mdns_sock is not None:
             self._rx_tasks.append(asyncio.create_task(self.receive(self.mdns_sock)))
@@ -166,45 +230,52 @@ class Runtime:
         for task in self._rx_tasks:
             task.cancel()
         self._rx_tasks = []
-        for sock in self.sockets:
-            sock.close()
+        self.link.close()
         if self.mdns_sock is not None:
             self.mdns_sock.close()
-        self.sockets = []
         self.mdns_sock = None
 
     def _txt(self):
+        app = self.app
         return {
             "mesh": self.cfg["mesh"],
             "node": self.cfg["node_id"],
             "proto": _PROTO,
-            "role": self.mesh.role_name,
-            "score": str(self.mesh.node.score),
+            "role": ROLE_NAMES[app.node.role],
+            "score": str(app.node.score),
         }
 
-    # ---- sending -----------------------------------------------------------------------
+    # ---- the app's output --------------------------------------------------------------
 
     def flush(self):
-        out = self.mesh.out
-        if not out:
-            return
-        if not self.sockets:
-            self.send_errors += len(out)  # offline: the core and the data path resend
+        """Send what the app queued; act on its events."""
+        app = self.app
+        out = app.out
+        if out:
+            self.link.send(out)
             del out[:]
-            return
-        sock = self.sockets[0]
-        for dest, name, _kind, frame in out:
-            if dest == DEST_MESH:
-                addr = self.group
-            elif dest == DEST_NODE:
-                addr = self.mesh.address(name)  # learned from its frames; None: not yet
-            elif dest == DEST_GATEWAY:
-                addr = self.gateway
-            else:
-                addr = None
-            if addr is None or not udp.send(sock, frame, addr[0], addr[1]):
-                self.send_errors += 1
-        del out[:]
+        events = app.events
+        if events:
+            for event in events:
+                kind = event[0]
+                if kind == "role" or kind == "term":
+                    role = event[1]
+                    print("role %s term %d leader %s" % (ROLE_NAMES[role], event[2], event[3]))
+                    if role != event[5]:
+                        self._announced = (None, 0, -_MIN_ANNOUNCE_INTERVAL_MS)  # new TXT
+                    if role == ROLE_LEADER:
+                        self.link.leader(event[2])  # once per term
+                elif kind == "max_term":
+                    path = self.cfg["boot_file"] + "." + "term"
+                    try:
+                        with open(path + ".tmp", "w") as f:
+                            f.write("%d\n" % event[1])
+                        os.rename(path + ".tmp", path)  # a power cut leaves old or new
+                    except OSError:
+                        pass  # read-only filesystem: a FENCED answer still teaches the term
+                elif kind == "clock_paused":
+                    print(("clock paused: %s" if event[1] else "clock resumed: %s") % event[2])
+            del events[:]
 
     # ---- tasks -------------------------------------------------------------------------
 
@@ -215,10 +286,10 @@ class Runtime:
                 data, addr = await udp.recv(sock, _RX_BYTES)
                 if sock is self.mdns_sock:
                     self._mdns_heard = True
-                    for pkt, dest in self.mdns.receive(data, addr, self.real()):
+                    for pkt, dest in self.mdns.receive(data, addr, self.now()):
                         udp.send(sock, pkt, dest[0], dest[1])
                 else:
-                    self.mesh.frame(data, addr, self.now())
+                    self.app.frame(data, addr, self.now())
                     self.flush()
             except MemoryError:
                 # Out of heap: count it, let the other tasks run (and free), and go on
@@ -228,128 +299,118 @@ class Runtime:
                 await asyncio.sleep_ms(_MAX_SLEEP_MS)
 
     async def run(self, run_ms=0):
-        """Open the sockets and run the node until ``run_ms`` (0: for ever).
-
-        The core and the data path follow the election clock (``now()``, which MqttRuntime
-        stops while the broker is away); sampling, power, Wi-Fi, mDNS, LED and status follow
-        real time (``real()``), as in the Pi agent.
-        """
-        self.open()
-        cfg = self.cfg
-        mesh = self.mesh
-        hw = self.hw
-        now = self.now()
-        real = self.real()
-        battery, link, mains = hw.power(real)
-        mesh.set_power(battery, link, mains, cfg["eligible"])
-        mesh.start(now)
-        self.flush()
-        next_sample = real
-        next_power = real + cfg["heartbeat_ms"]
-        next_second = real
-        next_status = real
-        status_ms = int(cfg.get("status_ms", 1000))
-        while True:
+        """Open the sockets and run the node until ``run_ms`` (0: for ever)."""
+        task = None
+        if self.link.run is not None:  # the link's own task (MQTT: its client)
+            task = asyncio.create_task(self.link.run())
+        try:
+            self.open()
+            cfg = self.cfg
+            app = self.app
+            hw = self.hw
             now = self.now()
-            real = self.real()
-            if run_ms and real >= run_ms:
-                break
-            try:
-                if real >= next_power:
-                    next_power = real + cfg["heartbeat_ms"]
-                    battery, link, mains = hw.power(real)
-                    mesh.set_power(battery, link, mains, cfg["eligible"])
-                if real >= next_sample:
-                    next_sample = real + cfg["data"]["sample_ms"]
-                    try:
-                        metrics = hw.sample(real)
-                    except Exception:
-                        mesh.sample_errors += 1
-                        metrics = None
-                    if metrics:
-                        # Readings' t_ms: wall-clock ms (the board's RTC; set by NTP if it can).
-                        mesh.sample(now, time.time_ns() // 1000000, metrics)
-                if now >= mesh.wakeup:  # (as the Pi agent: a tick with no work still allocates)
-                    mesh.tick(now)
+            battery, link, mains = hw.power(now)
+            app.set_power(battery, link, mains, cfg["eligible"])
+            app.start(now)
+            self.flush()
+            next_sample = now
+            next_power = now + cfg["heartbeat_ms"]
+            next_second = now
+            next_status = now
+            status_ms = int(cfg.get("status_ms", 1000))
+            while True:
+                now = self.now()
+                if run_ms and now >= run_ms:
+                    break
+                try:
+                    if now >= next_power:
+                        next_power = now + cfg["heartbeat_ms"]
+                        battery, link, mains = hw.power(now)
+                        app.set_power(battery, link, mains, cfg["eligible"])
+                    if now >= next_sample:
+                        next_sample = now + cfg["data"]["sample_ms"]
+                        try:
+                            metrics = hw.sample(now)
+                        except Exception:
+                            app.sample_errors += 1
+                            metrics = None
+                        if metrics:
+                            # Readings' t_ms: wall-clock ms (the board's RTC; set by NTP if it can).
+                            app.sample(now, time.time_ns() // 1000000, metrics)
+                    if now >= app.wakeup:  # (as the Pi agent: a tick with no work still allocates)
+                        app.tick(now)
                     self.flush()
-                if real >= next_second:
-                    # Once a second: keep Wi-Fi up (board), reopen the sockets if the address
-                    # moved, mDNS upkeep (its announcements and queries are seconds apart;
-                    # answers go out from the receiver at once).
-                    next_second = real + 1000
-                    hw.maintain(real)
-                    if hw.ip() != self.ip:
-                        self.open()
-                    self.discovery(real)
-                node = mesh.node
-                view = self._view  # compared in place: no tuple per round
-                if view[0] != node.role or view[1] != node.term or view[2] != node.leader:
-                    view[0] = node.role
-                    view[1] = node.term
-                    view[2] = node.leader
-                    print("role %s term %d leader %s" % (mesh.role_name, node.term, node.leader))
-                hw.feed()
-                offline = self.transport == "udp" and not self.sockets
-                hw.show("offline" if offline else mesh.role_name, real)
-                if real >= next_status:
-                    next_status = real + status_ms
-                    self.status(now, real)
-            except MemoryError:
-                # Out of heap: count it, free what we can, go on with the next round (the
-                # core and the data path resend what this one could not send).
-                self.loop_errors += 1
-                gc.collect()
-            wait = min(next_sample, next_power) - self.real()
-            wait = min(wait, mesh.wakeup - self.now(), _MAX_SLEEP_MS)
-            await asyncio.sleep_ms(wait if wait > 0 else 0)
+                    if now >= next_second:
+                        # Once a second: keep Wi-Fi up (board), reopen the sockets if the address
+                        # moved, mDNS upkeep (its announcements and queries are seconds apart;
+                        # answers go out from the receiver at once).
+                        next_second = now + 1000
+                        hw.maintain(now)
+                        if hw.ip() != self.ip:
+                            self.open()
+                        self.discovery(now)
+                    hw.feed()
+                    hw.show("offline" if self.link.offline() else ROLE_NAMES[app.node.role], now)
+                    if now >= next_status:
+                        next_status = now + status_ms
+                        self.status(now)
+                except MemoryError:
+                    # Out of heap: count it, free what we can, go on with the next round (the
+                    # core and the data path resend what this one could not send).
+                    self.loop_errors += 1
+                    gc.collect()
+                now = self.now()
+                wait = min(next_sample, next_power) - now
+                wait = min(wait, app.wakeup - now, _MAX_SLEEP_MS)
+                await asyncio.sleep_ms(wait if wait > 0 else 0)
+        finally:
+            if task is not None:
+                task.cancel()
 
     def discovery(self, now):
         m = self.mdns
         if m is None:
             return
-        node = self.mesh.node
-        role = self.mesh.role_name
-        last_role, last_score, last_at = self._announced
-        if role != last_role or (
-            abs(node.score - last_score) >= _SCORE_CHANGE_TO_ANNOUNCE
-            and now - last_at >= _MIN_ANNOUNCE_INTERVAL_MS
+        node = self.app.node
+        role, score, at = self._announced
+        if role is None or (
+            abs(node.score - score) >= _SCORE_CHANGE_TO_ANNOUNCE
+            and now - at >= _MIN_ANNOUNCE_INTERVAL_MS
         ):
-            self._announced = (role, node.score, now)
+            self._announced = (node.role, node.score, now)
             m.set_txt(self._txt(), now)
         for pkt, dest in m.tick(now):
             if self.mdns_sock is not None:  # (None: the last open() failed)
                 udp.send(self.mdns_sock, pkt, dest[0], dest[1])
         # What mDNS found changes only when a packet comes in: no lookup (and its lists)
         # otherwise.
-        if self._mdns_heard and not self.cfg["gateway"].get("address"):
+        if self._mdns_heard:
             self._mdns_heard = False
-            for svc in m.found(_GATEWAY_TYPE, now):
-                if svc.addr is not None and svc.port:
-                    if self.gateway != (svc.addr, svc.port):
-                        self.gateway = (svc.addr, svc.port)
-                        print("gateway %s:%d (mdns)" % self.gateway)
-                    self.mesh.gateway_known = True
-                    break
+            if not self.cfg["gateway"].get("address"):
+                for svc in m.found(_GATEWAY_TYPE, now):
+                    if svc.addr is not None and svc.port:
+                        if self.gateway != (svc.addr, svc.port):
+                            self.gateway = (svc.addr, svc.port)
+                            print("gateway %s:%d (mdns)" % self.gateway)
+                        self.app.gateway_known = True
+                        break
+            self.link.found(m, now)
 
-    def status(self, now, real):
-        """The node's view, in the Pi agent's status shape (``meshelect status`` reads both).
-
-        Streamed as JSON to stdout and to ``status_file``: no 2 KB string on the heap.
+    def status(self, now):
+        """The app's status (the Pi agent's layout: ``meshelect status`` reads both) with the
+        board's own figures. Streamed as JSON to stdout and to ``status_file``: no 2 KB string
+        on the heap.
         """
         gc.collect()  # live heap, not garbage waiting for the next collection
         used = gc.mem_alloc()
         if used > self.peak_heap:
             self.peak_heap = used
         cfg = self.cfg
-        mesh = self.mesh
-        node = mesh.node
-        buf = mesh.buffer
-        col = mesh.collector
         m = self.mdns
         # Node ids of our mesh that mDNS found (as the Pi agent's status lists them).
         mdns_peers = []
         if m is not None:
-            for svc in m.found(_AGENT_TYPE, real):
+            for svc in m.found(_AGENT_TYPE, now):
                 txt = svc.txt
                 if (
                     txt.get("mesh") == cfg["mesh"]
@@ -358,57 +419,16 @@ class Runtime:
                 ):
                     mdns_peers.append(txt["node"])
             mdns_peers.sort()
-        status = {
-            "node": mesh.id,
-            "mesh": cfg["mesh"],
-            "runtime": "micropython",
-            "boot": self.boot,
-            "clock_ms": now,
-            "role": mesh.role_name,
-            "term": node.term,
-            "leader": node.leader,
-            "lead_reason": node.lead_reason,
-            "score": node.score,
-            "battery": node.battery,
-            "link": node.link,
-            "mains": node.mains,
-            "peers": sorted(node.peers.by_id),
-            "clock_paused": self.clock_paused,
-            "stats": {
-                "sent": node.stats_sent,
-                "terms_started": node.stats_terms_started,
-                "suspicions": node.stats_suspicions,
-                "handoffs": node.stats_handoffs,
-            },
-            "buffer": {
-                "depth": buf.depth,
-                "taken": buf.taken,
-                "dropped": buf.dropped,
-                "sent": buf.sent,
-                "resent": buf.resent,
-                "confirmed": buf.confirmed,
-            },
-            "collector": {
-                "held": col.held,
-                "received": col.received,
-                "overflow": col.overflow,
-                "duplicates": col.duplicates,
-                "batches_sent": col.batches_sent,
-                "batches_acked": col.batches_acked,
-                "batches_fenced": col.batches_fenced,
-                "discarded": col.discarded,
-            },
-            "drops": nonzero(mesh.codec.drops),
-            "mdns_drops": nonzero(m.drops) if m else {},
-            "mdns_peers": mdns_peers,
-            "send_errors": self.send_errors,
-            "errors": mesh.errors + self.loop_errors,
-            "last_error": mesh.last_error,
-            "heap": used,
-            "peak_heap": self.peak_heap,
-            "gateway": "%s:%d" % self.gateway if self.gateway else None,
-            "transport": self._transport_status(),
-        }
+        status = self.app.status(now, False)  # peers by id: a smaller heap
+        status["runtime"] = "micropython"
+        status["mdns_drops"] = nonzero(m.drops) if m else {}
+        status["mdns_peers"] = mdns_peers
+        status["send_errors"] = self.link.send_errors
+        status["errors"] += self.loop_errors
+        status["heap"] = used
+        status["peak_heap"] = self.peak_heap
+        status["gateway"] = "%s:%d" % self.gateway if self.gateway else None
+        status["transport"] = self.link.status()
         if cfg.get("print_status", True):
             print("status", end=" ")
             json.dump(status, sys.stdout)
@@ -422,14 +442,12 @@ class Runtime:
             except OSError:
                 pass
 
-    def _transport_status(self):
-        return {"transport": "udp", "connected": bool(self.sockets)}
-
     def stop(self):
-        """Graceful: hand over, say goodbye on mDNS; sends synchronously (the loop is gone)."""
-        self.mesh.stop(self.now())
-        if self.transport == "udp":  # (MQTT: the client's task is gone with the loop)
-            self.flush()
+        """Graceful: hand over, say goodbye on mDNS; sends synchronously (the loop is gone,
+        so on MQTT, whose client was a task, the goodbye stays unsent)."""
+        gc.collect()  # the loop's last garbage: room for the goodbye in a full heap
+        self.app.stop(self.now())
+        self.flush()
         if self.mdns is not None and self.mdns_sock is not None:
             udp.send(self.mdns_sock, self.mdns.goodbye(), mdns.MDNS_GROUP, mdns.MDNS_PORT)
         print("stopped")
@@ -443,15 +461,18 @@ def main(path="config.json"):
     from app import config
 
     cfg, hw = config.boot(path)
+    link = UdpLink
     if cfg["transport"] == "mqtt":
-        from app.mqtt_transport import MqttRuntime
-
-        rt = MqttRuntime(cfg, hw)
-    else:
-        rt = Runtime(cfg, hw)
+        from app.mqtt_transport import MqttLink as link
+    try:
+        rt = Runtime(cfg, hw, link)
+    except ValueError as e:  # settings the core refuses (app.config checked their types)
+        print("config: %s" % e)
+        sys.exit(2)
+    if link is UdpLink:
         # Read once at boot: forget app.config so that the collector frees its code (nothing
         # else holds one of its functions; a later import would load it again). The MQTT
-        # transport keeps it: it uses its host_port.
+        # link keeps it: it uses its host_port.
         config = None
         del sys.modules["app.config"]
         del sys.modules["app"].config

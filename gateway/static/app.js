@@ -1,10 +1,11 @@
 // meshelect dashboard: one EventSource (/api/events) keeps every mesh live.
 // The first event is a snapshot, with the recent readings and the metrics' units, so the
 // charts draw at once; later events (batch, mesh, election, alert, alert_cleared, fenced,
-// operator) are applied as they come. Charts are plotly.js (served by the gateway from the
-// installed plotly package); the member graph is a small hand-drawn SVG. The connection opens
-// as this script runs; plotly.js (preloaded by the page) runs only after the first snapshot is
-// drawn, since reading it blocks the browser for a second or more.
+// refused, fence_reset, health, operator) are applied as they come. Charts are plotly.js
+// (served by the gateway from the installed plotly package); the member graph is a small
+// hand-drawn SVG. The connection opens as this script runs; plotly.js (preloaded by the page)
+// runs only after the first snapshot is drawn, since reading it blocks the browser for a
+// second or more.
 "use strict";
 
 const MAX_POINTS = 600;        // per chart trace kept in the browser
@@ -55,6 +56,11 @@ function unitOf(metric) {
   return units.plain;
 }
 const axisTitle = (metric) => { const u = unitOf(metric).unit; return metric + (u ? " (" + u + ")" : ""); };
+// Alerts raised while the gateway's storage fails have no id until they are stored: key them
+// by what identifies them either way.
+const alertKey = (a) => [a.mesh, a.kind, a.node, a.raised_ms].join("\u0000");
+const fenceResetText = (r) =>
+  "fence reset by operator (" + r.source + ") at term " + r.to_term + " \u00b7 was " + r.from_term + " \u00b7 " + clock(r.at_ms);
 
 // ---- per-mesh view ----------------------------------------------------------------------
 
@@ -69,7 +75,7 @@ function meshView(name) {
   const after = all.find((s) => s.dataset.mesh > name);
   document.getElementById("meshes").insertBefore(section, after || null);
   view = {
-    name, section, mesh: null, elections: [], actions: [], readings: new Map(), agg: new Map(),
+    name, section, mesh: null, elections: [], resets: [], actions: [], readings: new Map(), agg: new Map(),
     seen: new Set(), dirty: true, count: 0,
   };
   state.meshes.set(name, view);
@@ -118,6 +124,9 @@ function renderMesh(view) {
   const open = [...state.alerts.values()].filter((a) => a.mesh === view.name && a.cleared_ms == null);
   s.querySelector(".mesh-alert-count").innerHTML = open.length
     ? '<span class="badge-alert">' + open.length + " open alert" + (open.length > 1 ? "s" : "") + "</span>" : "";
+  const reset = s.querySelector(".fence-reset");
+  reset.hidden = !mesh.fence_reset;
+  reset.textContent = mesh.fence_reset ? fenceResetText(mesh.fence_reset) : "";
   renderGraph(view);
   renderTable(view);
   s.querySelector(".leader-why").textContent = leaderWhy(mesh);
@@ -233,12 +242,20 @@ function renderAlerts() {
 }
 
 function renderTimeline(view) {
-  // Elections and, in demo mode, the operator's actions that caused them, newest first.
+  // Elections, operators' fence resets and, in demo mode, the operator's actions that caused
+  // elections, newest first.
   const list = view.section.querySelector("ol.timeline");
   list.replaceChildren();
-  const entries = [...view.elections, ...view.actions.map((a) => ({ ...a, operator: true }))]
-    .sort((a, b) => a.at_ms - b.at_ms);
+  const entries = [
+    ...view.elections,
+    ...view.resets.map((r) => ({ ...r, reset: true })),
+    ...view.actions.map((a) => ({ ...a, operator: true })),
+  ].sort((a, b) => a.at_ms - b.at_ms);
   for (const e of entries.reverse().slice(0, 50)) {
+    if (e.reset) {
+      list.appendChild(el("li", { class: "fence-reset-entry", "data-term": e.to_term }, fenceResetText(e)));
+      continue;
+    }
     if (e.operator) {
       const li = el("li", { class: "operator-entry", "data-action": e.action });
       li.appendChild(el("span", { class: "reason reason-operator" }, "operator"));
@@ -385,6 +402,18 @@ setInterval(() => {
 // Ages ("3 s ago") and silence colours move with time even without events.
 setInterval(() => { for (const view of state.meshes.values()) renderMesh(view); }, 2000);
 
+function renderHealth(health) {
+  // The gateway's own problems (storage failing, a wall-clock step) above every mesh.
+  const banner = document.getElementById("health");
+  const problems = (health && health.problems) || [];
+  banner.hidden = problems.length === 0;
+  banner.replaceChildren();
+  for (const p of problems) {
+    const since = p.since_ms ? " (since " + clock(p.since_ms) + ")" : "";
+    banner.appendChild(el("span", { class: "problem problem-" + p.severity, "data-what": p.what }, p.message + since));
+  }
+}
+
 // ---- the live feed ----------------------------------------------------------------------
 
 const handlers = {
@@ -392,9 +421,11 @@ const handlers = {
     state.clockSkew = ev.now_ms - Date.now();
     state.units = ev.units || state.units;
     state.alerts.clear();
-    for (const a of ev.alerts) state.alerts.set(a.id, a);
-    for (const mesh of ev.meshes) { const v = meshView(mesh.name); v.mesh = mesh; v.elections = []; }
+    for (const a of ev.alerts) state.alerts.set(alertKey(a), a);
+    for (const mesh of ev.meshes) { const v = meshView(mesh.name); v.mesh = mesh; v.elections = []; v.resets = []; }
     for (const e of ev.elections) meshView(e.mesh).elections.push(e);
+    for (const r of ev.fence_resets || []) meshView(r.mesh).resets.push(r);
+    renderHealth(ev.health);
     for (const [name, past] of Object.entries(ev.history || {})) {
       const view = meshView(name);
       for (const [node, boot, seq, tMs, receivedMs, metrics] of past.readings) addReading(view, node, boot, seq, tMs, receivedMs, metrics);
@@ -425,12 +456,18 @@ const handlers = {
     renderTimeline(view);
     view.dirty = true;
   },
-  alert(ev) { state.alerts.set(ev.id, ev); renderAlerts(); const v = state.meshes.get(ev.mesh); if (v) renderMesh(v); },
+  alert(ev) { state.alerts.set(alertKey(ev), ev); renderAlerts(); const v = state.meshes.get(ev.mesh); if (v) renderMesh(v); },
   alert_cleared(ev) {
-    if (ev.id != null) state.alerts.set(ev.id, ev);
+    state.alerts.set(alertKey(ev), ev);
     renderAlerts();
     const v = state.meshes.get(ev.mesh); if (v) renderMesh(v);
   },
+  fence_reset(ev) {
+    const view = meshView(ev.mesh);
+    if (!view.resets.some((r) => r.id === ev.id)) view.resets.push(ev);
+    renderTimeline(view);
+  },
+  health(ev) { renderHealth(ev.health); },
   operator(ev) {
     // Demo mode: an action that broke the mesh on purpose (gateway/democontrol.py).
     const view = meshView(ev.mesh);
@@ -439,6 +476,7 @@ const handlers = {
     document.dispatchEvent(new CustomEvent("meshelect-operator", { detail: ev }));
   },
   fenced() {},
+  refused() {},
 };
 
 function connect() {

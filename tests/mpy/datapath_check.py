@@ -26,6 +26,7 @@ from agent.core.prng import Prng
 cbor = None
 Codec = None
 WireError = None
+check_batch = None
 
 MESH = "greenhouse"
 KEY = b"datapath-check-key"
@@ -65,7 +66,7 @@ class Mesh:
         self.taken = {}
         self.lost = {}  # readings in a crashed node's RAM
         self.dropped_total = 0
-        self.gw_codec = Codec(MESH, KEY, cbor.dumps, cbor.loads, boot=1)
+        self.gw_codec = Codec(MESH, KEY, cbor.dumps, cbor.loads, boot=1, check_batch=check_batch)
         self.gw_term = 0
         self.stored = {}
         self.duplicates = 0
@@ -81,7 +82,10 @@ class Mesh:
 
     def start(self, node):
         self.buffers[node] = ReadingBuffer(node, self.boot[node], self.capacity)
-        self.codecs[node] = Codec(MESH, KEY, cbor.dumps, cbor.loads, boot=self.boot[node])
+        # Leaders' batches are checked with the gateway's schema before they go out.
+        self.codecs[node] = Codec(
+            MESH, KEY, cbor.dumps, cbor.loads, boot=self.boot[node], check_batch=check_batch
+        )
         self.view[node] = (self.leader, self.term)
 
     def elect(self, new):
@@ -235,11 +239,12 @@ def counters(obj, names):
 
 
 def import_codec():
-    global cbor, Codec, WireError
+    global cbor, Codec, WireError, check_batch
     try:
         import cbor  # firmware/lib on MICROPYPATH
     except ImportError:
         from firmware.lib import cbor
+    from agent.core.batchcheck import check_batch
     from agent.core.wire import Codec, WireError
 
 

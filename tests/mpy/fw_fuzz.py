@@ -1,4 +1,4 @@
-"""Fuzz the firmware's parsers under MicroPython: mDNS, MQTT and a whole frame into MeshNode.
+"""Fuzz the firmware's parsers under MicroPython: mDNS, MQTT and a whole frame into the node app.
 
 usage: micropython fw_fuzz.py [ROUNDS]
 Bounded: ROUNDS inputs per parser (default 3000). Every input must be either accepted or
@@ -12,7 +12,9 @@ import sys
 import cbor
 import mdns
 import mqtt
-from app.meshnode import MeshNode
+
+from agent.core.app import NodeApp
+from agent.core.node import ROLE_NAMES
 
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
 
@@ -121,12 +123,17 @@ def fuzz_mqtt(rng):
     }
 
 
+def board_app(name):
+    """A node app as the firmware's runtime makes one (NodeApp's defaults are a board's)."""
+    return NodeApp(name, "m", None, 1, cbor.dumps, cbor.loads)
+
+
 def fuzz_frames(rng):
     # No mesh key: mutated frames then reach the CBOR decoder instead of failing the tag.
-    node = MeshNode("fz", "m", None, 1, cbor.dumps, cbor.loads)
+    node = board_app("fz")
     node.start(0)
     seeds = [f for _, _, _, f in node.out]
-    other = MeshNode("peer", "m", None, 1, cbor.dumps, cbor.loads)
+    other = board_app("peer")
     other.start(0)
     seeds += [f for _, _, _, f in other.out]
     for i in range(ROUNDS):
@@ -137,7 +144,7 @@ def fuzz_frames(rng):
         "drops": sum([drops[k] for k in drops]),
         "malformed": drops["malformed"],
         "errors": node.errors,
-        "role": node.role_name,
+        "role": ROLE_NAMES[node.node.role],
     }
 
 

@@ -20,9 +20,10 @@ if THRESHOLD:
     gc.threshold(THRESHOLD)  # as app.config.boot does: less fragmentation
 
 import cbor
-from app.meshnode import DEST_GATEWAY, MeshNode
 
+from agent.core.app import DEST_GATEWAY, NodeApp
 from agent.core.messages import ACK_OK, BATCH_ACK, HEARTBEAT, READINGS, Msg
+from agent.core.node import ROLE_NAMES
 from agent.core.wire import Codec
 
 SECONDS = int(sys.argv[1]) if len(sys.argv) > 1 else 40
@@ -36,7 +37,8 @@ KEY = b"memory-bench-key"
 gc.collect()
 after_imports = gc.mem_alloc()
 
-leader = MeshNode(
+# As the firmware's runtime makes it (firmware/app/runtime.py; NodeApp's defaults are a board's).
+leader = NodeApp(
     "fw-lead", "bench", KEY, 1, cbor.dumps, cbor.loads, buffer_size=BUFFER, collector_size=COLLECTOR
 )
 leader.set_power(1000, 1000, True)
@@ -83,6 +85,7 @@ while now <= end:
         if dest == DEST_GATEWAY:
             sent_batches += 1
     del leader.out[:]
+    del leader.events[:]
     if now > end // 2 and sent_batches:
         # The gateway is another machine: its decoding must not count against this heap, so
         # the bench answers from the leader's own record of the batches it has in flight.
@@ -102,7 +105,7 @@ col = leader.collector
 print(
     json.dumps(
         {
-            "role": leader.role_name,
+            "role": ROLE_NAMES[leader.node.role],
             "buffer": BUFFER,
             "collector": COLLECTOR,
             "rate": RATE,

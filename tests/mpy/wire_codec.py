@@ -15,13 +15,14 @@ from binascii import hexlify, unhexlify
 
 import cbor
 
+from agent.core.batchcheck import check_batch
 from agent.core.messages import Msg
 from agent.core.wire import Codec, WireError
 
 
 def codec(mesh, keyhex, boot=0):
     key = None if keyhex == "-" else unhexlify(keyhex)
-    return Codec(mesh, key=key, dumps=cbor.dumps, loads=cbor.loads, boot=boot)
+    return Codec(mesh, key, cbor.dumps, cbor.loads, boot=boot, check_batch=check_batch)
 
 
 def decode(c):

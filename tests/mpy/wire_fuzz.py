@@ -14,6 +14,7 @@ from binascii import hexlify
 import cbor
 
 from agent.core import messages as m
+from agent.core.batchcheck import check_batch
 from agent.core.wire import Codec, WireError
 
 MESH = "greenhouse"
@@ -44,7 +45,7 @@ def seeds():
     ]
     out = []
     for key in (None, KEY):
-        tx = Codec(MESH, key=key, dumps=cbor.dumps, loads=cbor.loads, boot=1)
+        tx = Codec(MESH, key, cbor.dumps, cbor.loads, boot=1, check_batch=check_batch)
         for msg in msgs:
             out.append(tx.encode(msg))
     return out
@@ -77,8 +78,8 @@ def main():
     random.seed(int(sys.argv[1]))
     count = int(sys.argv[2])
     frames = seeds()
-    plain = Codec(MESH, dumps=cbor.dumps, loads=cbor.loads)
-    keyed = Codec(MESH, key=KEY, dumps=cbor.dumps, loads=cbor.loads)
+    plain = Codec(MESH, None, cbor.dumps, cbor.loads, check_batch=check_batch)
+    keyed = Codec(MESH, KEY, cbor.dumps, cbor.loads, check_batch=check_batch)
     decoded = 0
     accepted = 0
     for i in range(count):

@@ -22,7 +22,9 @@ import threading
 import time
 from typing import Any
 
+from agent import strict_cbor
 from agent.core import wire
+from agent.core.batchcheck import check_batch
 from agent.core.messages import BATCH, Msg
 from gateway.ingest import Ingest
 from gateway.metrics import Counters
@@ -35,7 +37,9 @@ READINGS_PER_BATCH = 64  # datapath.BATCH_MAX_READINGS
 
 def leader_batches(mesh: str, leader: str, count: int, nodes: int = 8) -> list[dict[str, Any]]:
     """``count`` batches that each fit one frame, readings spread over ``nodes`` members."""
-    codec = wire.Codec(mesh, b"bench-key")
+    codec = wire.Codec(
+        mesh, b"bench-key", strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch
+    )
     batches = []
     seq = 0
     for batch_id in range(1, count + 1):

@@ -1,0 +1,16 @@
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from agent.core.mesh import Mesh
+
+class ScenarioError(ValueError): ...
+
+class Replay:
+    write: Callable[[str], object]
+    mesh: Mesh
+    steps: list[dict[str, Any]]
+    def __init__(self, scenario: object, write: Callable[[str], object]) -> None: ...
+    def run(self) -> None: ...
+
+def run_file(path: str, write: Callable[[str], object]) -> None: ...
+def cli(argv: Sequence[str]) -> int: ...
