@@ -20,7 +20,7 @@ import functools
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
@@ -42,12 +42,28 @@ class IngestOutcome(NamedTuple):
     new_batch: bool  # False when this exact batch (mesh, leader, term, id) was stored before
 
 
+class Purged(NamedTuple):
+    """What one retention purge deleted."""
+
+    raw: int  # raw readings
+    aggregates: int
+    elections: int  # election records (the newest of each mesh is always kept)
+    alerts: int  # cleared alerts (an open alert is never deleted)
+
+
+# One batch's result in a group commit: its outcome, or the error that made the storage roll
+# back that batch alone (a bug, not a database failure: those fail the whole group).
+GroupResult = IngestOutcome | Exception
+
+
 class Storage(Protocol):
     """What the gateway needs from a database. Implementations must be safe for many writers."""
 
     def next_boot(self) -> int: ...
 
     def ingest(self, term: int, batch: Batch, now_ms: int) -> IngestOutcome: ...
+
+    def ingest_many(self, items: Sequence[tuple[int, Batch]], now_ms: int) -> list[GroupResult]: ...
 
     def add_election(self, mesh: str, term: int, leader: str, reason: str, at_ms: int) -> bool: ...
 
@@ -57,7 +73,7 @@ class Storage(Protocol):
 
     def clear_alert(self, alert_id: int, now_ms: int) -> None: ...
 
-    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> tuple[int, int]: ...
+    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> Purged: ...
 
     def retention_state(self) -> tuple[int | None, int | None]: ...
 
@@ -181,6 +197,13 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+# Retention of the history tables, shared by both backends (placeholders in psycopg's style).
+PURGE_ELECTIONS = (
+    "DELETE FROM elections WHERE at_ms < %s "
+    "AND id NOT IN (SELECT MAX(id) FROM elections GROUP BY mesh)"
+)
+PURGE_ALERTS = "DELETE FROM alerts WHERE cleared_ms IS NOT NULL AND cleared_ms < %s"
+
 _DAY_MS = 86_400_000
 _BUSY_TIMEOUT_MS = 10_000
 # A checkpoint that has to wait for readers gives up quickly and is tried again later, rather
@@ -203,14 +226,17 @@ def _guarded(
     def wrapper(self: SqliteStorage, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.OperationalError as exc:
-            raise StorageError(str(exc)) from exc
         except sqlite3.DatabaseError as exc:
-            if type(exc) is not sqlite3.DatabaseError:  # IntegrityError, ProgrammingError...
+            if not _database_failure(exc):  # IntegrityError, ProgrammingError...
                 raise
             raise StorageError(str(exc)) from exc  # e.g. "database disk image is malformed"
 
     return wrapper
+
+
+def _database_failure(exc: BaseException) -> bool:
+    """Is this SQLite error a failure of the database itself (full disk, I/O, busy, corrupt)?"""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
 class SqliteStorage:
@@ -302,82 +328,110 @@ class SqliteStorage:
 
     # -- writes ------------------------------------------------------------------------------
 
-    @_guarded
     def ingest(self, term: int, batch: Batch, now_ms: int) -> IngestOutcome:
         """Fence, then store the batch's readings once each, all in one transaction."""
-        mesh = batch.mesh
+        result = self.ingest_many([(term, batch)], now_ms)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @_guarded
+    def ingest_many(self, items: Sequence[tuple[int, Batch]], now_ms: int) -> list[GroupResult]:
+        """Group commit: fence and store each (term, batch) in order, all in one transaction.
+
+        Each batch is fenced and deduplicated as if it came alone (later batches see what the
+        earlier ones wrote). A batch that raises anything but a failure of the database is
+        rolled back to its savepoint and its error returned in its place: it does not spoil the
+        others. A failure of the database (StorageError) fails the whole group, so nothing is
+        acknowledged that is not durable. One commit (one fsync) for the whole group.
+        """
+        results: list[GroupResult] = []
         with self._transaction() as db:
-            row = db.execute("SELECT term, leader FROM meshes WHERE name = ?", (mesh,)).fetchone()
-            stored = None if row is None else int(row[0])
-            verdict = fence.decide(
-                stored,
-                term,
-                lambda: (
-                    (row is not None and row[1] == batch.leader) or self._known(mesh, batch.leader)
-                ),
-            )
-            if verdict != fence.ACCEPT:
-                # Nothing was written: the commit ends an empty transaction.
-                status = ACK_FENCED if verdict == fence.FENCED else ACK_REJECTED
-                return IngestOutcome(status, stored or 0, 0, 0, False)
-            # Conditional upsert: only a term at least as high as the stored one moves it (the
-            # write lock is held since BEGIN IMMEDIATE; this keeps the rule in the data too).
-            db.execute(
-                "INSERT INTO meshes (name, term, leader, updated_ms) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET term = excluded.term, leader = excluded.leader, "
-                "updated_ms = excluded.updated_ms WHERE excluded.term >= meshes.term",
-                (mesh, term, batch.leader, now_ms),
-            )
-            before = db.total_changes
-            db.execute(
-                "INSERT OR IGNORE INTO batches VALUES (?, ?, ?, ?, ?, ?)",
-                (mesh, batch.leader, term, batch.batch_id, now_ms, len(batch.readings)),
-            )
-            new_batch = db.total_changes > before
-            before = db.total_changes
+            for term, batch in items:
+                db.execute("SAVEPOINT batch")
+                try:
+                    results.append(self._ingest_one(db, term, batch, now_ms))
+                except Exception as exc:
+                    if _database_failure(exc):
+                        raise
+                    db.execute("ROLLBACK TO batch")
+                    results.append(exc)
+                db.execute("RELEASE batch")
+        return results
+
+    def _ingest_one(
+        self, db: sqlite3.Connection, term: int, batch: Batch, now_ms: int
+    ) -> IngestOutcome:
+        mesh = batch.mesh
+        row = db.execute("SELECT term, leader FROM meshes WHERE name = ?", (mesh,)).fetchone()
+        stored = None if row is None else int(row[0])
+        verdict = fence.decide(
+            stored,
+            term,
+            lambda: (row is not None and row[1] == batch.leader) or self._known(mesh, batch.leader),
+        )
+        if verdict != fence.ACCEPT:
+            # Nothing was written for this batch.
+            status = ACK_FENCED if verdict == fence.FENCED else ACK_REJECTED
+            return IngestOutcome(status, stored or 0, 0, 0, False)
+        # Conditional upsert: only a term at least as high as the stored one moves it (the
+        # write lock is held since BEGIN IMMEDIATE; this keeps the rule in the data too).
+        db.execute(
+            "INSERT INTO meshes (name, term, leader, updated_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET term = excluded.term, leader = excluded.leader, "
+            "updated_ms = excluded.updated_ms WHERE excluded.term >= meshes.term",
+            (mesh, term, batch.leader, now_ms),
+        )
+        before = db.total_changes
+        db.execute(
+            "INSERT OR IGNORE INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+            (mesh, batch.leader, term, batch.batch_id, now_ms, len(batch.readings)),
+        )
+        new_batch = db.total_changes > before
+        before = db.total_changes
+        db.executemany(
+            "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    mesh,
+                    r.node,
+                    r.boot,
+                    r.seq,
+                    r.t_ms,
+                    now_ms,
+                    json.dumps(r.metrics, separators=(",", ":"), sort_keys=True),
+                )
+                for r in batch.readings
+            ],
+        )
+        inserted = db.total_changes - before
+        if new_batch and batch.aggregates:
+            # A resent batch carries the same aggregates: store them with the first copy only.
             db.executemany(
-                "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         mesh,
-                        r.node,
-                        r.boot,
-                        r.seq,
-                        r.t_ms,
+                        batch.leader,
+                        term,
+                        a.node,
+                        a.metric,
+                        a.samples,
+                        a.min,
+                        a.max,
+                        a.mean,
                         now_ms,
-                        json.dumps(r.metrics, separators=(",", ":"), sort_keys=True),
                     )
-                    for r in batch.readings
+                    for a in batch.aggregates
                 ],
             )
-            inserted = db.total_changes - before
-            if new_batch and batch.aggregates:
-                # A resent batch carries the same aggregates: store them with the first copy only.
-                db.executemany(
-                    "INSERT INTO aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            mesh,
-                            batch.leader,
-                            term,
-                            a.node,
-                            a.metric,
-                            a.samples,
-                            a.min,
-                            a.max,
-                            a.mean,
-                            now_ms,
-                        )
-                        for a in batch.aggregates
-                    ],
-                )
-            if batch.members:
-                self._upsert_members(mesh, batch.members, now_ms)
-            if batch.dropped:
-                db.executemany(
-                    "UPDATE nodes SET dropped = ? WHERE mesh = ? AND node = ?",
-                    [(count, mesh, node) for node, count in batch.dropped],
-                )
+        if batch.members:
+            self._upsert_members(mesh, batch.members, now_ms)
+        if batch.dropped:
+            db.executemany(
+                "UPDATE nodes SET dropped = ? WHERE mesh = ? AND node = ?",
+                [(count, mesh, node) for node, count in batch.dropped],
+            )
         return IngestOutcome(
             ACK_OK, max(term, stored or 0), inserted, len(batch.readings) - inserted, new_batch
         )
@@ -440,29 +494,33 @@ class SqliteStorage:
         )
 
     @_guarded
-    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> tuple[int, int]:
-        """Apply retention: (raw readings deleted, aggregates deleted).
+    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> Purged:
+        """Apply retention; returns what was deleted.
 
-        Raw readings (and batch records) received before ``now_ms - raw retention`` go, and
-        aggregates received before ``agg_now_ms - aggregate retention`` (``agg_now_ms``
-        defaults to ``now_ms``). Both reference times are kept, in the same transaction, so a
-        restart goes on from them (:meth:`retention_state`, gateway/retention.py).
+        Raw readings (and batch records) received before ``now_ms - raw retention`` go;
+        aggregates, election records and cleared alerts from before ``agg_now_ms - aggregate
+        retention`` (``agg_now_ms`` defaults to ``now_ms``) go too, except each mesh's newest
+        election (it names the current leader, which the fence knows by it) and open alerts.
+        Both reference times are kept, in the same transaction, so a restart goes on from them
+        (:meth:`retention_state`, gateway/retention.py).
         """
         agg_now = now_ms if agg_now_ms is None else agg_now_ms
         raw_cutoff = now_ms - self.raw_retention_ms
+        history_cutoff = agg_now - self.aggregate_retention_ms
         with self._transaction() as db:
             raw = db.execute("DELETE FROM readings WHERE received_ms < ?", (raw_cutoff,)).rowcount
             db.execute("DELETE FROM batches WHERE received_ms < ?", (raw_cutoff,))
             agg = db.execute(
-                "DELETE FROM aggregates WHERE received_ms < ?",
-                (agg_now - self.aggregate_retention_ms,),
+                "DELETE FROM aggregates WHERE received_ms < ?", (history_cutoff,)
             ).rowcount
+            elections = db.execute(PURGE_ELECTIONS.replace("%s", "?"), (history_cutoff,)).rowcount
+            alerts = db.execute(PURGE_ALERTS.replace("%s", "?"), (history_cutoff,)).rowcount
             db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [("retention_raw_now", now_ms), ("retention_agg_now", agg_now)],
             )
-        return raw, agg
+        return Purged(raw, agg, elections, alerts)
 
     @_guarded
     def retention_state(self) -> tuple[int | None, int | None]:
