@@ -50,6 +50,7 @@ class Arrival(NamedTuple):
     sender: str
     term: int
     body: Any
+    checked: bool = False  # the codec applied the batch schema already (gateway/batch.py)
 
 
 class IngestResult(NamedTuple):
@@ -101,7 +102,7 @@ class Ingest:
         parsed: list[tuple[int, Arrival, Batch]] = []
         for index, arrival in enumerate(arrivals):
             try:
-                batch = parse_batch(arrival.body, arrival.mesh, arrival.sender)
+                batch = parse_batch(arrival.body, arrival.mesh, arrival.sender, arrival.checked)
             except BatchError as exc:
                 results[index] = self._reject(
                     arrival.transport, arrival.body, "batch_" + exc.reason

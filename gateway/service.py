@@ -348,7 +348,7 @@ class Gateway:
             if topic_mesh is not None and topic_mesh != mesh:
                 self.counters.count_drop(transport, "topic_mismatch")
                 continue
-            arrivals.append(Arrival(transport, mesh, msg.sender, msg.term, msg.body))
+            arrivals.append(Arrival(transport, mesh, msg.sender, msg.term, msg.body, True))
             slots.append(index)
         results = self.ingest.receive_many(arrivals, now)
         for index, arrival, result in zip(slots, arrivals, results, strict=True):

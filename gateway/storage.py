@@ -204,6 +204,10 @@ PURGE_ELECTIONS = (
 )
 PURGE_ALERTS = "DELETE FROM alerts WHERE cleared_ms IS NOT NULL AND cleared_ms < %s"
 
+# Metrics as stored: compact, keys sorted. One encoder for every reading (json.dumps builds one
+# per call, a tenth of the ingest path's time).
+_to_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
 _DAY_MS = 86_400_000
 _BUSY_TIMEOUT_MS = 10_000
 # A checkpoint that has to wait for readers gives up quickly and is tried again later, rather
@@ -399,7 +403,7 @@ class SqliteStorage:
                     r.seq,
                     r.t_ms,
                     now_ms,
-                    json.dumps(r.metrics, separators=(",", ":"), sort_keys=True),
+                    _to_json(r.metrics),
                 )
                 for r in batch.readings
             ],
