@@ -31,7 +31,7 @@ from gateway.health import Health
 from gateway.ingest import Arrival, Ingest
 from gateway.metrics import Counters, MetricsRenderer
 from gateway.retention import Retention
-from gateway.storage import SqliteStorage, StorageError
+from gateway.storage import SqliteStorage, Storage, StorageError
 from gateway.tracker import Tracker, TrackerConfig
 from gateway.upkeep import Upkeep
 
@@ -243,12 +243,22 @@ class Gateway:
 
     def _open_storage(self) -> None:
         config = self.config
-        storage = SqliteStorage(
-            config.db_path,
-            raw_retention_ms=config.raw_retention_ms,
-            aggregate_retention_ms=config.aggregate_retention_ms,
-            synchronous=config.synchronous,
-        )
+        storage: Storage
+        if config.db_path.startswith(("postgresql://", "postgres://")):
+            from gateway.pgstorage import PostgresStorage
+
+            storage = PostgresStorage(
+                config.db_path,
+                raw_retention_ms=config.raw_retention_ms,
+                aggregate_retention_ms=config.aggregate_retention_ms,
+            )
+        else:
+            storage = SqliteStorage(
+                config.db_path,
+                raw_retention_ms=config.raw_retention_ms,
+                aggregate_retention_ms=config.aggregate_retention_ms,
+                synchronous=config.synchronous,
+            )
         boot = storage.next_boot()
         self.ingest = Ingest(storage, Tracker(config.tracker), self.counters, self.health_state)
         self.ingest.restore()

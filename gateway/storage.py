@@ -243,7 +243,107 @@ def _database_failure(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
 
 
-class SqliteStorage:
+class SqlReads:
+    """The read queries both backends share; ``P`` is the driver's placeholder."""
+
+    P = "?"
+    AGGREGATE_ORDER = "rowid"  # the insertion order of the aggregates table
+
+    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def meshes(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT name, term, leader, updated_ms FROM meshes ORDER BY name")
+
+    def nodes(self, mesh: str) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT node, score, battery, link, flags, last_seen_ms, dropped FROM nodes "
+            "WHERE mesh = %s ORDER BY node".replace("%s", self.P),
+            (mesh,),
+        )
+
+    def readings(
+        self, mesh: str, node: str | None, since_ms: int, until_ms: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """Newest ``limit`` readings received in [since, until), returned oldest first."""
+        query = (
+            "SELECT node, boot, seq, t_ms, received_ms, metrics FROM readings "
+            "WHERE mesh = %s AND received_ms >= %s AND received_ms < %s"
+        )
+        args: list[Any] = [mesh, since_ms, until_ms]
+        if node is not None:
+            query += " AND node = %s"
+            args.append(node)
+        query += " ORDER BY received_ms DESC, node DESC, boot DESC, seq DESC LIMIT %s"
+        args.append(limit)
+        rows = self._rows(query.replace("%s", self.P), args)
+        for row in rows:
+            row["metrics"] = json.loads(row["metrics"])
+        return rows[::-1]
+
+    def aggregates(
+        self, mesh: str, since_ms: int, until_ms: int, limit: int
+    ) -> list[dict[str, Any]]:
+        rows = self._rows(
+            (
+                "SELECT leader, term, node, metric, count, min, max, mean, received_ms "
+                "FROM aggregates WHERE mesh = %s AND received_ms >= %s AND received_ms < %s "
+                "ORDER BY received_ms DESC, " + self.AGGREGATE_ORDER + " DESC LIMIT %s"
+            ).replace("%s", self.P),
+            (mesh, since_ms, until_ms, limit),
+        )
+        return rows[::-1]
+
+    def elections(self, mesh: str | None, limit: int) -> list[dict[str, Any]]:
+        query = "SELECT mesh, term, leader, reason, at_ms FROM elections"
+        args: list[Any] = []
+        if mesh is not None:
+            query += " WHERE mesh = %s"
+            args.append(mesh)
+        query += " ORDER BY id DESC LIMIT %s"
+        args.append(limit)
+        return self._rows(query.replace("%s", self.P), args)[::-1]
+
+    def alerts(self, mesh: str | None, active_only: bool, limit: int) -> list[dict[str, Any]]:
+        query = "SELECT id, mesh, kind, node, message, raised_ms, cleared_ms FROM alerts WHERE 1=1"
+        args: list[Any] = []
+        if mesh is not None:
+            query += " AND mesh = %s"
+            args.append(mesh)
+        if active_only:
+            query += " AND cleared_ms IS NULL"
+        query += " ORDER BY id DESC LIMIT %s"
+        args.append(limit)
+        return self._rows(query.replace("%s", self.P), args)
+
+    def fence_resets(self, mesh: str | None, after_id: int, limit: int) -> list[dict[str, Any]]:
+        """Fence resets with an id above ``after_id``, oldest first."""
+        query = "SELECT id, mesh, from_term, to_term, source, at_ms FROM fence_resets WHERE id > %s"
+        args: list[Any] = [after_id]
+        if mesh is not None:
+            query += " AND mesh = %s"
+            args.append(mesh)
+        query += " ORDER BY id LIMIT %s"
+        args.append(limit)
+        return self._rows(query.replace("%s", self.P), args)
+
+
+def alert_record(
+    alert_id: int, mesh: str, kind: str, node: str, message: str, now_ms: int
+) -> dict[str, Any]:
+    """A newly raised alert as the storage returns it."""
+    return {
+        "id": alert_id,
+        "mesh": mesh,
+        "kind": kind,
+        "node": node,
+        "message": message,
+        "raised_ms": now_ms,
+        "cleared_ms": None,
+    }
+
+
+class SqliteStorage(SqlReads):
     """SQLite in WAL mode; one write transaction per batch.
 
     Not thread-safe by itself: the gateway calls it from one worker thread. Several processes
@@ -480,15 +580,7 @@ class SqliteStorage:
             "INSERT INTO alerts (mesh, kind, node, message, raised_ms) VALUES (?, ?, ?, ?, ?)",
             (mesh, kind, node, message, now_ms),
         )
-        return {
-            "id": cursor.lastrowid,
-            "mesh": mesh,
-            "kind": kind,
-            "node": node,
-            "message": message,
-            "raised_ms": now_ms,
-            "cleared_ms": None,
-        }
+        return alert_record(cursor.lastrowid or 0, mesh, kind, node, message, now_ms)
 
     @_guarded
     def clear_alert(self, alert_id: int, now_ms: int) -> None:
@@ -563,18 +655,6 @@ class SqliteStorage:
         }
 
     @_guarded
-    def fence_resets(self, mesh: str | None, after_id: int, limit: int) -> list[dict[str, Any]]:
-        """Fence resets with an id above ``after_id``, oldest first."""
-        query = "SELECT id, mesh, from_term, to_term, source, at_ms FROM fence_resets WHERE id > ?"
-        args: list[Any] = [after_id]
-        if mesh is not None:
-            query += " AND mesh = ?"
-            args.append(mesh)
-        query += " ORDER BY id LIMIT ?"
-        args.append(limit)
-        return [dict(row) for row in self._db.execute(query, args).fetchall()]
-
-    @_guarded
     def probe(self, now_ms: int) -> None:
         """One small write transaction: does the database take writes (again)?"""
         with self._transaction() as db:
@@ -608,81 +688,10 @@ class SqliteStorage:
         except OSError:
             return 0
 
-    # -- reads -------------------------------------------------------------------------------
+    # -- reads (the rest are SqlReads') ----------------------------------------------------
 
     @_guarded
-    def meshes(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT name, term, leader, updated_ms FROM meshes ORDER BY name"
-        ).fetchall()
-        return [dict(row) for row in rows]
-
-    @_guarded
-    def nodes(self, mesh: str) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT node, score, battery, link, flags, last_seen_ms, dropped FROM nodes "
-            "WHERE mesh = ? ORDER BY node",
-            (mesh,),
-        ).fetchall()
-        return [dict(row) for row in rows]
-
-    @_guarded
-    def readings(
-        self, mesh: str, node: str | None, since_ms: int, until_ms: int, limit: int
-    ) -> list[dict[str, Any]]:
-        """Newest ``limit`` readings received in [since, until), returned oldest first."""
-        query = (
-            "SELECT node, boot, seq, t_ms, received_ms, metrics FROM readings "
-            "WHERE mesh = ? AND received_ms >= ? AND received_ms < ?"
-        )
-        args: list[Any] = [mesh, since_ms, until_ms]
-        if node is not None:
-            query += " AND node = ?"
-            args.append(node)
-        query += " ORDER BY received_ms DESC, node DESC, boot DESC, seq DESC LIMIT ?"
-        args.append(limit)
-        rows = self._db.execute(query, args).fetchall()
-        out = []
-        for row in reversed(rows):
-            item = dict(row)
-            item["metrics"] = json.loads(item["metrics"])
-            out.append(item)
-        return out
-
-    @_guarded
-    def aggregates(
-        self, mesh: str, since_ms: int, until_ms: int, limit: int
-    ) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT leader, term, node, metric, count, min, max, mean, received_ms "
-            "FROM aggregates WHERE mesh = ? AND received_ms >= ? AND received_ms < ? "
-            "ORDER BY received_ms DESC, rowid DESC LIMIT ?",
-            (mesh, since_ms, until_ms, limit),
-        ).fetchall()
-        return [dict(row) for row in reversed(rows)]
-
-    @_guarded
-    def elections(self, mesh: str | None, limit: int) -> list[dict[str, Any]]:
-        query = "SELECT mesh, term, leader, reason, at_ms FROM elections"
-        args: list[Any] = []
-        if mesh is not None:
-            query += " WHERE mesh = ?"
-            args.append(mesh)
-        query += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        return [dict(row) for row in reversed(self._db.execute(query, args).fetchall())]
-
-    @_guarded
-    def alerts(self, mesh: str | None, active_only: bool, limit: int) -> list[dict[str, Any]]:
-        query = "SELECT id, mesh, kind, node, message, raised_ms, cleared_ms FROM alerts WHERE 1"
-        args: list[Any] = []
-        if mesh is not None:
-            query += " AND mesh = ?"
-            args.append(mesh)
-        if active_only:
-            query += " AND cleared_ms IS NULL"
-        query += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return [dict(row) for row in self._db.execute(query, args).fetchall()]
 
     @_guarded

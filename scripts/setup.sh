@@ -65,8 +65,10 @@ if [ "$system_tools" -eq 1 ]; then
     # mosquitto: the real MQTT broker; nftables + iproute2: partitions and loss between
     # network namespaces; chromium: the dashboard's browser tests (never `playwright install`).
     # openssl: throw-away CAs for the MQTT TLS tests.
-    apt_install mosquitto mosquitto-clients nftables iproute2 chromium openssl
-    # The distribution starts a mosquitto service on 1883; tests never use it, leave it alone.
+    # postgresql: the server the PostgreSQL storage tests start in a temp dir (testkit/postgres.py).
+    apt_install mosquitto mosquitto-clients nftables iproute2 chromium openssl postgresql
+    # The distribution starts mosquitto on 1883 and a postgresql cluster on 5432; tests never
+    # use them, leave them alone.
 fi
 
 # -- the virtual environment ------------------------------------------------------------------

@@ -14,14 +14,34 @@ from gateway.ingest import Arrival, Ingest
 from gateway.metrics import Counters
 from gateway.storage import IngestOutcome, SqliteStorage, Storage
 from gateway.tracker import Tracker
+from testkit.postgres import PostgresServer
+from testkit.postgres import available as postgres_available
 from tests.test_gateway_ingest import make_batch
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    if not postgres_available():
+        pytest.skip("no PostgreSQL server installed (apt-get install postgresql)")
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    store = SqliteStorage(
-        str(tmp_path / "gw.db"), raw_retention_ms=1000, aggregate_retention_ms=5000
-    )
+    store: Storage
+    if request.param == "sqlite":
+        store = SqliteStorage(
+            str(tmp_path / "gw.db"), raw_retention_ms=1000, aggregate_retention_ms=5000
+        )
+    else:
+        from gateway.pgstorage import PostgresStorage
+
+        server = request.getfixturevalue("postgres")
+        store = PostgresStorage(
+            server.new_database(), raw_retention_ms=1000, aggregate_retention_ms=5000
+        )
     yield store
     store.close()
 
