@@ -1,8 +1,9 @@
-"""Where the gateway keeps what it learns: an interface, and its SQLite implementation.
+"""Where the gateway keeps what it learns: an interface, and its SQLite implementation
+(PostgreSQL's is gateway/pgstorage.py).
 
 The interface (:class:`Storage`) does not assume one gateway process. Fencing is a conditional
 upsert of the mesh's highest term and dedup is the readings table's primary key, both checked
-inside the same write transaction, so several gateways sharing one database (or a future server
+inside the same write transaction, so several gateways sharing one database (or a server
 database behind the same interface) still store every reading once and never take a batch from a
 deposed leader.
 
@@ -344,7 +345,7 @@ def alert_record(
 
 
 class SqliteStorage(SqlReads):
-    """SQLite in WAL mode; one write transaction per batch.
+    """SQLite in WAL mode; one write transaction per group of batches (group commit).
 
     Not thread-safe by itself: the gateway calls it from one worker thread. Several processes
     may open the same file; SQLite's locking plus the constraints keep them consistent.

@@ -137,9 +137,14 @@ def bench_storage(batches: list[dict[str, Any]], synchronous: str, group: int) -
     }
 
 
-def bench_udp(leaders: int, per_leader: int, window: int) -> dict[str, float]:
+def bench_udp(
+    leaders: int, per_leader: int, window: int, db: str | None = None, replicas: int = 1
+) -> dict[str, float]:
+    """Leaders send to ``replicas`` gateway processes on one database (leader i to replica
+    i mod replicas); ``db`` None: a SQLite file of its own."""
     with tempfile.TemporaryDirectory(prefix="meshelect-bench-") as folder:
-        gw = GatewayProcess(os.path.join(folder, "gw.db")).start()
+        url = db or os.path.join(folder, "gw.db")
+        gws = [GatewayProcess(url).start() for _ in range(replicas)]
         try:
             work = [
                 leader_batches("mesh-%d" % i, "lead-%d" % i, per_leader) for i in range(leaders)
@@ -149,6 +154,7 @@ def bench_udp(leaders: int, per_leader: int, window: int) -> dict[str, float]:
 
             def run(index: int) -> None:
                 try:
+                    gw = gws[index % len(gws)]
                     sender = BatchSender("mesh-%d" % index, "lead-%d" % index, gw.udp)
                     pending: dict[int, dict[str, Any]] = {}
                     todo = list(work[index])
@@ -180,8 +186,67 @@ def bench_udp(leaders: int, per_leader: int, window: int) -> dict[str, float]:
             if errors:
                 raise errors[0]
         finally:
-            gw.stop()
+            for gw in gws:
+                gw.stop()
     return {"readings": sum(acked), "seconds": elapsed, "readings_per_s": sum(acked) / elapsed}
+
+
+def pg_copy_bound(url: str, batches: list[dict[str, Any]]) -> float:
+    """Readings/s PostgreSQL takes by COPY, the same rows, one 64-row transaction each."""
+    import psycopg
+
+    rows = [
+        (b["mesh"], r[0], r[1], r[2], r[3], 1_000_000, json.dumps(r[4], separators=(",", ":")))
+        for b in batches
+        for r in b["readings"]
+    ]
+    with psycopg.connect(url) as conn:
+        start = time.perf_counter()
+        for i in range(0, len(rows), READINGS_PER_BATCH):
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy("COPY readings FROM STDIN") as copy,
+            ):
+                for row in rows[i : i + READINGS_PER_BATCH]:
+                    copy.write_row(row)
+        return len(rows) / (time.perf_counter() - start)
+
+
+def bench_postgres(batches: list[dict[str, Any]], per_leader: int) -> None:
+    """PostgreSQL: the COPY bound, the storage with group commit, 1-3 gateway replicas."""
+    from gateway.pgstorage import PostgresStorage
+    from testkit.postgres import PostgresServer
+
+    server = PostgresServer().start()
+    try:
+        url = server.new_database()
+        PostgresStorage(url).close()  # the schema
+        bound = pg_copy_bound(url, batches)
+        print("raw PostgreSQL bound (COPY, 64-row transactions): %.0f readings/s" % bound)
+        storage = PostgresStorage(server.new_database())
+        ingest = Ingest(storage, Tracker(), Counters())
+        start = time.perf_counter()
+        for i in range(0, len(batches), GROUP):
+            group = batches[i : i + GROUP]
+            ingest.receive_many(
+                [Arrival("bench", b["mesh"], b["leader"], 1, b, True) for b in group], 1000 + i
+            )
+        rate = storage.reading_count() / (time.perf_counter() - start)
+        storage.close()
+        print(
+            "storage (PostgreSQL, %d batches per commit): %.0f readings/s, %.2f of the bound"
+            % (GROUP, rate, rate / bound)
+        )
+        for replicas in (1, 2, 3):
+            r = bench_udp(6, per_leader, 4, db=server.new_database(), replicas=replicas)
+            print(
+                "end to end over UDP, %d gateway replica(s) on one PostgreSQL (6 leaders): "
+                "%.0f readings/s, %.2f of the bound"
+                % (replicas, r["readings_per_s"], r["readings_per_s"] / bound)
+            )
+    finally:
+        server.stop()
 
 
 def bench_feed(samples: int) -> dict[str, float]:
@@ -266,9 +331,22 @@ def main(argv: list[str] | None = None) -> int:
     r = bench_udp(leaders=4, per_leader=int(250 * scale), window=4)
     print(
         "end to end over UDP (4 leaders, 4 batches in flight each, decode + store + ack, "
-        "synchronous=FULL): %.0f readings/s (%d readings in %.2f s), %.2f of the raw bound"
-        % (r["readings_per_s"], r["readings"], r["seconds"], r["readings_per_s"] / bounds["FULL"])
+        "synchronous=FULL): %.0f readings/s (%d readings in %.2f s), %.2f of the FULL raw bound, "
+        "%.2f of the NORMAL one"
+        % (
+            r["readings_per_s"],
+            r["readings"],
+            r["seconds"],
+            r["readings_per_s"] / bounds["FULL"],
+            r["readings_per_s"] / bounds["NORMAL"],
+        )
     )
+    from testkit.postgres import available
+
+    if available():
+        bench_postgres(batches, int(170 * scale))
+    else:
+        print("PostgreSQL: not installed (apt-get install postgresql), skipped")
     r = bench_feed(int(300 * scale))
     print(
         "batch sent -> SSE event received: median %.1f ms, p99 %.1f ms, max %.1f ms (%d batches)"
