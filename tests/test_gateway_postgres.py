@@ -11,7 +11,8 @@ import pytest
 
 from agent.core.messages import ACK_FENCED, ACK_OK
 from gateway.batch import parse_batch
-from testkit.gateway import BatchSender, GatewayProcess, make_batch
+from testkit.broker import Mosquitto
+from testkit.gateway import BatchSender, GatewayProcess, MqttBatchSender, make_batch
 from testkit.postgres import PostgresServer, available
 
 pytestmark = pytest.mark.skipif(not available(), reason="apt-get install postgresql")
@@ -77,3 +78,40 @@ def test_gateway_process_on_postgresql(server: PostgresServer) -> None:
         assert [m["name"] for m in meshes] == ["m"]
         readings = httpx.get(gw.url + "/api/meshes/m/readings", timeout=10).json()
         assert len(readings) == 15
+
+
+@pytest.mark.broker
+def test_replicas_share_one_subscription_and_lose_nothing_when_one_dies(
+    server: PostgresServer, mosquitto: Mosquitto
+) -> None:
+    """Two gateways on one broker (MQTT 5 shared subscription) and one PostgreSQL: every
+    reading stored once; one replica killed while batches are in flight loses nothing."""
+    import psycopg
+
+    url = server.new_database()
+    broker = ["--mqtt-host", mosquitto.host, "--mqtt-port", str(mosquitto.port)]
+    replicas = [
+        GatewayProcess(url, *broker, "--mqtt-shared-group", "gw", "--node-id", "gw-%d" % i).start()
+        for i in range(2)
+    ]
+    sender = MqttBatchSender("field", "pi-1", (mosquitto.host, mosquitto.port))
+    batches = [
+        make_batch(i, "field", "pi-1", rows("pi-1", range(10 * i, 10 * i + 10))) for i in range(30)
+    ]
+    try:
+        for batch in batches[:10]:
+            assert sender.deliver(1, batch)[1] == ACK_OK
+        for batch in batches[10:14]:
+            sender.send_frame(sender.frame(1, batch))  # in flight, unacknowledged
+        replicas[0].kill()
+        for batch in batches[10:]:  # resent until acknowledged, as a leader does
+            assert sender.deliver(1, batch)[1] == ACK_OK
+    finally:
+        sender.close()
+        for gw in replicas:
+            gw.stop()
+    with psycopg.connect(url) as conn:
+        count, distinct = conn.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT (node, boot, seq)) FROM readings"
+        ).fetchone() or (0, 0)
+    assert (count, distinct) == (300, 300)
