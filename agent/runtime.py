@@ -40,6 +40,7 @@ from agent.linkquality import LinkQuality
 from agent.logs import EventLog
 from agent.sensors import SensorHub
 from agent.status import REFRESH_MS, settled_view, write_status
+from agent.termfile import load_term, save_term
 from agent.transport import Transport, format_address, make_transport
 
 DROP_LOG_EVERY_MS = 10000  # one log line per drop reason per 10 s; counters count them all
@@ -111,6 +112,7 @@ class Agent:
             max_in_flight=datapath.MAX_IN_FLIGHT,
             check_batch=check_batch,
             clock_paused=mqtt,  # no broker yet: nothing can be heard
+            term=load_term(cfg.state_dir),  # the first claim goes above it
         )
         self.app.needs_address = not mqtt  # UDP: readings go to where the leader's frames came from
         self.app.gateway_known = mqtt  # MQTT: the gateway subscribes to the batch topic
@@ -248,6 +250,12 @@ class Agent:
                 self.transport.publish_leader(term, self.cfg.node_id, record)
             if self.discovery is not None:
                 self.discovery.update(ROLE_NAMES[role], self.app.node.score)
+        elif kind == "max_term":
+            try:
+                save_term(self.cfg.state_dir, event[1])
+            except OSError as exc:
+                self.count("term_save_errors")
+                self.log.warning("term_save_failed", error=str(exc))
         elif kind == "clock_paused":
             self.log.info("clock_paused" if event[1] else "clock_resumed", why=event[2])
         elif kind == "confirmed":

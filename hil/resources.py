@@ -1,113 +1,79 @@
-"""Resources: passive descriptions of what a lab has. They do nothing; drivers act on them.
+"""meshelect's labgrid resources: passive descriptions of what a lab has.
 
-A resource says *where* a thing is (a serial device, the commands that switch a USB hub port,
-a namespace host, a URL), never *how* to use it: that is the drivers' job (``hil.drivers``).
-All of them are frozen, so a session can share them freely.
+Registered with labgrid's target factory, so environment YAML names them like labgrid's own
+(``RawSerialPort``, ``USBPowerPort``, ``NetworkService``...). Drivers act on them
+(``hil.drivers``). Every field is a plain scalar, so an exporter can publish them to a
+coordinator unchanged (labgrid exports a class it does not know as its parameters).
+
+Resources of a virtual bench come in two forms: in a local environment a resource names the
+target whose ``VirtualBench`` made it (``bench:``) and its host number, and its driver asks
+that bench for the namespace and folder once the bench is built; a farm's exporter publishes
+them with those values filled in (``netns``, ``address``, ``folder``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+import attr
+from labgrid.factory import target_factory
+from labgrid.resource.common import Resource
 
-STATES = ("off", "flashed", "booted", "joined")
-LAB_TYPES = ("virtual", "real")
-
-
-@dataclass(frozen=True)
-class SerialPort:
-    """A board's USB serial console (``/dev/ttyUSB0``, ``rfc2217://host:port``...)."""
-
-    path: str
-    baud: int = 115200
+_str = attr.validators.instance_of(str)
+_int = attr.validators.instance_of(int)
+_bool = attr.validators.instance_of(bool)
 
 
-@dataclass(frozen=True)
-class PowerPort:
-    """A switchable power supply, driven by two commands (argv lists).
+@target_factory.reg_resource
+@attr.s(eq=False)
+class VirtualBench(Resource):
+    """Network namespaces for ``boards`` virtual boards, the gateway and (``transport:
+    mqtt``) a broker: see ``hil.bench``. ``mesh``/``mesh_key`` are what the gateway accepts."""
 
-    For example a USB hub port via uhubctl (``uhubctl -l 1-1 -p 2 -a off``) or a relay board's
-    CLI. ``off_s`` is how long a power cycle keeps the board off (capacitors drain).
+    boards: int = attr.ib(validator=_int)
+    mesh: str = attr.ib(validator=_str)
+    mesh_key: str = attr.ib(default="", validator=_str)
+    transport: str = attr.ib(default="udp", validator=_str)
+    prefix: str = attr.ib(default="mh-", validator=_str)
+    subnet: str = attr.ib(default="10.96.0.0/24", validator=_str)
+    gateway_args: str = attr.ib(default="", validator=_str)  # extra gateway options, shell words
+
+
+@target_factory.reg_resource
+@attr.s(eq=False)
+class MicroPythonUnixPort(Resource):
+    """A slot for a virtual board: a folder as its flash, a namespace as its radio.
+
+    ``interpreter``: the MicroPython unix port to run the firmware on (a name on PATH or in
+    the venv, or a path), e.g. a 32-bit build standing in for an ESP32's word size.
+    ``heapsize``: ``micropython -X heapsize=...`` (a small board's RAM), "" for the default.
     """
 
-    command_on: tuple[str, ...]
-    command_off: tuple[str, ...]
-    off_s: float = 1.0
+    host: int = attr.ib(validator=_int)
+    bench: str = attr.ib(default="bench", validator=_str)
+    netns: str = attr.ib(default="", validator=_str)
+    address: str = attr.ib(default="", validator=_str)
+    folder: str = attr.ib(default="", validator=_str)
+    interpreter: str = attr.ib(default="micropython", validator=_str)
+    heapsize: str = attr.ib(default="", validator=_str)
 
 
-@dataclass(frozen=True)
-class VirtualBoard:
-    """A firmware process on the MicroPython unix port, in host ``host`` of a virtual lab.
+@target_factory.reg_resource
+@attr.s(eq=False)
+class MeshGateway(Resource):
+    """The gateway's HTTP API. ``netns``: reached from inside that network namespace (a
+    virtual bench's gateway listens on its own namespace's loopback). With ``bench`` and no
+    ``url``, the URL and namespace are that bench's gateway."""
 
-    ``heapsize`` (e.g. ``"256k"``) limits the interpreter's heap like a small board's RAM.
-    """
-
-    host: int
-    heapsize: str | None = None
-
-
-@dataclass(frozen=True)
-class Gateway:
-    """The gateway's HTTP API. ``netns``: the URL is reached from inside that network
-    namespace (a virtual lab's gateway listens on its own namespace's loopback)."""
-
-    url: str
-    netns: str | None = None
+    url: str = attr.ib(default="", validator=_str)
+    netns: str = attr.ib(default="", validator=_str)
+    bench: str = attr.ib(default="", validator=_str)
 
 
-@dataclass(frozen=True)
-class BoardSpec:
-    """One board of a lab: its node config and the resources that reach it.
+@target_factory.reg_resource
+@attr.s(eq=False)
+class MeshBroker(Resource):
+    """The MQTT broker the mesh uses. ``restart_cmd``: how to restart it on a real bench (e.g.
+    ``ssh gw sudo systemctl restart mosquitto``); with ``bench``, it is that bench's broker."""
 
-    A real board has ``serial`` (and usually ``power``); a virtual board has ``virtual``.
-    ``config`` is the node's config table (the firmware inventory's ``[defaults]`` merged with
-    the board's keys), turned into the device's config.json at deploy time.
-    """
-
-    name: str
-    config: dict[str, Any]
-    serial: SerialPort | None = None
-    power: PowerPort | None = None
-    virtual: VirtualBoard | None = None
-    chip: str = "esp32"
-    image: str = ""
-    features: frozenset[str] = frozenset()
-
-    @property
-    def is_virtual(self) -> bool:
-        return self.virtual is not None
-
-
-@dataclass(frozen=True)
-class LabSpec:
-    """A whole lab: boards, gateway, features, timeouts; read from a lab file."""
-
-    path: Path
-    name: str
-    kind: str  # one of LAB_TYPES
-    mesh: str
-    boards: tuple[BoardSpec, ...]
-    gateway: Gateway | None
-    features: frozenset[str] = frozenset()
-    boot_s: float = 20.0  # power on -> first status line on the console
-    join_s: float = 20.0  # booted -> the node knows a leader
-    # Virtual labs only: namespace prefix and subnet of the hosts.
-    prefix: str = "mh-"
-    subnet: str = "10.96.0.0/24"
-    gateway_args: tuple[str, ...] = field(default=())
-
-    def board(self, name: str) -> BoardSpec:
-        for board in self.boards:
-            if board.name == name:
-                return board
-        raise KeyError("no board %r in lab %s (boards: %s)" % (name, self.name, self.names()))
-
-    def names(self) -> list[str]:
-        return [board.name for board in self.boards]
-
-    def has(self, feature: str) -> bool:
-        """True if the lab offers ``feature`` (lab-wide, or on every board)."""
-        if feature in self.features:
-            return True
-        return bool(self.boards) and all(feature in board.features for board in self.boards)
+    address: str = attr.ib(default="", validator=_str)  # host:port
+    restart_cmd: str = attr.ib(default="", validator=_str)
+    bench: str = attr.ib(default="", validator=_str)

@@ -376,3 +376,52 @@ def test_make_config_maps_the_config_tables_onto_the_core() -> None:
         make_config(5)
     with pytest.raises(ValueError, match=r"election\.no_such_key: unknown setting"):
         make_config(250, {"no_such_key": 1})
+
+
+class FencingNet(Net):
+    """A stand-in gateway with a fence: a batch below it is FENCED (with the fence as the
+    highest term), any other is stored and moves the fence up."""
+
+    fence = 0
+
+    def answer(self, frame: bytes) -> bytes:
+        msg = self.codec.decode(frame, self.now)
+        batch = msg.body
+        status = ACK_FENCED if msg.term < self.fence else ACK_OK
+        if status == ACK_OK:
+            self.fence = msg.term
+            self.batches.append(batch)
+            for node, boot, seq, _t, _metrics in batch["readings"]:
+                self.stored.add((node, boot, seq))
+        body = [batch["id"], status, self.fence]
+        return self.reply.encode(Msg(BATCH_ACK, "gw", msg.term, target=msg.sender, body=body))
+
+
+def test_after_a_site_restart_the_fenced_leader_leads_above_the_gateway_once() -> None:
+    # The gateway holds term 57 from before the power cut; the apps forgot their terms.
+    net = FencingNet([new_app("a", 900), new_app("b", 300)])
+    net.fence = 57
+    net.start()
+    net.run(4000, sample=True)
+    a, b = net.apps["a"], net.apps["b"]
+    assert (a.node.term, a.node.lead_reason, b.node.leader, b.node.term) == (58, "fenced", "a", 58)
+    assert net.batches and {b["leader"] for b in net.batches} == {"a"}
+    assert kinds(net.events["a"], "max_term")[-1] == ("max_term", 58)  # for the runtime to keep
+    assert ("b", 1, 1) in net.stored
+    # Another leader (a far side of a partition) moves the fence on: a's batches are refused,
+    # and it does not leap over the fence again in this leadership: deposed means deposed.
+    net.fence = 60
+    net.run(2000, sample=True)
+    sent = len(net.batches)
+    net.run(3000, sample=True)
+    assert len(net.batches) == sent and a.node.term == 58
+
+
+def test_a_node_given_its_last_term_claims_above_it_and_is_not_fenced() -> None:
+    net = FencingNet([new_app("a", 900, term=57), new_app("b", 300, term=40)])
+    net.fence = 57
+    net.start()
+    net.run(4000, sample=True)
+    assert net.apps["a"].node.term == 58 and net.apps["a"].node.lead_reason == "start"
+    assert not [e for e in net.events["a"] if e[0] == "batch_ack" and e[2] == ACK_FENCED]
+    assert any(node == "b" for node, _boot, _seq in net.stored)

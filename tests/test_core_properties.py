@@ -15,7 +15,7 @@ still fence them, and the quiet-network property shows that it always resolves.
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent.core.mesh import Mesh
@@ -125,8 +125,21 @@ def test_reliable_network_never_two_leaders_in_one_term(schedule) -> None:
     check_quiet_end(mesh, out)
 
 
+# Found by hypothesis: a partition, then the leader of one side crashes. After the heal its
+# (ineligible) follower heard the other leader of the same term, but the peers' reports of
+# "their leader" (that other one) kept its dead leader alive in its view, for ever.
+_DEAD_LEADER_KEPT = (
+    [
+        {"battery": 0, "link": 0, "mains": False, "eligible": e}
+        for e in (True, False, False, False, True, False)
+    ],
+    [(1, ("crash", 1)), (184, ("partition", [1, 0, 0, 0, 0, 1])), (321, ("crash", 0))],
+)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schedules(faults=True))
+@example(_DEAD_LEADER_KEPT)
 def test_faults_then_quiet_gives_exactly_one_leader(schedule) -> None:
     mesh, out = run(*schedule)
     check_safety(out)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,14 @@ class MixedMesh:
         return "\n".join(parts)
 
 
+def _term_kept(mesh: MixedMesh, host: int) -> bool:
+    """The term file of ``host`` holds the highest term its status shows."""
+    name = ("fw%d/boot_count.term" if host in FW_HOSTS else "pi%d/term") % host
+    path = mesh.tmp / name
+    status = mesh.status(host)
+    return path.exists() and status is not None and int(path.read_text()) == status["max_term"]
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT)
@@ -273,6 +282,10 @@ def run_scenario(mesh: MixedMesh) -> None:
     pi_to_fw_ms = (time.monotonic() - killed_at) * 1000
     terms = {mesh.status(h)["term"] for h in survivors}  # type: ignore[index]
     assert len(terms) == 1 and terms.pop() >= 3
+    # Both runtimes keep the highest term seen for their next boot (a board beside its boot
+    # counter, a Pi in its state dir).
+    for host in survivors:
+        assert wait_for(partial(_term_kept, mesh, host)), host
 
     # Stop sampling is not possible from outside: instead, every reading a survivor took up to
     # a moment must reach the gateway. Take that moment now, then wait for the gateway.

@@ -1,6 +1,7 @@
-"""The HIL pytest plugin, run for real in child pytest processes: idle without a lab (also
-when auto-loaded through its entry point), clear errors for bad lab files, feature and
-hardware skips, sticky broken boards, and provenance in the JUnit report."""
+"""The HIL plugin on top of labgrid's, run for real in child pytest processes: idle without an
+environment (also when auto-loaded through its entry point), usage errors naming the key for
+bad environment files, and a bench whose flashing fails: reported once with the board and
+the cause, later tests skipped naming it, the console attached in the JUnit report."""
 
 from __future__ import annotations
 
@@ -44,19 +45,11 @@ def run_pytest(
 
 
 SUITE = """
-import pytest
-
-
 def test_plain():
     assert True
 
 
-@pytest.mark.hil_feature("udp")
-def test_needs_a_lab():
-    raise AssertionError("must be skipped")
-
-
-def test_uses_boards(boards):
+def test_uses_the_mesh(mesh):
     raise AssertionError("must be skipped")
 """
 
@@ -68,13 +61,12 @@ def write_suite(folder: Path, text: str = SUITE) -> Path:
     return folder
 
 
-def test_without_a_lab_the_plugin_only_skips_hil_tests(tmp_path: Path) -> None:
+def test_without_an_environment_hil_tests_skip(tmp_path: Path) -> None:
     folder = write_suite(tmp_path / "suite")
     done = run_pytest(folder, *plugin_args())
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed, 2 skipped" in done.stdout
-    assert "HIL test: no lab given (use --hil-lab FILE)" in done.stdout
-    assert "no HIL lab given (use --hil-lab FILE)" in done.stdout
+    assert "1 passed, 1 skipped" in done.stdout
+    assert "missing environment config (use --lg-env)" in done.stdout  # labgrid's own skip
 
 
 def test_importing_the_plugin_loads_no_driver_code() -> None:
@@ -82,7 +74,8 @@ def test_importing_the_plugin_loads_no_driver_code() -> None:
     code = (
         "import sys, time; t = time.perf_counter(); import hil.plugin; "
         "t = time.perf_counter() - t; "
-        "print(sorted(m for m in sys.modules if m.startswith(('hil', 'agent', 'serial')))); "
+        "print(sorted(m for m in sys.modules "
+        "if m.startswith(('hil', 'agent', 'serial', 'labgrid')))); "
         "print('import ms %.1f' % (t * 1000), file=sys.stderr)"
     )
     done = subprocess.run(
@@ -94,8 +87,8 @@ def test_importing_the_plugin_loads_no_driver_code() -> None:
 
 
 def fake_install(folder: Path) -> Path:
-    """A dist-info declaring the same entry point the lead adds to pyproject.toml, so the
-    auto-loading is tested for real before the package is reinstalled with it."""
+    """A dist-info declaring the same entry point as pyproject.toml, so auto-loading is
+    tested for real whatever the installed metadata says."""
     info = folder / "meshelect_hil_probe-0.0.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(
@@ -109,12 +102,13 @@ def test_auto_loaded_by_its_entry_point_it_leaves_a_normal_run_alone(tmp_path: P
     site = fake_install(tmp_path / "site")
     pythonpath = "%s:%s" % (site, REPO_ROOT)
     folder = write_suite(tmp_path / "suite")
-    done = run_pytest(folder, pythonpath=pythonpath)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 passed, 2 skipped" in done.stdout  # the marker is registered: --strict-markers ok
+    if plugin_args():  # the real entry point is not installed: only the probe loads it
+        done = run_pytest(folder, pythonpath=pythonpath)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 passed, 1 skipped" in done.stdout
     helped = run_pytest(folder, "--help", pythonpath=pythonpath)
-    assert "--hil-lab=FILE" in helped.stdout
-    # A real module of the normal suite, with the plugin auto-loaded: unchanged.
+    assert "--hil-workdir=DIR" in helped.stdout and "--lg-env" in helped.stdout
+    # A real module of the normal suite, with both plugins auto-loaded: unchanged.
     normal = run_pytest(
         REPO_ROOT,
         "-o",
@@ -124,84 +118,112 @@ def test_auto_loaded_by_its_entry_point_it_leaves_a_normal_run_alone(tmp_path: P
     )
     assert normal.returncode == 0, normal.stdout[-2000:] + normal.stderr[-2000:]
     # And it can be switched off by name.
-    disabled = run_pytest(folder, "-p", "no:%s" % ENTRY_POINT, pythonpath=pythonpath)
-    assert disabled.returncode != 0 and "hil_feature" in disabled.stdout + disabled.stderr
+    disabled = run_pytest(folder, "-p", "no:%s" % ENTRY_POINT, "--help", pythonpath=pythonpath)
+    assert "--hil-workdir" not in disabled.stdout
+
+
+BAD_BOARD = """
+imports: [hil.drivers]
+targets:
+  vb-1:
+    resources:
+      MicroPythonUnixPort: {%s}
+    drivers:
+      MicroPythonUnixDriver: {}
+      MeshConsoleDriver: {}
+      MeshDeployDriver: {config: {%s}}
+      MeshNodeStrategy: {%s}
+"""
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (None, "lab file .*missing.toml"),
-        ("[lab\n", "is not valid TOML"),
-        ('[lab]\ntype = "virtual"\n', r"no \[\[board\]\] tables"),
+        (None, r"environment .*missing\.yaml: configuration file .* could not be found"),
+        ("targets: [\n", "Error in configuration file"),
+        (
+            BAD_BOARD % ("host: 1, netns: n, address: a, folder: f", "mesh: m", "boot_secs: 5.0"),
+            r"targets\.vb-1\.drivers\.MeshNodeStrategy\.boot_secs: unknown key",
+        ),
+        (
+            BAD_BOARD % ("netns: n, address: a, folder: f", "mesh: m", ""),
+            r"targets\.vb-1\.resources\.MicroPythonUnixPort\.host: missing",
+        ),
+        (
+            BAD_BOARD % ("host: 1, netns: n, address: a, folder: f", "data: {sample_ms: 0}", ""),
+            r"targets\.vb-1\.drivers\.MeshDeployDriver\.config\.data\.sample_ms: expected a "
+            r"positive integer",
+        ),
     ],
 )
-def test_a_bad_lab_file_is_a_usage_error(tmp_path: Path, text: str | None, message: str) -> None:
+def test_a_bad_environment_is_a_usage_error_naming_the_key(
+    tmp_path: Path, text: str | None, message: str
+) -> None:
     folder = write_suite(tmp_path / "suite")
-    lab = tmp_path / "missing.toml"
+    env_file = tmp_path / "missing.yaml"
     if text is not None:
-        lab.write_text(text)
-    done = run_pytest(folder, *plugin_args(), "--hil-lab", str(lab))
-    assert done.returncode == pytest.ExitCode.USAGE_ERROR
+        env_file.write_text(text)
+    done = run_pytest(folder, *plugin_args(), "--lg-env", str(env_file))
+    assert done.returncode == pytest.ExitCode.USAGE_ERROR, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
     assert re.search(message, done.stderr), done.stderr
 
 
-BROKEN_LAB = """
-[lab]
-name = "no-boards-attached"
-type = "real"
-features = ["udp"]
-boot_s = 1
-join_s = 1
-
-[defaults]
-mesh = "bench"
-
-[[board]]
-node_id = "esp-1"
-port = "/dev/hil-test-no-such-port"
-power_on = "true"
-power_off = "true"
+BROKEN_BENCH = """
+imports: [hil.drivers]
+features: [udp]
+targets:
+  esp-1:
+    resources:
+      RawSerialPort: {port: /dev/hil-test-no-such-port, speed: 115200}
+    drivers:
+      ExternalPowerDriver: {cmd_on: "true", cmd_off: "true"}
+      SerialDriver: {}
+      MeshConsoleDriver: {}
+      EsptoolDriver: {image: missing.bin, chip: esp32}
+      MeshDeployDriver: {config: {mesh: bench}}
+      MeshNodeStrategy: {boot_s: 1.0, join_s: 1.0}
 """
 
 BROKEN_SUITE = """
 import pytest
 
 
-def test_a_first_flash(strategy):
-    strategy.transition("joined")
+def test_a_first_flash(mesh):
+    mesh.transition("joined")
 
 
-def test_b_later(strategy):
+def test_b_later(mesh):
     raise AssertionError("must be skipped: the board is broken")
 
 
-@pytest.mark.hil_feature("wifi")
-def test_c_wifi(strategy):
-    raise AssertionError("must be skipped: the lab lacks wifi")
+@pytest.mark.lg_feature("wifi")
+def test_c_wifi(mesh):
+    raise AssertionError("must be skipped: the bench lacks wifi")
 
 
-@pytest.mark.hil_feature("udp")
-def test_d_udp(hil_lab):
-    assert hil_lab.spec.kind == "real"
+@pytest.mark.lg_feature("udp")
+def test_d_udp(env):
+    assert "esp-1" in env.config.get_targets()
 """
 
 
-def test_a_board_that_fails_is_reported_once_then_skipped(tmp_path: Path) -> None:
-    """A real lab whose serial port is absent: the first test fails with the port's name,
-    later tests of the boards skip naming that failure (a test of the lab alone still runs);
-    provenance is in the JUnit report."""
-    require_tool("mpy-cross", "the lab builds the firmware")
+def test_a_flashing_failure_is_reported_once_with_the_board_and_the_cause(
+    tmp_path: Path,
+) -> None:
+    """A bench whose image is missing: the first test fails naming the board and the image,
+    later tests of the mesh skip naming that failure (a test of the environment alone still
+    runs); provenance and the board's console are in the JUnit report."""
+    require_tool("mpy-cross", "the mesh fixture builds the firmware")
     folder = write_suite(tmp_path / "suite", BROKEN_SUITE)
-    lab = tmp_path / "lab.toml"
-    lab.write_text(BROKEN_LAB)
+    env_file = tmp_path / "bench.yaml"
+    env_file.write_text(BROKEN_BENCH)
     report = tmp_path / "report.xml"
     done = run_pytest(
         folder,
         *plugin_args(),
-        "--hil-lab",
-        str(lab),
+        "--lg-env",
+        str(env_file),
         "--junitxml",
         str(report),
         "-p",
@@ -210,14 +232,14 @@ def test_a_board_that_fails_is_reported_once_then_skipped(tmp_path: Path) -> Non
     output = done.stdout + done.stderr
     assert done.returncode == pytest.ExitCode.TESTS_FAILED, output
     assert "1 failed, 1 passed, 2 skipped" in done.stdout, output
-    assert "serial port /dev/hil-test-no-such-port does not exist" in done.stdout
-    assert "board esp-1 is broken since an earlier test" in done.stdout
-    assert "lab no-boards-attached lacks feature(s): wifi" in done.stdout
-    properties = {
-        p.get("name"): p.get("value") for p in ET.parse(report).getroot().iter("property")
-    }
-    assert properties["hil_lab"] == str(lab)
-    assert properties["hil_lab_type"] == "real"
+    missing = str(tmp_path / "missing.bin")
+    assert "board esp-1: flashing failed: image %s does not exist" % missing in done.stdout
+    assert "board esp-1 is broken since an earlier test: HilError" in done.stdout
+    assert "unsupported feature(s): wifi" in done.stdout
+    root = ET.parse(report).getroot()
+    properties = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert properties["ENV_CONFIG"] == str(env_file)
     assert properties["hil_boards"] == "esp-1"
     assert len(properties["git_sha"]) == 40 or properties["git_sha"] == "unknown"
     assert len(properties["firmware_build"]) == 16
+    assert "console:esp-1" in properties  # nothing printed: the board never ran

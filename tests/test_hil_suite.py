@@ -1,8 +1,11 @@
-"""End to end: the HIL suite (hil/suite) run as its own pytest session against the virtual
-lab hil/labs/virtual-3.toml: 3 unix-port boards in network namespaces (mh-, 10.96.0.0/24)
-and the real gateway. The mesh elects, power loss of the leader elects another, readings
-reach the gateway exactly once; the hardware-only test skips. With real boards:
-``--run-hardware`` and ``MESHELECT_HIL_LAB=my-lab.toml``."""
+"""End to end: the HIL suite (hil/suite) run as its own pytest session through labgrid's
+plugin against the virtual lab hil/envs/virtual-3.yaml: 3 unix-port boards in network
+namespaces (mh-, 10.96.0.0/24) and the real gateway. The mesh elects, power loss of the
+leader elects another, readings reach the gateway exactly once; a power cut of every board
+and a reflashed board meet issue 9's open bugs (strict xfails); the MQTT and serial-console
+tests skip for lack of those features. The MQTT environment runs the broker restart. Each
+test's console lines per board land in the JUnit report. With real boards: ``--run-hardware``
+and ``MESHELECT_HIL_ENV=my-bench.yaml``."""
 
 from __future__ import annotations
 
@@ -14,36 +17,58 @@ from pathlib import Path
 
 import pytest
 
-from testkit.netns import require_netns
+from testkit.netns import require_netns, run_tag
 from testkit.tools import require_tool
 from tests.paths import REPO_ROOT
-from tests.test_hil_plugin import plugin_args
 
 SUITE = REPO_ROOT / "hil" / "suite"
-VIRTUAL_LAB = REPO_ROOT / "hil" / "labs" / "virtual-3.toml"
+ENVS = REPO_ROOT / "hil" / "envs"
 SUITE_TIMEOUT_S = 240.0  # a bound for a hung child, not a timing assertion
 
 
-def run_suite(lab: Path, report: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, str]]:
+def run_suite(
+    env_file: Path, report: Path, *args: str
+) -> tuple[subprocess.CompletedProcess[str], ET.Element | None]:
+    """The suite in a child pytest; ``returncode``, output and the child's namespace prefix
+    (``<bench prefix><pid tag>-``: names its own benches, not a concurrent run's)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO_ROOT)
-    done = subprocess.run(
-        [
-            sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", "-v", "-s",
-            *plugin_args(), "--hil-lab", str(lab), "--junitxml", str(report), str(SUITE),
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT_S,
-        check=False,
-    )  # fmt: skip
-    properties: dict[str, str] = {}
-    if report.exists():
-        for prop in ET.parse(report).getroot().iter("property"):
-            properties[str(prop.get("name"))] = str(prop.get("value"))
-    return done, properties
+    argv = [
+        sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rsx", "-v", "-s",
+        "--lg-env", str(env_file), "--junitxml", str(report), str(SUITE), *args,
+    ]  # fmt: skip
+    with subprocess.Popen(
+        argv, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as child:
+        try:
+            out, err = child.communicate(timeout=SUITE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, err = child.communicate()
+    done = subprocess.CompletedProcess(argv, child.returncode, out, err)
+    done.run_tag = run_tag(child.pid)  # type: ignore[attr-defined]
+    root = ET.parse(report).getroot() if report.exists() else None
+    return done, root
+
+
+def namespaces_left(prefix: str) -> list[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return [n for n in listed.stdout.split() if n.startswith(prefix)]
+
+
+def suite_properties(root: ET.Element) -> dict[str, str]:
+    suite = root.find("testsuite")
+    assert suite is not None
+    found = suite.find("properties")
+    assert found is not None
+    return {str(p.get("name")): str(p.get("value")) for p in found.iter("property")}
+
+
+def case_properties(root: ET.Element, name: str) -> dict[str, str]:
+    for case in root.iter("testcase"):
+        if case.get("name") == name:
+            return {str(p.get("name")): str(p.get("value")) for p in case.iter("property")}
+    raise AssertionError("no test case %s in the report" % name)
 
 
 @pytest.mark.netns
@@ -52,28 +77,49 @@ def run_suite(lab: Path, report: Path) -> tuple[subprocess.CompletedProcess[str]
 def test_hil_suite_on_the_virtual_lab(tmp_path: Path) -> None:
     require_netns()
     require_tool("mpy-cross")
-    done, properties = run_suite(VIRTUAL_LAB, tmp_path / "report.xml")
+    done, root = run_suite(ENVS / "virtual-3.yaml", tmp_path / "report.xml")
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    assert "3 passed, 1 skipped" in done.stdout, output
-    assert "hardware test: lab virtual-3 is virtual" in done.stdout
-    assert properties["hil_lab_type"] == "virtual"
+    assert "4 passed, 3 skipped, 1 xfailed" in done.stdout, output
+    assert "unsupported feature(s): mqtt" in done.stdout
+    assert "unsupported feature(s): serial-console" in done.stdout
+    assert "unsupported feature(s): pi" in done.stdout
+    assert "issue 9 item 1" in done.stdout and "issue 9 item 2" in done.stdout
+    assert root is not None
+    properties = suite_properties(root)
     assert properties["hil_boards"] == "vb-1,vb-2,vb-3"
+    assert properties["ENV_CONFIG"].endswith("virtual-3.yaml")  # labgrid's own
     assert len(properties["firmware_build"]) == 16 and properties["mpy_version"]
+    # Each board's console lines of that test, attached to the test's report.
+    attached = case_properties(root, "test_mesh_elects_one_leader_the_gateway_knows")
+    for board in ("vb-1", "vb-2", "vb-3"):
+        assert '"node": "%s"' % board in attached["console:%s" % board]
     for line in done.stdout.splitlines():
-        if "failover" in line or "stored once" in line:
+        if "failover" in line or "stored once" in line or "gateway term" in line:
             print(line.lstrip("."))
-    # Nothing left behind: no namespace of the lab's prefix.
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    assert not [n for n in listed.stdout.split() if n.startswith("mh-")]
+    # Nothing left behind by this run's bench.
+    assert not namespaces_left("mh-%s-" % done.run_tag)  # type: ignore[attr-defined]
+
+
+@pytest.mark.netns
+@pytest.mark.micropython
+@pytest.mark.broker
+@pytest.mark.slow
+def test_hil_suite_broker_restart_in_mqtt_mode(tmp_path: Path) -> None:
+    require_netns()
+    require_tool("mpy-cross")
+    done, _ = run_suite(ENVS / "virtual-3-mqtt.yaml", tmp_path / "report.xml", "-k", "broker")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "1 passed" in done.stdout, output
+    assert not namespaces_left("mq-%s-" % done.run_tag)  # type: ignore[attr-defined]
 
 
 @pytest.mark.hardware
 def test_hil_suite_on_real_boards(tmp_path: Path) -> None:
-    """Runs with --run-hardware and MESHELECT_HIL_LAB naming a real lab file."""
-    lab = os.environ.get("MESHELECT_HIL_LAB")
-    if not lab:
-        pytest.skip("hardware test: set MESHELECT_HIL_LAB to a real lab file")
-    done, properties = run_suite(Path(lab), tmp_path / "report.xml")
+    """Runs with --run-hardware and MESHELECT_HIL_ENV naming a real bench's env file."""
+    env_file = os.environ.get("MESHELECT_HIL_ENV")
+    if not env_file:
+        pytest.skip("hardware test: set MESHELECT_HIL_ENV to a real bench's env file")
+    done, _ = run_suite(Path(env_file), tmp_path / "report.xml")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert properties["hil_lab_type"] == "real"

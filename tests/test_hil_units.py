@@ -1,374 +1,261 @@
-"""The HIL harness without boards: lab files, the board strategy (fake drivers), and the real
-drivers on real local things (commands, processes, files, a pty, an HTTP server)."""
+"""The HIL harness without boards: environment checks, the board strategy on labgrid targets
+built in Python (labgrid's fake console, small fakes for power, flash and deploy), and the
+real drivers on real local things (a pty as serial port, an HTTP server, a MicroPython
+process in a namespace, commands)."""
 
 from __future__ import annotations
 
+import copy
 import http.server
 import json
 import os
-import subprocess
-import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 
+import attr
 import pytest
+from labgrid import Target
+from labgrid.driver import SerialDriver
+from labgrid.driver.common import Driver
+from labgrid.driver.fake import FakeCommandDriver, FakeConsoleDriver, FakeFileTransferDriver
+from labgrid.factory import target_factory
+from labgrid.protocol import BootstrapProtocol, PowerProtocol
+from labgrid.resource import RawSerialPort
+from labgrid.strategy import StrategyError
 
-from hil.drivers import (
-    AlwaysOnPowerDriver,
-    CommandPowerDriver,
-    ConsoleDriver,
-    EsptoolFirmwareDriver,
-    FileLines,
-    GatewayDriver,
-    HilError,
-    HilTimeout,
-    ProcessPowerDriver,
-    SerialLines,
-    UnixFirmwareDriver,
-    VirtualProcess,
-    manifest_hash,
-)
-from hil.fake import FakeBoard
-from hil.labfile import LabFileError, load_lab, parse_lab
+from hil.drivers.agent import MeshAgentDriver
+from hil.drivers.broker import MeshBrokerDriver
+from hil.drivers.common import HilError, HilTimeout, manifest_hash
+from hil.drivers.console import MeshConsoleDriver
+from hil.drivers.firmware import EsptoolDriver, MeshDeployDriver
+from hil.drivers.gateway import MeshGatewayDriver
+from hil.drivers.unixboard import MicroPythonUnixDriver
+from hil.envcheck import EnvError, check_data, check_env
 from hil.nsthread import NamespaceError, NamespaceThread
-from hil.resources import BoardSpec, Gateway, PowerPort, SerialPort, VirtualBoard
-from hil.strategy import BoardStrategy, MeshStrategy, StrategyBroken
+from hil.resources import MeshBroker, MeshGateway, MicroPythonUnixPort
+from hil.strategy import MeshNodeStrategy
+from testkit.mpy import micropython_path
 from tests.paths import REPO_ROOT
 
-LABS = REPO_ROOT / "hil" / "labs"
+ENVS = REPO_ROOT / "hil" / "envs"
 
-# ------------------------------------------------------------------------------------ lab files
-
-
-def test_shipped_labs_parse() -> None:
-    virtual = load_lab(LABS / "virtual-3.toml")
-    assert virtual.kind == "virtual" and virtual.mesh == "hil"
-    assert virtual.names() == ["vb-1", "vb-2", "vb-3"]
-    assert [b.virtual for b in virtual.boards] == [
-        VirtualBoard(1),
-        VirtualBoard(2),
-        VirtualBoard(3),
-    ]
-    assert virtual.has("power-cycle") and not virtual.has("wifi")
-    assert virtual.board("vb-2").config["hw"]["battery"] == 900
-    assert virtual.board("vb-2").config["data"] == {"sample_ms": 250}  # [defaults] merged
-
-    real = load_lab(LABS / "example-esp32.toml")
-    assert real.kind == "real" and real.gateway == Gateway("http://192.168.50.2:8470")
-    esp1, esp2, esp3 = real.boards
-    assert esp1.power == PowerPort(
-        ("uhubctl", "-l", "1-1", "-p", "1", "-a", "on"),
-        ("uhubctl", "-l", "1-1", "-p", "1", "-a", "off"),
-        off_s=2.0,
-    )
-    assert esp3.power is not None and esp3.power.command_on == ("relayctl", "--channel", "3", "on")
-    assert esp3.chip == "esp32s3" and esp2.chip == "esp32"
-    assert "port" not in esp1.config and "power_on" not in esp1.config  # resources stay out
-    assert esp1.config["wifi"]["ssid"] == "hil-bench"
-    assert real.has("native-usb") is False  # only one board has it
+# ------------------------------------------------------------------------------ environment files
 
 
-BASE_REAL = {"lab": {"type": "real"}, "board": [{"node_id": "a", "port": "/dev/ttyUSB0"}]}
+def test_shipped_environments_pass_the_check() -> None:
+    for path in sorted(ENVS.glob("*.yaml")):
+        data = check_env(str(path))
+        assert data["targets"], path
+    virtual = check_env(str(ENVS / "virtual-3.yaml"))
+    assert virtual["targets"]["vb-2"]["resources"]["MicroPythonUnixPort"]["host"] == 2
+
+
+def test_the_example_bench_binds_every_driver_labgrids_way() -> None:
+    """Targets are built (bindings resolved), nothing activated: no hardware needed."""
+    from labgrid import Environment
+
+    env = Environment(str(ENVS / "bench-esp32.yaml"))
+    strategy = env.get_target("esp-1").get_strategy()
+    assert type(strategy.power).__name__ == "USBPowerDriver"
+    assert type(strategy.flash).__name__ == "EsptoolDriver"
+    assert type(strategy.console.console).__name__ == "SerialDriver"
+    assert strategy.deploy.on_serial
+    assert type(env.get_target("esp-3").get_strategy().power).__name__ == "ExternalPowerDriver"
+    agent = env.get_target("pi-1").get_driver("MeshAgentDriver", activate=False)
+    assert agent.commands_for("start") == ["sudo systemctl start meshelect-agent.service"]
+    env.cleanup()
+
+
+GOOD: dict[str, Any] = {
+    "options": {"mesh_node": {"mesh": "m", "data": {"sample_ms": 250}}},
+    "targets": {
+        "bench": {"resources": {"VirtualBench": {"boards": 2, "mesh": "m"}}},
+        "vb-1": {
+            "resources": {"MicroPythonUnixPort": {"host": 1}},
+            "drivers": {
+                "MicroPythonUnixDriver": {},
+                "MeshConsoleDriver": {},
+                "MeshDeployDriver": {"config": {"hw": {"kind": "unix"}}},
+                "MeshNodeStrategy": {"boot_s": 5.0},
+            },
+        },
+    },
+}
+
+
+def changed(path: str, value: Any) -> dict[str, Any]:
+    """GOOD with the value at dotted ``path`` replaced (``None`` deletes it)."""
+    data = copy.deepcopy(GOOD)
+    *parents, last = path.split(".")
+    node = data
+    for key in parents:
+        node = node[key]
+    if value is None:
+        del node[last]
+    else:
+        node[last] = value
+    return data
+
+
+BOARD = "targets.vb-1"
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"lab": {"type": "cloud"}, "board": [{}]}, "lab.type"),
-        ({"lab": {"type": "real"}}, "no [[board]]"),
-        ({"lab": {"type": "real"}, "board": ["x"]}, "expected a table"),
-        ({"lab": {"type": "real"}, "board": [{"port": "/dev/x"}]}, "no node_id"),
-        ({"lab": {"type": "real"}, "board": [{"node_id": "a"}]}, "needs a serial port"),
+        ({"targets": {}}, "targets: expected a mapping of targets"),
+        (changed(BOARD + ".drivers.MeshNodeStrategy.boot_s", "5"), r"boot_s: .*float"),
+        (changed(BOARD + ".drivers.MeshNodeStrategy.join", 5.0), r"join: unknown key"),
+        (changed(BOARD + ".drivers.Nope", {}), r"drivers\.Nope: unknown driver class Nope"),
+        (changed(BOARD + ".resources.MicroPythonUnixPort.host", None), r"\.host: missing"),
+        (changed(BOARD + ".resources.MicroPythonUnixPort.host", 3), "bench bench has slots 1..2"),
+        (changed(BOARD + ".resources.MicroPythonUnixPort.bench", "b2"), "no target 'b2'"),
+        (changed(BOARD + ".drivers.MeshDeployDriver", None), "a board needs MeshDeployDriver"),
         (
-            {"lab": {"type": "virtual"}, "board": [{"node_id": "a", "port": "/dev/x"}]},
-            "virtual board has no port",
+            changed(BOARD + ".drivers.MeshDeployDriver.config.node_id", "vb-9"),
+            r"config\.node_id: 'vb-9', but the target is 'vb-1'",
         ),
         (
-            {
-                "lab": {"type": "real"},
-                "board": [{"node_id": "a", "port": "/x"}, {"node_id": "a", "port": "/y"}],
-            },
-            "share a node_id",
+            changed(BOARD + ".drivers.MeshDeployDriver.config.transport", "lora"),
+            r"MeshDeployDriver\.config\.transport: expected udp or mqtt",
         ),
-        (
-            {
-                "lab": {"type": "real"},
-                "board": [{"node_id": "a", "port": "/x"}, {"node_id": "b", "port": "/x"}],
-            },
-            "share a serial port",
-        ),
-        (
-            {
-                "lab": {"type": "virtual"},
-                "board": [{"node_id": "a", "mesh": "m1"}, {"node_id": "b", "mesh": "m2"}],
-            },
-            "different meshes",
-        ),
-        ({**BASE_REAL, "lab": {"type": "real", "features": "udp"}}, "lab.features"),
-        ({**BASE_REAL, "lab": {"type": "real", "boot_s": -1}}, "lab.boot_s"),
-        ({**BASE_REAL, "gateway": {"url": "ftp://x"}}, "gateway.url"),
-        ({**BASE_REAL, "gateway": "x"}, "[gateway] must be a table"),
-        (
-            {"lab": {"type": "real"}, "board": [{"node_id": "a", "port": "/x", "power_on": "on"}]},
-            "power_off",
-        ),
-        (
-            {
-                "lab": {"type": "real"},
-                "board": [{"node_id": "a", "port": "/x", "power_on": "", "power_off": "x"}],
-            },
-            "empty command",
-        ),
-        (
-            {
-                "lab": {"type": "real"},
-                "board": [{"node_id": "a", "port": "/x", "power_on": "'x", "power_off": "x"}],
-            },
-            "power_on",
-        ),
-        ({"lab": {"type": "real"}, "board": [{"node_id": "a", "port": "/x", "baud": 0}]}, "baud"),
+        (changed("options.mesh_node.data.sample_ms", -1), r"config\.data\.sample_ms"),
+        (changed("targets.bench.resources.VirtualBench.mesh", "x"), "but the boards are in 'm'"),
+        (changed(BOARD + ".drivers", ["x"]), r"targets\.vb-1\.drivers: invalid list item"),
     ],
 )
-def test_bad_lab_files_are_clear_errors(data: dict[str, Any], message: str) -> None:
-    with pytest.raises(LabFileError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        parse_lab(data, Path("lab.toml"))
+def test_environment_mistakes_name_the_key(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(EnvError, match=message):
+        check_data(data)
 
 
-def test_unreadable_lab_files_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(LabFileError, match=r"nope\.toml"):
-        load_lab(tmp_path / "nope.toml")
-    broken = tmp_path / "broken.toml"
-    broken.write_text("[lab\n")
-    with pytest.raises(LabFileError, match=r"broken\.toml is not valid TOML"):
-        load_lab(broken)
-    binary = tmp_path / "binary.toml"
-    binary.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(LabFileError, match=r"binary\.toml"):
-        load_lab(binary)
+def test_the_good_environment_passes() -> None:
+    check_data(GOOD)
 
 
 # ------------------------------------------------------------------------------------- strategy
 
 
-def strategy_for(board: FakeBoard) -> BoardStrategy:
-    return BoardStrategy(
-        board.name, board.firmware, board.power, board.console, boot_s=0.2, join_s=0.2
-    )
+@target_factory.reg_driver
+@attr.s(eq=False)
+class UnitPowerDriver(Driver, PowerProtocol):
+    """Power that makes the fake console print a status line while on (like a booting board)."""
+
+    log: list[str] = attr.ib(factory=list)
+    leader: str = attr.ib(default="")
+    boots: int = attr.ib(default=0)
+
+    @Driver.check_active
+    def on(self) -> None:
+        self.log.append("on")
+        self.boots += 1
+        console: Any = self.target.get_driver(FakeConsoleDriver)
+        status = {"node": self.target.name, "boot": self.boots, "leader": self.leader or None}
+        console.rxq.insert(0, b"boot noise\nstatus " + json.dumps(status).encode() + b"\n")
+
+    @Driver.check_active
+    def off(self) -> None:
+        self.log.append("off")
+
+    @Driver.check_active
+    def cycle(self) -> None:
+        self.off()
+        self.on()
+
+
+@target_factory.reg_driver
+@attr.s(eq=False)
+class UnitFlashDriver(Driver, BootstrapProtocol):
+    log: list[str] = attr.ib(factory=list)
+    fail: str = attr.ib(default="")
+
+    @Driver.check_active
+    def load(self, filename: str | None = None) -> None:
+        self.log.append("flash")
+        if self.fail:
+            raise HilError("board %s: flashing failed: %s" % (self.target.name, self.fail))
+
+
+@target_factory.reg_driver
+@attr.s(eq=False)
+class UnitDeployDriver(MeshDeployDriver):
+    bindings: ClassVar[dict[str, Any]] = {}
+    on_serial = False
+    log: list[str] = attr.ib(factory=list)
+
+    @Driver.check_active
+    def deploy(self) -> list[str]:
+        self.log.append("deploy")
+        return []
+
+
+def fake_board(name: str = "a", leader: str = "a", fail: str = "") -> MeshNodeStrategy:
+    target = Target(name)
+    log: list[str] = []
+    FakeConsoleDriver(target, None)
+    UnitPowerDriver(target, None, log=log, leader=leader)
+    UnitFlashDriver(target, None, log=log, fail=fail)
+    UnitDeployDriver(target, None, log=log)
+    MeshConsoleDriver(target, None)
+    strategy = MeshNodeStrategy(target, None, boot_s=0.3, join_s=0.3)
+    strategy.unit_log = log  # type: ignore[attr-defined]
+    return strategy
 
 
 def test_strategy_walks_up_through_every_state_and_installs_once() -> None:
-    board = FakeBoard("a", leader="a")
-    strategy = strategy_for(board)
+    strategy = fake_board()
+    log = strategy.unit_log  # type: ignore[attr-defined]
     strategy.transition("joined")
     assert strategy.history == ["flashed", "booted", "joined"]
-    assert board.log == ["install", "off", "mark", "on"]
+    assert log == ["flash", "deploy", "off", "on"]
+    assert strategy.console.status() is not None
     strategy.transition("joined")  # already there: nothing happens
-    assert board.log == ["install", "off", "mark", "on"]
     strategy.transition("off")
-    strategy.transition("joined")  # flashed once per session: no second install
-    assert board.log == ["install", "off", "mark", "on", "off", "off", "mark", "on"]
-    assert board.boots == 2
-
-
-def test_strategy_powers_a_real_board_to_install_it() -> None:
-    board = FakeBoard("a", needs_power=True)
-    strategy_for(board).transition("flashed")
-    assert board.log == ["on", "install", "off"]
-    assert not board.powered
-
-
-def test_an_always_on_board_is_installed_and_joins_without_power_switching() -> None:
-    board = FakeBoard("a", leader="a", needs_power=True, switchable=False)
-    board.powered = True  # always
-    strategy = strategy_for(board)
-    strategy.transition("joined")
-    assert board.log == ["on", "install", "mark", "on"]
-    assert strategy.state == "joined"
+    strategy.transition("joined")  # installed once per session
+    assert log == ["flash", "deploy", "off", "on", "off", "off", "on"]
+    assert strategy.console.status()["boot"] == 2  # type: ignore[index]
+    strategy.reflash()  # mid-run: installed again, left powered off
+    assert log[-4:] == ["off", "flash", "deploy", "off"]
+    assert strategy.node_state == "flashed"
 
 
 def test_booted_on_a_joined_board_does_not_power_cycle_it() -> None:
-    board = FakeBoard("a", leader="a")
-    strategy = strategy_for(board)
+    strategy = fake_board()
     strategy.transition("joined")
-    before = list(board.log)
+    log = list(strategy.unit_log)  # type: ignore[attr-defined]
     strategy.transition("booted")
-    assert board.log == before and strategy.state == "booted"
+    assert strategy.unit_log == log and strategy.node_state == "booted"  # type: ignore[attr-defined]
 
 
-def test_strategy_failure_is_sticky_and_later_calls_fail_fast() -> None:
-    board = FakeBoard("a", leader="a")
-    board.fail["install"] = HilError("esptool: no serial port")
-    strategy = strategy_for(board)
-    with pytest.raises(HilError, match="no serial port"):
+def test_strategy_failure_is_sticky_names_the_board_and_touches_nothing_again() -> None:
+    strategy = fake_board(name="esp-1", fail="image x.bin does not exist")
+    with pytest.raises(HilError, match=r"esp-1: flashing failed: image x\.bin"):
         strategy.transition("joined")
     assert isinstance(strategy.broken, HilError)
-    del board.fail["install"]
-    calls = len(board.log)
-    with pytest.raises(StrategyBroken, match="no serial port"):
+    calls = len(strategy.unit_log)  # type: ignore[attr-defined]
+    with pytest.raises(StrategyError, match=r"board esp-1 is broken since .*image x\.bin"):
         strategy.transition("off")
-    assert len(board.log) == calls  # the board was not touched again
+    assert len(strategy.unit_log) == calls  # type: ignore[attr-defined]
 
 
 def test_a_board_that_never_joins_times_out_with_its_name() -> None:
-    board = FakeBoard("lonely", leader=None)
-    strategy = strategy_for(board)
-    with pytest.raises(HilTimeout, match="lonely: no leader"):
+    strategy = fake_board(name="lonely", leader="")
+    with pytest.raises(HilTimeout, match="lonely: no leader in its status"):
         strategy.transition("joined")
-    assert strategy.state == "booted"
-    with pytest.raises(StrategyBroken):
+    assert strategy.node_state == "booted"
+    with pytest.raises(StrategyError):
         strategy.transition("booted")
 
 
 def test_an_unknown_state_is_the_callers_bug_not_the_boards() -> None:
-    strategy = strategy_for(FakeBoard("a"))
+    strategy = fake_board()
     with pytest.raises(ValueError, match="unknown state"):
         strategy.transition("running")
     assert strategy.broken is None
     strategy.force("booted")
-    assert strategy.state == "booted"
-
-
-def test_mesh_strategy_powers_every_board_before_waiting_for_a_leader() -> None:
-    boards = {name: FakeBoard(name) for name in ("b", "a", "c")}
-
-    # A leader exists only once every board is powered (as in a real mesh forming).
-    def maybe_lead() -> None:
-        if all(board.powered for board in boards.values()):
-            for board in boards.values():
-                board.leader = "a"
-
-    for board in boards.values():
-        original = board.power.on
-
-        def on(original: Any = original) -> None:
-            original()
-            maybe_lead()
-
-        board.power.on = on  # type: ignore[method-assign]
-    mesh = MeshStrategy({name: strategy_for(board) for name, board in boards.items()})
-    assert list(mesh) == ["a", "b", "c"] and len(mesh) == 3
-    mesh.transition("joined")
-    assert mesh.states() == {"a": "joined", "b": "joined", "c": "joined"}
-    assert mesh.broken == {}
-
-
-# ---------------------------------------------------------------------------------------- power
-
-
-def test_command_power_driver_runs_the_commands(tmp_path: Path) -> None:
-    flag = tmp_path / "powered"
-    port = PowerPort(("touch", str(flag)), ("rm", "-f", str(flag)), off_s=0.01)
-    power = CommandPowerDriver(port, "a")
-    power.on()
-    assert flag.exists()
-    power.off()
-    assert not flag.exists()
-    power.cycle()
-    assert flag.exists()
-
-
-def test_power_command_failures_say_which_board_and_why(tmp_path: Path) -> None:
-    failing = CommandPowerDriver(
-        PowerPort(("sh", "-c", "echo relay busy >&2; exit 3"), ("true",)), "esp-2"
-    )
-    with pytest.raises(HilError, match=r"esp-2: power on failed \(exit 3\): relay busy"):
-        failing.on()
-    missing = CommandPowerDriver(PowerPort((str(tmp_path / "no-such-tool"),), ("true",)), "x")
-    with pytest.raises(HilError, match="no-such-tool"):
-        missing.on()
-    with pytest.raises(HilError, match="no power port"):
-        AlwaysOnPowerDriver("esp-9").off()
-    AlwaysOnPowerDriver("esp-9").on()
-
-
-def sleeper_spawn(
-    argv: Sequence[str], cwd: Path, out: IO[Any]
-) -> subprocess.Popen[Any]:  # stands in for the micropython command: a real process
-    return subprocess.Popen(
-        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
-        cwd=cwd,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def test_virtual_power_is_a_process_start_and_sigkill(tmp_path: Path) -> None:
-    process = VirtualProcess(tmp_path, sleeper_spawn, "micropython")
-    power = ProcessPowerDriver(process)
-    with pytest.raises(HilError, match="flash it first"):
-        power.on()
-    (tmp_path / "main.py").write_text("")
-    try:
-        power.on()
-        power.on()  # already on: still one process
-        assert process.running and process.starts == 1
-        first = process.process
-        power.off()
-        assert not process.running
-        assert first is not None and first.returncode == -9  # power loss, not a clean exit
-        power.on()
-        assert process.running and process.starts == 2
-    finally:
-        process.kill()
-
-
-def test_virtual_firmware_install_writes_the_device_config(tmp_path: Path) -> None:
-    build = tmp_path / "build"
-    (build / "app").mkdir(parents=True)
-    (build / "main.py").write_text("print('hi')\n")
-    (build / "app" / "x.mpy").write_bytes(b"M")
-    board = BoardSpec("vb-1", {"node_id": "vb-1", "mesh": "m", "hw": {"battery": 500}})
-    process = VirtualProcess(tmp_path / "vb-1", sleeper_spawn, "micropython")
-    firmware = UnixFirmwareDriver(board, build, process, "10.96.0.1")
-    firmware.install()
-    firmware.install()  # again: links replaced, not failing
-    folder = tmp_path / "vb-1"
-    assert (folder / "main.py").resolve() == (build / "main.py").resolve()
-    config = json.loads((folder / "config.json").read_text())
-    assert config["udp"] == {"interface": "10.96.0.1"}
-    assert config["hw"] == {"battery": 500, "kind": "unix"}
-    assert config["status_file"] == str(folder / "status.json")
-
-    bad = BoardSpec("x" * 20, {"node_id": "x" * 20})
-    with pytest.raises(HilError, match="node_id"):
-        UnixFirmwareDriver(bad, build, process, "10.96.0.1").install()
-
-
-def test_real_firmware_driver_releases_the_console_and_reports_tool_errors(
-    tmp_path: Path,
-) -> None:
-    released = []
-    board = BoardSpec(
-        "esp-1",
-        {"node_id": "esp-1", "mesh": "m"},
-        serial=SerialPort("/dev/hil-no-such-port"),
-        image=str(tmp_path / "missing.bin"),
-    )
-    firmware = EsptoolFirmwareDriver(
-        board, tmp_path / "build", log=print, release=lambda: released.append(1)
-    )
-    assert firmware.needs_power
-    with pytest.raises(HilError, match=r"esp-1: image .*missing\.bin does not exist"):
-        firmware.install()
-    assert released == [1]
-    # A board whose config is fine (deploy checks the config first) but with no build.
-    no_build = BoardSpec("esp-2", {"node_id": "esp-2", "mesh": "m"}, serial=board.serial)
-    no_image = EsptoolFirmwareDriver(no_build, tmp_path, print)
-    with pytest.raises(HilError, match="esp-2: no build at"):
-        no_image.install()
-    with pytest.raises(HilError, match="no serial port"):
-        EsptoolFirmwareDriver(BoardSpec("esp-3", {}), tmp_path, print)
-
-
-def test_manifest_hash_names_the_files_not_their_order() -> None:
-    a = {"files": [{"path": "a", "sha256": "1"}, {"path": "b", "sha256": "2"}]}
-    b = {"files": [{"path": "b", "sha256": "2"}, {"path": "a", "sha256": "1"}]}
-    c = {"files": [{"path": "b", "sha256": "3"}, {"path": "a", "sha256": "1"}]}
-    assert manifest_hash(a) == manifest_hash(b) != manifest_hash(c)
+    assert strategy.node_state == "booted"
 
 
 # -------------------------------------------------------------------------------------- console
@@ -378,11 +265,19 @@ def status_line(node: str, **fields: Any) -> bytes:
     return b"status " + json.dumps({"node": node, **fields}).encode() + b"\n"
 
 
-def test_console_parses_status_lines_and_survives_garbage(tmp_path: Path) -> None:
-    log = tmp_path / "console.log"
-    console = ConsoleDriver("fw-1", FileLines(log))
-    assert console.status() is None  # no file yet
-    log.write_bytes(
+def console_on_fake(name: str = "fw-1") -> tuple[MeshConsoleDriver, Any]:
+    target = Target(name)
+    fake = FakeConsoleDriver(target, None)
+    console = MeshConsoleDriver(target, None)
+    target.activate(console)
+    return console, fake
+
+
+def test_console_parses_status_lines_and_survives_garbage() -> None:
+    console, fake = console_on_fake()
+    assert console.status() is None
+    fake.rxq.insert(
+        0,
         b"MicroPython v1.29 boot\n"
         + b"role follower term 0 leader None\n"
         + status_line("fw-1", leader=None, term=0)
@@ -390,64 +285,149 @@ def test_console_parses_status_lines_and_survives_garbage(tmp_path: Path) -> Non
         + status_line("fw-2", leader="fw-2")  # another node's line on this console: noise
         + b"\xff\xfe garbage \x00\n"
         + b"status " + b"x" * 20000 + b"\n"
-        + b"status {\"node\": \"fw-1\", \"le"  # half a line: waits for the rest
+        + b"status {\"node\": \"fw-1\", \"le",  # half a line: waits for the rest
     )  # fmt: skip
     assert console.status() == {"node": "fw-1", "leader": None, "term": 0}
     assert console.bad_lines == 3
     assert console.roles == ["role follower term 0 leader None"]
-    with log.open("ab") as f:
-        f.write(b'ader": "fw-1", "term": 2}\n')
+    fake.rxq.insert(0, b'ader": "fw-1", "term": 2}\n')
     assert console.wait_status(lambda s: s["leader"] == "fw-1", timeout=1.0)["term"] == 2
+    assert console.lines_since(1)[0] == "role follower term 0 leader None"
+    assert "MicroPython v1.29 boot" in console.log_path.read_text()
 
 
-def test_console_mark_forgets_the_previous_boot(tmp_path: Path) -> None:
-    log = tmp_path / "console.log"
-    log.write_bytes(status_line("fw-1", boot=1))
-    console = ConsoleDriver("fw-1", FileLines(log))
+def test_console_mark_forgets_the_previous_boot() -> None:
+    console, fake = console_on_fake()
+    fake.rxq.insert(0, status_line("fw-1", boot=1))
     assert console.status() == {"node": "fw-1", "boot": 1}
     console.mark()
     assert console.status() is None
     with pytest.raises(HilTimeout, match=r"fw-1: no status line within 0 s; console tail:\n"):
         console.wait_status(timeout=0.05, what="status line")
-    with log.open("ab") as f:
-        f.write(status_line("fw-1", boot=2))
+    fake.rxq.insert(0, status_line("fw-1", boot=2))
     assert console.wait_status(timeout=1.0)["boot"] == 2
 
 
-def test_console_drops_an_endless_line(tmp_path: Path) -> None:
-    log = tmp_path / "console.log"
-    log.write_bytes(b"x" * 40000)
-    console = ConsoleDriver("fw-1", FileLines(log))
-    assert console.read() == []
-    with log.open("ab") as f:
-        f.write(b"\n" + status_line("fw-1", boot=3))
-    console.read()
-    assert console.last_status == {"node": "fw-1", "boot": 3}
-
-
-def test_serial_console_reads_a_real_tty() -> None:
-    pytest.importorskip("serial")
+def test_console_over_labgrids_serial_driver_on_a_real_tty() -> None:
     master, slave = os.openpty()
     try:
-        lines = SerialLines(SerialPort(os.ttyname(slave), 115200))
-        console = ConsoleDriver("esp-1", lines)
-        assert console.status() is None  # opens the port (opening flushes what came before)
+        target = Target("esp-1")
+        RawSerialPort(target, None, port=os.ttyname(slave), speed=115200)
+        SerialDriver(target, None)
+        console = MeshConsoleDriver(target, None)
+        target.activate(console)
+        assert console.status() is None
         os.write(master, b"boot noise\r\n" + status_line("esp-1", leader="esp-1"))
-        status = console.wait_status(timeout=2.0)
-        assert status["leader"] == "esp-1"
-        assert "boot noise" in console.tail
-        lines.close()
+        assert console.wait_status(timeout=2.0)["leader"] == "esp-1"
+        assert "boot noise" in console.lines
+        target.cleanup()
     finally:
         os.close(master)
         os.close(slave)
 
 
-def test_serial_console_on_a_missing_port_is_quiet_and_says_why() -> None:
-    pytest.importorskip("serial")
-    console = ConsoleDriver("esp-1", SerialLines(SerialPort("/dev/hil-no-such-port", 115200)))
-    assert console.status() is None
-    with pytest.raises(HilTimeout, match="hil-no-such-port"):
-        console.wait_status(timeout=0.05)
+# ------------------------------------------------------------------------------ flash and deploy
+
+
+def test_esptool_driver_reports_a_missing_image_with_the_board(tmp_path: Path) -> None:
+    target = Target("esp-1")
+    RawSerialPort(target, None, port="/dev/hil-no-such-port")
+    flash = EsptoolDriver(target, None, image=str(tmp_path / "missing.bin"))
+    target.activate(flash)
+    with pytest.raises(HilError, match=r"esp-1: flashing failed: image .*missing\.bin does not"):
+        flash.load()
+    image = tmp_path / "mp.bin"
+    image.write_bytes(b"\0" * 8192)
+    with pytest.raises(HilError, match=r"esp-1: flashing failed: serial port /dev/hil-no-such"):
+        flash.load(str(image))
+    empty = Target("esp-2")
+    RawSerialPort(empty, None, port="/dev/x")
+    nothing = EsptoolDriver(empty, None)
+    empty.activate(nothing)
+    with pytest.raises(HilError, match="esp-2: EsptoolDriver has no image"):
+        nothing.load()
+
+
+def test_deploy_driver_checks_the_node_config_by_the_firmwares_rules() -> None:
+    target = Target("esp-1")
+    RawSerialPort(target, None, port="/dev/hil-no-such-port")
+    deploy = MeshDeployDriver(target, None, config={"mesh": "m", "data": {"sample_ms": 500}})
+    assert deploy.on_serial and deploy.mesh == "m"
+    device = deploy.device_config()
+    assert device["node_id"] == "esp-1" and device["data"]["sample_ms"] == 500
+    bad = Target("esp-2")
+    RawSerialPort(bad, None, port="/dev/x")
+    broken = MeshDeployDriver(bad, None, config={"heartbeat_ms": 0})
+    with pytest.raises(HilError, match="board esp-2: config: heartbeat_ms: "):
+        broken.device_config()
+
+
+# --------------------------------------------------------------------------- a virtual board
+
+
+def test_virtual_board_flash_refuses_an_interpreter_that_is_not_micropython(
+    tmp_path: Path,
+) -> None:
+    target = Target("vb-1")
+    MicroPythonUnixPort(
+        target, None, host=1, netns="x", address="10.0.0.1", folder=str(tmp_path / "f"),
+        interpreter=str(tmp_path / "no-such-micropython"),
+    )  # fmt: skip
+    board = MicroPythonUnixDriver(target, None)
+    target.activate(board)
+    with pytest.raises(HilError, match=r"vb-1: cannot flash: the interpreter .*no-such"):
+        board.load()
+    with pytest.raises(HilError, match=r"vb-1: cannot flash: /bin/true is not a MicroPython"):
+        board.load("/bin/true")
+    with pytest.raises(HilError, match="holds no firmware"):
+        board.on()
+
+
+@pytest.mark.netns
+@pytest.mark.micropython
+def test_virtual_board_power_is_a_process_in_its_namespace_and_sigkill(
+    tmp_path: Path, lab_factory: Any
+) -> None:
+    lab = lab_factory("mu-", "10.95.0.0/24", hosts=1)
+    target = Target("vb-1")
+    MicroPythonUnixPort(
+        target, None, host=1, netns=lab.ns(1), address=lab.address(1),
+        folder=str(tmp_path / "flash"), interpreter=str(micropython_path()),
+    )  # fmt: skip
+    board = MicroPythonUnixDriver(target, None)
+    console = MeshConsoleDriver(target, None)
+    target.activate(console)
+    board.load()
+    (tmp_path / "flash" / "main.py").write_text(
+        "import time\nprint('up')\nwhile True:\n    time.sleep(1)\n"
+    )
+    (tmp_path / "flash" / "boot_count").write_text("3\n")
+    board.on()
+    board.on()  # already on: still one process
+    assert board.running and board.starts == 1
+    assert poll_lines(console, "up")
+    first = board.process
+    board.off()
+    assert first is not None and first.returncode == -9  # power loss, not a clean exit
+    board.cycle()
+    assert board.starts == 2 and board.running
+    assert poll_lines(console, "up")
+    assert console.log_path.read_text().count("up\n") == 2  # one console over both boots
+    board.load()  # erase: the files and the boot counter are gone
+    assert not board.running and not (tmp_path / "flash" / "boot_count").exists()
+    target.cleanup()
+
+
+def poll_lines(console: MeshConsoleDriver, text: str, count: int = 1) -> bool:
+    from testkit.waiting import poll_until
+
+    seen: list[str] = []
+
+    def enough() -> bool:
+        seen.extend(console.read())
+        return seen.count(text) >= count
+
+    return bool(poll_until(enough, 10.0, 0.05))
 
 
 # -------------------------------------------------------------------------------------- gateway
@@ -498,9 +478,11 @@ def api_url() -> Iterator[str]:
 
 
 def test_gateway_driver_reads_leader_and_readings(api_url: str) -> None:
-    gateway = GatewayDriver(Gateway(api_url))
+    target = Target("gateway")
+    MeshGateway(target, None, url=api_url)
+    gateway = MeshGatewayDriver(target, None)
+    target.activate(gateway)  # waits until the API answers
     assert gateway.healthy()
-    gateway.wait_healthy(1.0)
     assert gateway.leader("hil") == ("vb-2", 3)
     assert gateway.leader("unknown") == (None, 0)  # 404: no batch yet
     assert gateway.stored("hil") == {("vb-1", 1): [1, 2], ("vb-2", 4): [1]}
@@ -508,14 +490,15 @@ def test_gateway_driver_reads_leader_and_readings(api_url: str) -> None:
         gateway.mesh("broken")
     with pytest.raises(HilError, match="garbage"):
         gateway.mesh("garbage")
-    gateway.close()
+    target.cleanup()
 
 
-def test_gateway_driver_unreachable_is_a_clear_error(api_url: str) -> None:
-    gone = GatewayDriver(Gateway("http://127.0.0.1:9"))  # discard port: nothing listens
-    assert not gone.healthy()
-    with pytest.raises(HilTimeout, match=r"127\.0\.0\.1:9"):
-        gone.wait_healthy(0.05)
+def test_gateway_driver_unreachable_is_a_clear_error() -> None:
+    target = Target("gateway")
+    MeshGateway(target, None, url="http://127.0.0.1:9")  # discard port: nothing listens
+    gateway = MeshGatewayDriver(target, None, start_s=0.05)
+    with pytest.raises(HilTimeout, match=r"127\.0\.0\.1:9 to answer"):
+        target.activate(gateway)
 
 
 def test_namespace_thread_refuses_a_missing_namespace() -> None:
@@ -525,3 +508,52 @@ def test_namespace_thread_refuses_a_missing_namespace() -> None:
             thread.call(int, "1")
     finally:
         thread.close()
+
+
+# ---------------------------------------------------------------------------- broker and agent
+
+
+def test_broker_restart_command_failures_say_why() -> None:
+    target = Target("gateway")
+    MeshBroker(target, None, restart_cmd="sh -c 'echo broker busy >&2; exit 3'")
+    broker = MeshBrokerDriver(target, None)
+    target.activate(broker)
+    with pytest.raises(HilError, match=r"broker restart failed \(exit 3\): broker busy"):
+        broker.restart()
+    other = Target("gw2")
+    MeshBroker(other, None, restart_cmd="true", address="10.0.0.5:1883")
+    ok = MeshBrokerDriver(other, None)
+    other.activate(ok)
+    ok.restart()
+    assert ok.restarts == 1 and ok.address == "10.0.0.5:1883"
+
+
+def test_agent_driver_commands_install_and_start_the_systemd_unit() -> None:
+    target = Target("pi-1")
+    FakeCommandDriver(target, None)
+    FakeFileTransferDriver(target, None)
+    agent = MeshAgentDriver(target, None, config_file="agent.toml")
+    assert agent.commands_for("install") == [
+        "install -D -m 644 /tmp/meshelect-hil/agent.toml /etc/meshelect/agent.toml",
+        "install -D -m 644 /tmp/meshelect-hil/meshelect-agent.service "
+        "/etc/systemd/system/meshelect-agent.service",
+        "systemctl daemon-reload",
+        "systemctl enable --now meshelect-agent.service",
+    ]
+    target2 = Target("pi-2")
+    FakeCommandDriver(target2, None)
+    FakeFileTransferDriver(target2, None)
+    with_sudo = MeshAgentDriver(
+        target2, None, config_file="a.toml", sudo=True, install_cmd="pip install meshelect"
+    )
+    assert with_sudo.commands_for("install")[0] == "sudo pip install meshelect"
+    assert with_sudo.commands_for("stop") == ["sudo systemctl stop meshelect-agent.service"]
+    with pytest.raises(ValueError, match="unknown action"):
+        agent.commands_for("reboot")
+
+
+def test_manifest_hash_names_the_files_not_their_order() -> None:
+    a = {"files": [{"path": "a", "sha256": "1"}, {"path": "b", "sha256": "2"}]}
+    b = {"files": [{"path": "b", "sha256": "2"}, {"path": "a", "sha256": "1"}]}
+    c = {"files": [{"path": "b", "sha256": "3"}, {"path": "a", "sha256": "1"}]}
+    assert manifest_hash(a) == manifest_hash(b) != manifest_hash(c)

@@ -389,7 +389,11 @@ markers =
     hardware: real boards
 """
 # Inner sessions need none of the heavy plugins; leaving them out keeps these tests fast.
-INNER_ARGS = ("-p", "no:hypothesispytest", "-p", "no:asyncio", "-p", "no:anyio")
+# labgrid's plugin (installed with the hil extra) starts a process-wide step logger once per
+# process: a second, in-process pytest session would trip over it.
+INNER_ARGS = (
+    "-p", "no:hypothesispytest", "-p", "no:asyncio", "-p", "no:anyio", "-p", "no:labgrid",
+)  # fmt: skip
 
 SKIPPING = """
 import pytest

@@ -28,6 +28,8 @@ tuples whose first item says what happened:
     ("clock_paused", paused, why)        the election clock stopped or went on (below)
     ("confirmed", count)                 the gateway stored this many of our readings
     ("batch_ack", batch_id, status, highest_term)    the gateway answered one of our batches
+    ("max_term", term)                   the highest term seen rose: persist it, give it back
+                                         as ``term`` at the next boot (the first claim is above)
     ("dropped", reason, source, error)   a frame was dropped (error: the WireError, or None)
     ("error", what, error, msg)          "frame", "encode": a bug caught; "sample": bad input
 
@@ -137,11 +139,13 @@ class NodeApp:
         max_in_flight=1,
         check_batch=None,
         clock_paused=False,
+        term=0,
     ):
         self.id = node_id
         self.mesh = mesh
         self.boot = boot
-        self.node = Node(node_id, config, boot, seed)
+        self.node = Node(node_id, config, boot, seed, term)
+        self.max_term = self.node.max_seen  # the highest term reported (event "max_term")
         self.codec = Codec(mesh, key or None, dumps, loads, boot=boot, check_batch=check_batch)
         self.buffer = datapath.ReadingBuffer(node_id, boot, buffer_size)
         # The leader holds up to a full batch per member; bounded all the same.
@@ -322,6 +326,7 @@ class NodeApp:
             "clock_paused": self._ms[_PAUSED_AT] >= 0,
             "role": ROLE_NAMES[node.role],
             "term": node.term,
+            "max_term": self.max_term,
             "leader": node.leader,
             "lead_reason": node.lead_reason,
             "score": node.score,
@@ -334,6 +339,7 @@ class NodeApp:
                 "terms_started": node.stats_terms_started,
                 "suspicions": node.stats_suspicions,
                 "handoffs": node.stats_handoffs,
+                "term_jumps": node.term_jumps,
             },
             "buffer": {
                 "depth": buf.depth,
@@ -384,9 +390,13 @@ class NodeApp:
             body = msg.body
             if isinstance(body, list) and len(body) == 3:
                 self._event(("batch_ack", body[0], body[1], body[2]))
+            fence = self.collector.fenced_term
             acks = datapath.make_ack_messages(
                 self.id, node.term, self.collector.on_ack_msg(msg, now)
             )
+            if self.collector.fenced_term != fence:
+                # FENCED for a batch of ours: lead in a term above the gateway's at once.
+                node.fenced(now, self.collector.fenced_term)
             self._data_at = now  # the batch slot is free: what waits may go at once
             for ack in acks:
                 if ack.target == self.id:
@@ -469,12 +479,15 @@ class NodeApp:
                 if was == ROLE_LEADER and role != ROLE_LEADER:
                     self.collector.lost_leadership()
                     self._elections = []
-                elif role == ROLE_LEADER and was != ROLE_LEADER:
+                elif role == ROLE_LEADER and (was != ROLE_LEADER or event[0] == "term"):
                     if len(self._elections) >= _MAX_ELECTIONS:
                         self._elections.pop(0)  # no gateway for a long time: keep the latest
                     self._elections.append([event[2], self.id, event[4] or "start"])
                 self._event(event)
             del events[:]
+        if node.max_seen > self.max_term:
+            self.max_term = node.max_seen
+            self._event(("max_term", self.max_term))  # the runtimes persist it
         if self._ms[_PAUSED_AT] < 0 and now >= self._data_at:
             self._data_path(now)
             # When it runs next (see _LEADER_DATA_MS).

@@ -25,6 +25,7 @@ class NodeApp:
     id: str
     mesh: str
     boot: int
+    max_term: int
     node: Node
     codec: Codec
     buffer: datapath.ReadingBuffer
@@ -33,7 +34,8 @@ class NodeApp:
     addresses: dict[str, Any]
     # (dest, name, kind, frame): DEST_MESH / DEST_NODE (name: the node) / DEST_GATEWAY (batch id)
     out: list[tuple[int, Any, int, bytes]]
-    # (kind, ...): "role", "term", "clock_paused", "confirmed", "batch_ack", "dropped", "error"
+    # (kind, ...): "role", "term", "clock_paused", "confirmed", "batch_ack", "max_term", "dropped",
+    # "error"
     events: list[tuple[Any, ...]]
     out_dropped: int
     ignored: int
@@ -58,6 +60,7 @@ class NodeApp:
         max_in_flight: int = 1,
         check_batch: Callable[[Any], str | None] | None = None,
         clock_paused: bool = False,
+        term: int = 0,
     ) -> None: ...
     def start(self, now: int) -> None: ...
     def stop(self, now: int) -> None: ...

@@ -18,7 +18,10 @@ mesh of a dozen nodes does not look like a death.
 
 Terms only grow. A claim starts a new term; a leader's heartbeats carry its term; every node
 follows the highest term it has seen, so a deposed leader is fenced (the gateway refuses its
-batches, and no node follows it again).
+batches, and no node follows it again). A node starts knowing the highest term it saw before
+its boot (``term``, persisted by the runtime), a leader the gateway fences learns its term
+(``fenced``), and no frame makes a node take a term without an encodable successor, or one
+implausibly far above what it has seen (docs/design.md, "Terms across restarts").
 
 Claims are ordered by rank, so one round usually settles an election with one CLAIM (bully
 with scores): when the leader is suspected, every node computes its rank among the live
@@ -122,9 +125,16 @@ _REASON_HANDOFF = const("score")  # the previous leader handed over to a better 
 _REASON_BATTERY = const("battery")  # the previous leader's battery fell below the threshold
 _REASON_SHUTDOWN = const("shutdown")  # the previous leader shut down gracefully
 _REASON_MERGE = const("merge")  # two leaders met after a partition healed
+_REASON_FENCED = const("fenced")  # the gateway knew a newer term (say, after a site restart)
 
 MAX_NODE_ID_BYTES = const(16)  # the node_id setting: 1..16 UTF-8 bytes (the wire's bound)
 HEARD_NONE = const(65535)  # "heard" field: no leader heard (also the cap of the field)
+# Terms are 32-bit on the wire: a node never holds a term whose successor would not encode, so
+# a frame at or above this cap is dropped (it cannot capture the mesh).
+_TERM_CAP = const(0xFFFFFFFF)
+# A term more than this above the highest the node has seen is implausible (a mesh makes one
+# term per election): dropped and counted, unless corroborated (see ``Node.receive``).
+_MAX_TERM_STEP = const(1 << 16)
 # ``now`` never wraps (ms since boot), so these lie far beyond any uptime: 2**30 ms would be
 # reached after 12.4 days, and every "no deadline" would then fire at once. (Not small ints
 # on a 32-bit board, but so is ``now`` itself after 12.4 days.)
@@ -253,7 +263,7 @@ def make_config(heartbeat_ms=_DEFAULT_HEARTBEAT_MS, election=None, score=None):
 class Node:
     """One node's election state. See the module docstring for the rules."""
 
-    def __init__(self, node_id, config=None, boot=0, seed=0):
+    def __init__(self, node_id, config=None, boot=0, seed=0, term=0):
         if not isinstance(node_id, str):
             raise TypeError("node id must be a str")
         n = len(node_id.encode())
@@ -271,6 +281,11 @@ class Node:
         self.stats_terms_started = 0
         self.stats_suspicions = 0
         self.stats_handoffs = 0
+        self.term_jumps = 0  # frames dropped for an implausible term
+        # The highest term seen before this boot (persisted by the runtime): the first claim
+        # goes above it, so a restarted mesh is not fenced by its own past. (Kept by start.)
+        self.max_seen = term if 0 <= term < _TERM_CAP else 0
+        self._jumper = None  # the sender of the last implausible term (see receive)
         self._reset(0)  # peers, role, term, leader and every timer
         self._view = [ROLE_DOWN, 0, None]  # role, term, leader: what the last event showed
 
@@ -335,12 +350,48 @@ class Node:
         """Take one decoded, authenticated message from a peer."""
         if self.role == ROLE_DOWN or msg.sender == self.id:
             return
+        # A term the node may take: one whose successor encodes, and not a jump of more than
+        # _MAX_TERM_STEP above the highest seen, unless the node has had no leader since boot
+        # (nothing to compare with: a wiped node joining an old mesh), the sender is its own
+        # leader (which learned the gateway's term), or a second sender jumps too.
+        term = msg.term
+        if term >= _TERM_CAP:
+            self.term_jumps += 1
+            return
+        if term > self.max_seen + _MAX_TERM_STEP and self._had_leader:
+            sender = msg.sender
+            if sender != self.leader and (self._jumper is None or self._jumper == sender):
+                self._jumper = sender
+                self.term_jumps += 1
+                return
+            self._jumper = None
         event = self._learn(msg, now)
         if event < 0:
             return  # not an election message
         handler = MACHINE[self.role][2 * event]
         if handler is not None:
             handler(self, msg, now)
+        self._update_wakeup(now)
+        self._after()
+
+    def fenced(self, now, term):
+        """The gateway refused our batch: it holds ``term`` (say, from before a whole-site
+        restart). A leader leads in a term above it at once, instead of sending nothing until
+        some later election; once per leadership, so two leaders split by a partition do not
+        take turns raising the fence (the second one fenced stays fenced until the heal)."""
+        if (
+            self.role != ROLE_LEADER
+            or self.lead_reason == _REASON_FENCED
+            or term < self.term
+            or term + 1 >= _TERM_CAP
+        ):
+            return
+        if term > self.max_seen:
+            self.max_seen = term
+        self.term = self.max_seen + 1
+        self.max_seen = self.term
+        self.stats_terms_started += 1
+        self._become_leader(now, _REASON_FENCED)
         self._update_wakeup(now)
         self._after()
 
@@ -372,8 +423,8 @@ class Node:
             p.link = m.link
             p.flags = m.flags
             p.term = m.term
-            if m.term > self._max_seen:
-                self._max_seen = m.term
+            if m.term > self.max_seen:
+                self.max_seen = m.term
             if m.flags & F_LEADER:
                 return _ON_LEADER_BEAT
             if m.heard < HEARD_NONE and not m.flags & F_CANDIDATE:
@@ -385,8 +436,8 @@ class Node:
             p.score = m.score
             p.term = m.term
             p.flags = F_CANDIDATE
-            if m.term > self._max_seen:
-                self._max_seen = m.term
+            if m.term > self.max_seen:
+                self.max_seen = m.term
             return _ON_CLAIM
         if kind == HANDOFF:
             self.peers.touch(m.sender, now)
@@ -409,8 +460,15 @@ class Node:
             self._ev_time = now
             self._direct = now
         else:
+            # A leader of our term we hear, against ours: the better one, or this one if we
+            # have not heard ours ourselves for a live interval (peers' reports of "their
+            # leader" may be about this one, and would keep a dead leader of ours alive).
             current = self.peers.by_id.get(self.leader)
-            if current is None or better(m.score, sender, current.score, current.id):
+            if (
+                current is None
+                or current.heard < now - self.config.live_ms
+                or better(m.score, sender, current.score, current.id)
+            ):
                 self._adopt(sender, term, now)
 
     def _on_report(self, m, now):
@@ -528,10 +586,12 @@ class Node:
             if self.score < 0:
                 return
             top = self.term if self.term > m.term else m.term
-            if self._max_seen > top:
-                top = self._max_seen
+            if self.max_seen > top:
+                top = self.max_seen
+            if top + 1 >= _TERM_CAP:
+                return
             self.term = top + 1
-            self._max_seen = self.term
+            self.max_seen = self.term
             self.stats_terms_started += 1
             if m.flags & F_LEAVING:
                 reason = _REASON_SHUTDOWN
@@ -631,7 +691,6 @@ class Node:
         self.term = 0
         self.leader = None
         self.lead_reason = None
-        self._max_seen = 0
         self._ev_time = _NEVER  # latest time a leader of self.term was known alive
         self._direct = _NEVER  # latest time we heard our leader ourselves
         self._suspected = None
@@ -695,9 +754,14 @@ class Node:
         self._claim_at = now + rank * cfg.claim_slot_ms
 
     def _claim(self, now, reason):
-        top = self.term if self.term > self._max_seen else self._max_seen
+        top = self.term if self.term > self.max_seen else self.max_seen
+        if top + 1 >= _TERM_CAP:
+            # No term left to claim (only a corroborated jump gets here): wait for a leader.
+            self._claim_at = _NO_TIME
+            self._listen_until = now + self.config.suspect_ms
+            return
         self.term = top + 1
-        self._max_seen = self.term
+        self.max_seen = self.term
         self.stats_terms_started += 1
         self._become_candidate(now, reason)
 

@@ -59,6 +59,8 @@ class Node:
     stats_terms_started: int
     stats_suspicions: int
     stats_handoffs: int
+    term_jumps: int
+    max_seen: int
     battery: int
     link: int
     mains: bool
@@ -70,8 +72,14 @@ class Node:
     leader: str | None
     lead_reason: str | None
     def __init__(
-        self, node_id: str, config: Config | None = None, boot: int = 0, seed: int = 0
+        self,
+        node_id: str,
+        config: Config | None = None,
+        boot: int = 0,
+        seed: int = 0,
+        term: int = 0,
     ) -> None: ...
+    def fenced(self, now: int, term: int) -> None: ...
     def set_power(
         self, battery: int, link: int, mains: bool = False, eligible: bool = True
     ) -> None: ...

@@ -134,6 +134,17 @@ class Runtime:
 
         boot = config.next_boot(cfg["boot_file"])
         self.boot = boot
+        # Beside the boot counter: the highest term seen, so that after a power cut the first
+        # claim goes above the gateway's fence. Written only when it rises (flash wear is one
+        # small write per election).
+        term = 0
+        try:
+            # ("." and "term" are interned names already; ".term" would be one more, and the
+            # process is at the edge of a new qstr pool: firmware/README.md, "Memory".)
+            with open(cfg["boot_file"] + "." + "term") as f:
+                term = int(f.read())
+        except (OSError, ValueError):
+            pass
         self.app = NodeApp(
             cfg["node_id"],
             cfg["mesh"],
@@ -147,6 +158,7 @@ class Runtime:
             buffer_size=cfg["data"]["buffer_capacity"],
             collector_size=cfg["data"]["collector_capacity"],
             clock_paused=link.clock_paused,
+            term=term,  # (the core ignores one out of range)
         )  # (the rest: NodeApp's defaults are a board's)
         udp_cfg = cfg["udp"]
         # Where our unicast frames arrive (UDP); mDNS advertises it on either link.
@@ -253,6 +265,14 @@ class Runtime:
                         self._announced = (None, 0, -_MIN_ANNOUNCE_INTERVAL_MS)  # new TXT
                     if role == ROLE_LEADER:
                         self.link.leader(event[2])  # once per term
+                elif kind == "max_term":
+                    path = self.cfg["boot_file"] + "." + "term"
+                    try:
+                        with open(path + ".tmp", "w") as f:
+                            f.write("%d\n" % event[1])
+                        os.rename(path + ".tmp", path)  # a power cut leaves old or new
+                    except OSError:
+                        pass  # read-only filesystem: a FENCED answer still teaches the term
                 elif kind == "clock_paused":
                     print(("clock paused: %s" if event[1] else "clock resumed: %s") % event[2])
             del events[:]

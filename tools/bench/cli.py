@@ -2,6 +2,7 @@
 
     meshelect bench core      the election core on the in-memory mesh (simulated time)
     meshelect bench failover  agents in network namespaces, the real gateway, kill -9 the leader
+    meshelect bench restart   agents in network namespaces, the real gateway, kill -9 them all
     meshelect bench idle      CPU and memory of idle agents with default settings (loopback)
     meshelect bench gateway   the gateway's ingest throughput and live-feed delay
 
@@ -24,6 +25,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "failover": (
         "tools.bench.failover",
         "kill the leader of a real mesh M times; failover figures",
+        "gateway",
+    ),
+    "restart": (
+        "tools.bench.restart",
+        "whole-site power cuts of a real mesh R times; restart-to-stored-batch figures",
         "gateway",
     ),
     "idle": (
