@@ -70,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         "fence-reset --help).",
     )
     p.add_argument("--config", help="TOML file with a [gateway] table")
-    p.add_argument("--db", help="SQLite file (default meshelect-gateway.db)")
+    p.add_argument(
+        "--db",
+        help="SQLite file (default meshelect-gateway.db), or postgresql://user@host/database",
+    )
     p.add_argument(
         "--sync",
         choices=["normal", "full"],

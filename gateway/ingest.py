@@ -27,12 +27,12 @@ from gateway import fence
 from gateway.batch import Batch, BatchError, parse_batch
 from gateway.health import Health
 from gateway.metrics import Counters
-from gateway.storage import Storage, StorageError
+from gateway.storage import IngestOutcome, Purged, Storage, StorageError
 from gateway.tracker import Change, Tracker
 
 log = logging.getLogger("meshelect.gateway")
 
-__all__ = ["ACK_FENCED", "ACK_OK", "ACK_REJECTED", "Ingest", "IngestResult"]
+__all__ = ["ACK_FENCED", "ACK_OK", "ACK_REJECTED", "Arrival", "Ingest", "IngestResult"]
 
 # How much of the history to reload into the tracker after a restart.
 _RESTORE_ELECTIONS = 500
@@ -40,6 +40,17 @@ _RESTORE_ELECTIONS = 500
 # (counted): hours of alerts for a large site.
 MAX_HELD = 10_000
 _RESETS_PER_POLL = 100
+
+
+class Arrival(NamedTuple):
+    """A BATCH frame's content, decoded and authenticated by the transport."""
+
+    transport: str
+    mesh: str
+    sender: str
+    term: int
+    body: Any
+    checked: bool = False  # the codec applied the batch schema already (gateway/batch.py)
 
 
 class IngestResult(NamedTuple):
@@ -79,14 +90,46 @@ class Ingest:
         self, transport: str, mesh: str, sender: str, term: int, body: Any, now_ms: int
     ) -> IngestResult:
         """Handle the body of a BATCH frame that ``sender`` of ``mesh`` sent with ``term``."""
+        return self.receive_many([Arrival(transport, mesh, sender, term, body)], now_ms)[0]
+
+    def receive_many(self, arrivals: list[Arrival], now_ms: int) -> list[IngestResult]:
+        """Handle batches that arrived together: one result each, in order.
+
+        The valid ones are stored in one transaction (group commit, Storage.ingest_many):
+        fenced and deduplicated one by one as if each came alone, one commit for them all.
+        """
+        results: list[IngestResult | None] = [None] * len(arrivals)
+        parsed: list[tuple[int, Arrival, Batch]] = []
+        for index, arrival in enumerate(arrivals):
+            try:
+                batch = parse_batch(arrival.body, arrival.mesh, arrival.sender, arrival.checked)
+            except BatchError as exc:
+                results[index] = self._reject(
+                    arrival.transport, arrival.body, "batch_" + exc.reason
+                )
+                continue
+            parsed.append((index, arrival, batch))
         try:
-            batch = parse_batch(body, mesh, sender)
-        except BatchError as exc:
-            return self._reject(transport, body, "batch_" + exc.reason)
-        try:
-            outcome = self.storage.ingest(term, batch, now_ms)
+            stored = self.storage.ingest_many([(a.term, b) for _, a, b in parsed], now_ms)
         except StorageError as exc:
-            return self._unstored(transport, term, batch, exc, now_ms)
+            for index, arrival, batch in parsed:
+                results[index] = self._unstored(arrival.transport, arrival.term, batch, exc, now_ms)
+            return [r for r in results if r is not None]
+        for (index, arrival, batch), outcome in zip(parsed, stored, strict=True):
+            if isinstance(outcome, Exception):  # a bug in storing this one batch
+                log.error("storing batch %r failed", batch.batch_id, exc_info=outcome)
+                results[index] = self._reject(arrival.transport, arrival.body, "internal_error")
+            else:
+                results[index] = self._stored(
+                    arrival.transport, arrival.term, batch, outcome, now_ms
+                )
+        return [r for r in results if r is not None]
+
+    def _stored(
+        self, transport: str, term: int, batch: Batch, outcome: IngestOutcome, now_ms: int
+    ) -> IngestResult:
+        """The storage's verdict on a batch: count it, update the live view, make events."""
+        mesh, sender = batch.mesh, batch.leader
         if outcome.status == ACK_REJECTED:
             return self._refused(transport, term, batch, outcome.highest_term, now_ms)
         accepted = outcome.status == ACK_OK
@@ -176,7 +219,7 @@ class Ingest:
                 events.append({"type": "mesh", "mesh": self.mesh_state(row["mesh"])})
         return events
 
-    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> tuple[int, int]:
+    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> Purged:
         return self.storage.purge(now_ms, agg_now_ms)
 
     def has_mesh(self, mesh: str) -> bool:

@@ -29,10 +29,10 @@ from gateway.clock import CLOCK_FILE_ENV, OffsetWallClock, mono_ms, wall_clock
 from gateway.events import EventHub
 from gateway.frames import FrameDrop, FrameRouter
 from gateway.health import Health
-from gateway.ingest import Ingest
+from gateway.ingest import Arrival, Ingest
 from gateway.metrics import Counters, MetricsRenderer
 from gateway.retention import Retention
-from gateway.storage import SqliteStorage, StorageError
+from gateway.storage import SqliteStorage, Storage, StorageError
 from gateway.tracker import Tracker, TrackerConfig
 from gateway.upkeep import Upkeep
 
@@ -42,6 +42,9 @@ T = TypeVar("T")
 # Frames waiting for the worker before new ones are dropped (counted "overload"): the leaders
 # resend what is not acknowledged, so shedding load loses nothing.
 MAX_PENDING_FRAMES = 2000
+# At most this many frames go to the worker as one group (one transaction): 64 full batches
+# are 4096 readings, a commit of a few ms that holds no ack back for long.
+MAX_GROUP = 64
 # Retention runs this often (monotonic time); it deletes in the worker, between batches.
 PURGE_EVERY_MS = 600_000
 
@@ -144,6 +147,9 @@ class Gateway:
         self.hub = EventHub()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gw-ingest")
         self._pending = 0
+        # Frames waiting for the worker: (transport, data, topic mesh, reply); see on_frame.
+        self._inbox: list[tuple[str, bytes, str | None, Reply]] = []
+        self._group_busy = False
         self._tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: Any = None
@@ -262,12 +268,22 @@ class Gateway:
 
     def _open_storage(self) -> None:
         config = self.config
-        storage = SqliteStorage(
-            config.db_path,
-            raw_retention_ms=config.raw_retention_ms,
-            aggregate_retention_ms=config.aggregate_retention_ms,
-            synchronous=config.synchronous,
-        )
+        storage: Storage
+        if config.db_path.startswith(("postgresql://", "postgres://")):
+            from gateway.pgstorage import PostgresStorage
+
+            storage = PostgresStorage(
+                config.db_path,
+                raw_retention_ms=config.raw_retention_ms,
+                aggregate_retention_ms=config.aggregate_retention_ms,
+            )
+        else:
+            storage = SqliteStorage(
+                config.db_path,
+                raw_retention_ms=config.raw_retention_ms,
+                aggregate_retention_ms=config.aggregate_retention_ms,
+                synchronous=config.synchronous,
+            )
         boot = storage.next_boot()
         self.ingest = Ingest(storage, Tracker(config.tracker), self.counters, self.health_state)
         self.ingest.restore()
@@ -323,51 +339,84 @@ class Gateway:
     def on_frame(
         self, transport: str, data: bytes, reply: Reply, topic_mesh: str | None = None
     ) -> None:
-        """A frame arrived (loop thread). Decoding and storing happen on the worker."""
+        """A frame arrived (loop thread). Decoding and storing happen on the worker.
+
+        Frames that arrive while the worker stores a group wait in the inbox and go to the
+        worker together as the next group: one transaction, one commit for them all (group
+        commit), and each frame's ack is sent once that commit is done.
+        """
         if self._pending >= MAX_PENDING_FRAMES:
             self.counters.count_drop(transport, "overload")
             return
         self._pending += 1
+        self._inbox.append((transport, bytes(data), topic_mesh, reply))
+        if not self._group_busy:
+            self._next_group()
+
+    def _next_group(self) -> None:
+        group = self._inbox[:MAX_GROUP]
+        del self._inbox[:MAX_GROUP]
+        if not group:
+            self._group_busy = False
+            return
+        self._group_busy = True
         assert self._loop is not None
         future = self._loop.run_in_executor(
-            self._worker, self._handle_frame, transport, bytes(data), topic_mesh
+            self._worker, self._handle_frames, [frame[:3] for frame in group]
         )
-        future.add_done_callback(lambda done: self._frame_done(done, reply))
+        future.add_done_callback(lambda done: self._group_done(done, [f[3] for f in group]))
 
-    def _handle_frame(
-        self, transport: str, data: bytes, topic_mesh: str | None
-    ) -> tuple[str, str, bytes, list[dict[str, Any]]] | None:
+    def _handle_frames(
+        self, frames: list[tuple[str, bytes, str | None]]
+    ) -> list[tuple[str, str, bytes, list[dict[str, Any]]] | None]:
+        """Decode a group of frames and store their batches in one transaction (worker)."""
         now = self._now()
-        try:
-            mesh, msg = self.router.decode(data, now)
-        except FrameDrop as drop:
-            self.counters.count_drop(transport, drop.reason)
-            return None
-        if topic_mesh is not None and topic_mesh != mesh:
-            self.counters.count_drop(transport, "topic_mismatch")
-            return None
-        result = self.ingest.receive(transport, mesh, msg.sender, msg.term, msg.body, now)
-        ack = self.router.encode_ack(
-            mesh, msg.sender, msg.term, result.batch_id, result.status, result.highest_term
-        )
-        return mesh, msg.sender, ack, result.events
+        out: list[tuple[str, str, bytes, list[dict[str, Any]]] | None] = [None] * len(frames)
+        arrivals: list[Arrival] = []
+        slots: list[int] = []
+        for index, (transport, data, topic_mesh) in enumerate(frames):
+            try:
+                mesh, msg = self.router.decode(data, now)
+            except FrameDrop as drop:
+                self.counters.count_drop(transport, drop.reason)
+                continue
+            if topic_mesh is not None and topic_mesh != mesh:
+                self.counters.count_drop(transport, "topic_mismatch")
+                continue
+            arrivals.append(Arrival(transport, mesh, msg.sender, msg.term, msg.body, True))
+            slots.append(index)
+        results = self.ingest.receive_many(arrivals, now)
+        for index, arrival, result in zip(slots, arrivals, results, strict=True):
+            ack = self.router.encode_ack(
+                arrival.mesh,
+                arrival.sender,
+                arrival.term,
+                result.batch_id,
+                result.status,
+                result.highest_term,
+            )
+            out[index] = (arrival.mesh, arrival.sender, ack, result.events)
+        return out
 
-    def _frame_done(self, done: asyncio.Future[Any], reply: Reply) -> None:
-        self._pending -= 1
+    def _group_done(self, done: asyncio.Future[Any], replies: list[Reply]) -> None:
+        self._pending -= len(replies)
         try:
-            outcome = done.result()
+            outcomes = done.result()
         except Exception:  # a bug, not bad input: keep serving, but say so
             log.exception("frame handling failed")
-            self.counters.count_drop("any", "internal_error")
-            return
-        if outcome is None:
-            return
-        mesh, leader, ack, events = outcome
-        try:
-            reply(mesh, leader, ack)
-        except OSError as exc:
-            log.warning("could not send BATCH_ACK to %s/%s: %s", mesh, leader, exc)
-        self.hub.publish(events)
+            for _ in replies:
+                self.counters.count_drop("any", "internal_error")
+            outcomes = []
+        for reply, outcome in zip(replies, outcomes, strict=False):
+            if outcome is None:
+                continue
+            mesh, leader, ack, events = outcome
+            try:
+                reply(mesh, leader, ack)
+            except OSError as exc:
+                log.warning("could not send BATCH_ACK to %s/%s: %s", mesh, leader, exc)
+            self.hub.publish(events)
+        self._next_group()
 
     async def _ticker(self) -> None:
         while True:

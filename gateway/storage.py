@@ -1,8 +1,9 @@
-"""Where the gateway keeps what it learns: an interface, and its SQLite implementation.
+"""Where the gateway keeps what it learns: an interface, and its SQLite implementation
+(PostgreSQL's is gateway/pgstorage.py).
 
 The interface (:class:`Storage`) does not assume one gateway process. Fencing is a conditional
 upsert of the mesh's highest term and dedup is the readings table's primary key, both checked
-inside the same write transaction, so several gateways sharing one database (or a future server
+inside the same write transaction, so several gateways sharing one database (or a server
 database behind the same interface) still store every reading once and never take a batch from a
 deposed leader.
 
@@ -20,7 +21,7 @@ import functools
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Concatenate, NamedTuple, ParamSpec, Protocol, TypeVar
 
 from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
@@ -42,12 +43,28 @@ class IngestOutcome(NamedTuple):
     new_batch: bool  # False when this exact batch (mesh, leader, term, id) was stored before
 
 
+class Purged(NamedTuple):
+    """What one retention purge deleted."""
+
+    raw: int  # raw readings
+    aggregates: int
+    elections: int  # election records (the newest of each mesh is always kept)
+    alerts: int  # cleared alerts (an open alert is never deleted)
+
+
+# One batch's result in a group commit: its outcome, or the error that made the storage roll
+# back that batch alone (a bug, not a database failure: those fail the whole group).
+GroupResult = IngestOutcome | Exception
+
+
 class Storage(Protocol):
     """What the gateway needs from a database. Implementations must be safe for many writers."""
 
     def next_boot(self) -> int: ...
 
     def ingest(self, term: int, batch: Batch, now_ms: int) -> IngestOutcome: ...
+
+    def ingest_many(self, items: Sequence[tuple[int, Batch]], now_ms: int) -> list[GroupResult]: ...
 
     def add_election(self, mesh: str, term: int, leader: str, reason: str, at_ms: int) -> bool: ...
 
@@ -57,7 +74,7 @@ class Storage(Protocol):
 
     def clear_alert(self, alert_id: int, now_ms: int) -> None: ...
 
-    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> tuple[int, int]: ...
+    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> Purged: ...
 
     def retention_state(self) -> tuple[int | None, int | None]: ...
 
@@ -181,6 +198,17 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
+# Retention of the history tables, shared by both backends (placeholders in psycopg's style).
+PURGE_ELECTIONS = (
+    "DELETE FROM elections WHERE at_ms < %s "
+    "AND id NOT IN (SELECT MAX(id) FROM elections GROUP BY mesh)"
+)
+PURGE_ALERTS = "DELETE FROM alerts WHERE cleared_ms IS NOT NULL AND cleared_ms < %s"
+
+# Metrics as stored: compact, keys sorted. One encoder for every reading (json.dumps builds one
+# per call, a tenth of the ingest path's time).
+_to_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
 _DAY_MS = 86_400_000
 _BUSY_TIMEOUT_MS = 10_000
 # A checkpoint that has to wait for readers gives up quickly and is tried again later, rather
@@ -203,18 +231,121 @@ def _guarded(
     def wrapper(self: SqliteStorage, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return method(self, *args, **kwargs)
-        except sqlite3.OperationalError as exc:
-            raise StorageError(str(exc)) from exc
         except sqlite3.DatabaseError as exc:
-            if type(exc) is not sqlite3.DatabaseError:  # IntegrityError, ProgrammingError...
+            if not _database_failure(exc):  # IntegrityError, ProgrammingError...
                 raise
             raise StorageError(str(exc)) from exc  # e.g. "database disk image is malformed"
 
     return wrapper
 
 
-class SqliteStorage:
-    """SQLite in WAL mode; one write transaction per batch.
+def _database_failure(exc: BaseException) -> bool:
+    """Is this SQLite error a failure of the database itself (full disk, I/O, busy, corrupt)?"""
+    return isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError
+
+
+class SqlReads:
+    """The read queries both backends share; ``P`` is the driver's placeholder."""
+
+    P = "?"
+    AGGREGATE_ORDER = "rowid"  # the insertion order of the aggregates table
+
+    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def meshes(self) -> list[dict[str, Any]]:
+        return self._rows("SELECT name, term, leader, updated_ms FROM meshes ORDER BY name")
+
+    def nodes(self, mesh: str) -> list[dict[str, Any]]:
+        return self._rows(
+            "SELECT node, score, battery, link, flags, last_seen_ms, dropped FROM nodes "
+            "WHERE mesh = %s ORDER BY node".replace("%s", self.P),
+            (mesh,),
+        )
+
+    def readings(
+        self, mesh: str, node: str | None, since_ms: int, until_ms: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """Newest ``limit`` readings received in [since, until), returned oldest first."""
+        query = (
+            "SELECT node, boot, seq, t_ms, received_ms, metrics FROM readings "
+            "WHERE mesh = %s AND received_ms >= %s AND received_ms < %s"
+        )
+        args: list[Any] = [mesh, since_ms, until_ms]
+        if node is not None:
+            query += " AND node = %s"
+            args.append(node)
+        query += " ORDER BY received_ms DESC, node DESC, boot DESC, seq DESC LIMIT %s"
+        args.append(limit)
+        rows = self._rows(query.replace("%s", self.P), args)
+        for row in rows:
+            row["metrics"] = json.loads(row["metrics"])
+        return rows[::-1]
+
+    def aggregates(
+        self, mesh: str, since_ms: int, until_ms: int, limit: int
+    ) -> list[dict[str, Any]]:
+        rows = self._rows(
+            (
+                "SELECT leader, term, node, metric, count, min, max, mean, received_ms "
+                "FROM aggregates WHERE mesh = %s AND received_ms >= %s AND received_ms < %s "
+                "ORDER BY received_ms DESC, " + self.AGGREGATE_ORDER + " DESC LIMIT %s"
+            ).replace("%s", self.P),
+            (mesh, since_ms, until_ms, limit),
+        )
+        return rows[::-1]
+
+    def elections(self, mesh: str | None, limit: int) -> list[dict[str, Any]]:
+        query = "SELECT mesh, term, leader, reason, at_ms FROM elections"
+        args: list[Any] = []
+        if mesh is not None:
+            query += " WHERE mesh = %s"
+            args.append(mesh)
+        query += " ORDER BY id DESC LIMIT %s"
+        args.append(limit)
+        return self._rows(query.replace("%s", self.P), args)[::-1]
+
+    def alerts(self, mesh: str | None, active_only: bool, limit: int) -> list[dict[str, Any]]:
+        query = "SELECT id, mesh, kind, node, message, raised_ms, cleared_ms FROM alerts WHERE 1=1"
+        args: list[Any] = []
+        if mesh is not None:
+            query += " AND mesh = %s"
+            args.append(mesh)
+        if active_only:
+            query += " AND cleared_ms IS NULL"
+        query += " ORDER BY id DESC LIMIT %s"
+        args.append(limit)
+        return self._rows(query.replace("%s", self.P), args)
+
+    def fence_resets(self, mesh: str | None, after_id: int, limit: int) -> list[dict[str, Any]]:
+        """Fence resets with an id above ``after_id``, oldest first."""
+        query = "SELECT id, mesh, from_term, to_term, source, at_ms FROM fence_resets WHERE id > %s"
+        args: list[Any] = [after_id]
+        if mesh is not None:
+            query += " AND mesh = %s"
+            args.append(mesh)
+        query += " ORDER BY id LIMIT %s"
+        args.append(limit)
+        return self._rows(query.replace("%s", self.P), args)
+
+
+def alert_record(
+    alert_id: int, mesh: str, kind: str, node: str, message: str, now_ms: int
+) -> dict[str, Any]:
+    """A newly raised alert as the storage returns it."""
+    return {
+        "id": alert_id,
+        "mesh": mesh,
+        "kind": kind,
+        "node": node,
+        "message": message,
+        "raised_ms": now_ms,
+        "cleared_ms": None,
+    }
+
+
+class SqliteStorage(SqlReads):
+    """SQLite in WAL mode; one write transaction per group of batches (group commit).
 
     Not thread-safe by itself: the gateway calls it from one worker thread. Several processes
     may open the same file; SQLite's locking plus the constraints keep them consistent.
@@ -302,82 +433,110 @@ class SqliteStorage:
 
     # -- writes ------------------------------------------------------------------------------
 
-    @_guarded
     def ingest(self, term: int, batch: Batch, now_ms: int) -> IngestOutcome:
         """Fence, then store the batch's readings once each, all in one transaction."""
-        mesh = batch.mesh
+        result = self.ingest_many([(term, batch)], now_ms)[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    @_guarded
+    def ingest_many(self, items: Sequence[tuple[int, Batch]], now_ms: int) -> list[GroupResult]:
+        """Group commit: fence and store each (term, batch) in order, all in one transaction.
+
+        Each batch is fenced and deduplicated as if it came alone (later batches see what the
+        earlier ones wrote). A batch that raises anything but a failure of the database is
+        rolled back to its savepoint and its error returned in its place: it does not spoil the
+        others. A failure of the database (StorageError) fails the whole group, so nothing is
+        acknowledged that is not durable. One commit (one fsync) for the whole group.
+        """
+        results: list[GroupResult] = []
         with self._transaction() as db:
-            row = db.execute("SELECT term, leader FROM meshes WHERE name = ?", (mesh,)).fetchone()
-            stored = None if row is None else int(row[0])
-            verdict = fence.decide(
-                stored,
-                term,
-                lambda: (
-                    (row is not None and row[1] == batch.leader) or self._known(mesh, batch.leader)
-                ),
-            )
-            if verdict != fence.ACCEPT:
-                # Nothing was written: the commit ends an empty transaction.
-                status = ACK_FENCED if verdict == fence.FENCED else ACK_REJECTED
-                return IngestOutcome(status, stored or 0, 0, 0, False)
-            # Conditional upsert: only a term at least as high as the stored one moves it (the
-            # write lock is held since BEGIN IMMEDIATE; this keeps the rule in the data too).
-            db.execute(
-                "INSERT INTO meshes (name, term, leader, updated_ms) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET term = excluded.term, leader = excluded.leader, "
-                "updated_ms = excluded.updated_ms WHERE excluded.term >= meshes.term",
-                (mesh, term, batch.leader, now_ms),
-            )
-            before = db.total_changes
-            db.execute(
-                "INSERT OR IGNORE INTO batches VALUES (?, ?, ?, ?, ?, ?)",
-                (mesh, batch.leader, term, batch.batch_id, now_ms, len(batch.readings)),
-            )
-            new_batch = db.total_changes > before
-            before = db.total_changes
+            for term, batch in items:
+                db.execute("SAVEPOINT batch")
+                try:
+                    results.append(self._ingest_one(db, term, batch, now_ms))
+                except Exception as exc:
+                    if _database_failure(exc):
+                        raise
+                    db.execute("ROLLBACK TO batch")
+                    results.append(exc)
+                db.execute("RELEASE batch")
+        return results
+
+    def _ingest_one(
+        self, db: sqlite3.Connection, term: int, batch: Batch, now_ms: int
+    ) -> IngestOutcome:
+        mesh = batch.mesh
+        row = db.execute("SELECT term, leader FROM meshes WHERE name = ?", (mesh,)).fetchone()
+        stored = None if row is None else int(row[0])
+        verdict = fence.decide(
+            stored,
+            term,
+            lambda: (row is not None and row[1] == batch.leader) or self._known(mesh, batch.leader),
+        )
+        if verdict != fence.ACCEPT:
+            # Nothing was written for this batch.
+            status = ACK_FENCED if verdict == fence.FENCED else ACK_REJECTED
+            return IngestOutcome(status, stored or 0, 0, 0, False)
+        # Conditional upsert: only a term at least as high as the stored one moves it (the
+        # write lock is held since BEGIN IMMEDIATE; this keeps the rule in the data too).
+        db.execute(
+            "INSERT INTO meshes (name, term, leader, updated_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET term = excluded.term, leader = excluded.leader, "
+            "updated_ms = excluded.updated_ms WHERE excluded.term >= meshes.term",
+            (mesh, term, batch.leader, now_ms),
+        )
+        before = db.total_changes
+        db.execute(
+            "INSERT OR IGNORE INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+            (mesh, batch.leader, term, batch.batch_id, now_ms, len(batch.readings)),
+        )
+        new_batch = db.total_changes > before
+        before = db.total_changes
+        db.executemany(
+            "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    mesh,
+                    r.node,
+                    r.boot,
+                    r.seq,
+                    r.t_ms,
+                    now_ms,
+                    _to_json(r.metrics),
+                )
+                for r in batch.readings
+            ],
+        )
+        inserted = db.total_changes - before
+        if new_batch and batch.aggregates:
+            # A resent batch carries the same aggregates: store them with the first copy only.
             db.executemany(
-                "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         mesh,
-                        r.node,
-                        r.boot,
-                        r.seq,
-                        r.t_ms,
+                        batch.leader,
+                        term,
+                        a.node,
+                        a.metric,
+                        a.samples,
+                        a.min,
+                        a.max,
+                        a.mean,
                         now_ms,
-                        json.dumps(r.metrics, separators=(",", ":"), sort_keys=True),
                     )
-                    for r in batch.readings
+                    for a in batch.aggregates
                 ],
             )
-            inserted = db.total_changes - before
-            if new_batch and batch.aggregates:
-                # A resent batch carries the same aggregates: store them with the first copy only.
-                db.executemany(
-                    "INSERT INTO aggregates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            mesh,
-                            batch.leader,
-                            term,
-                            a.node,
-                            a.metric,
-                            a.samples,
-                            a.min,
-                            a.max,
-                            a.mean,
-                            now_ms,
-                        )
-                        for a in batch.aggregates
-                    ],
-                )
-            if batch.members:
-                self._upsert_members(mesh, batch.members, now_ms)
-            if batch.dropped:
-                db.executemany(
-                    "UPDATE nodes SET dropped = ? WHERE mesh = ? AND node = ?",
-                    [(count, mesh, node) for node, count in batch.dropped],
-                )
+        if batch.members:
+            self._upsert_members(mesh, batch.members, now_ms)
+        if batch.dropped:
+            db.executemany(
+                "UPDATE nodes SET dropped = ? WHERE mesh = ? AND node = ?",
+                [(count, mesh, node) for node, count in batch.dropped],
+            )
         return IngestOutcome(
             ACK_OK, max(term, stored or 0), inserted, len(batch.readings) - inserted, new_batch
         )
@@ -422,15 +581,7 @@ class SqliteStorage:
             "INSERT INTO alerts (mesh, kind, node, message, raised_ms) VALUES (?, ?, ?, ?, ?)",
             (mesh, kind, node, message, now_ms),
         )
-        return {
-            "id": cursor.lastrowid,
-            "mesh": mesh,
-            "kind": kind,
-            "node": node,
-            "message": message,
-            "raised_ms": now_ms,
-            "cleared_ms": None,
-        }
+        return alert_record(cursor.lastrowid or 0, mesh, kind, node, message, now_ms)
 
     @_guarded
     def clear_alert(self, alert_id: int, now_ms: int) -> None:
@@ -440,29 +591,33 @@ class SqliteStorage:
         )
 
     @_guarded
-    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> tuple[int, int]:
-        """Apply retention: (raw readings deleted, aggregates deleted).
+    def purge(self, now_ms: int, agg_now_ms: int | None = None) -> Purged:
+        """Apply retention; returns what was deleted.
 
-        Raw readings (and batch records) received before ``now_ms - raw retention`` go, and
-        aggregates received before ``agg_now_ms - aggregate retention`` (``agg_now_ms``
-        defaults to ``now_ms``). Both reference times are kept, in the same transaction, so a
-        restart goes on from them (:meth:`retention_state`, gateway/retention.py).
+        Raw readings (and batch records) received before ``now_ms - raw retention`` go;
+        aggregates, election records and cleared alerts from before ``agg_now_ms - aggregate
+        retention`` (``agg_now_ms`` defaults to ``now_ms``) go too, except each mesh's newest
+        election (it names the current leader, which the fence knows by it) and open alerts.
+        Both reference times are kept, in the same transaction, so a restart goes on from them
+        (:meth:`retention_state`, gateway/retention.py).
         """
         agg_now = now_ms if agg_now_ms is None else agg_now_ms
         raw_cutoff = now_ms - self.raw_retention_ms
+        history_cutoff = agg_now - self.aggregate_retention_ms
         with self._transaction() as db:
             raw = db.execute("DELETE FROM readings WHERE received_ms < ?", (raw_cutoff,)).rowcount
             db.execute("DELETE FROM batches WHERE received_ms < ?", (raw_cutoff,))
             agg = db.execute(
-                "DELETE FROM aggregates WHERE received_ms < ?",
-                (agg_now - self.aggregate_retention_ms,),
+                "DELETE FROM aggregates WHERE received_ms < ?", (history_cutoff,)
             ).rowcount
+            elections = db.execute(PURGE_ELECTIONS.replace("%s", "?"), (history_cutoff,)).rowcount
+            alerts = db.execute(PURGE_ALERTS.replace("%s", "?"), (history_cutoff,)).rowcount
             db.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 [("retention_raw_now", now_ms), ("retention_agg_now", agg_now)],
             )
-        return raw, agg
+        return Purged(raw, agg, elections, alerts)
 
     @_guarded
     def retention_state(self) -> tuple[int | None, int | None]:
@@ -501,18 +656,6 @@ class SqliteStorage:
         }
 
     @_guarded
-    def fence_resets(self, mesh: str | None, after_id: int, limit: int) -> list[dict[str, Any]]:
-        """Fence resets with an id above ``after_id``, oldest first."""
-        query = "SELECT id, mesh, from_term, to_term, source, at_ms FROM fence_resets WHERE id > ?"
-        args: list[Any] = [after_id]
-        if mesh is not None:
-            query += " AND mesh = ?"
-            args.append(mesh)
-        query += " ORDER BY id LIMIT ?"
-        args.append(limit)
-        return [dict(row) for row in self._db.execute(query, args).fetchall()]
-
-    @_guarded
     def probe(self, now_ms: int) -> None:
         """One small write transaction: does the database take writes (again)?"""
         with self._transaction() as db:
@@ -546,81 +689,10 @@ class SqliteStorage:
         except OSError:
             return 0
 
-    # -- reads -------------------------------------------------------------------------------
+    # -- reads (the rest are SqlReads') ----------------------------------------------------
 
     @_guarded
-    def meshes(self) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT name, term, leader, updated_ms FROM meshes ORDER BY name"
-        ).fetchall()
-        return [dict(row) for row in rows]
-
-    @_guarded
-    def nodes(self, mesh: str) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT node, score, battery, link, flags, last_seen_ms, dropped FROM nodes "
-            "WHERE mesh = ? ORDER BY node",
-            (mesh,),
-        ).fetchall()
-        return [dict(row) for row in rows]
-
-    @_guarded
-    def readings(
-        self, mesh: str, node: str | None, since_ms: int, until_ms: int, limit: int
-    ) -> list[dict[str, Any]]:
-        """Newest ``limit`` readings received in [since, until), returned oldest first."""
-        query = (
-            "SELECT node, boot, seq, t_ms, received_ms, metrics FROM readings "
-            "WHERE mesh = ? AND received_ms >= ? AND received_ms < ?"
-        )
-        args: list[Any] = [mesh, since_ms, until_ms]
-        if node is not None:
-            query += " AND node = ?"
-            args.append(node)
-        query += " ORDER BY received_ms DESC, node DESC, boot DESC, seq DESC LIMIT ?"
-        args.append(limit)
-        rows = self._db.execute(query, args).fetchall()
-        out = []
-        for row in reversed(rows):
-            item = dict(row)
-            item["metrics"] = json.loads(item["metrics"])
-            out.append(item)
-        return out
-
-    @_guarded
-    def aggregates(
-        self, mesh: str, since_ms: int, until_ms: int, limit: int
-    ) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT leader, term, node, metric, count, min, max, mean, received_ms "
-            "FROM aggregates WHERE mesh = ? AND received_ms >= ? AND received_ms < ? "
-            "ORDER BY received_ms DESC, rowid DESC LIMIT ?",
-            (mesh, since_ms, until_ms, limit),
-        ).fetchall()
-        return [dict(row) for row in reversed(rows)]
-
-    @_guarded
-    def elections(self, mesh: str | None, limit: int) -> list[dict[str, Any]]:
-        query = "SELECT mesh, term, leader, reason, at_ms FROM elections"
-        args: list[Any] = []
-        if mesh is not None:
-            query += " WHERE mesh = ?"
-            args.append(mesh)
-        query += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        return [dict(row) for row in reversed(self._db.execute(query, args).fetchall())]
-
-    @_guarded
-    def alerts(self, mesh: str | None, active_only: bool, limit: int) -> list[dict[str, Any]]:
-        query = "SELECT id, mesh, kind, node, message, raised_ms, cleared_ms FROM alerts WHERE 1"
-        args: list[Any] = []
-        if mesh is not None:
-            query += " AND mesh = ?"
-            args.append(mesh)
-        if active_only:
-            query += " AND cleared_ms IS NULL"
-        query += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
+    def _rows(self, query: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return [dict(row) for row in self._db.execute(query, args).fetchall()]
 
     @_guarded

@@ -56,7 +56,7 @@ class Upkeep:
     def _purge(self, wall_ms: int, mono_ms: int) -> None:
         raw_now, agg_now = self.retention.references(wall_ms, mono_ms)
         try:
-            raw, _ = self.storage.purge(raw_now, agg_now)
+            purged = self.storage.purge(raw_now, agg_now)
         except StorageError as exc:
             self.health.storage_failed("purge", exc, wall_ms)
             self.retention.done(mono_ms, ok=False)
@@ -64,9 +64,12 @@ class Upkeep:
         self.health.storage_wrote()
         self.retention.done(mono_ms, ok=True)
         self.counters.purges += 1
-        self.counters.purged_readings += raw
-        if raw:
-            log.info("retention: %d raw readings deleted", raw)
+        self.counters.purged_readings += purged.raw
+        if any(purged):
+            log.info(
+                "retention: deleted %d raw readings, %d aggregates, %d elections, %d alerts",
+                *purged,
+            )
         self._checkpoint(wall_ms)  # deleted rows free pages: give the log's space back too
 
     def _checkpoint(self, wall_ms: int) -> None:

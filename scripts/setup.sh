@@ -66,8 +66,11 @@ if [ "$system_tools" -eq 1 ]; then
     # network namespaces; chromium: the dashboard's browser tests (never `playwright install`).
     # openssl: throw-away CAs for the MQTT TLS tests. openssh-server: the HIL Pi target's
     # SSH driver is tested against a real sshd on loopback (its service is never started).
-    apt_install mosquitto mosquitto-clients nftables iproute2 chromium openssl openssh-server
-    # The distribution starts a mosquitto service on 1883; tests never use it, leave it alone.
+    # postgresql: the server the PostgreSQL storage tests start in a temp dir (testkit/postgres.py).
+    apt_install mosquitto mosquitto-clients nftables iproute2 chromium openssl openssh-server \
+        postgresql
+    # The distribution starts mosquitto on 1883 and a postgresql cluster on 5432; tests never
+    # use them, leave them alone.
 fi
 
 # -- the virtual environment ------------------------------------------------------------------

@@ -325,7 +325,7 @@ def test_storage_errors_never_leave_a_transaction_open(tmp_path: Path) -> None:
         storage.purge(WALL0 + 30 * DAY)
     assert not storage._db.in_transaction
     refuse_writes(storage, False)
-    assert storage.purge(WALL0) == (0, 0)
+    assert storage.purge(WALL0) == (0, 0, 0, 0)
     with sqlite3.connect(str(tmp_path / "gw.db")) as db:
         assert db.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 1
 

@@ -304,9 +304,9 @@ def test_schema_version_and_retention(tmp_path: Path) -> None:
     assert storage.schema_version == len(MIGRATIONS)
     ingest = Ingest(storage, Tracker(), Counters())
     ingest.receive("test", "m", "a", 1, make_batch("m", "a", 1, [("a", 1, 1), ("a", 1, 2)]), 10_000)
-    assert storage.purge(10_500) == (0, 0)
-    assert storage.purge(11_001) == (2, 0)  # raw readings expire first...
-    assert storage.purge(15_001) == (0, 1)  # ...aggregates are kept longer
+    assert storage.purge(10_500) == (0, 0, 0, 0)
+    assert storage.purge(11_001) == (2, 0, 0, 0)  # raw readings expire first...
+    assert storage.purge(15_001) == (0, 1, 0, 0)  # ...aggregates are kept longer
     assert storage.next_boot() == 1 and storage.next_boot() == 2
 
 
