@@ -152,6 +152,8 @@ class Demo:
         if self.args.mqtt:
             host, port = self.args.mqtt
             argv += ["--mqtt-host", host, "--mqtt-port", str(port), "--no-udp"]
+            if not self.args.homeassistant:
+                argv.append("--no-homeassistant")
         else:
             argv += ["--udp-host", "127.0.0.1", "--udp-port", "0"]
         log = os.path.join(self.dir, "gateway.log")
@@ -319,6 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--mqtt",
         metavar="HOST:PORT",
         help="run over this MQTT broker (default: UDP multicast and mDNS on loopback)",
+    )
+    p.add_argument(
+        "--homeassistant",
+        action="store_true",
+        help="with --mqtt: announce the demo's mesh to Home Assistant on that broker (default: "
+        "off, since its retained entities would outlive the demo)",
     )
     p.add_argument(
         "--http-port",

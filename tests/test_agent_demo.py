@@ -57,6 +57,22 @@ def test_demo_runs_a_mesh_with_a_leader_and_cleans_up(demo_factory: Callable[...
     assert processes_under(folder) == []
 
 
+def test_the_demo_over_mqtt(demo_factory: Callable[..., DemoRun], mosquitto: Any) -> None:
+    """Over a real broker the mesh forms as on UDP; the demo keeps its mesh out of Home
+    Assistant unless asked (retained entities would outlive it)."""
+    demo = demo_factory(
+        "t-mqtt", "--agents", "3", "--mqtt", "%s:%d" % (mosquitto.host, mosquitto.port)
+    )
+    assert demo.wait_leader(3) == "node-1"
+    gateway = next(
+        p
+        for p in processes_under(demo.folder)
+        if b"gateway" in Path("/proc/%d/cmdline" % p).read_bytes()
+    )
+    assert b"--no-homeassistant" in Path("/proc/%d/cmdline" % gateway).read_bytes()
+    assert demo.end() == 0, demo.output()
+
+
 def test_the_demo_survives_the_death_of_its_leader_and_of_its_gateway(
     demo_factory: Callable[..., DemoRun],
 ) -> None:
