@@ -40,7 +40,7 @@ from agent.linkquality import LinkQuality
 from agent.logs import EventLog
 from agent.sensors import SensorHub
 from agent.status import REFRESH_MS, settled_view, write_status
-from agent.termfile import load_term, save_term
+from agent.termfile import load_term, save_term, write_number
 from agent.transport import Transport, format_address, make_transport
 
 DROP_LOG_EVERY_MS = 10000  # one log line per drop reason per 10 s; counters count them all
@@ -60,12 +60,7 @@ def next_boot(state_dir: str) -> int:
     except ValueError:
         raise ConfigError("state_dir", f"{path} is corrupt (not a number)") from None
     boot += 1
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{boot}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_number(path, boot)
     return boot
 
 

@@ -26,10 +26,15 @@ def load_term(state_dir: str) -> int:
 
 
 def save_term(state_dir: str, term: int) -> None:
-    path = os.path.join(state_dir, TERM_FILE)
+    write_number(os.path.join(state_dir, TERM_FILE), term)
+
+
+def write_number(path: str, value: int) -> None:
+    """Write ``value`` to ``path`` so that a power cut leaves the old number or the new one:
+    a new file, fsync'ed, then an atomic rename (the boot counter is written the same way)."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.write(f"{term}\n")
+        f.write(f"{value}\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
