@@ -30,7 +30,7 @@ import cbor2
 
 from agent import strict_cbor
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.core import datapath
+from agent.core import datapath, wire
 from agent.core.app import DEST_GATEWAY, DEST_MESH, NodeApp, make_config
 from agent.core.batchcheck import check_batch
 from agent.core.messages import ACK_FENCED, HANDOFF, HEARTBEAT, READINGS
@@ -47,8 +47,12 @@ STOP_SPACING_S = 0.02  # the goodbye goes out twice (the app's two frames), this
 BATCHES_TIMED = 8  # batches whose send time is kept for a round-trip sample (UDP)
 
 
-def next_boot(state_dir: str) -> int:
-    """Read, increment and persist the boot counter (atomic rename, fsync'ed)."""
+def next_boot(state_dir: str, unix_s: float | None = None) -> int:
+    """Read, grow and persist the boot counter (atomic rename, fsync'ed).
+
+    The new boot is ``wire.next_boot``'s: above the stored one, and at least the seconds since
+    2024 when the wall clock is valid, so a wiped state dir never brings old boot ids back.
+    """
     os.makedirs(state_dir, exist_ok=True)
     path = os.path.join(state_dir, "boot")
     try:
@@ -58,7 +62,7 @@ def next_boot(state_dir: str) -> int:
         boot = 0
     except ValueError:
         raise ConfigError("state_dir", f"{path} is corrupt (not a number)") from None
-    boot += 1
+    boot = wire.next_boot(boot, time.time() if unix_s is None else unix_s)
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(f"{boot}\n")
@@ -111,6 +115,8 @@ class Agent:
             max_in_flight=datapath.MAX_IN_FLIGHT,
             check_batch=check_batch,
             clock_paused=mqtt,  # no broker yet: nothing can be heard
+            # Random bits in every batch id: the gateway's ack must echo them (docs/security.md).
+            token=int.from_bytes(os.urandom(4), "big"),
         )
         self.app.needs_address = not mqtt  # UDP: readings go to where the leader's frames came from
         self.app.gateway_known = mqtt  # MQTT: the gateway subscribes to the batch topic

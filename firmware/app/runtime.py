@@ -147,6 +147,8 @@ class Runtime:
             buffer_size=cfg["data"]["buffer_capacity"],
             collector_size=cfg["data"]["collector_capacity"],
             clock_paused=link.clock_paused,
+            # Seeds the random part of every batch id, which the gateway's ack must echo.
+            token=int.from_bytes(os.urandom(4), "big"),
         )  # (the rest: NodeApp's defaults are a board's)
         udp_cfg = cfg["udp"]
         # Where our unicast frames arrive (UDP); mDNS advertises it on either link.
