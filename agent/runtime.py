@@ -45,6 +45,7 @@ from agent.transport import Transport, format_address, make_transport
 DROP_LOG_EVERY_MS = 10000  # one log line per drop reason per 10 s; counters count them all
 STOP_SPACING_S = 0.02  # the goodbye goes out twice (the app's two frames), this far apart
 BATCHES_TIMED = 8  # batches whose send time is kept for a round-trip sample (UDP)
+NO_CLOCK_ENV = "MESHELECT_AGENT_TEST_NO_CLOCK"  # tests: boot ids as without a valid clock
 
 
 def next_boot(state_dir: str, unix_s: float | None = None) -> int:
@@ -542,8 +543,14 @@ def cli(argv: list[str] | None = None) -> int:
             if not 1 <= len(args.node_id.encode()) <= MAX_NODE_ID_BYTES:
                 raise ConfigError("node_id", "must be 1..%d bytes of UTF-8" % MAX_NODE_ID_BYTES)
             cfg.node_id = args.node_id
-        boot = next_boot(cfg.state_dir)
+        # Test hook (inert unless set): start as a Pi without a valid clock would.
+        no_clock = bool(os.environ.get(NO_CLOCK_ENV))
+        boot = next_boot(cfg.state_dir, 0.0 if no_clock else None)
         log = EventLog(cfg.node_id, cfg.log_format, min_level=cfg.log_level)
+        if boot == 1:
+            # No boot stored and no valid clock: ids of an earlier life may come back. Peers
+            # take us after REPLAY_FORGET_MS; the gateway stores such readings apart.
+            log.warning("boot_ids_may_repeat", boot=boot, state_dir=cfg.state_dir)
         agent = Agent(cfg, log, boot)
     except ConfigError as exc:
         print(f"meshelect agent: config error: {exc}", file=sys.stderr)
