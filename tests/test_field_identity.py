@@ -70,7 +70,9 @@ def test_a_wiped_agent_with_a_valid_clock_comes_back_above_its_old_boots() -> No
         done = confirmed(mesh, 2, new_boot, 15)
         stored = mesh.stored()
         assert set(range(1, done + 1)) <= stored[("n2", new_boot)]
-        assert stored[("n2", old_boot)] == old  # the first life's readings are all still there
+        # The first life's readings are all still there (and what the leader still held of
+        # it when n2 stopped arrived after).
+        assert old <= stored[("n2", old_boot)]
         counters = mesh.gateway_counters()
         assert counters["meshelect_gateway_boot_reuse_total"] == 0
         report = delivery_report(mesh, {})
