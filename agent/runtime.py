@@ -30,7 +30,7 @@ import cbor2
 
 from agent import strict_cbor
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.core import datapath
+from agent.core import datapath, wire
 from agent.core.app import DEST_GATEWAY, DEST_MESH, NodeApp, make_config
 from agent.core.batchcheck import check_batch
 from agent.core.messages import ACK_FENCED, HANDOFF, HEARTBEAT, READINGS
@@ -46,10 +46,15 @@ from agent.transport import Transport, format_address, make_transport
 DROP_LOG_EVERY_MS = 10000  # one log line per drop reason per 10 s; counters count them all
 STOP_SPACING_S = 0.02  # the goodbye goes out twice (the app's two frames), this far apart
 BATCHES_TIMED = 8  # batches whose send time is kept for a round-trip sample (UDP)
+NO_CLOCK_ENV = "MESHELECT_AGENT_TEST_NO_CLOCK"  # tests: boot ids as without a valid clock
 
 
-def next_boot(state_dir: str) -> int:
-    """Read, increment and persist the boot counter (atomic rename, fsync'ed)."""
+def next_boot(state_dir: str, unix_s: float | None = None) -> int:
+    """Read, grow and persist the boot counter (atomic rename, fsync'ed).
+
+    The new boot is ``wire.next_boot``'s: above the stored one, and at least the seconds since
+    2024 when the wall clock is valid, so a wiped state dir never brings old boot ids back.
+    """
     os.makedirs(state_dir, exist_ok=True)
     path = os.path.join(state_dir, "boot")
     try:
@@ -59,7 +64,7 @@ def next_boot(state_dir: str) -> int:
         boot = 0
     except ValueError:
         raise ConfigError("state_dir", f"{path} is corrupt (not a number)") from None
-    boot += 1
+    boot = wire.next_boot(boot, time.time() if unix_s is None else unix_s)
     write_number(path, boot)
     return boot
 
@@ -108,6 +113,8 @@ class Agent:
             check_batch=check_batch,
             clock_paused=mqtt,  # no broker yet: nothing can be heard
             term=load_term(cfg.state_dir),  # the first claim goes above it
+            # Random bits in every batch id: the gateway's ack must echo them (docs/security.md).
+            token=int.from_bytes(os.urandom(4), "big"),
         )
         self.app.needs_address = not mqtt  # UDP: readings go to where the leader's frames came from
         self.app.gateway_known = mqtt  # MQTT: the gateway subscribes to the batch topic
@@ -539,8 +546,14 @@ def cli(argv: list[str] | None = None) -> int:
             if not 1 <= len(args.node_id.encode()) <= MAX_NODE_ID_BYTES:
                 raise ConfigError("node_id", "must be 1..%d bytes of UTF-8" % MAX_NODE_ID_BYTES)
             cfg.node_id = args.node_id
-        boot = next_boot(cfg.state_dir)
+        # Test hook (inert unless set): start as a Pi without a valid clock would.
+        no_clock = bool(os.environ.get(NO_CLOCK_ENV))
+        boot = next_boot(cfg.state_dir, 0.0 if no_clock else None)
         log = EventLog(cfg.node_id, cfg.log_format, min_level=cfg.log_level)
+        if boot == 1:
+            # No boot stored and no valid clock: ids of an earlier life may come back. Peers
+            # take us after REPLAY_FORGET_MS; the gateway stores such readings apart.
+            log.warning("boot_ids_may_repeat", boot=boot, state_dir=cfg.state_dir)
         agent = Agent(cfg, log, boot)
     except ConfigError as exc:
         print(f"meshelect agent: config error: {exc}", file=sys.stderr)

@@ -49,12 +49,19 @@ def connect_wifi(cfg, attempts=5):
 
 def set_clock():
     """Readings carry wall-clock ``t_ms``; the RTC starts at 2000-01-01 without NTP."""
-    try:
-        import ntptime  # type: ignore[import-not-found]
+    import time
 
-        ntptime.settime()
-    except Exception as e:  # no NTP server reachable: readings keep the RTC's time
-        print("boot: no NTP time: %r" % (e,))
+    import ntptime  # type: ignore[import-not-found]
+
+    # A few tries (each times out after about a second): the boot id is drawn from this
+    # clock, so a flashed board does not reuse the ids of its earlier boots (app/config.py).
+    for attempt in range(3):
+        try:
+            ntptime.settime()
+            return
+        except Exception as e:  # no NTP server reachable: readings keep the RTC's time
+            print("boot: no NTP time (try %d): %r" % (attempt + 1, e))
+            time.sleep_ms(500)
 
 
 if sys.platform not in ("linux", "darwin"):

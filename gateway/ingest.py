@@ -138,9 +138,17 @@ class Ingest:
         if accepted:
             self.health.storage_wrote()
             self.counters.readings_received += len(batch.readings)
-            self.counters.count_stored(outcome.inserted, now_ms)
+            self.counters.count_stored(outcome.inserted + outcome.reused, now_ms)
             self.counters.dedup_hits += outcome.duplicates
+            self.counters.boot_reuse += outcome.reused
             events.append(_batch_event(term, batch, outcome.inserted, outcome.duplicates, now_ms))
+            if outcome.reused:
+                log.warning(
+                    "%s: %d readings of %s reused stored ids: stored apart",
+                    batch.mesh,
+                    outcome.reused,
+                    ", ".join(outcome.reused_nodes),
+                )
         else:
             self.counters.fenced += 1
             events.append(
@@ -154,6 +162,8 @@ class Ingest:
                 }
             )
         changes = self.tracker.observe(term, batch, accepted, now_ms)
+        if outcome.reused:
+            changes += self.tracker.boot_reused(mesh, outcome.reused_nodes, outcome.reused, now_ms)
         events.extend(self._apply(changes, now_ms))
         if accepted or changes:
             events.append({"type": "mesh", "mesh": self.mesh_state(mesh)})

@@ -31,6 +31,7 @@ class Counters:
         self.readings_received = 0
         self.readings_stored = 0
         self.dedup_hits = 0
+        self.boot_reuse = 0  # readings whose id another reading had: stored apart
         self.fenced = 0
         self.elections = 0
         self.lost_readings = 0
@@ -80,6 +81,11 @@ _PLAIN_COUNTERS = [
     ("meshelect_gateway_readings_received", "Readings in accepted batches.", "readings_received"),
     ("meshelect_gateway_readings_stored", "Readings stored (first copies).", "readings_stored"),
     ("meshelect_gateway_dedup_hits", "Readings already stored (duplicates).", "dedup_hits"),
+    (
+        "meshelect_gateway_boot_reuse",
+        "Readings whose (node, boot, seq) another reading had: stored apart, not dropped.",
+        "boot_reuse",
+    ),
     ("meshelect_gateway_fenced_batches", "Batches refused for a stale term.", "fenced"),
     ("meshelect_gateway_elections", "Elections recorded.", "elections"),
     (

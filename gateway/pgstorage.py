@@ -80,6 +80,14 @@ MIGRATIONS: list[str] = [
         to_term BIGINT NOT NULL, source TEXT NOT NULL, at_ms BIGINT NOT NULL
     );
     """,
+    """
+    CREATE TABLE reading_conflicts (
+        mesh TEXT NOT NULL, node TEXT NOT NULL, boot BIGINT NOT NULL, seq BIGINT NOT NULL,
+        t_ms BIGINT NOT NULL, received_ms BIGINT NOT NULL, metrics TEXT NOT NULL,
+        PRIMARY KEY (mesh, node, boot, seq, t_ms, metrics)
+    );
+    CREATE INDEX reading_conflicts_by_time ON reading_conflicts (mesh, received_ms);
+    """,
 ]
 
 _to_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
@@ -217,7 +225,7 @@ class PostgresStorage(SqlReads):
             ).rowcount
             > 0
         )
-        inserted = self._insert_readings(mesh, batch, now_ms)
+        inserted, reused, reused_nodes = self._insert_readings(mesh, batch, now_ms)
         if new_batch and batch.aggregates:
             with db.cursor() as cur:
                 cur.executemany(
@@ -258,28 +266,52 @@ class PostgresStorage(SqlReads):
                     [(count, mesh, node) for node, count in batch.dropped],
                 )
         return IngestOutcome(
-            ACK_OK, max(term, stored or 0), inserted, len(batch.readings) - inserted, new_batch
+            ACK_OK,
+            max(term, stored or 0),
+            inserted,
+            len(batch.readings) - inserted - reused,
+            new_batch,
+            reused,
+            reused_nodes,
         )
 
-    def _insert_readings(self, mesh: str, batch: Batch, now_ms: int) -> int:
-        """All of a batch's readings in one statement; how many were new."""
+    def _insert_readings(
+        self, mesh: str, batch: Batch, now_ms: int
+    ) -> tuple[int, int, tuple[str, ...]]:
+        """All of a batch's readings in one statement: (stored, stored apart, their nodes).
+
+        As SqliteStorage: a reading whose id is taken by other content (a node that lost its
+        boot counter without a valid clock) goes to ``reading_conflicts``, once.
+        """
         rs = batch.readings
+        columns = (
+            [r.node for r in rs],
+            [r.boot for r in rs],
+            [r.seq for r in rs],
+            [r.t_ms for r in rs],
+            [_to_json(r.metrics) for r in rs],
+        )
         cursor = self._db.execute(
             "INSERT INTO readings (mesh, node, boot, seq, t_ms, received_ms, metrics) "
             "SELECT %s, n, b, s, t, %s, m FROM unnest("
             "%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[]) AS u(n, b, s, t, m) "
             "ON CONFLICT DO NOTHING",
-            (
-                mesh,
-                now_ms,
-                [r.node for r in rs],
-                [r.boot for r in rs],
-                [r.seq for r in rs],
-                [r.t_ms for r in rs],
-                [_to_json(r.metrics) for r in rs],
-            ),
+            (mesh, now_ms, *columns),
         )
-        return max(cursor.rowcount, 0)
+        inserted = max(cursor.rowcount, 0)
+        if inserted == len(rs):
+            return inserted, 0, ()
+        # Some ids were taken: those whose stored reading differs are reused ids.
+        rows = self._db.execute(
+            "INSERT INTO reading_conflicts (mesh, node, boot, seq, t_ms, received_ms, metrics) "
+            "SELECT %s, u.n, u.b, u.s, u.t, %s, u.m FROM unnest("
+            "%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::text[]) AS u(n, b, s, t, m) "
+            "JOIN readings r ON r.mesh = %s AND r.node = u.n AND r.boot = u.b AND r.seq = u.s "
+            "WHERE r.t_ms <> u.t OR r.metrics <> u.m "
+            "ON CONFLICT DO NOTHING RETURNING node",
+            (mesh, now_ms, *columns, mesh),
+        ).fetchall()
+        return inserted, len(rows), tuple(sorted({row["node"] for row in rows}))
 
     def _known(self, mesh: str, node: str) -> bool:
         row = self._db.execute(
@@ -327,6 +359,7 @@ class PostgresStorage(SqlReads):
         db = self._db
         with db.transaction():
             raw = db.execute("DELETE FROM readings WHERE received_ms < %s", (raw_cutoff,))
+            db.execute("DELETE FROM reading_conflicts WHERE received_ms < %s", (raw_cutoff,))
             db.execute("DELETE FROM batches WHERE received_ms < %s", (raw_cutoff,))
             agg = db.execute("DELETE FROM aggregates WHERE received_ms < %s", (history_cutoff,))
             elections = db.execute(PURGE_ELECTIONS, (history_cutoff,))

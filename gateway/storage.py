@@ -41,6 +41,10 @@ class IngestOutcome(NamedTuple):
     inserted: int  # readings stored now
     duplicates: int  # readings already stored before (dedup hits)
     new_batch: bool  # False when this exact batch (mesh, leader, term, id) was stored before
+    # Readings whose (mesh, node, boot, seq) was stored before with other content (a node
+    # that lost its boot counter and has no valid clock): stored apart now, not dropped.
+    reused: int = 0
+    reused_nodes: tuple[str, ...] = ()  # their nodes, sorted
 
 
 class Purged(NamedTuple):
@@ -107,6 +111,8 @@ class Storage(Protocol):
     def alerts(self, mesh: str | None, active_only: bool, limit: int) -> list[dict[str, Any]]: ...
 
     def reading_count(self) -> int: ...
+
+    def reused_readings(self, mesh: str, node: str | None, limit: int) -> list[dict[str, Any]]: ...
 
     def close(self) -> None: ...
 
@@ -196,6 +202,19 @@ MIGRATIONS: list[str] = [
         at_ms INTEGER NOT NULL
     );
     """,
+    """
+    CREATE TABLE reading_conflicts (
+        mesh TEXT NOT NULL,
+        node TEXT NOT NULL,
+        boot INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        t_ms INTEGER NOT NULL,
+        received_ms INTEGER NOT NULL,
+        metrics TEXT NOT NULL,
+        PRIMARY KEY (mesh, node, boot, seq, t_ms, metrics)
+    ) WITHOUT ROWID;
+    CREATE INDEX reading_conflicts_by_time ON reading_conflicts (mesh, received_ms);
+    """,
 ]
 
 # Retention of the history tables, shared by both backends (placeholders in psycopg's style).
@@ -262,6 +281,23 @@ class SqlReads:
             "WHERE mesh = %s ORDER BY node".replace("%s", self.P),
             (mesh,),
         )
+
+    def reused_readings(self, mesh: str, node: str | None, limit: int) -> list[dict[str, Any]]:
+        """Readings stored apart because their id was already taken by another reading."""
+        query = (
+            "SELECT node, boot, seq, t_ms, received_ms, metrics FROM reading_conflicts "
+            "WHERE mesh = %s"
+        )
+        args: list[Any] = [mesh]
+        if node is not None:
+            query += " AND node = %s"
+            args.append(node)
+        query += " ORDER BY received_ms, node, boot, seq LIMIT %s"
+        args.append(limit)
+        rows = self._rows(query.replace("%s", self.P), args)
+        for row in rows:
+            row["metrics"] = json.loads(row["metrics"])
+        return rows
 
     def readings(
         self, mesh: str, node: str | None, since_ms: int, until_ms: int, limit: int
@@ -493,23 +529,7 @@ class SqliteStorage(SqlReads):
             (mesh, batch.leader, term, batch.batch_id, now_ms, len(batch.readings)),
         )
         new_batch = db.total_changes > before
-        before = db.total_changes
-        db.executemany(
-            "INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    mesh,
-                    r.node,
-                    r.boot,
-                    r.seq,
-                    r.t_ms,
-                    now_ms,
-                    _to_json(r.metrics),
-                )
-                for r in batch.readings
-            ],
-        )
-        inserted = db.total_changes - before
+        inserted, reused, reused_nodes = self._insert_readings(db, mesh, batch, now_ms)
         if new_batch and batch.aggregates:
             # A resent batch carries the same aggregates: store them with the first copy only.
             db.executemany(
@@ -538,8 +558,59 @@ class SqliteStorage(SqlReads):
                 [(count, mesh, node) for node, count in batch.dropped],
             )
         return IngestOutcome(
-            ACK_OK, max(term, stored or 0), inserted, len(batch.readings) - inserted, new_batch
+            ACK_OK,
+            max(term, stored or 0),
+            inserted,
+            len(batch.readings) - inserted - reused,
+            new_batch,
+            reused,
+            tuple(sorted(reused_nodes)),
         )
+
+    @staticmethod
+    def _insert_readings(
+        db: sqlite3.Connection, mesh: str, batch: Batch, now_ms: int
+    ) -> tuple[int, int, set[str]]:
+        """Store each reading once: (stored, stored apart as reused ids, their nodes).
+
+        A reading whose id is taken is a duplicate only if it is the same reading (time and
+        metrics); else its node reused a (boot, seq) (lost its boot counter without a valid
+        clock), and it goes to ``reading_conflicts``, once (a resend of it is a duplicate).
+        """
+        rows = [
+            (
+                mesh,
+                r.node,
+                r.boot,
+                r.seq,
+                r.t_ms,
+                now_ms,
+                _to_json(r.metrics),
+            )
+            for r in batch.readings
+        ]
+        before = db.total_changes
+        db.executemany("INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        inserted = db.total_changes - before
+        reused = 0
+        nodes: set[str] = set()
+        if inserted == len(rows):
+            return inserted, reused, nodes
+        for row in rows:
+            stored = db.execute(
+                "SELECT t_ms, metrics FROM readings "
+                "WHERE mesh = ? AND node = ? AND boot = ? AND seq = ?",
+                row[:4],
+            ).fetchone()
+            if stored is None or (stored[0], stored[1]) == (row[4], row[6]):
+                continue  # the same reading (or this very batch stored it just now)
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO reading_conflicts VALUES (?, ?, ?, ?, ?, ?, ?)", row
+            )
+            if cursor.rowcount > 0:
+                reused += 1
+                nodes.add(row[1])
+        return inserted, reused, nodes
 
     def _known(self, mesh: str, node: str) -> bool:
         """Was ``node`` seen in ``mesh`` before: in a member view, or as a leader?"""
@@ -607,6 +678,7 @@ class SqliteStorage(SqlReads):
         with self._transaction() as db:
             raw = db.execute("DELETE FROM readings WHERE received_ms < ?", (raw_cutoff,)).rowcount
             db.execute("DELETE FROM batches WHERE received_ms < ?", (raw_cutoff,))
+            db.execute("DELETE FROM reading_conflicts WHERE received_ms < ?", (raw_cutoff,))
             agg = db.execute(
                 "DELETE FROM aggregates WHERE received_ms < ?", (history_cutoff,)
             ).rowcount

@@ -35,6 +35,7 @@ ALERT_LOW_BATTERY = "low_battery"
 ALERT_NODE_SILENT = "node_silent"
 ALERT_READINGS_DROPPED = "readings_dropped"
 ALERT_TERM_JUMP = "term_jump"
+ALERT_BOOT_REUSE = "boot_reuse"
 
 REASON_CRASH = "crash"
 REASON_HANDOFF = "handoff"
@@ -237,6 +238,18 @@ class Tracker:
             "in this mesh" % (sender, term, fence_term, sender)
         )
         self._raise(state.name, ALERT_TERM_JUMP, sender, message, now, out)
+        return out
+
+    def boot_reused(self, mesh: str, nodes: Sequence[str], count: int, now: int) -> list[Change]:
+        """Readings of ``nodes`` came with ids already taken by other readings (stored apart)."""
+        out: list[Change] = []
+        for node in nodes:
+            message = (
+                "%s sent readings whose (boot, seq) ids were already used by other readings "
+                "(it lost its boot counter without a valid clock); %d stored apart, see "
+                "reading_conflicts" % (node, count)
+            )
+            self._raise(mesh, ALERT_BOOT_REUSE, node, message, now, out)
         return out
 
     # -- batches -----------------------------------------------------------------------------

@@ -52,8 +52,10 @@ def agent_config(
     status_ms: int = 100,
     gateway: str = "",
     extra: str = "",
+    mesh_key: str = "",
 ) -> str:
-    """TOML for one test/bench agent: a simulated source whose battery stays at `battery`."""
+    """TOML for one test/bench agent: a simulated source whose battery stays at `battery`.
+    ``mesh_key``: hex, or "" for an open mesh."""
     lines = [
         'node_id = "%s"' % node_id,
         'mesh = "%s"' % mesh,
@@ -62,9 +64,10 @@ def agent_config(
         'state_dir = "%s"' % state_dir,
         'log_format = "json"',
         "status_ms = %d" % status_ms,
-        "[data]",
-        "sample_ms = %d" % sample_ms,
     ]
+    if mesh_key:
+        lines.append('mesh_key = "%s"' % mesh_key)
+    lines += ["[data]", "sample_ms = %d" % sample_ms]
     if gateway:
         lines += ["[gateway]", 'address = "%s"' % gateway]
     if broker:
@@ -120,8 +123,10 @@ class MeshUnderTest:
         mdns_gateway: bool = False,
         sample_ms: int = 200,
         status_ms: int = 100,
+        mesh_key: str = "",
     ) -> None:
         self.n = agents
+        self.mesh_key = mesh_key  # hex; the gateway gets it too
         self.transport = transport
         self.mesh = mesh
         self.heartbeat_ms = heartbeat_ms
@@ -163,6 +168,8 @@ class MeshUnderTest:
                 extra = ["--mqtt-host", address, "--mqtt-port", str(BROKER_PORT), "--no-udp"]
             elif self.mdns_gateway:
                 extra = ["--mdns-interface", address]
+            if self.mesh_key:
+                extra += ["--mesh-key", "%s=%s" % (self.mesh, self.mesh_key)]
             self.gateway = GatewayProcess(
                 self.gateway_db,
                 *extra,
@@ -223,6 +230,7 @@ class MeshUnderTest:
                     status_ms=self.status_ms,
                     gateway=gateway,
                     extra=extra,
+                    mesh_key=self.mesh_key,
                 )
             )
         proc = self.lab.run(

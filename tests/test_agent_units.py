@@ -115,9 +115,16 @@ def test_broken_toml_and_wrong_type_exit_2_without_traceback(tmp_path: Path) -> 
 
 
 def test_boot_counter_grows_and_persists(tmp_path: Path) -> None:
-    assert runtime.next_boot(str(tmp_path)) == 1
-    assert runtime.next_boot(str(tmp_path)) == 2
+    assert runtime.next_boot(str(tmp_path), 0) == 1  # 0: a clock that was never set
+    assert runtime.next_boot(str(tmp_path), 0) == 2
     assert (tmp_path / "boot").read_text().strip() == "2"
+    # With a valid clock the boot is at least the seconds since 2024, and grows beyond it.
+    now = 1_790_000_000.5
+    assert runtime.next_boot(str(tmp_path), now) == 1_790_000_000 - 1_704_067_200
+    assert runtime.next_boot(str(tmp_path), now) == 1_790_000_000 - 1_704_067_200 + 1
+    # A wiped state dir: the clock still puts the new boot above every earlier one.
+    (tmp_path / "boot").unlink()
+    assert runtime.next_boot(str(tmp_path), now + 5) == 1_790_000_005 - 1_704_067_200
     (tmp_path / "boot").write_text("garbage")
     with pytest.raises(ConfigError):
         runtime.next_boot(str(tmp_path))

@@ -641,9 +641,35 @@ def test_buffer_memory_is_bounded_by_capacity() -> None:
 def test_buffer_on_ack_only_takes_acks_for_this_node() -> None:
     buffer = ReadingBuffer("esp-3", 1, 4)
     buffer.add(0, {"temp": 1})
-    assert buffer.on_ack(Msg(READINGS_ACK, "pi-1", target="esp-4", body=[[1, 1, 1]])) == 0
-    assert buffer.on_ack(Msg(READINGS, "pi-1", target="esp-3", body=[[1, 1, 1]])) == 0
-    assert buffer.on_ack(Msg(READINGS_ACK, "pi-9", target="esp-3", body=[[1, 1, 1]])) == 1
+    buffer.due(0, "pi-1", 1)
+    ack = [[1, 1, 1]]
+    assert buffer.on_ack(Msg(READINGS_ACK, "pi-1", term=1, target="esp-4", body=ack)) == -1
+    assert buffer.on_ack(Msg(READINGS, "pi-1", term=1, target="esp-3", body=ack)) == -1
+    assert buffer.foreign_acks == 0
+    assert buffer.on_ack(Msg(READINGS_ACK, "pi-1", term=1, target="esp-3", body=ack)) == 1
+
+
+def test_buffer_takes_acks_only_from_the_leader_and_term_it_sent_to() -> None:
+    """A key holder's ack, a deposed leader's, or one for readings not sent frees nothing."""
+    buffer = ReadingBuffer("esp-3", 1, 8)
+    for t in range(3):
+        buffer.add(t, {"temp": t})
+    assert [r[1] for r in buffer.due(10, "pi-1", 4)] == [1, 2, 3]
+    buffer.add(11, {"temp": 9})  # seq 4: not sent yet
+    everything = [[1, 0, 0xFFFFFFFF]]
+    for sender, term in (("forger", 4), ("pi-2", 4), ("pi-1", 3), ("pi-1", 5)):
+        msg = Msg(READINGS_ACK, sender, term=term, target="esp-3", body=everything)
+        assert buffer.on_ack(msg) == -1
+    assert buffer.foreign_acks == 4
+    assert buffer.depth == 4
+    # The leader it sent to frees what it sent, not the reading it never saw.
+    assert buffer.on_ack(Msg(READINGS_ACK, "pi-1", term=4, target="esp-3", body=everything)) == 3
+    assert buffer.unconfirmed() == [4]
+    # A new leader: the old one's late ack is not taken; the readings go to the new one.
+    assert [r[1] for r in buffer.due(20, "pi-2", 5)] == [4]
+    assert buffer.on_ack(Msg(READINGS_ACK, "pi-1", term=4, target="esp-3", body=everything)) == -1
+    assert buffer.on_ack(Msg(READINGS_ACK, "pi-2", term=5, target="esp-3", body=everything)) == 1
+    assert buffer.depth == 0
 
 
 garbage = st.recursive(

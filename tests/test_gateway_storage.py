@@ -133,3 +133,19 @@ def test_retention_of_elections_and_alerts(storage: Storage) -> None:
         [open_alert["id"], late["id"]]
     )
     assert storage.purge(9000) == (0, 0, 0, 0)
+
+
+def test_reused_ids_with_other_content_are_stored_apart_once(storage: Storage) -> None:
+    """A wiped node's new readings under old (boot, seq) ids are kept apart, not dropped."""
+    first = storage.ingest(2, batch("a", 1, range(0, 5)), 1000)
+    assert (first.inserted, first.reused) == (5, 0)
+    body = make_batch("m", "a", 2, [("a", 1, s) for s in (1, 2, 7)])
+    body["readings"] = [[n, b, s, t + 9, {"temp": 5}] for n, b, s, t, _ in body["readings"]]
+    wiped = storage.ingest(2, parse_batch(body, "m", "a"), 1100)
+    assert (wiped.inserted, wiped.reused, wiped.duplicates) == (1, 2, 0)
+    assert wiped.reused_nodes == ("a",)
+    again = storage.ingest(2, parse_batch(dict(body, id=3), "m", "a"), 1200)
+    assert (again.inserted, again.reused, again.duplicates) == (0, 0, 3)
+    apart = storage.reused_readings("m", "a", 10)
+    assert [(r["seq"], r["metrics"]) for r in apart] == [(1, {"temp": 5}), (2, {"temp": 5})]
+    assert storage.reading_count() == 6

@@ -2,7 +2,7 @@
 plugin against the virtual lab hil/envs/virtual-3.yaml: 3 unix-port boards in network
 namespaces (mh-, 10.96.0.0/24) and the real gateway. The mesh elects, power loss of the
 leader elects another, readings reach the gateway exactly once, also across a power cut of
-every board; a reflashed board meets an open bug (a strict xfail); the MQTT and serial-console
+every board, and a board reflashed mid-run; the MQTT and serial-console
 tests skip for lack of those features. The MQTT environment runs the broker restart. Each
 test's console lines per board land in the JUnit report. With real boards: ``--run-hardware``
 and ``MESHELECT_HIL_ENV=my-bench.yaml``."""
@@ -80,11 +80,10 @@ def test_hil_suite_on_the_virtual_lab(tmp_path: Path) -> None:
     done, root = run_suite(ENVS / "virtual-3.yaml", tmp_path / "report.xml")
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
-    assert "4 passed, 3 skipped, 1 xfailed" in done.stdout, output
+    assert "5 passed, 3 skipped" in done.stdout, output
     assert "unsupported feature(s): mqtt" in done.stdout
     assert "unsupported feature(s): serial-console" in done.stdout
     assert "unsupported feature(s): pi" in done.stdout
-    assert "issue 9 item 2" in done.stdout  # the reflashed board's strict xfail names its bug
     assert root is not None
     properties = suite_properties(root)
     assert properties["hil_boards"] == "vb-1,vb-2,vb-3"

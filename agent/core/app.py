@@ -140,6 +140,7 @@ class NodeApp:
         check_batch=None,
         clock_paused=False,
         term=0,
+        token=None,
     ):
         self.id = node_id
         self.mesh = mesh
@@ -155,6 +156,7 @@ class NodeApp:
             collector_size or buffer_size * 2,
             max_frame_bytes=max_frame_bytes,
             max_in_flight=max_in_flight,
+            token=token,
         )
         self.backlog = None
         # node -> [source, learned_at]: where its authenticated frames came from (bounded as
@@ -348,6 +350,7 @@ class NodeApp:
                 "sent": buf.sent,
                 "resent": buf.resent,
                 "confirmed": buf.confirmed,
+                "foreign_acks": buf.foreign_acks,
                 "unconfirmed_from": buf.unconfirmed()[0] if buf.depth else None,
             },
             "collector": {
@@ -359,6 +362,7 @@ class NodeApp:
                 "batches_acked": col.batches_acked,
                 "batches_fenced": col.batches_fenced,
                 "discarded": col.discarded,
+                "stale_acks": col.stale_acks,
             },
             "drops": nonzero(self.codec.drops),
             "ignored": self.ignored,
@@ -382,21 +386,26 @@ class NodeApp:
             else:
                 self.ignored += 1  # to a leader we are not (any more): the member resends
         elif kind == READINGS_ACK:
-            if msg.target == self.id:
-                self._confirmed(self.buffer.on_ack(msg), msg.body)
+            # Taken only from the leader (and term) our readings went to; the buffer counts
+            # the others in foreign_acks.
+            count = self.buffer.on_ack(msg) if msg.target == self.id else -1
+            if count >= 0:
+                self._confirmed(count, msg.body)
             else:
                 self.ignored += 1
         elif kind == BATCH_ACK and msg.target == self.id and node.role == ROLE_LEADER:
+            collector = self.collector
+            stale = collector.stale_acks
+            fence = collector.fenced_term
+            acks = datapath.make_ack_messages(self.id, node.term, collector.on_ack_msg(msg, now))
+            if collector.stale_acks != stale:
+                return  # not the id of a batch in flight: a forged or a late ack (counted)
             body = msg.body
             if isinstance(body, list) and len(body) == 3:
                 self._event(("batch_ack", body[0], body[1], body[2]))
-            fence = self.collector.fenced_term
-            acks = datapath.make_ack_messages(
-                self.id, node.term, self.collector.on_ack_msg(msg, now)
-            )
-            if self.collector.fenced_term != fence:
+            if collector.fenced_term != fence:
                 # FENCED for a batch of ours: lead in a term above the gateway's at once.
-                node.fenced(now, self.collector.fenced_term)
+                node.fenced(now, collector.fenced_term)
             self._data_at = now  # the batch slot is free: what waits may go at once
             for ack in acks:
                 if ack.target == self.id:
@@ -515,9 +524,9 @@ class NodeApp:
         if leader != self.id:
             if self.needs_address and leader not in self.addresses:
                 return  # UDP: its address comes with its next frame
-            if now >= self.buffer.wakeup:
-                for msg in self.buffer.due_messages(now, leader, term):
-                    self._send(DEST_NODE, leader, msg)
+            # (Called at every run, so that the buffer knows whose acks to take.)
+            for msg in self.buffer.due_messages(now, leader, term):
+                self._send(DEST_NODE, leader, msg)
             if backlog is not None and backlog.items:
                 readings = backlog.due(now, leader, term)
                 for msg in datapath.make_messages(self.id, leader, term, readings):

@@ -235,6 +235,8 @@ class ReadingBuffer:
         self.confirmed = 0
         self.ignored_ranges = 0  # ranges of another boot, or nothing held in them
         self.invalid_acks = 0
+        # READINGS_ACKs not from the leader and term our readings last went to: ignored.
+        self.foreign_acks = 0
 
     def add(self, t_ms, metrics):
         """Store a reading taken at ``t_ms``; return its seq. ValueError on bad input."""
@@ -275,7 +277,10 @@ class ReadingBuffer:
         if leader is None:
             return []
         cap = self.capacity
-        if leader != self._to_leader or term != self._to_term:
+        if leader == self._to_leader and term == self._to_term:
+            if now < self.wakeup:
+                return []  # nothing due yet
+        else:
             self._to_leader = leader
             self._to_term = term
             for k in range(self._used):
@@ -314,8 +319,12 @@ class ReadingBuffer:
         """``due`` packed into READINGS Msgs from this node (the usual member call)."""
         return make_messages(self.node, leader, term, self.due(now, leader, term, max_count))
 
-    def confirm(self, ranges):
-        """Free the readings in ``ranges`` ([[boot, first, last], ...]); return how many."""
+    def confirm(self, ranges, sent=False):
+        """Free the readings in ``ranges`` ([[boot, first, last], ...]); return how many.
+
+        ``sent``: free only readings sent since the last change of leader or term (a
+        member's ack may confirm only what went to that leader).
+        """
         if not isinstance(ranges, list):
             self.invalid_acks += 1
             return 0
@@ -334,7 +343,7 @@ class ReadingBuffer:
                 slot = (self._start + k) % cap
                 if self._seq[slot] > last:
                     break
-                if self._metrics[slot] is not None:
+                if self._metrics[slot] is not None and not (sent and self._sent_at[slot] == _NEVER):
                     self._metrics[slot] = None
                     hit += 1
                 k += 1
@@ -348,13 +357,21 @@ class ReadingBuffer:
         return freed
 
     def on_ack(self, msg):
-        """Apply a READINGS_ACK Msg meant for this node; return how many readings it freed.
+        """Apply a READINGS_ACK Msg meant for this node; return how many readings it freed,
+        or -1 if it is not taken.
 
-        Any leader's ack counts, an old one's too: it means the gateway stored them.
+        Taken only from the leader our readings last went to, in that term, and only for
+        readings sent to it: anyone else's ack (another key holder's, a deposed leader's) is
+        counted in ``foreign_acks`` and frees nothing. A late ack of an earlier leader is
+        lost that way, not its readings: they go to the new leader, and the gateway keeps
+        one copy.
         """
         if msg.kind != READINGS_ACK or msg.target != self.node:
-            return 0
-        return self.confirm(msg.body)
+            return -1
+        if msg.sender != self._to_leader or msg.term != self._to_term:
+            self.foreign_acks += 1
+            return -1
+        return self.confirm(msg.body, True)
 
     def unconfirmed(self):
         """The seqs still held, oldest first (diagnostics and tests; allocates a list)."""
@@ -433,6 +450,7 @@ class Collector:
         batch_idle_ms=BATCH_IDLE_MS,
         max_frame_bytes=BATCH_FRAME_BYTES,
         max_in_flight=MAX_IN_FLIGHT,
+        token=None,
     ):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -466,7 +484,13 @@ class Collector:
         self._dropped = {}  # node -> running overflow total its buffer reported
         self._members_from = 0  # where the next window of a too-big mesh view starts
         self._last_batch_at = None
-        self._last_batch_id = 0  # batch ids: 1, 2, ... for this boot of this node
+        self._last_batch_id = 0  # batches made: 1, 2, ... for this boot of this node
+        # A random int from the runtime (the core has no randomness of its own). Then a batch
+        # id is the count times 2**24 plus 24 bits that this number seeds, and the gateway's
+        # BATCH_ACK must echo it: a key holder that did not see a batch of ours cannot guess
+        # it (one in 16 million per try). Without it, ids are 1, 2, ... (the simulator and
+        # the replay tool, which must be deterministic).
+        self.token = token
         # Set by a fenced ack: the gateway knows a leader of this term, so no batch goes out
         # until this node leads in a newer term.
         self.fenced_term = None
@@ -726,8 +750,16 @@ class Collector:
         entries = self._pending[:taken]
         self._pending = self._pending[taken:]
         self._last_batch_id += 1
+        batch_id = self._last_batch_id
+        token = self.token
+        if token is not None:
+            # An LCG step (Numerical Recipes' constants, 24 bits kept): no randomness is
+            # needed once the seed is random, only that the low bits do not stay the same.
+            token = (token * 1664525 + 1013904223) & 0xFFFFFFFF
+            self.token = token
+            batch_id = (batch_id << 24) | (token >> 8)
         batch = {
-            "id": self._last_batch_id,
+            "id": batch_id,
             "mesh": self.mesh,
             "leader": self.node,
             "readings": None,  # built for every (re)send; here to keep the map's key order
@@ -735,7 +767,7 @@ class Collector:
             "dropped": dropped_out,
             "elections": elections_out,
         }
-        record = [self._last_batch_id, batch, now, entries, term]
+        record = [batch_id, batch, now, entries, term]
         self._in_flight.append(record)
         # What the frame budget left behind may go at once, without waiting batch_ms.
         self._last_batch_at = now - self.batch_ms if self._pending else now

@@ -52,6 +52,7 @@ class ReadingBuffer:
     confirmed: int
     ignored_ranges: int
     invalid_acks: int
+    foreign_acks: int
     def __init__(self, node: str, boot: int, capacity: int, resend_ms: int = 4000) -> None: ...
     def add(self, t_ms: int, metrics: dict[str, int]) -> int: ...
     def due(
@@ -60,7 +61,7 @@ class ReadingBuffer:
     def due_messages(
         self, now: int, leader: str | None, term: int, max_count: int = 32
     ) -> list[Msg]: ...
-    def confirm(self, ranges: object) -> int: ...
+    def confirm(self, ranges: object, sent: bool = False) -> int: ...
     def on_ack(self, msg: Msg) -> int: ...
     def unconfirmed(self) -> list[int]: ...
 
@@ -89,6 +90,7 @@ class Collector:
     discarded: int
     truncated: int
     invalid_view: int
+    token: int | None
     def __init__(
         self,
         node: str,
@@ -99,6 +101,7 @@ class Collector:
         batch_idle_ms: int = 10000,
         max_frame_bytes: int = 4096,
         max_in_flight: int = 2,
+        token: int | None = None,
     ) -> None: ...
     @property
     def held(self) -> int: ...

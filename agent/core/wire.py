@@ -107,6 +107,27 @@ _BODY_FIELDS = {
 _HEADER_FIELDS = const(5)
 
 
+def next_boot(stored, unix_s):
+    """This start's boot id: above ``stored`` (the last one persisted; 0 if none was) and,
+    when the wall clock is valid, at least the seconds since 2024-01-01 UTC.
+
+    ``unix_s``: the wall clock in Unix seconds, or None if unknown. A clock before 2026-01-01
+    was never set (a board without NTP starts at 2000) and is ignored. So a node that lost its
+    state (a flashed board, a new SD card) still starts above every boot it had before, as
+    long as one of the two holds: peers accept its frames at once and still refuse its old
+    ones, and the gateway gets (boot, seq) ids that were never used. Without state and
+    without a valid clock it falls back to 1 (the runtime says so; the gateway notices the
+    reuse). 32 bits of seconds last until 2160; the literals are no consts because they are
+    no small ints on a 32-bit board.
+    """
+    boot = stored + 1
+    if unix_s is not None and unix_s >= 1767225600:  # 2026-01-01
+        clock = int(unix_s) - 1704067200  # seconds since 2024-01-01
+        if clock > boot:
+            boot = clock
+    return boot if boot <= _U32 else _U32
+
+
 class WireError(ValueError):
     """A frame was dropped; ``reason`` is one of ``REASONS``.
 

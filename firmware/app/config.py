@@ -15,6 +15,7 @@ Everything here runs once at boot (``boot`` also builds the hardware layer): on 
 """
 
 import json
+import time
 
 
 class ConfigError(ValueError):
@@ -104,14 +105,28 @@ def _positive(value, key):
 
 
 def next_boot(path):
-    """Read, increment and persist the boot counter (replay protection needs it to grow)."""
+    """Read, grow and persist the boot counter (replay protection needs it to grow).
+
+    ``wire.next_boot`` makes it at least the seconds since 2024 when NTP set the clock
+    (boot.py), so a flashed board's new boot ids are above its old ones.
+    """
+    from agent.core.wire import next_boot as grow
+
     boot = 0
     try:
         with open(path) as f:
             boot = int(f.read().strip() or "0")
     except (OSError, ValueError):
         pass
-    boot += 1
+    unix_s = time.time()
+    if time.gmtime(0)[0] == 2000:  # the board's epoch (ESP32); the unix port's is 1970
+        unix_s += 946684800
+    stored = boot
+    boot = grow(stored, unix_s)
+    if not stored and boot == 1:
+        # Nothing stored and no valid clock: this boot id may have been used before. Peers
+        # take it after REPLAY_FORGET_MS; the gateway stores the readings as a boot reuse.
+        print("boot: no stored boot and no valid clock: boot ids may repeat")
     try:
         with open(path, "w") as f:
             f.write("%d\n" % boot)

@@ -159,6 +159,8 @@ class Runtime:
             collector_size=cfg["data"]["collector_capacity"],
             clock_paused=link.clock_paused,
             term=term,  # (the core ignores one out of range)
+            # Seeds the random part of every batch id, which the gateway's ack must echo.
+            token=int.from_bytes(os.urandom(4), "big"),
         )  # (the rest: NodeApp's defaults are a board's)
         udp_cfg = cfg["udp"]
         # Where our unicast frames arrive (UDP); mDNS advertises it on either link.

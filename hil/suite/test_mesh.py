@@ -24,12 +24,6 @@ MIN_READINGS = 4
 # After a restart the data must flow again within 3 s of the new leader's election (the
 # field requirement); this bound leaves room for the election and a slow bench on top of that.
 STORED_AFTER_RESTART_S = 10.0
-# Named so a test's xfail points at the open bug; once fixed, strict xfail turns the test red
-# and the marker must go.
-WIPED_BOARD_BUG = (
-    "issue 9 item 2: a wiped board's boot counter starts again, and the gateway drops its "
-    "new readings as duplicates of old ones with the same (boot, seq)"
-)
 
 
 def agreed_leader(mesh: Mesh, names: list[str]) -> str | None:
@@ -148,15 +142,15 @@ def test_every_reading_reaches_the_gateway_exactly_once(
 
 
 @pytest.mark.lg_feature(["reflash", "gateway"])
-@pytest.mark.xfail(strict=True, reason=WIPED_BOARD_BUG)
 def test_a_board_reflashed_mid_run_has_every_new_reading_stored(
     mesh: Mesh, gateway: MeshGatewayDriver
 ) -> None:
-    """Erase and reflash one board while the mesh runs (its boot counter starts again): it
+    """Erase and reflash one board while the mesh runs (its boot counter file is gone): it
     rejoins, and every reading it takes afterwards reaches the gateway.
 
-    New readings are told from old ones by when the gateway received them (its own clock),
-    since after the wipe they reuse old (boot, seq) pairs."""
+    New readings are told from old ones by their boot and by when the gateway received them
+    (its own clock): with a valid clock the new boot is above the old ones; without one it
+    may reuse old (boot, seq) pairs, which the gateway then stores apart (docs/security.md)."""
     mesh.transition("joined")
     leader = wait_until(lambda: agreed_leader(mesh, mesh.names), WAIT_S, "one agreed leader")
     victim = next(name for name in reversed(mesh.names) if name != leader)
