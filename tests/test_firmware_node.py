@@ -358,9 +358,13 @@ def _bme280_humidity_float(cal: list[int], adc: list[int]) -> float:
 
 
 @pytest.mark.micropython
-def test_parsers_fuzzed_under_micropython() -> None:
+def test_parsers_fuzzed_under_micropython(mpy_bits: int) -> None:
     rc, out = run_micropython(
-        MPY_SCRIPTS / "fw_fuzz.py", "3000", path=[FIRMWARE, FIRMWARE / "lib"], timeout=120
+        MPY_SCRIPTS / "fw_fuzz.py",
+        "3000",
+        path=[FIRMWARE, FIRMWARE / "lib"],
+        timeout=120,
+        bits=mpy_bits,
     )
     assert rc == 0, out
     r = json.loads(out.strip().splitlines()[-1])

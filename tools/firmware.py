@@ -53,6 +53,7 @@ FLASH_OFFSETS = {
 DEFAULT_BAUD = 460800
 SOURCE_FILES = ("boot.py", "main.py")  # run by name at reset: must stay .py
 CONFIG_NAME = "config.json"
+BOARDS_DIR = "boards"  # firmware/boards: board definitions, not files for the board
 MANIFEST_NAME = "manifest.json"
 # Agent modules the firmware never needs even if something imports them lazily.
 EXCLUDED_AGENT = ("agent.core.replay", "agent.core.mesh")
@@ -96,11 +97,14 @@ def find_tool(name: str) -> str | None:
 
 
 def firmware_files(source: Path) -> list[Path]:
-    """Every .py of the firmware tree, relative to it, sorted."""
+    """Every .py of the firmware tree, relative to it, sorted (not ``boards/``: the MicroPython
+    board definitions that freeze these files into an image)."""
     files = [
         p.relative_to(source)
         for p in source.rglob("*.py")
-        if "__pycache__" not in p.parts and not p.name.startswith(".")
+        if "__pycache__" not in p.parts
+        and not p.name.startswith(".")
+        and p.relative_to(source).parts[0] != BOARDS_DIR
     ]
     return sorted(files)
 

@@ -129,7 +129,7 @@ class Runtime:
         self.cfg = cfg
         self.hw = hw
         self._ticks = time.ticks_ms()
-        self._ms = 0
+        self._ms = hw.start_ms  # 0 but in tests (hw/unix.py)
         from app import config  # boot only: main() unloads it after
 
         boot = config.next_boot(cfg["boot_file"])

@@ -23,6 +23,8 @@ from hw.sensors import DRIVERS
 
 
 class Esp32Hardware:
+    start_ms = 0  # where the runtime's clock starts (only the unix layer's tests move it)
+
     def __init__(self, cfg):
         hw = cfg.get("hw") or {}
         self.errors = {}
