@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,10 @@ NEAR_WRAP_MS = (1 << 30) - 3000
 wait_for = functools.partial(poll_until, timeout=WAIT_S)
 
 
-def test_graceful_stop_hands_over_without_a_leaderless_moment(
-    lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str, mpy_bits: int
-) -> None:
-    exe = mpy_exe
-    require_tool("mpy-cross")
-    start_ms = NEAR_WRAP_MS if mpy_bits == 32 else 0
-    lab = lab_factory(prefix="mf-", subnet="10.94.0.0/24", hosts=2)
+def start_two_nodes(
+    lab: Lab, tmp_path: Path, exe: str, extra: dict[str, Any], start_ms: int = 0
+) -> tuple[dict[str, subprocess.Popen[Any]], dict[str, Path]]:
+    """fw-a (battery 900) on host 1 and fw-b (600) on host 2, each in a folder of its own."""
     build = tmp_path / "build"
     firmware_tool.build(build)
     procs = {}
@@ -48,20 +46,19 @@ def test_graceful_stop_hands_over_without_a_leaderless_moment(
         folder.mkdir()
         for entry in build.iterdir():
             os.symlink(entry, folder / entry.name)
-        config = firmware_tool.device_config(
-            {
-                "node_id": name,
-                "mesh": "handoff",
-                "mesh_key": "00112233",
-                "status_ms": 100,
-                "print_status": False,
-                "status_file": str(folder / "status.json"),
-                "udp": {"interface": lab.address(host)},
-                "discovery": {"enabled": False},
-                "hw": {"kind": "unix", "battery": battery, "start_ms": start_ms},
-            }
+        settings = {
+            "node_id": name,
+            "mesh": "handoff",
+            "mesh_key": "00112233",
+            "status_ms": 100,
+            "print_status": False,
+            "status_file": str(folder / "status.json"),
+            "udp": {"interface": lab.address(host)},
+            "hw": {"kind": "unix", "battery": battery, "start_ms": start_ms},
+        }
+        (folder / "config.json").write_text(
+            json.dumps(firmware_tool.device_config(settings | extra))
         )
-        (folder / "config.json").write_text(json.dumps(config))
         logs[name] = folder / "out.log"
         with logs[name].open("w") as out:
             procs[name] = lab.run(
@@ -71,16 +68,31 @@ def test_graceful_stop_hands_over_without_a_leaderless_moment(
                 stderr=subprocess.STDOUT,
                 cwd=folder,
             )
+    return procs, logs
 
-    def status(name: str) -> dict[str, Any]:
-        try:
-            data = json.loads((tmp_path / name / "status.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
 
-    def dump() -> str:
-        return "\n".join("--- %s\n%s" % (n, p.read_text()) for n, p in sorted(logs.items()))
+def dump_logs(logs: dict[str, Path]) -> str:
+    return "\n".join("--- %s\n%s" % (n, p.read_text()) for n, p in sorted(logs.items()))
+
+
+def read_status(tmp_path: Path, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads((tmp_path / name / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def test_graceful_stop_hands_over_without_a_leaderless_moment(
+    lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str, mpy_bits: int
+) -> None:
+    exe = mpy_exe
+    require_tool("mpy-cross")
+    start_ms = NEAR_WRAP_MS if mpy_bits == 32 else 0
+    lab = lab_factory(prefix="mf-", subnet="10.94.0.0/24", hosts=2)
+    procs, logs = start_two_nodes(lab, tmp_path, exe, {"discovery": {"enabled": False}}, start_ms)
+    status = functools.partial(read_status, tmp_path)
+    dump = functools.partial(dump_logs, logs)
 
     assert wait_for(
         lambda: status("fw-a").get("role") == "leader" and status("fw-b").get("leader") == "fw-a"
@@ -98,3 +110,38 @@ def test_graceful_stop_hands_over_without_a_leaderless_moment(
     followed = roles.index("role follower term 1 leader fw-a")
     # Straight from following fw-a to leading: never without a leader in between.
     assert roles[followed + 1] == "role leader term 2 leader fw-b", roles
+
+
+def test_mdns_port_taken_keeps_the_mesh_and_browses_without_announcing(
+    lab_factory: Callable[..., Lab], tmp_path: Path
+) -> None:
+    """A stock ESP32 image's own responder holds 5353 without SO_REUSEADDR: here a socket
+    does the same on host 1. fw-a's mesh still works, it says it does not announce, and it
+    still finds fw-b by one-shot queries from an ephemeral port (answered by unicast)."""
+    exe = require_tool("micropython")
+    require_tool("mpy-cross")
+    lab = lab_factory(prefix="mn-", subnet="10.96.0.0/24", hosts=2)
+    holder = lab.run(
+        1,
+        [
+            sys.executable,
+            "-c",
+            "import socket, time\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('0.0.0.0', 5353)); print('held', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    _, logs = start_two_nodes(lab, tmp_path, exe, {"discovery": {"enabled": True}})
+    status = functools.partial(read_status, tmp_path)
+    dump = functools.partial(dump_logs, logs)
+
+    assert wait_for(
+        lambda: status("fw-a").get("role") == "leader" and status("fw-b").get("leader") == "fw-a"
+    ), dump()
+    assert wait_for(lambda: "fw-b" in status("fw-a").get("mdns_peers", [])), dump()
+    assert status("fw-a")["mdns_announcing"] is False
+    assert status("fw-b")["mdns_announcing"] is True
+    assert "not announcing" in logs["fw-a"].read_text()

@@ -188,27 +188,39 @@ class Runtime:
         cfg = self.cfg
         try:
             sockets = self.link.open(ip)
-            if cfg["discovery"].get("enabled", True):
-                if self.mdns is None:
-                    self.mdns = mdns.Mdns(
-                        "%s-%s" % (cfg["mesh"], cfg["node_id"]),
-                        _AGENT_TYPE,
-                        self.unicast_port,
-                        ip,
-                        self._txt(),
-                        browse=(_GATEWAY_TYPE, _AGENT_TYPE) + self.link.browse,
-                        host="meshelect-%s-%s" % (cfg["mesh"], cfg["node_id"]),
-                    )
-                else:
-                    self.mdns.ip = ip
-                    self.mdns.set_txt({}, 0)  # forces a re-announcement with the new address
-                    self.mdns.set_txt(self._txt(), 0)
-                self.mdns_sock = udp.open_multicast(mdns.MDNS_GROUP, mdns.MDNS_PORT, ip, 255)
         except OSError as e:
             print("network: cannot open sockets on %s: %r" % (ip, e))
             self.close()
             self.ip = None  # try again at the next check
             return
+        # mDNS in a try of its own: the mesh never depends on it.
+        if cfg["discovery"].get("enabled", True):
+            if self.mdns is None:
+                self.mdns = mdns.Mdns(
+                    "%s-%s" % (cfg["mesh"], cfg["node_id"]),
+                    _AGENT_TYPE,
+                    self.unicast_port,
+                    ip,
+                    self._txt(),
+                    browse=(_GATEWAY_TYPE, _AGENT_TYPE) + self.link.browse,
+                    host="meshelect-%s-%s" % (cfg["mesh"], cfg["node_id"]),
+                )
+            else:
+                self.mdns.ip = ip
+                self.mdns.set_txt({}, 0)  # forces a re-announcement with the new address
+                self.mdns.set_txt(self._txt(), 0)
+            try:
+                self.mdns_sock = udp.open_multicast(mdns.MDNS_GROUP, mdns.MDNS_PORT, ip, 255)
+                self.mdns.announcing = True
+            except OSError as e:
+                # 5353 is taken (a stock ESP32 image runs ESP-IDF's responder there, bound
+                # without SO_REUSEADDR): browse from an ephemeral port, announce nothing.
+                print("mdns: port 5353 unusable (%r): browsing only, not announcing" % (e,))
+                self.mdns.announcing = False
+                try:
+                    self.mdns_sock = udp.open_unicast(ip)
+                except OSError:
+                    self.mdns_sock = None
         for sock in sockets:
             self._rx_tasks.append(asyncio.create_task(self.receive(sock)))
         if self.mdns_sock is not None:
@@ -403,6 +415,7 @@ class Runtime:
         status["runtime"] = "micropython"
         status["mdns_drops"] = nonzero(m.drops) if m else {}
         status["mdns_peers"] = mdns_peers
+        status["mdns_announcing"] = m is not None and m.announcing
         status["send_errors"] = self.link.send_errors
         status["errors"] += self.loop_errors
         status["heap"] = used
@@ -428,7 +441,7 @@ class Runtime:
         gc.collect()  # the loop's last garbage: room for the goodbye in a full heap
         self.app.stop(self.now())
         self.flush()
-        if self.mdns is not None and self.mdns_sock is not None:
+        if self.mdns is not None and self.mdns_sock is not None and self.mdns.announcing:
             udp.send(self.mdns_sock, self.mdns.goodbye(), mdns.MDNS_GROUP, mdns.MDNS_PORT)
         print("stopped")
 
