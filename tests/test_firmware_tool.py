@@ -298,6 +298,11 @@ CORE_REFUSES = [
     ({"score": {"battery": 0, "link": 0}}, "config: score.battery: score.battery and score.link"),
     ({"election": {"quorom": 3}}, "config: election.quorom: unknown setting"),
     ({"mesh": "m" * 33}, "config: mesh: must be 1..32 bytes of UTF-8"),
+    # Not the core's rule but the board's: no MQTT password to an unchecked broker.
+    (
+        {"mqtt": {"broker": "b:8883", "tls": True}},
+        "config: mqtt: tls without ca_file checks no broker: give ca_file or insecure",
+    ),
 ]
 
 

@@ -422,7 +422,7 @@ class Runtime:
         status["peak_heap"] = self.peak_heap
         status["gateway"] = "%s:%d" % self.gateway if self.gateway else None
         status["transport"] = self.link.status()
-        if cfg.get("print_status", True):
+        if cfg.get("print_status", False):  # ~1.5 KB/s on a board's UART: asked for only
             print("status", end=" ")
             json.dump(status, sys.stdout)
             print()
