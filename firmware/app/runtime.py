@@ -181,6 +181,7 @@ class Runtime:
         address yet (``0.0.0.0``) nothing opens and the LED shows "offline".
         """
         self.close()
+        udp.forget()
         ip = self.hw.ip()
         self.ip = ip
         if ip == "0.0.0.0":
