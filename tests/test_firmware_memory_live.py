@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from testkit.mpy import install_firmware
 from testkit.netns import Lab
 from testkit.tools import require_tool
 from tests.paths import REPO_ROOT
@@ -156,9 +157,7 @@ def test_firmware_process_leads_ten_members_in_a_limited_heap(
             env=env,
         )
         folder = tmp_path / "leader"
-        folder.mkdir()
-        for entry in build.iterdir():
-            os.symlink(entry, folder / entry.name)
+        install_firmware(build, folder, frozen=mpy_bits == 32)
         config = firmware_tool.device_config(
             {
                 "node_id": "fw-lead",

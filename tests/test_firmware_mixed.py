@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from testkit.mpy import install_firmware
 from testkit.netns import Lab
 from testkit.tools import require_tool
 from testkit.waiting import poll_until
@@ -87,8 +88,9 @@ def fw_config(host: int, ip: str, folder: Path) -> dict[str, Any]:
 
 
 class MixedMesh:
-    def __init__(self, lab: Lab, tmp: Path, exe: str) -> None:
+    def __init__(self, lab: Lab, tmp: Path, exe: str, frozen: bool = False) -> None:
         self.exe = exe  # the MicroPython the firmware nodes run on
+        self.frozen = frozen  # its image holds the firmware (the 32-bit stand-in)
         self.lab = lab
         self.tmp = tmp
         self.procs: dict[int, subprocess.Popen[Any]] = {}
@@ -151,9 +153,7 @@ class MixedMesh:
         if not self.build.exists():
             firmware_tool.build(self.build)
         folder = self.tmp / ("fw%d" % host)
-        folder.mkdir()
-        for entry in self.build.iterdir():
-            os.symlink(entry, folder / entry.name)
+        install_firmware(self.build, folder, self.frozen)
         (folder / "config.json").write_text(
             json.dumps(fw_config(host, self.lab.address(host), folder))
         )
@@ -236,11 +236,11 @@ wait_for = functools.partial(poll_until, timeout=WAIT_S)
 
 
 def test_mixed_mesh_elects_fails_over_both_ways_and_stores_every_reading_once(
-    lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str
+    lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str, mpy_bits: int
 ) -> None:
     require_tool("mpy-cross")
     lab = lab_factory(prefix=PREFIX, subnet=SUBNET, hosts=7)
-    mesh = MixedMesh(lab, tmp_path, mpy_exe)
+    mesh = MixedMesh(lab, tmp_path, mpy_exe, frozen=mpy_bits == 32)
     try:
         run_scenario(mesh)
     finally:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from testkit.mpy import install_firmware
 from testkit.netns import Lab
 from testkit.tools import require_tool
 from testkit.waiting import poll_until
@@ -34,18 +35,22 @@ wait_for = functools.partial(poll_until, timeout=WAIT_S)
 
 
 def start_two_nodes(
-    lab: Lab, tmp_path: Path, exe: str, extra: dict[str, Any], start_ms: int = 0
+    lab: Lab,
+    tmp_path: Path,
+    exe: str,
+    extra: dict[str, Any],
+    start_ms: int = 0,
+    frozen: bool = False,
 ) -> tuple[dict[str, subprocess.Popen[Any]], dict[str, Path]]:
-    """fw-a (battery 900) on host 1 and fw-b (600) on host 2, each in a folder of its own."""
+    """fw-a (battery 900) on host 1 and fw-b (600) on host 2, each in a folder of its own
+    (``frozen``: the 32-bit stand-in runs its frozen modules, as a board image does)."""
     build = tmp_path / "build"
     firmware_tool.build(build)
     procs = {}
     logs = {}
     for host, (name, battery) in ((1, ("fw-a", 900)), (2, ("fw-b", 600))):
         folder = tmp_path / name
-        folder.mkdir()
-        for entry in build.iterdir():
-            os.symlink(entry, folder / entry.name)
+        install_firmware(build, folder, frozen)
         settings = {
             "node_id": name,
             "mesh": "handoff",
@@ -90,7 +95,9 @@ def test_graceful_stop_hands_over_without_a_leaderless_moment(
     require_tool("mpy-cross")
     start_ms = NEAR_WRAP_MS if mpy_bits == 32 else 0
     lab = lab_factory(prefix="mf-", subnet="10.94.0.0/24", hosts=2)
-    procs, logs = start_two_nodes(lab, tmp_path, exe, {"discovery": {"enabled": False}}, start_ms)
+    procs, logs = start_two_nodes(
+        lab, tmp_path, exe, {"discovery": {"enabled": False}}, start_ms, mpy_bits == 32
+    )
     status = functools.partial(read_status, tmp_path)
     dump = functools.partial(dump_logs, logs)
 
