@@ -22,6 +22,7 @@ from testkit.mpy import install_firmware
 from testkit.netns import Lab
 from testkit.tools import require_tool
 from testkit.waiting import poll_until
+from tests.paths import REPO_ROOT
 from tools import firmware as firmware_tool
 
 pytestmark = [pytest.mark.netns, pytest.mark.micropython]
@@ -124,10 +125,36 @@ def test_mdns_port_taken_keeps_the_mesh_and_browses_without_announcing(
 ) -> None:
     """A stock ESP32 image's own responder holds 5353 without SO_REUSEADDR: here a socket
     does the same on host 1. fw-a's mesh still works, it says it does not announce, and it
-    still finds fw-b by one-shot queries from an ephemeral port (answered by unicast)."""
+    still finds fw-b and the gateway (python-zeroconf, host 3) by one-shot queries from an
+    ephemeral port, which both answer by unicast (RFC 6762 6.7)."""
     exe = require_tool("micropython")
     require_tool("mpy-cross")
-    lab = lab_factory(prefix="mn-", subnet="10.96.0.0/24", hosts=2)
+    lab = lab_factory(prefix="mn-", subnet="10.96.0.0/24", hosts=3)
+    gw_ip = lab.address(3)
+    lab.run(
+        3,
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "--db",
+            str(tmp_path / "gw.db"),
+            "--udp-host",
+            gw_ip,
+            "--mdns-interface",
+            gw_ip,
+            "--http-port",
+            "0",
+            "--mesh-key",
+            "handoff=00112233",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    )
     holder = lab.run(
         1,
         [
@@ -149,6 +176,7 @@ def test_mdns_port_taken_keeps_the_mesh_and_browses_without_announcing(
         lambda: status("fw-a").get("role") == "leader" and status("fw-b").get("leader") == "fw-a"
     ), dump()
     assert wait_for(lambda: "fw-b" in status("fw-a").get("mdns_peers", [])), dump()
+    assert wait_for(lambda: status("fw-a").get("gateway") == "%s:47471" % gw_ip), dump()
     assert status("fw-a")["mdns_announcing"] is False
     assert status("fw-b")["mdns_announcing"] is True
     assert "not announcing" in logs["fw-a"].read_text()
