@@ -60,7 +60,7 @@ def start_two_nodes(
             "print_status": False,
             "status_file": str(folder / "status.json"),
             "udp": {"interface": lab.address(host)},
-            "hw": {"kind": "unix", "battery": battery, "start_ms": start_ms},
+            "hw": {"kind": "unix", "battery": battery, "clock_ms": start_ms},
         }
         (folder / "config.json").write_text(
             json.dumps(firmware_tool.device_config(settings | extra))
@@ -177,8 +177,8 @@ def test_mdns_port_taken_keeps_the_mesh_and_browses_without_announcing(
     ), dump()
     assert wait_for(lambda: "fw-b" in status("fw-a").get("mdns_peers", [])), dump()
     assert wait_for(lambda: status("fw-a").get("gateway") == "%s:47471" % gw_ip), dump()
-    assert status("fw-a")["mdns_announcing"] is False
-    assert status("fw-b")["mdns_announcing"] is True
+    assert status("fw-a")["announcing"] is False
+    assert status("fw-b")["announcing"] is True
     assert "not announcing" in logs["fw-a"].read_text()
 
 

@@ -300,7 +300,7 @@ CORE_REFUSES = [
     ({"mesh": "m" * 33}, "config: mesh: must be 1..32 bytes of UTF-8"),
     # Not the core's rule but the board's: no MQTT password to an unchecked broker.
     (
-        {"mqtt": {"broker": "b:8883", "tls": True}},
+        {"transport": "mqtt", "mqtt": {"broker": "127.0.0.1:9", "tls": True}},
         "config: mqtt: tls without ca_file checks no broker: give ca_file or insecure",
     ),
 ]

@@ -377,6 +377,14 @@ def device_config(data: dict[str, Any]) -> dict[str, Any]:
         checker.check(cfg)
     except checker.ConfigError as exc:
         raise ToolError("config: %s" % exc, EXIT_USAGE) from None
+    # The board's MQTT link refuses this when it starts (app/mqtt_transport.py unverified_tls,
+    # the same rule; tests/test_firmware_tool.py checks both say so).
+    m = cfg.get("mqtt") or {}
+    if m.get("tls") and not m.get("ca_file") and m.get("insecure") is not True:
+        raise ToolError(
+            "config: mqtt: tls without ca_file checks no broker: give ca_file or insecure",
+            EXIT_USAGE,
+        )
     return cfg
 
 

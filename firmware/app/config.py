@@ -80,10 +80,6 @@ def check(data):
     for key in ("udp", "mqtt", "gateway", "discovery", "election", "score", "data", "wifi", "hw"):
         if not isinstance(cfg[key], dict):
             raise ConfigError("%s: expected an object" % key)
-    m = cfg["mqtt"]
-    if m.get("tls") and not m.get("ca_file") and m.get("insecure") is not True:
-        # Without a CA the broker is not authenticated, and the password would go to anyone.
-        raise ConfigError("mqtt: tls without ca_file checks no broker: give ca_file or insecure")
     data = dict(data_defaults)
     for key in cfg["data"]:
         if key not in data_defaults:

@@ -57,7 +57,7 @@ _ENCODE_BYTES = const(1400)
 _HEALTHY_MS = const(60000)
 _FAILS_FILE = const("boot_fails")  # main.py's count of failed starts
 # Readings' t_ms count from 1970 on every runtime; the ESP32 port's time counts from 2000.
-_EPOCH_MS = 946684800000 if time.gmtime(0)[0] == 2000 else 0
+_EPOCH_2000_MS = const(946684800000)
 
 
 class UdpLink:
@@ -134,7 +134,7 @@ class Runtime:
         self.cfg = cfg
         self.hw = hw
         self._ticks = time.ticks_ms()
-        self._ms = hw.start_ms  # 0 but in tests (hw/unix.py)
+        self._ms = hw.clock_ms  # 0 but in tests (hw/unix.py)
         from app import config  # boot only: main() unloads it after
 
         boot = config.next_boot(cfg["boot_file"])
@@ -335,7 +335,12 @@ class Runtime:
                             metrics = None
                         if metrics:
                             # Readings' t_ms: wall-clock ms (the board's RTC; set by NTP if it can).
-                            app.sample(now, time.time_ns() // 1000000 + _EPOCH_MS, metrics)
+                            # (gmtime(0) is asked each time: a module global would be one
+                            # more interned name, see firmware/README.md "Memory")
+                            t_ms = time.time_ns() // 1000000
+                            if time.gmtime(0)[0] == 2000:
+                                t_ms += _EPOCH_2000_MS
+                            app.sample(now, t_ms, metrics)
                     if now >= app.wakeup:  # (as the Pi agent: a tick with no work still allocates)
                         app.tick(now)
                     self.flush()
@@ -346,7 +351,10 @@ class Runtime:
                         next_second = now + 1000
                         if healthy_at and now >= healthy_at:
                             healthy_at = 0
-                            healthy()
+                            try:  # running a while: main.py's count of failed starts ends
+                                os.remove(_FAILS_FILE)
+                            except OSError:
+                                pass
                         hw.maintain(now)
                         if hw.ip() != self.ip:
                             self.open()
@@ -425,7 +433,7 @@ class Runtime:
         status["runtime"] = "micropython"
         status["mdns_drops"] = nonzero(m.drops) if m else {}
         status["mdns_peers"] = mdns_peers
-        status["mdns_announcing"] = m is not None and m.announcing
+        status["announcing"] = m is not None and m.announcing  # on mDNS
         status["send_errors"] = self.link.send_errors
         status["errors"] += self.loop_errors
         status["heap"] = used
@@ -454,14 +462,6 @@ class Runtime:
         if self.mdns is not None and self.mdns_sock is not None and self.mdns.announcing:
             udp.send(self.mdns_sock, self.mdns.goodbye(), mdns.MDNS_GROUP, mdns.MDNS_PORT)
         print("stopped")
-
-
-def healthy():
-    """The app runs (or stopped on purpose): main.py's count of failed boots starts over."""
-    try:
-        os.remove(_FAILS_FILE)
-    except OSError:
-        pass
 
 
 def main(path="config.json"):
@@ -501,8 +501,11 @@ def main(path="config.json"):
         finally:
             rt.close()
             hw.close()
-    if not crashed:
-        healthy()  # stopped on purpose (a deploy's interrupt, Ctrl-C, run_ms): no failed start
+    if not crashed:  # stopped on purpose (a deploy's interrupt, Ctrl-C, run_ms): no failed start
+        try:
+            os.remove(_FAILS_FILE)
+        except OSError:
+            pass
     if crashed:
         # A board left at the REPL is a dead node: reset it (the unix port just exits 1).
         if sys.platform in ("linux", "darwin"):

@@ -29,7 +29,7 @@ _NTP_EVERY_MS = const(86400000)
 
 
 class Esp32Hardware:
-    start_ms = 0  # where the runtime's clock starts (only the unix layer's tests move it)
+    clock_ms = 0  # where the runtime's clock starts (only the unix layer's tests move it)
 
     def __init__(self, cfg):
         hw = cfg.get("hw") or {}

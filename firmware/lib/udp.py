@@ -22,6 +22,14 @@ import socket
 import sys
 
 try:
+    from micropython import const  # type: ignore[import-not-found]
+except ImportError:  # CPython (host-side tools)
+
+    def const(x):
+        return x
+
+
+try:
     import asyncio
 except ImportError:
     import uasyncio as asyncio  # type: ignore[no-redef]
@@ -38,10 +46,8 @@ _IP_MULTICAST_LOOP = getattr(socket, "IP_MULTICAST_LOOP", 34 if _LINUX else 7)
 _IP_ADD_MEMBERSHIP = getattr(socket, "IP_ADD_MEMBERSHIP", 35 if _LINUX else 3)
 
 _MICROPYTHON = sys.implementation.name == "micropython"
-# lwIP: no multicast socket options (see above); every MicroPython port but unix has lwIP.
-_LWIP = _MICROPYTHON and not _LINUX and sys.platform != "darwin"
 _addrs = {}  # (ip, port) -> sockaddr, or None when the name did not resolve
-_MAX_ADDRS = 16
+_MAX_ADDRS = const(16)
 # MicroPython's socket module does not name it; 15 is Linux's value (unix port only).
 _SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15 if sys.platform == "linux" else 0)
 
@@ -69,7 +75,7 @@ def open_multicast(group, port, iface_ip, ttl=1, loop=False, bind_ip="0.0.0.0"):
                 pass  # lwIP has no SO_REUSEPORT; one node per board anyway
         s.bind(_sockaddr(bind_ip, port))
         s.setsockopt(_IPPROTO_IP, _IP_ADD_MEMBERSHIP, _aton(group) + _aton(iface_ip))
-        if not _LWIP:
+        if _LINUX or not _MICROPYTHON:  # not on lwIP (every MicroPython port but unix)
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_IF, _aton(iface_ip))
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_TTL, ttl)
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_LOOP, 1 if loop else 0)
@@ -98,22 +104,6 @@ def _sockaddr(ip, port):
     return (ip, port)
 
 
-def _dest(ip, port):
-    if not _MICROPYTHON:
-        return (ip, port)
-    key = (ip, port)
-    if key in _addrs:
-        return _addrs[key]
-    if len(_addrs) >= _MAX_ADDRS:
-        _addrs.clear()  # senders are few (gateway, peers, groups): a rare refill
-    try:
-        addr = socket.getaddrinfo(ip, port)[0][-1]
-    except (OSError, IndexError):
-        addr = None  # not retried on every send: forget() (a new address) asks again
-    _addrs[key] = addr
-    return addr
-
-
 def forget():
     """Drop the resolved destinations (the runtime calls it when its address changes)."""
     _addrs.clear()
@@ -122,7 +112,19 @@ def forget():
 def send(sock, data, ip, port):
     """Send one datagram; a transient error or a name that did not resolve is returned as
     False (counted by the caller)."""
-    addr = _dest(ip, port)
+    key = (ip, port)
+    if key in _addrs:
+        addr = _addrs[key]
+    elif _MICROPYTHON:
+        if len(_addrs) >= _MAX_ADDRS:
+            _addrs.clear()  # destinations are few (gateway, peers, groups): a rare refill
+        try:
+            addr = socket.getaddrinfo(ip, port)[0][-1]
+        except (OSError, IndexError):
+            addr = None  # not retried on every send: forget() (a new address) asks again
+        _addrs[key] = addr
+    else:
+        addr = key
     if addr is None:
         return False
     try:
