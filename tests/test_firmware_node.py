@@ -457,11 +457,13 @@ def test_memory_of_a_leader_with_ten_members(tmp_path: Path) -> None:
 
 @pytest.mark.micropython
 def test_destinations_are_resolved_once_and_forgotten_on_a_new_address() -> None:
-    """getaddrinfo blocks on a board (a name: up to 5 s): a destination is looked up once."""
+    """getaddrinfo blocks on a board (a name: up to 5 s): a name is looked up once; a dotted
+    address needs no lookup and is not kept."""
     code = (
         "import udp\n"
         "s = udp.open_unicast('127.0.0.1')\n"
-        "sent = [udp.send(s, b'x', '127.0.0.1', 47999 + i % 2) for i in range(50)]\n"
+        "sent = [udp.send(s, b'x', 'localhost', 47999 + i % 2) for i in range(50)]\n"
+        "sent += [udp.send(s, b'x', '127.0.0.1', 47999) for i in range(5)]\n"
         "print(all(sent), len(udp._addrs))\n"
         "udp.forget()\n"
         "print(len(udp._addrs))\n"

@@ -11,8 +11,9 @@ from the default interface (a board has one) with its own TTL (``IP_DEFAULT_TTL`
 mesh then relies on routers not forwarding 239.255.0.0/16 (administratively scoped), and drops
 its own frames by node id, not by ``IP_MULTICAST_LOOP``.
 
-Destinations are resolved once and kept (``getaddrinfo`` blocks: up to 5 s for a name on the
-ESP32, enough to trip the watchdog); ``forget()`` drops them when the address changes.
+Destination names are resolved once and kept (``getaddrinfo`` blocks: up to 5 s for a name on
+the ESP32, enough to trip the watchdog); ``forget()`` drops them when the address changes.
+Dotted addresses need no lookup and are not kept.
 
 The mesh framing is the Pi agent's (docs/design.md): election frames to 239.255.77.77:47470
 with TTL 1, READINGS / READINGS_ACK unicast to port 47470, the gateway on port 47471.
@@ -115,7 +116,7 @@ def send(sock, data, ip, port):
     key = (ip, port)
     if key in _addrs:
         addr = _addrs[key]
-    elif _MICROPYTHON:
+    elif _MICROPYTHON and not ip.replace(".", "").isdigit():
         if len(_addrs) >= _MAX_ADDRS:
             _addrs.clear()  # destinations are few (gateway, peers, groups): a rare refill
         try:
@@ -123,6 +124,9 @@ def send(sock, data, ip, port):
         except (OSError, IndexError):
             addr = None  # not retried on every send: forget() (a new address) asks again
         _addrs[key] = addr
+    elif _MICROPYTHON:
+        # A dotted address: no lookup, no wait; not kept (a peer each: heap on a leader).
+        addr = socket.getaddrinfo(ip, port)[0][-1]
     else:
         addr = key
     if addr is None:
