@@ -1,6 +1,11 @@
 """Runs after boot.py: start the meshelect node (everything else is .mpy under app/, hw/, lib/).
 
 On the ESP32 ``/lib`` is on ``sys.path`` already; the unix port needs ``lib`` added.
+
+Safe mode: every start counts one in ``boot_fails``; the app clears it after a minute of
+running, or when stopped on purpose. After 3 starts in a row that did not get there
+(a crash loop, a watchdog reset), main.py starts nothing: no app, no watchdog, a free REPL,
+so ``meshelect firmware deploy`` (which clears the count) can install a fix.
 """
 
 import os
@@ -14,6 +19,19 @@ if sys.path[0] and "app" in os.listdir():
 if "/lib" not in sys.path and "lib" not in sys.path:
     sys.path.append("lib")
 
-from app.runtime import main
+try:
+    with open("boot_fails") as f:
+        n = int(f.read() or 0)
+except (OSError, ValueError):
+    n = 0
+if n >= 3:  # (no named constant: one interned name less)
+    print("safe mode: the app failed %d starts in a row; deploy a fix (or remove boot_fails)" % n)
+else:
+    try:
+        with open("boot_fails", "w") as f:
+            f.write(str(n + 1))
+    except OSError:
+        pass  # a read-only filesystem: no safe mode, the app still starts
+    from app.runtime import main
 
-main()
+    main()

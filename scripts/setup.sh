@@ -3,7 +3,8 @@
 # meshelect installed editable and all its extras, and MicroPython type stubs in .stubs/.
 #
 #   bash scripts/setup.sh                 # Python side only (apt only if python3-venv is missing)
-#   bash scripts/setup.sh --system-tools  # also the programs tests use: mosquitto, nftables, chromium
+#   bash scripts/setup.sh --system-tools  # also the programs tests use: mosquitto, nftables,
+#                                         # chromium, and the 32-bit MicroPython board stand-in
 #   bash scripts/setup.sh --extras gateway,test
 #
 # Runs as root, or as a user with sudo for the apt part. Safe to run again: what is already
@@ -67,8 +68,9 @@ if [ "$system_tools" -eq 1 ]; then
     # openssl: throw-away CAs for the MQTT TLS tests. openssh-server: the HIL Pi target's
     # SSH driver is tested against a real sshd on loopback (its service is never started).
     # postgresql: the server the PostgreSQL storage tests start in a temp dir (testkit/postgres.py).
+    # gcc-multilib + make: the 32-bit MicroPython unix port (scripts/micropython32.sh).
     apt_install mosquitto mosquitto-clients nftables iproute2 chromium openssl openssh-server \
-        postgresql
+        postgresql gcc-multilib make
     # The distribution starts mosquitto on 1883 and a postgresql cluster on 5432; tests never
     # use them, leave them alone.
 fi
@@ -111,6 +113,13 @@ if [ ! -f .stubs/.installed ]; then
     say "installing micropython-esp32-stubs into .stubs/"
     "$uv" pip install -q --python .venv/bin/python --target .stubs micropython-esp32-stubs
     touch .stubs/.installed
+fi
+
+if [ "$system_tools" -eq 1 ]; then
+    # The ESP32 stand-in the firmware tests also run on: built once (about a minute on 2
+    # cores), then kept in .cache/micropython-32/ (seconds on a later run).
+    say "32-bit MicroPython unix port with the firmware frozen in"
+    bash scripts/micropython32.sh
 fi
 
 say "ready in $(( $(date +%s) - started )) s: .venv/bin/meshelect --help"

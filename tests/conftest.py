@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 import pytest
 
 from testkit.broker import Mosquitto
-from testkit.mpy import micropython_path
+from testkit.mpy import BITS, interpreter, micropython_path
 from testkit.netns import Lab, require_netns
 from testkit.tools import MissingTool, require_chromium, require_tool
 from tests.paths import REPO_ROOT
@@ -234,3 +234,17 @@ def lab_factory() -> Iterator[Callable[..., Lab]]:
     finally:
         for lab in labs:
             lab.close()
+
+
+@pytest.fixture(params=BITS, ids=lambda bits: "mpy%d" % bits)
+def mpy_bits(request: pytest.FixtureRequest) -> int:
+    """Run the test on each MicroPython unix port: 64 (the venv's) and 32 (the ESP32 stand-in
+    with the firmware frozen in, ``scripts/micropython32.sh``)."""
+    bits: int = request.param
+    return bits
+
+
+@pytest.fixture
+def mpy_exe(mpy_bits: int) -> str:
+    """The interpreter of ``mpy_bits`` (built or refrozen first if needed)."""
+    return interpreter(mpy_bits)

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from testkit.mpy import install_firmware
 from testkit.netns import Lab
 from testkit.tools import require_tool
 from testkit.waiting import poll_until
@@ -88,7 +89,9 @@ def fw_config(host: int, ip: str, folder: Path) -> dict[str, Any]:
 
 
 class MixedMesh:
-    def __init__(self, lab: Lab, tmp: Path) -> None:
+    def __init__(self, lab: Lab, tmp: Path, exe: str, frozen: bool = False) -> None:
+        self.exe = exe  # the MicroPython the firmware nodes run on
+        self.frozen = frozen  # its image holds the firmware (the 32-bit stand-in)
         self.lab = lab
         self.tmp = tmp
         self.procs: dict[int, subprocess.Popen[Any]] = {}
@@ -147,13 +150,11 @@ class MixedMesh:
         )
 
     def start_fw(self, host: int) -> None:
-        exe = require_tool("micropython")
+        exe = self.exe
         if not self.build.exists():
             firmware_tool.build(self.build)
         folder = self.tmp / ("fw%d" % host)
-        folder.mkdir()
-        for entry in self.build.iterdir():
-            os.symlink(entry, folder / entry.name)
+        install_firmware(self.build, folder, self.frozen)
         (folder / "config.json").write_text(
             json.dumps(fw_config(host, self.lab.address(host), folder))
         )
@@ -244,12 +245,11 @@ wait_for = functools.partial(poll_until, timeout=WAIT_S)
 
 
 def test_mixed_mesh_elects_fails_over_both_ways_and_stores_every_reading_once(
-    lab_factory: Callable[..., Lab], tmp_path: Path
+    lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str, mpy_bits: int
 ) -> None:
     require_tool("mpy-cross")
-    require_tool("micropython")
     lab = lab_factory(prefix=PREFIX, subnet=SUBNET, hosts=7)
-    mesh = MixedMesh(lab, tmp_path)
+    mesh = MixedMesh(lab, tmp_path, mpy_exe, frozen=mpy_bits == 32)
     try:
         run_scenario(mesh)
     finally:
@@ -325,7 +325,7 @@ def test_pi_only_failover_measured_the_same_way(
 ) -> None:
     """The reference for the figures above: a Pi-only mesh, the same harness and polling."""
     lab = lab_factory(prefix=PREFIX, subnet=SUBNET, hosts=7)
-    mesh = MixedMesh(lab, tmp_path)
+    mesh = MixedMesh(lab, tmp_path, "")  # no firmware node
     try:
         mesh.start_gateway()
         for host in PI_HOSTS:

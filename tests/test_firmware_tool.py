@@ -298,6 +298,11 @@ CORE_REFUSES = [
     ({"score": {"battery": 0, "link": 0}}, "config: score.battery: score.battery and score.link"),
     ({"election": {"quorom": 3}}, "config: election.quorom: unknown setting"),
     ({"mesh": "m" * 33}, "config: mesh: must be 1..32 bytes of UTF-8"),
+    # Not the core's rule but the board's: no MQTT password to an unchecked broker.
+    (
+        {"transport": "mqtt", "mqtt": {"broker": "127.0.0.1:9", "tls": True}},
+        "config: mqtt: tls without ca_file checks no broker: give ca_file or insecure",
+    ),
 ]
 
 
@@ -375,7 +380,10 @@ def test_copy_command_is_one_mpremote_run(tmp_path: Path) -> None:
     assert "fs cp %s :app/x.mpy" % (tmp_path / "app/x.mpy") in text
     assert "fs cp %s :main.py" % (tmp_path / "main.py") in text
     assert text.endswith("+ reset")
-    mkdir = argv[argv.index("exec") + 1]
+    # First: the watchdog stretched and the failed-start count cleared (safe mode left).
+    assert "machine.WDT(timeout=600000)" in argv[argv.index("exec") + 1]
+    assert "boot_fails" in argv[argv.index("exec") + 1]
+    mkdir = next(a for a in argv if "os.mkdir" in a)
     assert "['agent', 'app', 'agent/core']" in mkdir
 
 

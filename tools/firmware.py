@@ -1,6 +1,7 @@
 """`meshelect firmware`: build, flash, deploy and provision ESP32 boards.
 
     meshelect firmware build     [--out build/firmware]
+    meshelect firmware image     --chip esp32 --micropython DIR [--docker]
     meshelect firmware flash     --port PORT --image FILE [--chip esp32]
     meshelect firmware deploy    --port PORT --config node.toml [--build DIR]
     meshelect firmware provision --inventory boards.toml [--build DIR] [--flash IMAGE]
@@ -9,6 +10,8 @@
   with mpy-cross into a build folder; ``boot.py`` and ``main.py`` stay source (the board runs
   those two files by name). ``manifest.json`` lists every file with its sha256 and size, and
   the .mpy version (``--mpy-version`` refuses a compiler that emits another one).
+- image: builds a meshelect MicroPython image (firmware frozen in) with MicroPython's own
+  ESP32 build (ESP-IDF, or Espressif's container with ``--docker``): tools/firmware_image.py.
 - flash: esptool 5, ``erase-flash`` then ``write-flash`` at the chip's offset (0x1000 on
   ESP32/S2, 0x0 on S3/C3/C6).
 - deploy: turns node.toml into the device's ``config.json``, asks the board for the sha256 of
@@ -39,6 +42,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tools import firmware_image
+
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
@@ -53,6 +58,7 @@ FLASH_OFFSETS = {
 DEFAULT_BAUD = 460800
 SOURCE_FILES = ("boot.py", "main.py")  # run by name at reset: must stay .py
 CONFIG_NAME = "config.json"
+BOARDS_DIR = "boards"  # firmware/boards: board definitions, not files for the board
 MANIFEST_NAME = "manifest.json"
 # Agent modules the firmware never needs even if something imports them lazily.
 EXCLUDED_AGENT = ("agent.core.replay", "agent.core.mesh")
@@ -96,11 +102,14 @@ def find_tool(name: str) -> str | None:
 
 
 def firmware_files(source: Path) -> list[Path]:
-    """Every .py of the firmware tree, relative to it, sorted."""
+    """Every .py of the firmware tree, relative to it, sorted (not ``boards/``: the MicroPython
+    board definitions that freeze these files into an image)."""
     files = [
         p.relative_to(source)
         for p in source.rglob("*.py")
-        if "__pycache__" not in p.parts and not p.name.startswith(".")
+        if "__pycache__" not in p.parts
+        and not p.name.startswith(".")
+        and p.relative_to(source).parts[0] != BOARDS_DIR
     ]
     return sorted(files)
 
@@ -291,6 +300,30 @@ def flash_commands(port: str, image: str, chip: str, baud: int = DEFAULT_BAUD) -
     ]
 
 
+def image(micropython: Path, chip: str, docker: bool, dry_run: bool) -> None:
+    """Build the meshelect image for ``chip`` in the MicroPython tree (tools/firmware_image)."""
+    try:
+        commands = firmware_image.image_commands(micropython, chip, docker)
+    except ValueError as exc:
+        raise ToolError(str(exc), EXIT_USAGE) from None
+    if not dry_run:
+        missing = firmware_image.check_tree(micropython, docker)
+        if missing:
+            raise ToolError(missing)
+    for argv in commands:
+        if dry_run:
+            print("+ " + " ".join(_quote(a) for a in argv))
+            continue
+        # Minutes of compiler output: straight to the terminal, no timeout.
+        if subprocess.run(argv, cwd=micropython, check=False).returncode != 0:
+            raise ToolError("the image build failed: %s" % " ".join(argv))
+    out = firmware_image.image_path(micropython, chip)
+    print(
+        "image: %s\nflash it: meshelect firmware flash --port PORT --chip %s --image %s"
+        % (out, chip, out)
+    )
+
+
 def check_port(port: str) -> None:
     if not port:
         raise ToolError("no --port given (e.g. /dev/ttyUSB0)", EXIT_USAGE)
@@ -300,9 +333,17 @@ def check_port(port: str) -> None:
         raise ToolError("serial port %s does not exist (is the board plugged in?)" % port)
 
 
-def check_image(image: str) -> None:
+NO_IMAGE = (
+    "no --image given. A meshelect image (firmware frozen in, ESP-IDF's mDNS off, OTA "
+    "partitions): meshelect firmware image --chip CHIP --micropython DIR [--docker] builds it "
+    "(firmware/README.md, 'Board image'). A stock MicroPython image for the chip also works, "
+    "with the code in the heap (then deploy copies the .mpy)."
+)
+
+
+def check_image(image: str | None) -> None:
     if not image:
-        raise ToolError("no --image given (a MicroPython .bin for the chip)", EXIT_USAGE)
+        raise ToolError(NO_IMAGE, EXIT_USAGE)
     path = Path(image)
     if not path.is_file():
         raise ToolError("image %s does not exist" % image)
@@ -310,8 +351,9 @@ def check_image(image: str) -> None:
         raise ToolError("image %s is too small to be a MicroPython firmware" % image)
 
 
-def flash(port: str, image: str, chip: str, baud: int, dry_run: bool) -> None:
+def flash(port: str, image: str | None, chip: str, baud: int, dry_run: bool) -> None:
     check_image(image)
+    assert image is not None
     commands = flash_commands(port, image, chip, baud)
     if not dry_run:
         check_port(port)
@@ -335,6 +377,14 @@ def device_config(data: dict[str, Any]) -> dict[str, Any]:
         checker.check(cfg)
     except checker.ConfigError as exc:
         raise ToolError("config: %s" % exc, EXIT_USAGE) from None
+    # The board's MQTT link refuses this when it starts (app/mqtt_transport.py unverified_tls,
+    # the same rule; tests/test_firmware_tool.py checks both say so).
+    m = cfg.get("mqtt") or {}
+    if m.get("tls") and not m.get("ca_file") and m.get("insecure") is not True:
+        raise ToolError(
+            "config: mqtt: tls without ca_file checks no broker: give ca_file or insecure",
+            EXIT_USAGE,
+        )
     return cfg
 
 
@@ -362,7 +412,26 @@ def read_toml(path: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- deploy
 
 # Runs on the board: prints "H <path> <sha256>" or "M <path>" per file, and the .mpy version.
-_HASH_SCRIPT = """
+# Run first in every mpremote session of a deploy. machine.WDT cannot be stopped and survives
+# the soft reset mpremote starts with; creating it again sets its timeout (ESP-IDF's
+# esp_task_wdt_reconfigure), so a long one gives the copy time (the reset at the end of a
+# deploy clears it; on a board without a watchdog it arms one that the reset clears too).
+# boot_fails is main.py's count of failed starts: a new deploy is given a fresh chance.
+DEPLOY_WATCHDOG_MS = 600000
+_PREPARE_SCRIPT = """
+import os, sys
+if sys.platform == "esp32":
+    import machine
+    machine.WDT(timeout=%d).feed()
+try:
+    os.remove("boot_fails")
+except OSError:
+    pass
+""" % (DEPLOY_WATCHDOG_MS,)
+
+_HASH_SCRIPT = (
+    _PREPARE_SCRIPT.replace("%", "%%")
+    + """
 import sys, hashlib, binascii
 print("V", sys.implementation._mpy if hasattr(sys.implementation, "_mpy") else 0)
 for p in %s:
@@ -378,6 +447,7 @@ for p in %s:
     except OSError:
         print("M", p)
 """
+)
 
 
 def parse_board_hashes(text: str) -> tuple[str | None, dict[str, str]]:
@@ -415,7 +485,7 @@ def copy_command(
     """One mpremote run: make the folders, copy ``paths`` from ``stage``, reset the board."""
     argv = mpremote_base(port, resume)
     folders = sorted({str(Path(p).parent) for p in paths if str(Path(p).parent) != "."})
-    steps: list[list[str]] = []
+    steps: list[list[str]] = [["exec", _PREPARE_SCRIPT]]
     if folders:
         # Parents first; exec so an existing folder is not an error.
         code = "import os\nfor d in %r:\n try:\n  os.mkdir(d)\n except OSError:\n  pass" % (
@@ -593,9 +663,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="build/firmware", help="build folder (default build/firmware)")
     p.add_argument("--mpy-version", help="refuse unless mpy-cross emits this version (e.g. 6.3)")
     p.add_argument("--march", help="native code architecture (default: portable bytecode)")
+    p = sub.add_parser("image", help="build a meshelect MicroPython image (needs ESP-IDF)")
+    p.add_argument("--chip", default="esp32", help="one of %s" % ", ".join(firmware_image.BOARDS))
+    p.add_argument("--micropython", required=True, help="a MicroPython source tree (v1.28.0)")
+    p.add_argument("--docker", action="store_true", help="in Espressif's ESP-IDF container")
+    p.add_argument("--dry-run", action="store_true", help="print the commands only")
     p = sub.add_parser("flash", help="flash a MicroPython image with esptool")
     p.add_argument("--port", required=True)
-    p.add_argument("--image", required=True)
+    p.add_argument("--image", help="the MicroPython .bin (see `image`)")
     p.add_argument("--chip", default="esp32", help="one of %s" % ", ".join(sorted(FLASH_OFFSETS)))
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD)
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
@@ -626,6 +701,8 @@ def cli(argv: list[str]) -> int:
                 "built %d files into %s (.mpy v%s, %d bytes of .mpy)"
                 % (len(manifest["files"]), args.out, manifest["mpy_version"], manifest["mpy_bytes"])
             )
+        elif args.action == "image":
+            image(Path(args.micropython), args.chip, args.docker, args.dry_run)
         elif args.action == "flash":
             flash(args.port, args.image, args.chip, args.baud, args.dry_run)
             if not args.dry_run:

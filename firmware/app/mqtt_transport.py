@@ -30,6 +30,16 @@ _INBOX = (topics.ELECTION, topics.READINGS, topics.ACKS, topics.BATCH_ACK)
 _BROKER_TYPE = "_mqtt._tcp.local"
 
 
+def unverified_tls(m):
+    """The refusal (a str) of TLS with no CA unless ``insecure = true``: the broker would not
+    be authenticated and the MQTT password would go to anyone. Here, not in app.config: its
+    names would cost every UDP node heap (firmware/README.md, "Memory"); the deploy tool
+    applies it too."""
+    if m.get("tls") and not m.get("ca_file") and m.get("insecure") is not True:
+        return "mqtt: tls without ca_file checks no broker: give ca_file or insecure"
+    return None
+
+
 class MqttLink:
     """The runtime's link on MQTT (the interface of ``app.runtime.UdpLink``)."""
 
@@ -60,6 +70,9 @@ class MqttLink:
         for kind in _INBOX:
             self._inbox.append(self._topic(kind, None if kind == topics.ELECTION else self.node))
         tls = None
+        refused = unverified_tls(m)
+        if refused:
+            raise ValueError(refused)  # main() prints it as a config error and exits
         if m.get("tls") or m.get("ca_file"):
             tls = mqtt.tls_context(m.get("ca_file") or None)
         self.client = mqtt.MQTTClient(

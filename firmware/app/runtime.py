@@ -53,6 +53,11 @@ _RX_BYTES = const(1500)
 # The encode buffer, allocated once at boot: as long as the app's longest frame (a batch, one
 # datagram: NodeApp's default max_frame_bytes).
 _ENCODE_BYTES = const(1400)
+# After this long without a crash the app is healthy: main.py's failed-boot count is cleared.
+_HEALTHY_MS = const(60000)
+_FAILS_FILE = const("boot_fails")  # main.py's count of failed starts
+# Readings' t_ms count from 1970 on every runtime; the ESP32 port's time counts from 2000.
+_EPOCH_2000_MS = const(946684800000)
 
 
 class UdpLink:
@@ -129,7 +134,7 @@ class Runtime:
         self.cfg = cfg
         self.hw = hw
         self._ticks = time.ticks_ms()
-        self._ms = 0
+        self._ms = hw.clock_ms  # 0 but in tests (hw/unix.py)
         from app import config  # boot only: main() unloads it after
 
         boot = config.next_boot(cfg["boot_file"])
@@ -195,6 +200,7 @@ class Runtime:
         address yet (``0.0.0.0``) nothing opens and the LED shows "offline".
         """
         self.close()
+        udp.forget()
         ip = self.hw.ip()
         self.ip = ip
         if ip == "0.0.0.0":
@@ -202,27 +208,39 @@ class Runtime:
         cfg = self.cfg
         try:
             sockets = self.link.open(ip)
-            if cfg["discovery"].get("enabled", True):
-                if self.mdns is None:
-                    self.mdns = mdns.Mdns(
-                        "%s-%s" % (cfg["mesh"], cfg["node_id"]),
-                        _AGENT_TYPE,
-                        self.unicast_port,
-                        ip,
-                        self._txt(),
-                        browse=(_GATEWAY_TYPE, _AGENT_TYPE) + self.link.browse,
-                        host="meshelect-%s-%s" % (cfg["mesh"], cfg["node_id"]),
-                    )
-                else:
-                    self.mdns.ip = ip
-                    self.mdns.set_txt({}, 0)  # forces a re-announcement with the new address
-                    self.mdns.set_txt(self._txt(), 0)
-                self.mdns_sock = udp.open_multicast(mdns.MDNS_GROUP, mdns.MDNS_PORT, ip, 255)
         except OSError as e:
             print("network: cannot open sockets on %s: %r" % (ip, e))
             self.close()
             self.ip = None  # try again at the next check
             return
+        # mDNS in a try of its own: the mesh never depends on it.
+        if cfg["discovery"].get("enabled", True):
+            if self.mdns is None:
+                self.mdns = mdns.Mdns(
+                    "%s-%s" % (cfg["mesh"], cfg["node_id"]),
+                    _AGENT_TYPE,
+                    self.unicast_port,
+                    ip,
+                    self._txt(),
+                    browse=(_GATEWAY_TYPE, _AGENT_TYPE) + self.link.browse,
+                    host="meshelect-%s-%s" % (cfg["mesh"], cfg["node_id"]),
+                )
+            else:
+                self.mdns.ip = ip
+                self.mdns.set_txt({}, 0)  # forces a re-announcement with the new address
+                self.mdns.set_txt(self._txt(), 0)
+            try:
+                self.mdns_sock = udp.open_multicast(mdns.MDNS_GROUP, mdns.MDNS_PORT, ip, 255)
+                self.mdns.announcing = True
+            except OSError as e:
+                # 5353 is taken (a stock ESP32 image runs ESP-IDF's responder there, bound
+                # without SO_REUSEADDR): browse from an ephemeral port, announce nothing.
+                print("mdns: port 5353 unusable (%r): browsing only, not announcing" % (e,))
+                self.mdns.announcing = False
+                try:
+                    self.mdns_sock = udp.open_unicast(ip)
+                except OSError:
+                    self.mdns_sock = None
         for sock in sockets:
             self._rx_tasks.append(asyncio.create_task(self.receive(sock)))
         if self.mdns_sock is not None:
@@ -319,6 +337,7 @@ class Runtime:
             next_power = now + cfg["heartbeat_ms"]
             next_second = now
             next_status = now
+            healthy_at = now + _HEALTHY_MS
             status_ms = int(cfg.get("status_ms", 1000))
             while True:
                 now = self.now()
@@ -338,7 +357,12 @@ class Runtime:
                             metrics = None
                         if metrics:
                             # Readings' t_ms: wall-clock ms (the board's RTC; set by NTP if it can).
-                            app.sample(now, time.time_ns() // 1000000, metrics)
+                            # (gmtime(0) is asked each time: a module global would be one
+                            # more interned name, see firmware/README.md "Memory")
+                            t_ms = time.time_ns() // 1000000
+                            if time.gmtime(0)[0] == 2000:
+                                t_ms += _EPOCH_2000_MS
+                            app.sample(now, t_ms, metrics)
                     if now >= app.wakeup:  # (as the Pi agent: a tick with no work still allocates)
                         app.tick(now)
                     self.flush()
@@ -347,6 +371,12 @@ class Runtime:
                         # moved, mDNS upkeep (its announcements and queries are seconds apart;
                         # answers go out from the receiver at once).
                         next_second = now + 1000
+                        if healthy_at and now >= healthy_at:
+                            healthy_at = 0
+                            try:  # running a while: main.py's count of failed starts ends
+                                os.remove(_FAILS_FILE)
+                            except OSError:
+                                pass
                         hw.maintain(now)
                         if hw.ip() != self.ip:
                             self.open()
@@ -425,13 +455,14 @@ class Runtime:
         status["runtime"] = "micropython"
         status["mdns_drops"] = nonzero(m.drops) if m else {}
         status["mdns_peers"] = mdns_peers
+        status["announcing"] = m is not None and m.announcing  # on mDNS
         status["send_errors"] = self.link.send_errors
         status["errors"] += self.loop_errors
         status["heap"] = used
         status["peak_heap"] = self.peak_heap
         status["gateway"] = "%s:%d" % self.gateway if self.gateway else None
         status["transport"] = self.link.status()
-        if cfg.get("print_status", True):
+        if cfg.get("print_status", False):  # ~1.5 KB/s on a board's UART: asked for only
             print("status", end=" ")
             json.dump(status, sys.stdout)
             print()
@@ -450,7 +481,7 @@ class Runtime:
         gc.collect()  # the loop's last garbage: room for the goodbye in a full heap
         self.app.stop(self.now())
         self.flush()
-        if self.mdns is not None and self.mdns_sock is not None:
+        if self.mdns is not None and self.mdns_sock is not None and self.mdns.announcing:
             udp.send(self.mdns_sock, self.mdns.goodbye(), mdns.MDNS_GROUP, mdns.MDNS_PORT)
         print("stopped")
 
@@ -492,6 +523,11 @@ def main(path="config.json"):
         finally:
             rt.close()
             hw.close()
+    if not crashed:  # stopped on purpose (a deploy's interrupt, Ctrl-C, run_ms): no failed start
+        try:
+            os.remove(_FAILS_FILE)
+        except OSError:
+            pass
     if crashed:
         # A board left at the REPL is a dead node: reset it (the unix port just exits 1).
         if sys.platform in ("linux", "darwin"):

@@ -17,12 +17,20 @@ sensor never stops the node. Values are integers (milli-units, per-mille).
 import esp32  # type: ignore[import-not-found]
 import machine  # type: ignore[import-not-found]
 import network  # type: ignore[import-not-found]
+from micropython import const  # type: ignore[import-not-found]
 
 from hw.common import DEFAULT_CURVE, check_curve, interpolate, led_on, rssi_to_link
 from hw.sensors import DRIVERS
 
+_ADC_SAMPLES = const(16)
+_BATTERY_STEP = const(20)
+_NTP_RETRY_MS = const(60000)
+_NTP_EVERY_MS = const(86400000)
+
 
 class Esp32Hardware:
+    clock_ms = 0  # where the runtime's clock starts (only the unix layer's tests move it)
+
     def __init__(self, cfg):
         hw = cfg.get("hw") or {}
         self.errors = {}
@@ -31,10 +39,14 @@ class Esp32Hardware:
         self.adc = None
         if bat and "pin" in bat:
             self.adc = machine.ADC(machine.Pin(bat["pin"]))
-            self.adc.atten(machine.ADC.ATTN_11DB)  # full range up to ~3.1 V at the pin
+            # 11 dB: accurate from about 150 to 2450 mV at the pin (read_uv is calibrated);
+            # the divider must keep a full battery under 2450 mV.
+            self.adc.atten(machine.ADC.ATTN_11DB)
             self.div_num = int(bat.get("divider_num", 2))
             self.div_den = int(bat.get("divider_den", 1))
             self.curve = check_curve(bat["curve"]) if "curve" in bat else DEFAULT_CURVE
+        self._mv = None  # the smoothed battery voltage
+        self._battery = None  # the per-mille last reported
         self.mains = None
         if "mains_pin" in hw:
             self.mains = machine.Pin(hw["mains_pin"], machine.Pin.IN)
@@ -69,6 +81,7 @@ class Esp32Hardware:
         self.wifi = cfg.get("wifi") or {}
         self._wifi_retry_at = 0
         self._wifi_backoff = 1000
+        self._ntp_at = 0
         self.wdt = None
         if hw.get("watchdog_ms"):
             self.wdt = machine.WDT(timeout=int(hw["watchdog_ms"]))
@@ -77,13 +90,29 @@ class Esp32Hardware:
         self.errors[reason] = self.errors.get(reason, 0) + 1
 
     def battery_mv(self):
+        """The battery voltage: the mean of _ADC_SAMPLES readings (a Wi-Fi transmit sags it
+        for a moment), smoothed over calls (each new mean weighs an eighth: a time constant of
+        about 2 s at one call per 250 ms heartbeat)."""
         if self.adc is None:
             return 0
-        return self.adc.read_uv() // 1000 * self.div_num // self.div_den
+        total = 0
+        for _ in range(_ADC_SAMPLES):
+            total += self.adc.read_uv()
+        mv = total // (1000 * _ADC_SAMPLES) * self.div_num // self.div_den
+        self._mv = mv if self._mv is None else (7 * self._mv + mv) // 8
+        return self._mv
+
+    def _battery_pm(self):
+        """Per-mille with a dead band: moves only by _BATTERY_STEP or more, so a reading near
+        the core's low-battery rule (200) does not flap the score."""
+        pm = interpolate(self.curve, self.battery_mv())
+        if self._battery is None or abs(pm - self._battery) >= _BATTERY_STEP:
+            self._battery = pm
+        return self._battery
 
     def power(self, now):
         """-> (battery per-mille, link per-mille, on mains)."""
-        battery = interpolate(self.curve, self.battery_mv()) if self.adc is not None else 1000
+        battery = self._battery_pm() if self.adc is not None else 1000
         mains = self.mains is not None and self.mains.value() == self.mains_active
         link = 0
         if self.wlan.isconnected():
@@ -112,12 +141,17 @@ class Esp32Hardware:
         return out
 
     def maintain(self, now):
-        """Rejoin Wi-Fi after a loss, with backoff (1 s doubling to 60 s); never blocks."""
+        """Rejoin Wi-Fi after a loss, with backoff (1 s doubling to 60 s); never blocks. Not
+        while the driver is associating: connect() then fails, and the driver retries itself."""
         if self.wlan.isconnected():
             self._wifi_backoff = 1000
+            if now >= self._ntp_at:
+                self._set_clock(now)
             return
         ssid = self.wifi.get("ssid")
         if not ssid or now < self._wifi_retry_at:
+            return
+        if self.wlan.status() == network.STAT_CONNECTING:
             return
         self._wifi_retry_at = now + self._wifi_backoff
         self._wifi_backoff = min(self._wifi_backoff * 2, 60000)
@@ -126,6 +160,18 @@ class Esp32Hardware:
             self.wlan.connect(ssid, self.wifi.get("password", ""))
         except OSError:
             self._count("wifi_connect")
+
+    def _set_clock(self, now):
+        """The RTC from NTP (readings carry wall-clock time): retried every minute until it
+        works, then once a day against drift. Blocks up to ntptime's 1 s timeout."""
+        try:
+            import ntptime  # type: ignore[import-not-found]
+
+            ntptime.settime()
+            self._ntp_at = now + _NTP_EVERY_MS
+        except Exception:  # no server reachable (OSError), or no ntptime in the image
+            self._count("ntp")
+            self._ntp_at = now + _NTP_RETRY_MS
 
     def ip(self):
         return self.wlan.ifconfig()[0] if self.wlan.isconnected() else "0.0.0.0"

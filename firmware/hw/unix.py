@@ -2,7 +2,11 @@
 
     "hw": {"kind": "unix", "file": "/tmp/fw-1.json"}          # re-read at every sample
     "hw": {"kind": "unix", "battery": 900, "link": 800, "mains": false,
-           "drain_per_min": 10, "temp_base": 21000, "temp_amplitude": 2000, "period_ms": 60000}
+           "drain_per_min": 10, "temp_base": 21000, "temp_amplitude": 2000, "period_ms": 60000,
+           "clock_ms": 1073739824}
+
+``clock_ms`` (a test hook) starts the runtime's clock there instead of at 0, so a test can run
+a node past 2**30 ms (where a 32-bit port's small ints end) without waiting 12 days.
 
 The file holds the same keys (``battery``, ``link``, ``mains``, ``metrics``: {name: int}), so a
 test or a demo can change a node's power while it runs. A missing or broken file keeps the
@@ -28,6 +32,7 @@ class UnixHardware:
         self.metrics = None
         self.address = (cfg.get("udp") or {}).get("interface") or "127.0.0.1"
         self._start = None
+        self.clock_ms = int(hw.get("clock_ms", 0))
         self.read()
 
     def read(self):

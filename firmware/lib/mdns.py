@@ -174,6 +174,10 @@ class Mdns:
         self._interval = 1000
         self._announce_left = 2
         self._next_announce = 0
+        # False when port 5353 is another responder's (ESP-IDF's on a stock image): we then
+        # only browse, with one-shot queries from an ephemeral port that responders answer by
+        # unicast (RFC 6762 5.1, 6.7), and neither announce nor answer.
+        self.announcing = True
         self._sent = [None, None, None, None, None]  # ms our record i last went out (RFC 6762 6.2)
 
     # -- public
@@ -198,7 +202,7 @@ class Mdns:
     def tick(self, now):
         """Announcements, periodic browse queries, expiry. -> [(packet, addr)]."""
         out = []
-        if self._announce_left and now >= self._next_announce:
+        if self.announcing and self._announce_left and now >= self._next_announce:
             self._announce_left -= 1
             self._next_announce = now + 1000
             out.append((self.goodbye(True), (MDNS_GROUP, MDNS_PORT)))
@@ -317,6 +321,8 @@ class Mdns:
             return []
         if flags & 0x8000:
             self._learn(records, now)
+            return []
+        if not self.announcing:
             return []
         return self._answer(msg_id, questions, records, addr, now)
 

@@ -5,12 +5,30 @@ MicroPython's ``socket`` lacks ``IPPROTO_IP``, ``IP_MULTICAST_IF``, ``IP_MULTICA
 32, 33, 34; lwIP (ESP32 and the other MCU ports) uses 6, 5, 7 (lwip/sockets.h). The names win
 when the module has them (CPython).
 
+lwIP (the ESP32) accepts none of the three multicast options from MicroPython: its setsockopt
+prints a warning per call and raises nothing, so they are not set there. lwIP sends multicast
+from the default interface (a board has one) with its own TTL (``IP_DEFAULT_TTL``, not 1): the
+mesh then relies on routers not forwarding 239.255.0.0/16 (administratively scoped), and drops
+its own frames by node id, not by ``IP_MULTICAST_LOOP``.
+
+Destination names are resolved once and kept (``getaddrinfo`` blocks: up to 5 s for a name on
+the ESP32, enough to trip the watchdog); ``forget()`` drops them when the address changes.
+Dotted addresses need no lookup and are not kept.
+
 The mesh framing is the Pi agent's (docs/design.md): election frames to 239.255.77.77:47470
 with TTL 1, READINGS / READINGS_ACK unicast to port 47470, the gateway on port 47471.
 """
 
 import socket
 import sys
+
+try:
+    from micropython import const  # type: ignore[import-not-found]
+except ImportError:  # CPython (host-side tools)
+
+    def const(x):
+        return x
+
 
 try:
     import asyncio
@@ -29,6 +47,8 @@ _IP_MULTICAST_LOOP = getattr(socket, "IP_MULTICAST_LOOP", 34 if _LINUX else 7)
 _IP_ADD_MEMBERSHIP = getattr(socket, "IP_ADD_MEMBERSHIP", 35 if _LINUX else 3)
 
 _MICROPYTHON = sys.implementation.name == "micropython"
+_addrs = {}  # (ip, port) -> sockaddr, or None when the name did not resolve
+_MAX_ADDRS = const(16)
 # MicroPython's socket module does not name it; 15 is Linux's value (unix port only).
 _SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15 if sys.platform == "linux" else 0)
 
@@ -56,12 +76,10 @@ def open_multicast(group, port, iface_ip, ttl=1, loop=False, bind_ip="0.0.0.0"):
                 pass  # lwIP has no SO_REUSEPORT; one node per board anyway
         s.bind(_sockaddr(bind_ip, port))
         s.setsockopt(_IPPROTO_IP, _IP_ADD_MEMBERSHIP, _aton(group) + _aton(iface_ip))
-        s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_IF, _aton(iface_ip))
-        s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_TTL, ttl)
-        try:
+        if _LINUX or not _MICROPYTHON:  # not on lwIP (every MicroPython port but unix)
+            s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_IF, _aton(iface_ip))
+            s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_TTL, ttl)
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_LOOP, 1 if loop else 0)
-        except OSError:
-            pass  # lwIP may not know it; the runtime also ignores its own frames
         s.setblocking(False)
     except Exception:
         s.close()
@@ -87,10 +105,34 @@ def _sockaddr(ip, port):
     return (ip, port)
 
 
+def forget():
+    """Drop the resolved destinations (the runtime calls it when its address changes)."""
+    _addrs.clear()
+
+
 def send(sock, data, ip, port):
-    """Send one datagram; a transient error is returned as False (counted by the caller)."""
+    """Send one datagram; a transient error or a name that did not resolve is returned as
+    False (counted by the caller)."""
+    key = (ip, port)
+    if key in _addrs:
+        addr = _addrs[key]
+    elif _MICROPYTHON and not ip.replace(".", "").isdigit():
+        if len(_addrs) >= _MAX_ADDRS:
+            _addrs.clear()  # destinations are few (gateway, peers, groups): a rare refill
+        try:
+            addr = socket.getaddrinfo(ip, port)[0][-1]
+        except (OSError, IndexError):
+            addr = None  # not retried on every send: forget() (a new address) asks again
+        _addrs[key] = addr
+    elif _MICROPYTHON:
+        # A dotted address: no lookup, no wait; not kept (a peer each: heap on a leader).
+        addr = socket.getaddrinfo(ip, port)[0][-1]
+    else:
+        addr = key
+    if addr is None:
+        return False
     try:
-        sock.sendto(data, _sockaddr(ip, port))
+        sock.sendto(data, addr)
         return True
     except OSError:
         return False

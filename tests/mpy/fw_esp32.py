@@ -61,6 +61,7 @@ class I2C:
 class WLAN:
     connected = False
     connects = []
+    state = 1000  # STAT_IDLE
 
     def __init__(self, iface):
         pass
@@ -68,8 +69,8 @@ class WLAN:
     def isconnected(self):
         return WLAN.connected
 
-    def status(self, what):
-        return -65
+    def status(self, what=None):
+        return -65 if what == "rssi" else WLAN.state
 
     def ifconfig(self):
         return ("10.94.0.77", "255.255.255.0", "10.94.0.1", "10.94.0.1")
@@ -89,11 +90,16 @@ machine.I2C = I2C
 network = FakeModule()
 network.WLAN = WLAN
 network.STA_IF = 0
+network.STAT_CONNECTING = 1001
 esp32 = FakeModule()
 esp32.mcu_temperature = lambda: 41.5
 sys.modules["machine"] = machine
 sys.modules["network"] = network
 sys.modules["esp32"] = esp32
+ntptime = FakeModule()
+ntptime.calls = []
+ntptime.settime = lambda: ntptime.calls.append(1)
+sys.modules["ntptime"] = ntptime
 
 from hw.esp32 import Esp32Hardware
 
@@ -117,8 +123,27 @@ out["online"] = [hw.power(0), hw.ip(), hw.sample(0)]
 hw.feed()
 hw.show("leader", 10)
 out["led_wdt"] = [Pin.levels.get(2), WDT.fed]
+for t in (0, 1000, 60000):
+    hw.maintain(t)  # connected: the clock is set once, then again only a day later
+out["ntp_sets"] = len(ntptime.calls)
 WLAN.connected = False
 for t in (0, 500, 1000, 2999, 3000, 7000):
     hw.maintain(t)
 out["reconnects"] = len(WLAN.connects)
+WLAN.state = network.STAT_CONNECTING  # associating: the driver is at it, no connect()
+hw.maintain(100000)
+out["reconnects_while_associating"] = len(WLAN.connects) - out["reconnects"]
+# A battery at the low-battery rule (200 per mille: 3.65 V on the default curve) whose
+# readings jitter by 80 mV (a transmit sag): once settled, the reported per-mille holds still.
+reported = []
+for i in range(60):
+    ADC.uv = 1825000 + (20000 if i % 2 else -20000)
+    reported.append(hw.power(0)[0])
+settled = reported[30:]
+out["battery_near_low"] = [
+    min(settled),
+    max(settled),
+    sum(1 for i in range(1, len(settled)) if settled[i] != settled[i - 1]),  # changes
+    sum(1 for i in range(1, len(settled)) if (settled[i] < 200) != (settled[i - 1] < 200)),
+]
 print(json.dumps(out))
