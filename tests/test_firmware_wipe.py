@@ -46,10 +46,10 @@ def confirmed(mesh: MixedMesh, boot: int, at_least: int) -> int:
 
 
 def test_a_flashed_board_comes_back_above_its_old_boots_and_loses_nothing(
-    tmp_path: Path,
+    tmp_path: Path, mpy_exe: str, mpy_bits: int
 ) -> None:
     lab = Lab(prefix="fw-w-", subnet="10.96.4.0/24", hosts=GW_HOST).open()
-    mesh = MixedMesh(lab, tmp_path)
+    mesh = MixedMesh(lab, tmp_path, mpy_exe, frozen=mpy_bits == 32)
     try:
         mesh.start_gateway()
         mesh.start_fw(FW)
