@@ -232,7 +232,7 @@ def test_status_into_a_pipe_closed_after_three_lines(tmp_path: Path) -> None:
     write_status(
         str(tmp_path),
         {"node": "me", "mesh": "m", "role": "follower", "term": 3, "leader": "n001",
-         "updated": time.time(), "peers": peers, "stale": [], "buffer": {}},
+         "updated": time.time(), "peers": peers, "stale_peers": [], "buffer": {}},
     )  # fmt: skip
     assert_ends_quietly(["status", "--state-dir", str(tmp_path)])
     assert_ends_quietly(["status", "--state-dir", str(tmp_path), "--json"])
