@@ -39,6 +39,18 @@ def test_the_bench_defaults_to_20_kills_and_takes_a_list() -> None:
         parser.parse_args(["--compare", "zookeeper"])
 
 
+def test_the_suspect_time_is_a_bench_option_within_the_cores_range() -> None:
+    parser = failover.build_parser()
+    assert parser.parse_args([]).suspect_intervals is None
+    assert failover.election_settings(None) == ""  # the agents keep the core's default
+    args = parser.parse_args(["--suspect-intervals", "6"])
+    assert failover.election_settings(args.suspect_intervals) == (
+        "[election]\nsuspect_intervals = 6\n"
+    )
+    with pytest.raises(argparse.ArgumentTypeError, match=r"within 2\.\.100"):
+        failover.suspect_intervals_arg("1")
+
+
 def _row(heartbeat_ms: int, follow: list[float], **extra: object) -> dict[str, object]:
     row: dict[str, object] = {"heartbeat_ms": heartbeat_ms, "follow": follow, "batch": follow}
     row.update(extra)

@@ -57,6 +57,35 @@ def heartbeat_list(text: str) -> list[int]:
     return values
 
 
+def election_settings(suspect_intervals: int | None) -> str:
+    """The agents' ``[election]`` table for ``--suspect-intervals`` (None: the core's
+    default)."""
+    if suspect_intervals is None:
+        return ""
+    return "[election]\nsuspect_intervals = %d\n" % suspect_intervals
+
+
+def suspect_intervals_arg(text: str) -> int:
+    """argparse type of ``--suspect-intervals``: an integer within the core's range."""
+    try:
+        value = int(text)
+        Config(suspect_intervals=value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def add_election_options(p: argparse.ArgumentParser) -> None:
+    """The election settings a bench may change from the core's defaults."""
+    p.add_argument(
+        "--suspect-intervals",
+        type=suspect_intervals_arg,
+        metavar="N",
+        help="election.suspect_intervals of every agent (default: the core's, %d)"
+        % Config().suspect_intervals,
+    )
+
+
 def failover(args: argparse.Namespace, heartbeat_ms: int) -> dict[str, Any]:
     """One mesh at ``heartbeat_ms``: idle figures, then ``args.kills`` kills. Returns a row of
     the table (``follow`` and ``batch``: seconds per kill)."""
@@ -70,6 +99,7 @@ def failover(args: argparse.Namespace, heartbeat_ms: int) -> dict[str, Any]:
         prefix=LAB_PREFIX,
         sample_ms=args.sample_ms,
         status_ms=args.status_ms,
+        agent_extra=election_settings(args.suspect_intervals),
     )
     try:
         mesh.open()
@@ -239,8 +269,14 @@ def table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
-        "failover over %s, %d agents, sample %d ms; times in ms from the kill -9"
-        % (args.transport, args.agents, args.sample_ms)
+        "failover over %s, %d agents, sample %d ms, suspect after %d heartbeats; times in ms "
+        "from the kill -9"
+        % (
+            args.transport,
+            args.agents,
+            args.sample_ms,
+            args.suspect_intervals or Config().suspect_intervals,
+        )
     ]
     for line in [header, *body]:
         lines.append("  ".join(cell.rjust(width) for cell, width in zip(line, widths, strict=True)))
@@ -308,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=6.0,
         help="wait before counting readings (default: %(default)s)",
     )
+    add_election_options(p)
     p.add_argument(
         "--compare",
         choices=("etcd",),

@@ -24,9 +24,10 @@ import sys
 import time
 from typing import Any
 
+from agent.core.node import Config
 from testkit.meshlab import MeshUnderTest, delivery_report, parse_log_time
 from testkit.tools import MissingTool
-from tools.bench.failover import heartbeat_list
+from tools.bench.failover import add_election_options, election_settings, heartbeat_list
 
 LAB_PREFIX = "mk-"
 
@@ -66,6 +67,7 @@ def soak(args: argparse.Namespace) -> int:
         prefix=LAB_PREFIX,
         sample_ms=args.sample_ms,
         status_ms=args.status_ms,
+        agent_extra=election_settings(args.suspect_intervals),
     )
     try:
         mesh.open()
@@ -80,8 +82,18 @@ def soak(args: argparse.Namespace) -> int:
         start_stats = _stats(mesh)
         shape = "per frame" if args.per_frame else "per link"
         print(
-            "soak: %d agents, heartbeat %d ms, %d%% loss %s on every host, %.1f min; leader %s "
-            "term %d" % (n, args.heartbeat_ms, args.loss, shape, args.minutes, leader, start_term),
+            "soak: %d agents, heartbeat %d ms, suspect after %d, %d%% loss %s on every host, "
+            "%.1f min; leader %s term %d"
+            % (
+                n,
+                args.heartbeat_ms,
+                args.suspect_intervals or Config().suspect_intervals,
+                args.loss,
+                shape,
+                args.minutes,
+                leader,
+                start_term,
+            ),
             flush=True,
         )
         started = time.time()
@@ -157,6 +169,7 @@ def cli(argv: list[str]) -> int:
         "--loss", type=int, default=10, help="percent of frames dropped (default: %(default)s)"
     )
     p.add_argument("--per-frame", action="store_true", help="lose a frame for every receiver")
+    add_election_options(p)
     p.add_argument("--minutes", type=float, default=10.0, help="(default: %(default)s)")
     p.add_argument("--sample-ms", type=int, default=500, help="(default: %(default)s)")
     p.add_argument("--status-ms", type=int, default=250, help="(default: %(default)s)")
