@@ -284,9 +284,10 @@ def table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
         "follow: until the last survivor follows the new leader (its log); batch: until the",
         "gateway stored the new leader's first batch; p99 of up to 50 kills is the worst one.",
         "frames/s: every frame the agents and the gateway sent while idle; cpu idle: the",
-        "busiest agent over %.0f s; lost: taken, never stored (kill -9 included), in flight at"
-        % args.idle_s,
-        "the end apart; dup: readings that reached the gateway again (stored once).",
+        "busiest agent over %.0f s (load average now %.1f); lost: taken, never stored (kill -9"
+        % (args.idle_s, os.getloadavg()[0]),
+        "included), in flight at the end apart; dup: readings that reached the gateway again",
+        "(stored once).",
     ]
     for row in rows:
         if row.get("in_flight_at_end"):
