@@ -86,29 +86,53 @@ def add_election_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def failover(args: argparse.Namespace, heartbeat_ms: int) -> dict[str, Any]:
-    """One mesh at ``heartbeat_ms``: idle figures, then ``args.kills`` kills. Returns a row of
-    the table (``follow`` and ``batch``: seconds per kill)."""
-    n = args.agents
-    row: dict[str, Any] = {"heartbeat_ms": heartbeat_ms, "follow": [], "batch": []}
-    killed_boots: dict[tuple[str, int], tuple[int, int]] = {}
-    mesh = MeshUnderTest(
-        n,
-        args.transport,
+def new_mesh(
+    args: argparse.Namespace, heartbeat_ms: int, prefix: str, transport: str = "udp"
+) -> MeshUnderTest:
+    """The bench's mesh (not open yet): ``args.agents`` agents with the bench's settings."""
+    return MeshUnderTest(
+        args.agents,
+        transport,
         heartbeat_ms=heartbeat_ms,
-        prefix=LAB_PREFIX,
+        prefix=prefix,
         sample_ms=args.sample_ms,
         status_ms=args.status_ms,
         agent_extra=election_settings(args.suspect_intervals),
     )
+
+
+def start_agents(mesh: MeshUnderTest) -> str | None:
+    """Open the lab, start every agent, and return the leader they agree on (None: none in
+    20 s). Close batteries (within the hysteresis margin): a restarted node does not take the
+    lead back, so each kill hits whoever leads now."""
+    mesh.open()
+    for host in range(1, mesh.n + 1):
+        mesh.start_agent(host, 950 - 10 * host)
+    leader: str | None = mesh.wait_for(mesh.agreed_leader, 20)
+    if leader is None:
+        print("heartbeat %d ms: no leader agreed within 20 s" % mesh.heartbeat_ms, file=sys.stderr)
+    return leader
+
+
+def readings_report(
+    mesh: MeshUnderTest, killed_boots: dict[tuple[str, int], tuple[int, int]]
+) -> dict[str, Any]:
+    """What the agents took against what the gateway stored (``delivery_report``), and how
+    many readings reached the gateway again (its dedup counter; -1: unknown)."""
+    report = delivery_report(mesh, killed_boots)
+    counters = mesh.gateway_counters()
+    report["duplicate_arrivals"] = int(counters.get("meshelect_gateway_dedup_hits_total", -1))
+    return report
+
+
+def failover(args: argparse.Namespace, heartbeat_ms: int) -> dict[str, Any]:
+    """One mesh at ``heartbeat_ms``: idle figures, then ``args.kills`` kills. Returns a row of
+    the table (``follow`` and ``batch``: seconds per kill)."""
+    row: dict[str, Any] = {"heartbeat_ms": heartbeat_ms, "follow": [], "batch": []}
+    killed_boots: dict[tuple[str, int], tuple[int, int]] = {}
+    mesh = new_mesh(args, heartbeat_ms, LAB_PREFIX, args.transport)
     try:
-        mesh.open()
-        # Close batteries (within the hysteresis margin): a restarted node does not take the
-        # lead back, so each kill hits whoever leads now.
-        for host in range(1, n + 1):
-            mesh.start_agent(host, 950 - 10 * host)
-        if mesh.wait_for(mesh.agreed_leader, 20) is None:
-            print("heartbeat %d ms: no leader agreed within 20 s" % heartbeat_ms, file=sys.stderr)
+        if start_agents(mesh) is None:
             return row
         row.update(idle_figures(mesh, args.idle_s))
         for round_no in range(args.kills):
@@ -116,9 +140,7 @@ def failover(args: argparse.Namespace, heartbeat_ms: int) -> dict[str, Any]:
                 break
         # Let the last resends settle before counting.
         time.sleep(args.settle_s)
-        row.update(delivery_report(mesh, killed_boots))
-        counters = mesh.gateway_counters()
-        row["duplicate_arrivals"] = int(counters.get("meshelect_gateway_dedup_hits_total", -1))
+        row.update(readings_report(mesh, killed_boots))
     finally:
         mesh.close()
         mesh.cleanup()

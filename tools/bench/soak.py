@@ -25,9 +25,15 @@ import time
 from typing import Any
 
 from agent.core.node import Config
-from testkit.meshlab import MeshUnderTest, delivery_report, parse_log_time
+from testkit.meshlab import MeshUnderTest, parse_log_time
 from testkit.tools import MissingTool
-from tools.bench.failover import add_election_options, election_settings, heartbeat_list
+from tools.bench.failover import (
+    add_election_options,
+    heartbeat_list,
+    new_mesh,
+    readings_report,
+    start_agents,
+)
 
 LAB_PREFIX = "mk-"
 
@@ -60,22 +66,10 @@ def _sum(stats: dict[int, dict[str, Any]], name: str) -> int:
 
 def soak(args: argparse.Namespace) -> int:
     n = args.agents
-    mesh = MeshUnderTest(
-        n,
-        "udp",
-        heartbeat_ms=args.heartbeat_ms,
-        prefix=LAB_PREFIX,
-        sample_ms=args.sample_ms,
-        status_ms=args.status_ms,
-        agent_extra=election_settings(args.suspect_intervals),
-    )
+    mesh = new_mesh(args, args.heartbeat_ms, LAB_PREFIX)
     try:
-        mesh.open()
-        for host in range(1, n + 1):
-            mesh.start_agent(host, 950 - 10 * host)
-        leader = mesh.wait_for(mesh.agreed_leader, 20)
+        leader = start_agents(mesh)
         if leader is None:
-            print("no leader agreed within 20 s", file=sys.stderr)
             return 1
         time.sleep(2 * args.heartbeat_ms / 1000 + 1)  # the status files settle
         start_term = _max_term(mesh)
@@ -125,9 +119,7 @@ def soak(args: argparse.Namespace) -> int:
         elections = elections_since(mesh, start_term, started)
         stats = _stats(mesh)
         time.sleep(args.settle_s)
-        report = delivery_report(mesh, {})
-        counters = mesh.gateway_counters()
-        report["duplicate_arrivals"] = int(counters.get("meshelect_gateway_dedup_hits_total", -1))
+        report = readings_report(mesh, {})
     finally:
         mesh.close()
         mesh.cleanup()
