@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -141,6 +142,21 @@ def test_a_short_soak_under_loss_prints_what_it_saw() -> None:
     )  # fmt: skip
     assert "10% loss per frame" in out and "elections seen:" in out, out
     assert " lost 0 " in out, out
+
+
+@pytest.mark.netns  # root: the bench checks for it before it looks for etcd
+def test_compare_without_etcd_says_what_to_install_before_any_mesh_runs(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "bench", "failover", "--compare", "etcd"],
+        capture_output=True,
+        text=True,
+        env=python_env(PATH=str(tmp_path)),  # no etcd on this PATH (nor in the sbin folders)
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "etcd is not installed (apt-get install etcd-server)" in done.stderr
+    assert "kill" not in done.stdout  # nothing ran
 
 
 @pytest.mark.compare
