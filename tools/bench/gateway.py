@@ -34,6 +34,8 @@ from gateway.metrics import Counters
 from gateway.storage import SqliteStorage
 from gateway.tracker import Tracker
 from testkit.gateway import BatchSender, GatewayProcess, make_batch
+from tools.bench.leaders import cpu_seconds
+from tools.bench.leaders import run as run_leaders
 
 READINGS_PER_BATCH = 64  # datapath.BATCH_MAX_READINGS
 # Batches per commit in the group-commit figure: what 4 leaders with 4 batches in flight each
@@ -138,57 +140,31 @@ def bench_storage(batches: list[dict[str, Any]], synchronous: str, group: int) -
 
 
 def bench_udp(
-    leaders: int, per_leader: int, window: int, db: str | None = None, replicas: int = 1
+    leaders: int,
+    per_leader: int,
+    window: int,
+    db: str | None = None,
+    replicas: int = 1,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, float]:
     """Leaders send to ``replicas`` gateway processes on one database (leader i to replica
     i mod replicas); ``db`` None: a SQLite file of its own."""
     with tempfile.TemporaryDirectory(prefix="meshelect-bench-") as folder:
         url = db or os.path.join(folder, "gw.db")
-        gws = [GatewayProcess(url).start() for _ in range(replicas)]
+        gws = [GatewayProcess(url, *extra).start() for _ in range(replicas)]
         try:
             work = [
                 leader_batches("mesh-%d" % i, "lead-%d" % i, per_leader) for i in range(leaders)
             ]
-            acked = [0] * leaders
-            errors: list[BaseException] = []
-
-            def run(index: int) -> None:
-                try:
-                    gw = gws[index % len(gws)]
-                    sender = BatchSender("mesh-%d" % index, "lead-%d" % index, gw.udp)
-                    pending: dict[int, dict[str, Any]] = {}
-                    todo = list(work[index])
-                    deadline = time.monotonic() + 120
-                    while (todo or pending) and time.monotonic() < deadline:
-                        while todo and len(pending) < window:
-                            batch = todo.pop(0)
-                            pending[batch["id"]] = batch
-                            sender.send(1, batch)
-                        ack = sender.receive_ack(1.0)
-                        if ack is None:  # lost: resend what is unacknowledged
-                            for batch in pending.values():
-                                sender.send(1, batch)
-                            continue
-                        done = pending.pop(ack[0], None)
-                        if done is not None:
-                            acked[index] += len(done["readings"])
-                    sender.close()
-                except BaseException as exc:
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=run, args=(i,)) for i in range(leaders)]
-            start = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            elapsed = time.perf_counter() - start
-            if errors:
-                raise errors[0]
+            pids = [gw.process.pid for gw in gws if gw.process is not None]
+            before = sum(cpu_seconds(pid) for pid in pids)
+            # Leader i sends to replica i mod replicas.
+            result = run_leaders([gws[i % len(gws)].udp for i in range(leaders)], work, window)
+            result["gateway_cpu_s"] = sum(cpu_seconds(pid) for pid in pids) - before
         finally:
             for gw in gws:
                 gw.stop()
-    return {"readings": sum(acked), "seconds": elapsed, "readings_per_s": sum(acked) / elapsed}
+    return result
 
 
 def pg_copy_bound(url: str, batches: list[dict[str, Any]]) -> float:

@@ -1,0 +1,153 @@
+"""The frame path through the gateway: arrived -> decoded -> stored (group commit) -> acked.
+
+Frames arrive on the event loop (UDP reads a burst per wake-up, MQTT hands them over one by
+one) and wait in the inbox. With a decoder process (gateway/decoder.py) the inbox goes to it
+as one group as soon as the loop is free, and its results queue for the storage; without one
+the worker decodes each group itself before storing it. The worker stores what is queued as
+one group, one transaction (:meth:`gateway.ingest.Ingest.receive_many`), and each frame's ack
+is sent only once that commit is done. So decoding the next frames overlaps storing these.
+
+Every frame taken in counts against ``MAX_PENDING_FRAMES`` until it is answered or dropped:
+past that, new frames are dropped (counted ``overload``); leaders resend what is not
+acknowledged, so shedding load loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from gateway.decoder import DecoderProcess
+from gateway.events import EventHub
+from gateway.frames import Decoded, Frame
+from gateway.metrics import Counters
+
+log = logging.getLogger("meshelect.gateway")
+
+# Frames taken in and not yet answered before new ones are dropped (counted "overload").
+MAX_PENDING_FRAMES = 2000
+# At most this many frames go to the worker as one group (one transaction): 64 full batches
+# are 4096 readings, a commit of a few ms that holds no ack back for long.
+MAX_GROUP = 64
+
+Reply = Callable[[str, str, bytes], None]  # (mesh, leader, ack frame)
+# What the worker returns for one frame: (mesh, leader, ack frame, live-feed events), or None
+# for a frame dropped unanswered.
+Outcome = tuple[str, str, bytes, list[dict[str, Any]]] | None
+# The worker's job: frames (decoded=False) or decoded results (True) in, one outcome each out.
+Handler = Callable[[list[Any], bool], list[Outcome]]
+
+
+class FramePipeline:
+    """Loop thread only, except ``handle``, which runs on the worker."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        worker: concurrent.futures.Executor,
+        handle: Handler,
+        counters: Counters,
+        hub: EventHub,
+        clock: Callable[[], int],
+    ) -> None:
+        self._loop = loop
+        self._worker = worker
+        self._handle = handle
+        self._counters = counters
+        self._hub = hub
+        self._clock = clock
+        self.decoder: DecoderProcess | None = None
+        self._inbox: list[tuple[Frame, Reply]] = []
+        self._decoded: list[tuple[Decoded, Reply]] = []
+        self._pending = 0
+        self._dispatch_due = False
+        self._storing = False
+
+    async def start_decoder(self, settings: tuple[dict[str, bytes], bool, str, int]) -> None:
+        self.decoder = DecoderProcess(settings, self._decoded_group, self._lost_group)
+        await self.decoder.start()
+
+    async def stop(self) -> None:
+        if self.decoder is not None:
+            await self.decoder.stop()
+
+    def on_frame(
+        self, transport: str, data: bytes, reply: Reply, topic_mesh: str | None = None
+    ) -> None:
+        """A frame arrived. It is handed on once the loop is done with this wake-up, so the
+        frames of one burst travel together."""
+        if self._pending >= MAX_PENDING_FRAMES:
+            self._counters.count_drop(transport, "overload")
+            return
+        self._pending += 1
+        self._inbox.append(((transport, bytes(data), topic_mesh), reply))
+        if not self._dispatch_due:
+            self._dispatch_due = True
+            self._loop.call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatch_due = False
+        decoder = self.decoder
+        if decoder is None:
+            self._next_store()
+        elif decoder.ready and self._inbox:
+            now = self._clock()
+            while self._inbox:
+                group = self._inbox[:MAX_GROUP]
+                del self._inbox[:MAX_GROUP]
+                decoder.submit(now, [frame for frame, _ in group], group)
+        # else: the decoder is starting again; the inbox waits for it (see _decoded_group).
+
+    def _decoded_group(self, results: list[Decoded], group: list[tuple[Frame, Reply]]) -> None:
+        self._decoded.extend(
+            (result, reply) for result, (_, reply) in zip(results, group, strict=True)
+        )
+        if not self._storing:
+            self._next_store()
+        if self._inbox:  # frames that waited for a restarted decoder
+            self._dispatch()
+
+    def _lost_group(self, group: list[tuple[Frame, Reply]]) -> None:
+        """The decoder died holding these frames: dropped, counted; their leaders resend."""
+        self._pending -= len(group)
+        for (transport, _, _), _ in group:
+            self._counters.count_drop(transport, "decoder_lost")
+        if not self._dispatch_due:
+            self._dispatch_due = True
+            self._loop.call_soon(self._dispatch)
+
+    def _next_store(self) -> None:
+        queue: list[Any] = self._inbox if self.decoder is None else self._decoded
+        group = queue[:MAX_GROUP]
+        del queue[:MAX_GROUP]
+        if not group:
+            self._storing = False
+            return
+        self._storing = True
+        future = self._loop.run_in_executor(
+            self._worker, self._handle, [item for item, _ in group], self.decoder is not None
+        )
+        future.add_done_callback(lambda done: self._stored(done, [r for _, r in group]))
+
+    def _stored(self, done: asyncio.Future[list[Outcome]], replies: list[Reply]) -> None:
+        self._pending -= len(replies)
+        try:
+            outcomes = done.result()
+        except Exception:  # a bug, not bad input: keep serving, but say so
+            log.exception("frame handling failed")
+            for _ in replies:
+                self._counters.count_drop("any", "internal_error")
+            outcomes = []
+        for reply, outcome in zip(replies, outcomes, strict=False):
+            if outcome is None:
+                continue
+            mesh, leader, ack, events = outcome
+            try:
+                reply(mesh, leader, ack)
+            except OSError as exc:
+                log.warning("could not send BATCH_ACK to %s/%s: %s", mesh, leader, exc)
+            self._hub.publish(events)
+        self._next_store()
