@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from gateway.frames import Decoded, Frame, FrameRouter
+from gateway.metrics import Counters
 
 log = logging.getLogger("meshelect.gateway")
 
@@ -88,8 +89,10 @@ class DecoderProcess:
         settings: tuple[dict[str, bytes], bool, str, int],
         on_result: Callable[[list[Decoded], Any], None],
         on_lost: Callable[[Any], None],
+        counters: Counters,
     ) -> None:
         self._settings = settings
+        self._counters = counters
         self._on_result = on_result
         self._on_lost = on_lost
         self._process: asyncio.subprocess.Process | None = None
@@ -97,7 +100,6 @@ class DecoderProcess:
         self._outstanding: deque[Any] = deque()
         self._stopping = False
         self._started_at = 0.0
-        self.restarts = 0
 
     @property
     def pid(self) -> int | None:
@@ -146,7 +148,7 @@ class DecoderProcess:
             self._on_lost(self._outstanding.popleft())
         if self._stopping:
             return
-        self.restarts += 1
+        self._counters.decoder_restarts += 1
         log.error("frame decoder process %d ended (code %s); starting a new one", process.pid, code)
         if time.monotonic() - self._started_at < _RESTART_PAUSE_S:
             await asyncio.sleep(_RESTART_PAUSE_S)

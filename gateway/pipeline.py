@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,9 @@ MAX_PENDING_FRAMES = 2000
 # are 4096 readings, a commit of a few ms that holds no ack back for long.
 MAX_GROUP = 64
 
-Reply = Callable[[str, str, bytes], None]  # (mesh, leader, ack frame)
+# (mesh, leader, ack frame); called on the worker thread, so it must be thread-safe (a UDP
+# socket's sendto, paho's publish are).
+Reply = Callable[[str, str, bytes], None]
 # What the worker returns for one frame: (mesh, leader, ack frame, live-feed events), or None
 # for a frame dropped unanswered.
 Outcome = tuple[str, str, bytes, list[dict[str, Any]]] | None
@@ -42,7 +45,7 @@ Handler = Callable[[list[Any], bool], list[Outcome]]
 
 
 class FramePipeline:
-    """Loop thread only, except ``handle``, which runs on the worker."""
+    """Loop thread only, except the store loop, which runs on the worker."""
 
     def __init__(
         self,
@@ -61,13 +64,18 @@ class FramePipeline:
         self._clock = clock
         self.decoder: DecoderProcess | None = None
         self._inbox: list[tuple[Frame, Reply]] = []
-        self._decoded: list[tuple[Decoded, Reply]] = []
         self._pending = 0
         self._dispatch_due = False
+        # Shared with the worker, under the lock: what waits to be stored (decoded results, or
+        # frames when there is no decoder), and whether the worker's store loop is running.
+        self._lock = threading.Lock()
+        self._ready: list[tuple[Any, Reply]] = []
         self._storing = False
 
     async def start_decoder(self, settings: tuple[dict[str, bytes], bool, str, int]) -> None:
-        self.decoder = DecoderProcess(settings, self._decoded_group, self._lost_group)
+        self.decoder = DecoderProcess(
+            settings, self._decoded_group, self._lost_group, self._counters
+        )
         await self.decoder.start()
 
     async def stop(self) -> None:
@@ -92,7 +100,8 @@ class FramePipeline:
         self._dispatch_due = False
         decoder = self.decoder
         if decoder is None:
-            self._next_store()
+            inbox, self._inbox = self._inbox, []
+            self._store(inbox)
         elif decoder.ready and self._inbox:
             now = self._clock()
             while self._inbox:
@@ -102,11 +111,7 @@ class FramePipeline:
         # else: the decoder is starting again; the inbox waits for it (see _decoded_group).
 
     def _decoded_group(self, results: list[Decoded], group: list[tuple[Frame, Reply]]) -> None:
-        self._decoded.extend(
-            (result, reply) for result, (_, reply) in zip(results, group, strict=True)
-        )
-        if not self._storing:
-            self._next_store()
+        self._store([(result, reply) for result, (_, reply) in zip(results, group, strict=True)])
         if self._inbox:  # frames that waited for a restarted decoder
             self._dispatch()
 
@@ -119,35 +124,46 @@ class FramePipeline:
             self._dispatch_due = True
             self._loop.call_soon(self._dispatch)
 
-    def _next_store(self) -> None:
-        queue: list[Any] = self._inbox if self.decoder is None else self._decoded
-        group = queue[:MAX_GROUP]
-        del queue[:MAX_GROUP]
-        if not group:
-            self._storing = False
-            return
-        self._storing = True
-        future = self._loop.run_in_executor(
-            self._worker, self._handle, [item for item, _ in group], self.decoder is not None
-        )
-        future.add_done_callback(lambda done: self._stored(done, [r for _, r in group]))
+    def _store(self, items: list[tuple[Any, Reply]]) -> None:
+        """Queue items for the worker; start its store loop unless it runs already."""
+        with self._lock:
+            self._ready.extend(items)
+            if self._storing or not self._ready:
+                return
+            self._storing = True
+        self._worker.submit(self._store_loop)
 
-    def _stored(self, done: asyncio.Future[list[Outcome]], replies: list[Reply]) -> None:
-        self._pending -= len(replies)
-        try:
-            outcomes = done.result()
-        except Exception:  # a bug, not bad input: keep serving, but say so
-            log.exception("frame handling failed")
-            for _ in replies:
-                self._counters.count_drop("any", "internal_error")
-            outcomes = []
-        for reply, outcome in zip(replies, outcomes, strict=False):
-            if outcome is None:
-                continue
-            mesh, leader, ack, events = outcome
+    def _store_loop(self) -> None:
+        """Worker: store what is queued, a group (one transaction) at a time, until nothing
+        is left. Each group's acks are sent from here as soon as it is committed; its
+        live-feed events and its count go back to the loop."""
+        decoded = self.decoder is not None
+        while True:
+            with self._lock:
+                group = self._ready[:MAX_GROUP]
+                del self._ready[:MAX_GROUP]
+                if not group:
+                    self._storing = False
+                    return
+            events: list[dict[str, Any]] = []
             try:
-                reply(mesh, leader, ack)
-            except OSError as exc:
-                log.warning("could not send BATCH_ACK to %s/%s: %s", mesh, leader, exc)
-            self._hub.publish(events)
-        self._next_store()
+                outcomes = self._handle([item for item, _ in group], decoded)
+            except Exception:  # a bug, not bad input: keep serving, but say so
+                log.exception("frame handling failed")
+                for _ in group:
+                    self._counters.count_drop("any", "internal_error")
+                outcomes = []
+            for (_, reply), outcome in zip(group, outcomes, strict=False):
+                if outcome is None:
+                    continue
+                mesh, leader, ack, batch_events = outcome
+                try:
+                    reply(mesh, leader, ack)
+                except OSError as exc:
+                    log.warning("could not send BATCH_ACK to %s/%s: %s", mesh, leader, exc)
+                events.extend(batch_events)
+            self._loop.call_soon_threadsafe(self._stored, len(group), events)
+
+    def _stored(self, count: int, events: list[dict[str, Any]]) -> None:
+        self._pending -= count
+        self._hub.publish(events)

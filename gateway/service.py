@@ -461,6 +461,7 @@ class Gateway:
         says what is wrong (storage, a wall-clock step holding retention back)."""
         now = self._now()
         health = self.health_state
+        decoder = None if self.pipeline is None else self.pipeline.decoder
         try:
             schema = getattr(self.ingest.storage, "schema_version", None)
         except StorageError:
@@ -477,6 +478,9 @@ class Gateway:
             "retention_held_back_ms": health.retention_held_back_ms,
             "udp": list(self.udp_address) if self.udp_address else None,
             "mqtt": self._mqtt.connected if self._mqtt is not None else None,
+            # The frame decoder's process (None: frames are decoded in the worker thread).
+            "decoder_pid": None if decoder is None else decoder.pid,
+            "decoder_restarts": self.counters.decoder_restarts,
         }
 
     def _gauges(self) -> dict[str, Any]:

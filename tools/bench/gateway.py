@@ -8,8 +8,11 @@ build them (agent/core/datapath.py: up to 64 readings per batch, the frame at mo
    a raw SQLite bound measured in the same run (the same rows and schema, WAL, executemany in
    64-row transactions) and the ratio to it;
 2. dedup: the same batches again (every reading a duplicate);
-3. end to end: a gateway process on loopback, leaders sending real UDP frames with a few
-   batches in flight each, counting readings acknowledged per second;
+3. end to end: a gateway process on loopback, leaders (each a process of its own) sending
+   real UDP frames with a few batches in flight each, counting readings acknowledged per
+   second, in rounds each beside a raw SQLite bound on the same rows; the CPU the gateway and
+   the leaders used (the leaders must not be the bottleneck); and once more with frames
+   decoded in the storage's thread (``--no-decode-process``);
 4. live feed: the delay from sending a batch to receiving its SSE event (median, p99).
 """
 
@@ -41,12 +44,14 @@ READINGS_PER_BATCH = 64  # datapath.BATCH_MAX_READINGS
 # Batches per commit in the group-commit figure: what 4 leaders with 4 batches in flight each
 # (the end-to-end run) can have waiting at the gateway at once.
 GROUP = 16
+# The leaders' mesh key (the frames' HMAC tags; also what sizes a batch to one frame).
+BENCH_KEY = b"bench-key"
 
 
 def leader_batches(mesh: str, leader: str, count: int, nodes: int = 8) -> list[dict[str, Any]]:
     """``count`` batches that each fit one frame, readings spread over ``nodes`` members."""
     codec = wire.Codec(
-        mesh, b"bench-key", strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch
+        mesh, BENCH_KEY, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch
     )
     batches = []
     seq = 0
@@ -146,25 +151,79 @@ def bench_udp(
     db: str | None = None,
     replicas: int = 1,
     extra: tuple[str, ...] = (),
+    work: list[list[dict[str, Any]]] | None = None,
 ) -> dict[str, float]:
-    """Leaders send to ``replicas`` gateway processes on one database (leader i to replica
-    i mod replicas); ``db`` None: a SQLite file of its own."""
+    """Leaders, each in a process of its own (tools/bench/leaders.py), send to ``replicas``
+    gateway processes on one database (leader i to replica i mod replicas); ``db`` None: a
+    SQLite file of its own. ``work``: each leader's batches (else ``per_leader`` made here).
+
+    Returns the leaders' figures (readings, seconds, readings_per_s, resent, sender_cpu_s)
+    and ``gateway_cpu_s``, the CPU time of the gateway processes and their decoders."""
     with tempfile.TemporaryDirectory(prefix="meshelect-bench-") as folder:
         url = db or os.path.join(folder, "gw.db")
-        gws = [GatewayProcess(url, *extra).start() for _ in range(replicas)]
+        # Keyed meshes, as a site runs them: every frame's HMAC tag is checked.
+        keys = ["--mesh-key=mesh-%d=%s" % (i, BENCH_KEY.hex()) for i in range(leaders)]
+        gws = [GatewayProcess(url, *keys, *extra).start() for _ in range(replicas)]
         try:
-            work = [
-                leader_batches("mesh-%d" % i, "lead-%d" % i, per_leader) for i in range(leaders)
-            ]
+            if work is None:
+                work = [
+                    leader_batches("mesh-%d" % i, "lead-%d" % i, per_leader) for i in range(leaders)
+                ]
             pids = [gw.process.pid for gw in gws if gw.process is not None]
             before = sum(cpu_seconds(pid) for pid in pids)
             # Leader i sends to replica i mod replicas.
-            result = run_leaders([gws[i % len(gws)].udp for i in range(leaders)], work, window)
+            gateways = [gws[i % len(gws)].udp for i in range(leaders)]
+            result = run_leaders(gateways, work, window, BENCH_KEY)
             result["gateway_cpu_s"] = sum(cpu_seconds(pid) for pid in pids) - before
         finally:
             for gw in gws:
                 gw.stop()
     return result
+
+
+def bench_end_to_end(scale: float, rounds: int) -> None:
+    """Rounds of (raw bound, end to end) on the same rows, for each durability setting (the
+    gateway's ``--sync``); the median ratios. On a shared machine either may be slowed by
+    others: a round compares the two measured one right after the other."""
+    work = [leader_batches("mesh-%d" % i, "lead-%d" % i, int(375 * scale)) for i in range(4)]
+    rows = [batch for batches in work for batch in batches]
+    ratios: dict[str, list[float]] = {"NORMAL": [], "FULL": []}
+    for number in range(1, rounds + 1):
+        for sync in ("NORMAL", "FULL"):
+            bound = raw_bound(rows, sync)
+            r = bench_udp(4, 0, 4, extra=("--sync", sync.lower()), work=work)
+            ratios[sync].append(r["readings_per_s"] / bound)
+            _print_udp("round %d, synchronous=%s" % (number, sync), r, bound)
+    for sync, values in ratios.items():
+        print(
+            "end to end over UDP, synchronous=%s: median %.2f of the raw bound over %d rounds "
+            "(%s)"
+            % (sync, statistics.median(values), rounds, ", ".join("%.2f" % x for x in values))
+        )
+    bound = raw_bound(rows, "NORMAL")
+    r = bench_udp(4, 0, 4, extra=("--sync", "normal", "--no-decode-process"), work=work)
+    _print_udp("synchronous=NORMAL, frames decoded in the storage's thread", r, bound)
+
+
+def _print_udp(label: str, r: dict[str, float], bound: float) -> None:
+    print(
+        "end to end over UDP, %s (4 leader processes, 4 batches in flight each): %.0f "
+        "readings/s (%d in %.2f s, %d resent), %.2f of the raw bound on the same rows "
+        "(%.0f/s); CPU: gateway %.2f cores, leaders %.2f cores (they could send %.0f "
+        "readings/s)"
+        % (
+            label,
+            r["readings_per_s"],
+            r["readings"],
+            r["seconds"],
+            r["resent"],
+            r["readings_per_s"] / bound,
+            bound,
+            r["gateway_cpu_s"] / r["seconds"],
+            r["sender_cpu_s"] / r["seconds"],
+            r["readings"] / max(r["sender_cpu_s"], 1e-9),
+        )
+    )
 
 
 def pg_copy_bound(url: str, batches: list[dict[str, Any]]) -> float:
@@ -274,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="meshelect bench gateway", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="end-to-end rounds, each beside its bound"
+    )
     args = parser.parse_args(argv)
     scale = 0.1 if args.quick else 1.0
 
@@ -304,19 +366,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["dup_readings_per_s"],
                 )
             )
-    r = bench_udp(leaders=4, per_leader=int(250 * scale), window=4)
-    print(
-        "end to end over UDP (4 leaders, 4 batches in flight each, decode + store + ack, "
-        "synchronous=FULL): %.0f readings/s (%d readings in %.2f s), %.2f of the FULL raw bound, "
-        "%.2f of the NORMAL one"
-        % (
-            r["readings_per_s"],
-            r["readings"],
-            r["seconds"],
-            r["readings_per_s"] / bounds["FULL"],
-            r["readings_per_s"] / bounds["NORMAL"],
-        )
-    )
+    bench_end_to_end(scale, args.rounds)
     from testkit.postgres import available
 
     if available():

@@ -26,12 +26,13 @@ def _lead(
     gateway: tuple[str, int],
     batches: list[dict[str, Any]],
     window: int,
+    key: bytes | None,
     ready: Any,
     start: Any,
     results: Any,
 ) -> None:
     mesh, leader = batches[0]["mesh"], batches[0]["leader"]
-    sender = BatchSender(mesh, leader, gateway)
+    sender = BatchSender(mesh, leader, gateway, key=key)
     frames = [sender.frame(1, batch) for batch in batches]
     ready.put(index)
     start.wait()
@@ -60,7 +61,10 @@ def _lead(
 
 
 def run(
-    gateways: list[tuple[str, int]], work: list[list[dict[str, Any]]], window: int
+    gateways: list[tuple[str, int]],
+    work: list[list[dict[str, Any]]],
+    window: int,
+    key: bytes | None = None,
 ) -> dict[str, float]:
     """Each list of batches in ``work`` sent by a leader process of its own, leader i to
     ``gateways[i]``.
@@ -71,7 +75,10 @@ def run(
     context = multiprocessing.get_context("fork")
     ready, start, results = context.Queue(), context.Event(), context.Queue()
     processes = [
-        context.Process(target=_lead, args=(i, gateways[i], batches, window, ready, start, results))
+        context.Process(
+            target=_lead,
+            args=(i, gateways[i], batches, window, key, ready, start, results),
+        )
         for i, batches in enumerate(work)
     ]
     for process in processes:
