@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--decode-process",
         action=argparse.BooleanOptionalAction,
-        help="decode frames in a process of their own, beside the storage (default: on when "
-        "the machine has more than one core)",
+        help="decode frames in a process of their own, beside the storage (default off: it "
+        "pays only with spare cores and many batches in flight)",
     )
     g = p.add_argument_group("UDP and mDNS")
     g.add_argument("--udp-host", help="bind address (default 0.0.0.0)")
@@ -222,7 +222,7 @@ def load_config(args: argparse.Namespace) -> GatewayConfig:
         demo_control=pick("demo_control", None),
         homeassistant=bool(pick("homeassistant", True)),
         homeassistant_prefix=ha_prefix,
-        decode_process=pick("decode_process", None),
+        decode_process=bool(pick("decode_process", False)),
     )
 
 

@@ -3,9 +3,9 @@
 Threads and loops: everything asyncio runs on one event loop. The database, the tracker and the
 wire codecs belong to one worker thread (``Gateway.call`` / the frame path submit work to it),
 so they never need locks and the event loop never blocks on SQLite. paho-mqtt runs its own
-network thread and hands frames over with ``call_soon_threadsafe``. On a machine with more than
-one core, frames are decoded in a child process beside the worker (gateway/decoder.py, driven
-by gateway/pipeline.py); the worker's codecs then only encode the acks.
+network thread and hands frames over with ``call_soon_threadsafe``. The frame path is
+gateway/pipeline.py; with ``--decode-process`` frames are decoded in a child process beside the
+worker (gateway/decoder.py), and the worker's codecs then only encode the acks.
 
 The timer task (alerts, held changes, fence resets, retention, checkpoints) must never die: a
 storage error is handled where it happens (gateway/ingest.py, gateway/upkeep.py), and anything
@@ -18,7 +18,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import os
 import socket
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -91,7 +90,7 @@ class GatewayConfig:
         demo_control: str | None = None,
         homeassistant: bool = True,
         homeassistant_prefix: str = "homeassistant",
-        decode_process: bool | None = None,
+        decode_process: bool = False,
     ) -> None:
         self.db_path = db_path
         self.udp_host = udp_host
@@ -125,8 +124,9 @@ class GatewayConfig:
         # Home Assistant MQTT discovery, when there is a broker (gateway/homeassistant.py).
         self.homeassistant = homeassistant
         self.homeassistant_prefix = homeassistant_prefix
-        # Decode frames in a process of their own (gateway/decoder.py), beside the storage;
-        # None: when the machine has more than one core.
+        # Decode frames in a process of their own (gateway/decoder.py), beside the storage.
+        # Off by default: on a shared 2-core machine with a few batches in flight, decoding in
+        # the worker was as fast or faster, for less CPU (README, "Figures").
         self.decode_process = decode_process
 
 
@@ -188,8 +188,6 @@ class Gateway:
         self.pipeline = FramePipeline(
             self._loop, self._worker, self._handle_frames, self.counters, self.hub, self.clock
         )
-        if config.decode_process is None:
-            config.decode_process = (os.cpu_count() or 1) > 1
         if config.decode_process:
             router = self.router
             await self.pipeline.start_decoder(

@@ -12,7 +12,7 @@ build them (agent/core/datapath.py: up to 64 readings per batch, the frame at mo
    real UDP frames with a few batches in flight each, counting readings acknowledged per
    second, in rounds each beside a raw SQLite bound on the same rows; the CPU the gateway and
    the leaders used (the leaders must not be the bottleneck); and once more with frames
-   decoded in the storage's thread (``--no-decode-process``);
+   decoded in a process of their own (``--decode-process``);
 4. live feed: the delay from sending a batch to receiving its SSE event (median, p99).
 """
 
@@ -201,8 +201,8 @@ def bench_end_to_end(scale: float, rounds: int) -> None:
             % (sync, statistics.median(values), rounds, ", ".join("%.2f" % x for x in values))
         )
     bound = raw_bound(rows, "NORMAL")
-    r = bench_udp(4, 0, 4, extra=("--sync", "normal", "--no-decode-process"), work=work)
-    _print_udp("synchronous=NORMAL, frames decoded in the storage's thread", r, bound)
+    r = bench_udp(4, 0, 4, extra=("--sync", "normal", "--decode-process"), work=work)
+    _print_udp("synchronous=NORMAL, frames decoded in a process of their own", r, bound)
 
 
 def _print_udp(label: str, r: dict[str, float], bound: float) -> None:
