@@ -8,12 +8,13 @@ build them (agent/core/datapath.py: up to 64 readings per batch, the frame at mo
    a raw SQLite bound measured in the same run (the same rows and schema, WAL, executemany in
    64-row transactions) and the ratio to it;
 2. dedup: the same batches again (every reading a duplicate);
-3. end to end: a gateway process on loopback, leaders (each a process of its own) sending
+3. where a batch's CPU time goes, stage by stage (tools/bench/breakdown.py);
+4. end to end: a gateway process on loopback, leaders (each a process of its own) sending
    real UDP frames with a few batches in flight each, counting readings acknowledged per
    second, in rounds each beside a raw SQLite bound on the same rows; the CPU the gateway and
    the leaders used (the leaders must not be the bottleneck); and once more with frames
    decoded in a process of their own (``--decode-process``);
-4. live feed: the delay from sending a batch to receiving its SSE event (median, p99).
+5. live feed: the delay from sending a batch to receiving its SSE event (median, p99).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from gateway.metrics import Counters
 from gateway.storage import SqliteStorage
 from gateway.tracker import Tracker
 from testkit.gateway import BatchSender, GatewayProcess, make_batch
+from tools.bench.breakdown import breakdown
 from tools.bench.leaders import cpu_seconds
 from tools.bench.leaders import run as run_leaders
 
@@ -209,8 +211,8 @@ def _print_udp(label: str, r: dict[str, float], bound: float) -> None:
     print(
         "end to end over UDP, %s (4 leader processes, 4 batches in flight each): %.0f "
         "readings/s (%d in %.2f s, %d resent), %.2f of the raw bound on the same rows "
-        "(%.0f/s); CPU: gateway %.2f cores, leaders %.2f cores (they could send %.0f "
-        "readings/s)"
+        "(%.0f/s); CPU: gateway %.2f cores (%.1f µs per reading), leaders %.2f cores (they "
+        "could send %.0f readings/s)"
         % (
             label,
             r["readings_per_s"],
@@ -220,6 +222,7 @@ def _print_udp(label: str, r: dict[str, float], bound: float) -> None:
             r["readings_per_s"] / bound,
             bound,
             r["gateway_cpu_s"] / r["seconds"],
+            1e6 * r["gateway_cpu_s"] / max(r["readings"], 1),
             r["sender_cpu_s"] / r["seconds"],
             r["readings"] / max(r["sender_cpu_s"], 1e-9),
         )
@@ -366,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
                     r["dup_readings_per_s"],
                 )
             )
+    print("where a batch's CPU time goes on the frame path (µs per batch, synchronous=NORMAL):")
+    stages = breakdown(batches, BENCH_KEY, "NORMAL", 8)
+    for stage, micros in stages:
+        print("  %-48s %6.1f" % (stage, micros))
+    print("  %-48s %6.1f" % ("total", sum(m for s, m in stages if not s.startswith("  of which"))))
     bench_end_to_end(scale, args.rounds)
     from testkit.postgres import available
 
