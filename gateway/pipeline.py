@@ -1,11 +1,13 @@
 """The frame path through the gateway: arrived -> decoded -> stored (group commit) -> acked.
 
 Frames arrive on the event loop (UDP reads a burst per wake-up, MQTT hands them over one by
-one) and wait in the inbox. With a decoder process (gateway/decoder.py) the inbox goes to it
-as one group as soon as the loop is free, and its results queue for the storage; without one
-the worker decodes each group itself before storing it. The worker stores what is queued as
-one group, one transaction (:meth:`gateway.ingest.Ingest.receive_many`), and each frame's ack
-is sent only once that commit is done. So decoding the next frames overlaps storing these.
+one) and wait in the inbox, which goes on as one group once the loop is done with that
+wake-up. Without a decoder process (the default) the group queues for the worker, which
+decodes each group itself before storing it; with one (``--decode-process``,
+gateway/decoder.py) the group goes to it, and its results queue for the worker, so decoding
+the next frames overlaps storing these. The worker stores what is queued a group at a time,
+back to back, one transaction each (:meth:`gateway.ingest.Ingest.receive_many`), and sends
+each frame's ack itself once that commit is done; the live-feed events go back to the loop.
 
 Every frame taken in counts against ``MAX_PENDING_FRAMES`` until it is answered or dropped:
 past that, new frames are dropped (counted ``overload``); leaders resend what is not
