@@ -81,7 +81,8 @@ class DecoderProcess:
     """The parent's side: starts the child, sends it groups, hands back results in order.
 
     Loop thread only. ``on_result(results, token)`` gets each group's results with the token
-    it was submitted with; ``on_lost(token)`` each group the child died holding.
+    it was submitted with; ``on_lost(token)`` each group the child died holding; ``on_ready()``
+    is called when a child has started (again), to send it what waited.
     """
 
     def __init__(
@@ -89,12 +90,14 @@ class DecoderProcess:
         settings: tuple[dict[str, bytes], bool, str, int],
         on_result: Callable[[list[Decoded], Any], None],
         on_lost: Callable[[Any], None],
+        on_ready: Callable[[], None],
         counters: Counters,
     ) -> None:
         self._settings = settings
         self._counters = counters
         self._on_result = on_result
         self._on_lost = on_lost
+        self._on_ready = on_ready
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._outstanding: deque[Any] = deque()
@@ -122,6 +125,7 @@ class DecoderProcess:
         process.stdin.write(_message(self._settings))
         self._process = process
         self._reader = asyncio.create_task(self._read_results(process), name="gateway-decoder")
+        self._on_ready()
 
     def submit(self, now_ms: int, frames: list[Frame], token: Any) -> None:
         """Send one group to the child (call only when ``ready``)."""

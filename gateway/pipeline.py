@@ -76,7 +76,7 @@ class FramePipeline:
 
     async def start_decoder(self, settings: tuple[dict[str, bytes], bool, str, int]) -> None:
         self.decoder = DecoderProcess(
-            settings, self._decoded_group, self._lost_group, self._counters
+            settings, self._decoded_group, self._lost_group, self._dispatch, self._counters
         )
         await self.decoder.start()
 
@@ -110,21 +110,16 @@ class FramePipeline:
                 group = self._inbox[:MAX_GROUP]
                 del self._inbox[:MAX_GROUP]
                 decoder.submit(now, [frame for frame, _ in group], group)
-        # else: the decoder is starting again; the inbox waits for it (see _decoded_group).
+        # else: the decoder is starting again; the inbox waits for it (it calls this when up).
 
     def _decoded_group(self, results: list[Decoded], group: list[tuple[Frame, Reply]]) -> None:
         self._store([(result, reply) for result, (_, reply) in zip(results, group, strict=True)])
-        if self._inbox:  # frames that waited for a restarted decoder
-            self._dispatch()
 
     def _lost_group(self, group: list[tuple[Frame, Reply]]) -> None:
         """The decoder died holding these frames: dropped, counted; their leaders resend."""
         self._pending -= len(group)
         for (transport, _, _), _ in group:
             self._counters.count_drop(transport, "decoder_lost")
-        if not self._dispatch_due:
-            self._dispatch_due = True
-            self._loop.call_soon(self._dispatch)
 
     def _store(self, items: list[tuple[Any, Reply]]) -> None:
         """Queue items for the worker; start its store loop unless it runs already."""

@@ -169,3 +169,23 @@ def test_the_decoder_ends_with_its_gateway(tmp_path: Path) -> None:
 )
 def test_stored_metrics_text_is_what_json_writes(metrics: dict[str, int]) -> None:
     assert metrics_text(metrics) == json.dumps(metrics, separators=(",", ":"), sort_keys=True)
+
+
+def test_frames_that_wait_for_a_restarting_decoder_are_decoded_when_it_is_up(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "gw.db"
+    with GatewayProcess(str(db), "--decode-process") as gw:
+        first = health(gw)["decoder_pid"]
+        os.kill(first, signal.SIGKILL)
+        second = poll_until(lambda: health(gw)["decoder_pid"] not in (None, first), timeout=10)
+        assert second
+        # The second child dies young: the next one starts only after a pause.
+        os.kill(health(gw)["decoder_pid"], signal.SIGKILL)
+        assert poll_until(lambda: health(gw)["decoder_pid"] is None, timeout=10)
+        sender = BatchSender("m", "pi-1", gw.udp)
+        sender.send(1, make_batch(1, "m", "pi-1", readings("pi-1", range(5))))  # once, no resend
+        ack = sender.receive_ack(10)
+        assert ack is not None and ack[:2] == [1, ACK_OK]
+        assert health(gw)["decoder_restarts"] == 2
+        assert stored(db) == (5, 5)
