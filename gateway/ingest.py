@@ -51,6 +51,7 @@ class Arrival(NamedTuple):
     term: int
     body: Any
     checked: bool = False  # the codec applied the batch schema already (gateway/batch.py)
+    metrics_json: list[str] | None = None  # each reading's metrics as stored, if made already
 
 
 class IngestResult(NamedTuple):
@@ -102,7 +103,13 @@ class Ingest:
         parsed: list[tuple[int, Arrival, Batch]] = []
         for index, arrival in enumerate(arrivals):
             try:
-                batch = parse_batch(arrival.body, arrival.mesh, arrival.sender, arrival.checked)
+                batch = parse_batch(
+                    arrival.body,
+                    arrival.mesh,
+                    arrival.sender,
+                    arrival.checked,
+                    arrival.metrics_json,
+                )
             except BatchError as exc:
                 results[index] = self._reject(
                     arrival.transport, arrival.body, "batch_" + exc.reason
@@ -389,6 +396,7 @@ def _batch_event(
         "inserted": inserted,
         "duplicates": duplicates,
         "at_ms": now_ms,
-        "readings": [[r.node, r.boot, r.seq, r.t_ms, r.metrics] for r in batch.readings],
+        "readings": batch.rows
+        or [[r.node, r.boot, r.seq, r.t_ms, r.metrics] for r in batch.readings],
         "agg": [list(a) for a in batch.aggregates],
     }

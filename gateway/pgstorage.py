@@ -289,7 +289,7 @@ class PostgresStorage(SqlReads):
             [r.boot for r in rs],
             [r.seq for r in rs],
             [r.t_ms for r in rs],
-            [_to_json(r.metrics) for r in rs],
+            [r.metrics_json or _to_json(r.metrics) for r in rs],
         )
         cursor = self._db.execute(
             "INSERT INTO readings (mesh, node, boot, seq, t_ms, received_ms, metrics) "
