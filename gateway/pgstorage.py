@@ -1,9 +1,9 @@
 """The storage on PostgreSQL (psycopg 3): the same interface, fencing and dedup as SQLite's.
 
 Chosen by ``--db postgresql://...``. Several gateway processes may share one database: a
-batch's fencing takes a transaction-level advisory lock on its mesh (a mesh row that does not
-exist yet cannot be locked with SELECT ... FOR UPDATE), so batches of one mesh are fenced one
-at a time across every process, and readings go in with ON CONFLICT DO NOTHING on their primary
+group's transaction first takes an advisory lock on each of its meshes, in one order for every
+process (a mesh row that does not exist yet cannot be locked with SELECT ... FOR UPDATE), so
+batches of one mesh are fenced one at a time across every process, and readings go in with ON CONFLICT DO NOTHING on their primary
 key, so each is stored once. Readings go in as one INSERT ... SELECT FROM unnest(arrays) per
 batch: COPY cannot skip duplicates.
 """
@@ -177,6 +177,7 @@ class PostgresStorage(SqlReads):
         """Group commit, as SqliteStorage.ingest_many: one transaction, a savepoint a batch."""
         results: list[GroupResult] = []
         with self._db.transaction():
+            self._lock_meshes(sorted({batch.mesh for _, batch in items}))
             for term, batch in items:
                 try:
                     with self._db.transaction():  # a savepoint
@@ -187,10 +188,20 @@ class PostgresStorage(SqlReads):
                     results.append(exc)
         return results
 
+    def _lock_meshes(self, meshes: list[str]) -> None:
+        """Take the group's mesh locks (transaction-level advisory locks), so that batches of
+        one mesh are fenced one at a time across every gateway sharing the database. All of
+        them first, in the order of their keys: two replicas whose groups share meshes would
+        otherwise each hold one lock and wait for the other's (a deadlock, which fails both)."""
+        keys = self._db.execute(
+            "SELECT DISTINCT hashtext(m) AS k FROM unnest(%s::text[]) AS u(m) ORDER BY k",
+            (meshes,),
+        ).fetchall()
+        for row in keys:
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (row["k"],))
+
     def _ingest_one(self, term: int, batch: Batch, now_ms: int) -> IngestOutcome:
-        db, mesh = self._db, batch.mesh
-        # Fence one batch of a mesh at a time across every gateway sharing the database.
-        db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (mesh,))
+        db, mesh = self._db, batch.mesh  # its mesh is locked (_lock_meshes)
         row = db.execute("SELECT term, leader FROM meshes WHERE name = %s", (mesh,)).fetchone()
         stored = None if row is None else int(row["term"])
         verdict = fence.decide(
@@ -356,7 +367,7 @@ class PostgresStorage(SqlReads):
             raise ValueError("term must be between 0 and %d" % fence.MAX_TERM)
         db = self._db
         with db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (mesh,))
+            self._lock_meshes([mesh])
             row = db.execute("SELECT term FROM meshes WHERE name = %s", (mesh,)).fetchone()
             if row is None:
                 return None
