@@ -5,6 +5,10 @@ wire codecs belong to one worker thread (``Gateway.call`` / the frame path submi
 so they never need locks and the event loop never blocks on SQLite. paho-mqtt runs its own
 network thread and hands frames over with ``call_soon_threadsafe``.
 
+On PostgreSQL the gateway also listens to the other replicas sharing the database
+(gateway/pgnotify.py): their notes wait in a second inbox and go to the worker together, where
+gateway/peers.py applies them to the live view.
+
 The timer task (alerts, held changes, fence resets, retention, checkpoints) must never die: a
 storage error is handled where it happens (gateway/ingest.py, gateway/upkeep.py), and anything
 else a tick raises is logged and counted, and the next tick runs as usual.
@@ -31,6 +35,7 @@ from gateway.frames import FrameDrop, FrameRouter
 from gateway.health import Health
 from gateway.ingest import Arrival, Ingest
 from gateway.metrics import Counters, MetricsRenderer
+from gateway.peers import SYNC, Peers
 from gateway.retention import Retention
 from gateway.storage import SqliteStorage, Storage, StorageError
 from gateway.tracker import Tracker, TrackerConfig
@@ -150,6 +155,11 @@ class Gateway:
         # Frames waiting for the worker: (transport, data, topic mesh, reply); see on_frame.
         self._inbox: list[tuple[str, bytes, str | None, Reply]] = []
         self._group_busy = False
+        # Other replicas' notes waiting for the worker (PostgreSQL only); see _on_note.
+        self._notes: list[dict[str, Any]] = []
+        self._notes_busy = False
+        self._listener: Any = None
+        self.peers: Any = None  # gateway/peers.py, on PostgreSQL
         self._tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: Any = None
@@ -188,6 +198,17 @@ class Gateway:
     async def _start(self) -> None:
         await self.call(self._open_storage)
         config = self.config
+        if self.peers is not None:
+            from gateway.pgnotify import Listener
+
+            storage = self.ingest.storage
+            self._listener = Listener(
+                config.db_path,
+                lambda: storage.backend_pid,  # type: ignore[attr-defined]
+                self._on_note,
+                lambda: self._on_note(SYNC),
+            )
+            self._tasks.append(asyncio.create_task(self._listener.run(), name="gateway-peers"))
         if config.udp:
             from gateway.udp import open_udp
 
@@ -269,7 +290,8 @@ class Gateway:
     def _open_storage(self) -> None:
         config = self.config
         storage: Storage
-        if config.db_path.startswith(("postgresql://", "postgres://")):
+        shared = config.db_path.startswith(("postgresql://", "postgres://"))
+        if shared:
             from gateway.pgstorage import PostgresStorage
 
             storage = PostgresStorage(
@@ -287,6 +309,8 @@ class Gateway:
         boot = storage.next_boot()
         self.ingest = Ingest(storage, Tracker(config.tracker), self.counters, self.health_state)
         self.ingest.restore()
+        if shared:
+            self.peers = Peers(self.ingest)
         retention = Retention(
             config.raw_retention_ms, config.aggregate_retention_ms, config.purge_every_ms
         )
@@ -418,6 +442,34 @@ class Gateway:
             self.hub.publish(events)
         self._next_group()
 
+    def _on_note(self, note: dict[str, Any]) -> None:
+        """Another replica's note (loop thread); applied on the worker, together with the
+        notes that arrive meanwhile, as frames are (on_frame)."""
+        self._notes.append(note)
+        if not self._notes_busy:
+            self._next_notes()
+
+    def _next_notes(self) -> None:
+        notes, self._notes = self._notes, []
+        self._notes_busy = bool(notes)
+        if not notes:
+            return
+        assert self._loop is not None
+        future = self._loop.run_in_executor(self._worker, self._apply_notes, notes, len(self.hub))
+        future.add_done_callback(self._notes_done)
+
+    def _apply_notes(self, notes: list[dict[str, Any]], watchers: int) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = self.peers.apply(notes, self._now(), watchers > 0)
+        return events
+
+    def _notes_done(self, done: asyncio.Future[list[dict[str, Any]]]) -> None:
+        try:
+            self.hub.publish(done.result())
+        except Exception:  # a bug: the next notes are applied as usual
+            self.counters.task_errors += 1
+            log.exception("applying other replicas' notes failed")
+        self._next_notes()
+
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_ms / 1000)
@@ -435,6 +487,8 @@ class Gateway:
         events = self.ingest.tick(now)
         events.extend(self.ingest.flush(now))
         events.extend(self.ingest.poll_fence_resets(now))
+        if self.peers is not None:
+            events.extend(self.peers.tick(now))
         self.upkeep.tick(self._now(), self.mono())
         self.health_state.tick(now)
         if self.health_state.version != self._health_published:
@@ -515,6 +569,8 @@ class Gateway:
             "retention_held_back_ms": health.retention_held_back_ms,
             "udp": list(self.udp_address) if self.udp_address else None,
             "mqtt": self._mqtt.connected if self._mqtt is not None else None,
+            # Listening to the other replicas sharing the database (PostgreSQL only).
+            "replicas": self._listener.connected if self._listener is not None else None,
         }
 
     def _gauges(self) -> dict[str, Any]:
