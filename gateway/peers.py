@@ -7,12 +7,14 @@ storage and the tracker. Each replica publishes each fact once on its own feed:
 - a batch another replica stored moves this tracker's leader, term and members (read back from
   the database: who was heard when decides who is silent, on every replica alike) and becomes a
   ``batch`` event with its readings and aggregates read back too (only while a browser
-  listens), marked ``remote`` so that Home Assistant, fed by the replica that took the batch,
-  does not get it twice;
+  listens);
 - an election, alert or clear another replica recorded is published as it was recorded. The
   time-driven alerts (silent node, no leader) are noticed by every replica's own timer, but the
   database holds one open alert per (mesh, kind, node) (gateway/pgstorage.py), so only the first
   replica's raise stores and publishes; the others take its id and publish its note.
+
+Events about what other replicas did are marked ``remote``: Home Assistant is fed by the
+replica that did it, once (gateway/homeassistant.py leaves them out).
 
 A ``sync`` note (after the listening connection was made, or made again) reads everything back
 from the database: what happened while nobody listened is not lost.
@@ -125,7 +127,7 @@ class Peers:
         for note in notes:
             base = {"mesh": mesh, "leader": note["l"], "term": note["t"], "at_ms": note["at"]}
             if note["s"] != ACK_OK:
-                events.append(dict(base, type="fenced", highest_term=state.term, remote=True))
+                events.append(dict(base, type="fenced", highest_term=state.term))
                 continue
             events.append(
                 dict(
@@ -137,7 +139,6 @@ class Peers:
                     # Several batches received in one ms: the first event carries their rows.
                     readings=readings.pop(note["at"], []),
                     agg=aggregates.pop(note["at"], []),
-                    remote=True,
                 )
             )
         return events
@@ -172,13 +173,14 @@ class Peers:
     def _finish(
         self, events: list[dict[str, Any]], changes: list[Change], meshes: set[str], now: int
     ) -> list[dict[str, Any]]:
-        """What this view infers from it all (stored once across replicas), and each mesh
-        touched as it stands now."""
-        events += self.ingest.apply(changes, now)
+        """Mark what other replicas did ``remote``; add what this view infers from it (stored
+        once across replicas: this replica's own doing) and each mesh touched as it stands."""
+        out = [dict(event, remote=True) for event in events]
+        out += self.ingest.apply(changes, now)
         touched = meshes | {change.mesh for change in changes}
         for name in sorted(touched):
-            events.append({"type": "mesh", "mesh": self.ingest.mesh_state(name)})
-        return events
+            out.append({"type": "mesh", "mesh": self.ingest.mesh_state(name), "remote": True})
+        return out
 
 
 def _alert(note: dict[str, Any]) -> dict[str, Any]:

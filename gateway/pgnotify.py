@@ -28,6 +28,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gateway.metrics import Counters
+
 log = logging.getLogger("meshelect.gateway.pgnotify")
 
 CHANNEL = "meshelect"
@@ -58,15 +60,32 @@ ALERT_NOTE_SQL = (
 )
 
 
+_ALERT_FIELDS = {"id": int, "m": str, "kind": str, "n": str, "msg": str, "at": int}
+# The fields of each kind of note, and their types.
+_FIELDS: dict[str, dict[str, type]] = {
+    "b": {"m": str, "l": str, "t": int, "s": int, "i": int, "d": int, "at": int},
+    "e": {"m": str, "t": int, "l": str, "r": str, "at": int},
+    "a": _ALERT_FIELDS,
+    "c": dict(_ALERT_FIELDS, cl=int),
+}
+
+
 def decode(payload: str) -> dict[str, Any] | None:
-    """A note as sent by a replica; None for anything else on the channel (dropped)."""
+    """A note as a replica sends it; None for anything else on the channel (dropped)."""
     try:
         note = json.loads(payload)
     except ValueError:
         return None
-    if not isinstance(note, dict) or note.get("k") not in ("b", "e", "a", "c"):
+    if not isinstance(note, dict):
         return None
-    return note
+    fields = _FIELDS.get(str(note.get("k")))
+    if fields is None:
+        return None
+    for name, kind in fields.items():
+        value = note.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return None
+    return dict(note)
 
 
 class Listener:
@@ -79,13 +98,14 @@ class Listener:
         own_pid: Callable[[], int],
         on_note: Callable[[dict[str, Any]], None],
         on_connect: Callable[[], None],
+        counters: Counters,
     ) -> None:
         self.url = url
         self._own_pid = own_pid
         self._on_note = on_note
         self._on_connect = on_connect
+        self._counters = counters
         self.connected = False
-        self.dropped = 0  # payloads on the channel that are not a replica's note
 
     async def run(self) -> None:
         """Listen until cancelled (the gateway runs it as one of its tasks)."""
@@ -105,8 +125,8 @@ class Listener:
                         if notify.pid == self._own_pid():
                             continue  # this process's own writes: already in its live view
                         note = decode(notify.payload)
-                        if note is None:
-                            self.dropped += 1
+                        if note is None:  # not a replica's note: dropped, counted
+                            self._counters.count_drop("replicas", "bad_note")
                         else:
                             self._on_note(note)
             except psycopg.Error as exc:

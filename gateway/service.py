@@ -50,6 +50,9 @@ MAX_PENDING_FRAMES = 2000
 # At most this many frames go to the worker as one group (one transaction): 64 full batches
 # are 4096 readings, a commit of a few ms that holds no ack back for long.
 MAX_GROUP = 64
+# Other replicas' notes are applied at most this often (the first after a quiet spell at once):
+# well inside the live feed's 250 ms goal.
+PEER_ROUND_MS = 100
 # Retention runs this often (monotonic time); it deletes in the worker, between batches.
 PURGE_EVERY_MS = 600_000
 
@@ -207,6 +210,7 @@ class Gateway:
                 lambda: storage.backend_pid,  # type: ignore[attr-defined]
                 self._on_note,
                 lambda: self._on_note(SYNC),
+                self.counters,
             )
             self._tasks.append(asyncio.create_task(self._listener.run(), name="gateway-peers"))
         if config.udp:
@@ -468,7 +472,10 @@ class Gateway:
         except Exception:  # a bug: the next notes are applied as usual
             self.counters.task_errors += 1
             log.exception("applying other replicas' notes failed")
-        self._next_notes()
+        # The next round after a pause: under load the notes of many batches share a round
+        # (one read of a mesh's members for all of them), and the worker stores batches.
+        assert self._loop is not None
+        self._loop.call_later(PEER_ROUND_MS / 1000, self._next_notes)
 
     async def _ticker(self) -> None:
         while True:
