@@ -388,8 +388,9 @@ class Tracker:
         self._check_split(state, leader, at, changes)
         if not accepted:
             return changes
-        state.last_ok_ms = max(state.last_ok_ms, at)
-        self._clear(mesh, ALERT_NO_LEADER, "", at, changes)
+        if at > state.last_ok_ms:  # else it is no news (a resync of what is known)
+            state.last_ok_ms = at
+            self._clear(mesh, ALERT_NO_LEADER, "", at, changes)
         if term >= state.term and (term, leader) != (state.term, state.leader):
             if leader != state.leader:
                 state.leader_since_ms = at

@@ -130,3 +130,17 @@ def test_a_resync_reads_everything_again(tmp_path: Path) -> None:
 )
 def test_anything_else_on_the_channel_is_dropped(payload: str) -> None:
     assert pgnotify.decode(payload) is None
+
+
+def test_a_resync_does_not_take_an_old_batch_for_news(tmp_path: Path) -> None:
+    """A mesh without a batch for long has its no_leader alert: reading it back again (a
+    resync) leaves the alert open."""
+    took, other = replica(tmp_path / "gw.db"), replica(tmp_path / "gw.db")
+    took.receive("udp", "farm", "lead", 2, make_batch(1, "farm", "lead", [], MEMBERS), 10_000)
+    peers = Peers(other)
+    peers.apply([SYNC], 10_100, False)
+    raised = [e for e in other.tick(40_000) if e["type"] == "alert"]
+    assert [a["kind"] for a in raised] == ["no_leader"]
+    events = peers.apply([SYNC], 41_000, False)
+    assert [e for e in events if e["type"].startswith("alert")] == []
+    assert ("farm", "no_leader", "") in other.tracker.active

@@ -140,6 +140,7 @@ def test_every_replica_shows_every_mesh_live(server: PostgresServer, mosquitto: 
             return True
 
         poll_until(all_meshes_everywhere, timeout=WAIT_S)
+        assert [api(gw, "/healthz")["replicas"] for gw in replicas] == [True, True]
 
         def feeds_have_every_reading() -> bool:
             for feed in feeds:
