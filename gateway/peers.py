@@ -41,7 +41,6 @@ class Peers:
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
         self.stale = False  # a round failed on the storage: read everything again next tick
-        self.applied = 0  # notes applied
         self._shown: set[int] = set()
 
     def apply(
@@ -91,7 +90,6 @@ class Peers:
                 self._shown.discard(note["id"])
                 tracker.adopt_clear(note["m"], note["kind"], note["n"], note["id"])
                 events.append(dict(_alert(note), type="alert_cleared", cleared_ms=note["cl"]))
-        self.applied += len(notes)
         return self._finish(events, changes, set(batches), now)
 
     def _raised(self, record: dict[str, Any]) -> list[dict[str, Any]]:

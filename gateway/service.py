@@ -162,7 +162,7 @@ class Gateway:
         self._notes: list[dict[str, Any]] = []
         self._notes_busy = False
         self._listener: Any = None
-        self.peers: Any = None  # gateway/peers.py, on PostgreSQL
+        self.peers: Peers | None = None  # on PostgreSQL
         self._tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: Any = None
@@ -258,6 +258,7 @@ class Gateway:
             except Exception:  # a bug in a task must not turn a clean stop into a crash
                 log.exception("task %s failed", task.get_name())
         self._tasks.clear()
+        self._listener = None  # no more rounds of notes: the worker is about to go
         if self.demo is not None:
             await self.demo.stop()
         self.hub.close()
@@ -455,16 +456,16 @@ class Gateway:
 
     def _next_notes(self) -> None:
         notes, self._notes = self._notes, []
-        self._notes_busy = bool(notes)
-        if not notes:
+        self._notes_busy = bool(notes) and self._listener is not None  # None: stopping
+        if not self._notes_busy:
             return
         assert self._loop is not None
         future = self._loop.run_in_executor(self._worker, self._apply_notes, notes, len(self.hub))
         future.add_done_callback(self._notes_done)
 
     def _apply_notes(self, notes: list[dict[str, Any]], watchers: int) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = self.peers.apply(notes, self._now(), watchers > 0)
-        return events
+        assert self.peers is not None
+        return self.peers.apply(notes, self._now(), watchers > 0)
 
     def _notes_done(self, done: asyncio.Future[list[dict[str, Any]]]) -> None:
         try:
