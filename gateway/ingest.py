@@ -341,9 +341,12 @@ class Ingest:
                     self.health.storage_failed("alerts", exc, now_ms)
             if stored is None:
                 self._hold(change)
+            # False: another gateway process sharing the database did it first; its
+            # notification brings it to this live feed (gateway/peers.py).
+            if stored is False:
+                continue
             if change.kind == "election":
-                if stored is not False:  # False: another gateway process recorded it first
-                    events.append(dict(data, type="election"))
+                events.append(dict(data, type="election"))
             elif change.kind == "raise":
                 self.counters.alerts_raised += 1
                 events.append(dict(data, type="alert", id=data.get("id"), cleared_ms=None))
@@ -351,9 +354,14 @@ class Ingest:
                 events.append(dict(data, type="alert_cleared"))
         return events
 
+    def apply(self, changes: list[Change], now_ms: int) -> list[dict[str, Any]]:
+        """Persist and publish changes inferred from another replica's writes (peers.py)."""
+        return self._apply(changes, now_ms)
+
     def _persist(self, change: Change) -> Any:
-        """Store one change; True/False for an election (False: already there), the stored
-        alert for a raise, True for a clear. Raises StorageError."""
+        """Store one change; the stored alert for a raise, else True; False when another
+        gateway process recorded the election, raised the alert or cleared it first (the
+        raise then takes that alert's id, time and message). Raises StorageError."""
         data = change.data
         if change.kind == "election":
             added = self.storage.add_election(
@@ -367,11 +375,14 @@ class Ingest:
                 data["mesh"], data["kind"], data["node"], data["message"], data["raised_ms"]
             )
             data["id"] = stored["id"]  # the tracker keeps this dict: the id clears it later
+            if not stored["new"]:
+                data["raised_ms"], data["message"] = stored["raised_ms"], stored["message"]
+                return False
             return stored
         alert_id = (change.record or data).get("id")
-        if alert_id is not None:  # None: its raise was dropped from a full hold
-            self.storage.clear_alert(alert_id, data["cleared_ms"])
-        return True
+        if alert_id is None:  # its raise was dropped from a full hold
+            return True
+        return self.storage.clear_alert(alert_id, data["cleared_ms"])
 
     def _hold(self, change: Change) -> None:
         if len(self.held) >= MAX_HELD:

@@ -7,6 +7,10 @@ network thread and hands frames over with ``call_soon_threadsafe``. The frame pa
 gateway/pipeline.py; with ``--decode-process`` frames are decoded in a child process beside the
 worker (gateway/decoder.py), and the worker's codecs then only encode the acks.
 
+On PostgreSQL the gateway also listens to the other replicas sharing the database
+(gateway/pgnotify.py): their notes wait in a second inbox and go to the worker together, where
+gateway/peers.py applies them to the live view.
+
 The timer task (alerts, held changes, fence resets, retention, checkpoints) must never die: a
 storage error is handled where it happens (gateway/ingest.py, gateway/upkeep.py), and anything
 else a tick raises is logged and counted, and the next tick runs as usual.
@@ -33,6 +37,7 @@ from gateway.frames import Decoded, FrameRouter
 from gateway.health import Health
 from gateway.ingest import Arrival, Ingest
 from gateway.metrics import Counters, MetricsRenderer
+from gateway.peers import SYNC, Peers
 from gateway.pipeline import FramePipeline, Outcome, Reply
 from gateway.retention import Retention
 from gateway.storage import SqliteStorage, Storage, StorageError
@@ -42,6 +47,9 @@ from gateway.upkeep import Upkeep
 log = logging.getLogger("meshelect.gateway")
 T = TypeVar("T")
 
+# Other replicas' notes are applied at most this often (the first after a quiet spell at once):
+# well inside the live feed's 250 ms goal.
+PEER_ROUND_MS = 100
 # Retention runs this often (monotonic time); it deletes in the worker, between batches.
 PURGE_EVERY_MS = 600_000
 
@@ -146,6 +154,11 @@ class Gateway:
         self.hub = EventHub()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gw-ingest")
         self.pipeline: FramePipeline = None  # type: ignore[assignment]
+        # Other replicas' notes waiting for the worker (PostgreSQL only); see _on_note.
+        self._notes: list[dict[str, Any]] = []
+        self._notes_busy = False
+        self._listener: Any = None
+        self.peers: Peers | None = None  # on PostgreSQL
         self._tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: Any = None
@@ -193,6 +206,18 @@ class Gateway:
             await self.pipeline.start_decoder(
                 (config.mesh_keys, config.open_meshes, config.node_id, router.boot)
             )
+        if self.peers is not None:
+            from gateway.pgnotify import Listener
+
+            storage = self.ingest.storage
+            self._listener = Listener(
+                config.db_path,
+                lambda: storage.backend_pid,  # type: ignore[attr-defined]
+                self._on_note,
+                lambda: self._on_note(SYNC),
+                self.counters,
+            )
+            self._tasks.append(asyncio.create_task(self._listener.run(), name="gateway-peers"))
         if config.udp:
             from gateway.udp import open_udp
 
@@ -238,6 +263,7 @@ class Gateway:
             except Exception:  # a bug in a task must not turn a clean stop into a crash
                 log.exception("task %s failed", task.get_name())
         self._tasks.clear()
+        self._listener = None  # no more rounds of notes: the worker is about to go
         if self.demo is not None:
             await self.demo.stop()
         self.hub.close()
@@ -276,7 +302,8 @@ class Gateway:
     def _open_storage(self) -> None:
         config = self.config
         storage: Storage
-        if config.db_path.startswith(("postgresql://", "postgres://")):
+        shared = config.db_path.startswith(("postgresql://", "postgres://"))
+        if shared:
             from gateway.pgstorage import PostgresStorage
 
             storage = PostgresStorage(
@@ -294,6 +321,8 @@ class Gateway:
         boot = storage.next_boot()
         self.ingest = Ingest(storage, Tracker(config.tracker), self.counters, self.health_state)
         self.ingest.restore()
+        if shared:
+            self.peers = Peers(self.ingest)
         retention = Retention(
             config.raw_retention_ms, config.aggregate_retention_ms, config.purge_every_ms
         )
@@ -378,6 +407,37 @@ class Gateway:
             out[index] = (arrival.mesh, arrival.sender, ack, result.events)
         return out
 
+    def _on_note(self, note: dict[str, Any]) -> None:
+        """Another replica's note (loop thread); applied on the worker, together with the
+        notes that arrive meanwhile, as frames are (on_frame)."""
+        self._notes.append(note)
+        if not self._notes_busy:
+            self._next_notes()
+
+    def _next_notes(self) -> None:
+        notes, self._notes = self._notes, []
+        self._notes_busy = bool(notes) and self._listener is not None  # None: stopping
+        if not self._notes_busy:
+            return
+        assert self._loop is not None
+        future = self._loop.run_in_executor(self._worker, self._apply_notes, notes, len(self.hub))
+        future.add_done_callback(self._notes_done)
+
+    def _apply_notes(self, notes: list[dict[str, Any]], watchers: int) -> list[dict[str, Any]]:
+        assert self.peers is not None
+        return self.peers.apply(notes, self._now(), watchers > 0)
+
+    def _notes_done(self, done: asyncio.Future[list[dict[str, Any]]]) -> None:
+        try:
+            self.hub.publish(done.result())
+        except Exception:  # a bug: the next notes are applied as usual
+            self.counters.task_errors += 1
+            log.exception("applying other replicas' notes failed")
+        # The next round after a pause: under load the notes of many batches share a round
+        # (one read of a mesh's members for all of them), and the worker stores batches.
+        assert self._loop is not None
+        self._loop.call_later(PEER_ROUND_MS / 1000, self._next_notes)
+
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.config.tick_ms / 1000)
@@ -395,6 +455,8 @@ class Gateway:
         events = self.ingest.tick(now)
         events.extend(self.ingest.flush(now))
         events.extend(self.ingest.poll_fence_resets(now))
+        if self.peers is not None:
+            events.extend(self.peers.tick(now))
         self.upkeep.tick(self._now(), self.mono())
         self.health_state.tick(now)
         if self.health_state.version != self._health_published:
@@ -479,6 +541,8 @@ class Gateway:
             # The frame decoder's process (None: frames are decoded in the worker thread).
             "decoder_pid": None if decoder is None else decoder.pid,
             "decoder_restarts": self.counters.decoder_restarts,
+            # Listening to the other replicas sharing the database (PostgreSQL only).
+            "replicas": self._listener.connected if self._listener is not None else None,
         }
 
     def _gauges(self) -> dict[str, Any]:
