@@ -428,7 +428,6 @@ class Node:
             if m.flags & F_LEADER:
                 return _ON_LEADER_BEAT
             if m.heard < HEARD_NONE and not m.flags & F_CANDIDATE:
-                p.evidence = now - m.heard
                 return _ON_REPORT
             return _ON_OTHER_BEAT
         if kind == CLAIM:
