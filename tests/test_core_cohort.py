@@ -177,9 +177,16 @@ def test_batched_mesh_matches_one_delivery_at_a_time(seed: int) -> None:
     assert len({h[2][1] for h in run.history}) > 3, "the scenario made too few elections"
 
 
-@pytest.mark.parametrize("seed", range(21, 25))
+@pytest.mark.parametrize("seed", range(31, 43))
+def test_small_meshes_match(seed: int) -> None:
+    # A few followers: one of them often holds the latest evidence when it books the log.
+    both_ways(n=3 + seed % 3, seed=seed, steps=40, delay=(10, 70, 250)[seed % 3])
+
+
+@pytest.mark.parametrize("seed", range(21, 27))
 def test_slow_radios_match_too(seed: int) -> None:
-    both_ways(n=24, seed=seed, steps=60, delay=70)
+    # Up to 2.5 intervals: a member's own report may arrive after its leader's next heartbeat.
+    both_ways(n=24, seed=seed, steps=60, delay=70 if seed % 2 else 250)
 
 
 def test_quorum_meshes_match_too() -> None:

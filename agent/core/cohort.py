@@ -79,11 +79,15 @@ class Cohort:
         self.leader = leader
         self.term = term
         self.members = {}  # node id -> SimNode (only iterated for order-free work)
-        self.senders = []  # the log: sender, shared entry, evidence time, one index each
-        self.entries = []
-        self.times = []
+        self.log = []  # (sender, shared entry) per heartbeat, in delivery order
+        self.times = []  # and its evidence: when its sender heard the leader
         self.beat_at = -1  # index of the leader's latest heartbeat in the log, and its time
         self.beat_time = 0
+        # Since that heartbeat: the latest evidence, a sender of it, and the latest evidence
+        # of every other sender (what a member books, whose own reports do not count).
+        self.top = 0
+        self.top_sender = None
+        self.second = 0
 
     def takes(self, msg):
         """Whether a member's ``receive`` of ``msg`` would only book it (see the module doc)."""
@@ -95,20 +99,27 @@ class Cohort:
 
     def add(self, msg, entry, now):
         """Log ``msg``, delivered now, for every member (``entry``: its shared peer entry)."""
+        sender = msg.sender
         if msg.flags & F_LEADER:
-            self.beat_at = len(self.senders)
-            self.beat_time = now
-            seen = now
+            self.beat_at = len(self.log)
+            self.beat_time = self.top = self.second = seen = now
+            self.top_sender = sender
         else:
             seen = now - msg.heard
-        self.senders.append(msg.sender)
-        self.entries.append(entry)
+            if seen > self.top:
+                if sender != self.top_sender:
+                    self.second = self.top
+                    self.top_sender = sender
+                self.top = seen
+            elif seen > self.second and sender != self.top_sender:
+                self.second = seen
+        self.log.append((sender, entry))
         self.times.append(seen)
 
     def join(self, sim):
         self.members[sim.id] = sim
         sim.cohort = self
-        sim.cpos = len(self.senders)
+        sim.cpos = len(self.log)
 
     def leave(self, sim):
         del self.members[sim.id]
@@ -117,7 +128,8 @@ class Cohort:
     def sync(self, sim, now):
         """Book what the log holds for ``sim`` beyond its position, as receive would have."""
         pos = sim.cpos
-        end = len(self.senders)
+        log = self.log
+        end = len(log)
         if pos >= end:
             return
         sim.cpos = end
@@ -126,48 +138,38 @@ class Cohort:
         table = node.peers
         by_id = table.by_id
         size = len(by_id)
-        senders = self.senders
-        if pos:
-            by_id.update(zip(senders[pos:end], self.entries[pos:end]))
-        else:
-            by_id.update(zip(senders, self.entries))
+        by_id.update(log[pos:] if pos else log)
         by_id.pop(own, None)  # the member's own heartbeats are in the log, for the others
         if len(by_id) != size:
             table.oldest = None  # new entries: the earliest heard is unknown
-        times = self.times
+        # The latest evidence, but not from the member's own reports.
         moved = False
-        if max(times[pos:end]) > node._ev_time:
-            # The latest evidence, but not from the member's own reports.
-            best = node._ev_time
-            a = pos
-            while a < end:
-                try:
-                    b = senders.index(own, a, end)
-                except ValueError:
-                    b = end
-                if b > a:
-                    top = max(times[a:b])
-                    if top > best:
-                        best = top
-                a = b + 1
-            if best > node._ev_time:
-                node._ev_time = best
-                moved = True
         if self.beat_at >= pos:
+            # Nothing logged before the leader's heartbeat is later than it (evidence is
+            # never after its delivery): the latest is the heartbeat's or a later report's.
+            best = self.second if self.top_sender == own else self.top
             node._direct = self.beat_time
+            moved = True
+        else:
+            best = node._ev_time
+            times = self.times
+            for i in range(pos, end):
+                if times[i] > best and log[i][0] != own:
+                    best = times[i]
+        if best > node._ev_time:
+            node._ev_time = best
             moved = True
         if moved:
             node._update_wakeup(now)
 
     def trim(self):
         """Drop the log every member has booked (called when it grows long)."""
-        low = len(self.senders)
+        low = len(self.log)
         for sim in self.members.values():
             if sim.cpos < low:
                 low = sim.cpos
         if low:
-            del self.senders[:low]
-            del self.entries[:low]
+            del self.log[:low]
             del self.times[:low]
             self.beat_at -= low
             for sim in self.members.values():

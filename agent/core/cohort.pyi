@@ -14,11 +14,13 @@ class Cohort:
     leader: str
     term: int
     members: dict[str, SimNode]
-    senders: list[str]
-    entries: list[Shared]
+    log: list[tuple[str, Shared]]
     times: list[int]
     beat_at: int
     beat_time: int
+    top: int
+    top_sender: str | None
+    second: int
     def __init__(self, group: int, leader: str, term: int) -> None: ...
     def takes(self, msg: Msg) -> bool: ...
     def add(self, msg: Msg, entry: Shared, now: int) -> None: ...

@@ -273,7 +273,7 @@ class Mesh:
                 cohort.add(msg, entry, self.now)
                 n = len(cohort.members)
                 self.delivered += n - 1 if sender.cohort is cohort else n
-                if len(cohort.senders) > 4 * n + 64:
+                if len(cohort.log) > 4 * n + 64:
                     cohort.trim()
             else:
                 self._dissolve(cohort)
