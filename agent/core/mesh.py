@@ -233,7 +233,8 @@ class Mesh:
             self._place(sim)
 
     def _receive(self, sim, msg):
-        own_entry(sim.node.peers, msg.sender)  # receive may change the sender's entry
+        if self.batched:
+            own_entry(sim.node.peers, msg.sender)  # receive may change the sender's entry
         sim.node.receive(msg, self.now)
         self._after(sim)
 
