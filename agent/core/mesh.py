@@ -64,7 +64,9 @@ class Mesh:
         self.seed = seed
         self.prng = Prng(seed)
         self.max_delay_ms = max_delay_ms
-        self.on_change = on_change  # called as on_change(now, simnode) after a view change
+        # Called as on_change(now, simnode) after a view change, to read the mesh: a change
+        # from there (say, a crash in the middle of a delivery) would be out of order.
+        self.on_change = on_change
         self.nodes = {}
         self.order = []  # SimNodes sorted by id: the delivery order
         self.now = 0
