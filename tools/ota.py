@@ -187,8 +187,8 @@ class Reports:
         return True
 
 
-class _Handler(SimpleHTTPRequestHandler):
-    reports: Reports
+class Handler(SimpleHTTPRequestHandler):
+    """Files under the root, and ``.../report?...`` into the server's :class:`Reports`."""
 
     def do_GET(self) -> None:  # (http.server's name)
         path, _, query = self.path.partition("?")
@@ -209,8 +209,15 @@ class OtaServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, root: Path, host: str, port: int, reports: Reports) -> None:
-        super().__init__((host, port), partial(_Handler, directory=str(root)))
+    def __init__(
+        self,
+        root: Path,
+        host: str,
+        port: int,
+        reports: Reports,
+        handler: type[SimpleHTTPRequestHandler] | None = None,
+    ) -> None:
+        super().__init__((host, port), partial(handler or Handler, directory=str(root)))
         self.reports = reports
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
 
@@ -258,12 +265,14 @@ def push(
     leader: Callable[[], str | None] = lambda: None,
     timeout: float = 300.0,
     log: Callable[[str], None] = print,
+    sock: socket.socket | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Update ``boards`` (node -> UDP address) one at a time; returns each board's outcome."""
+    """Update ``boards`` (node -> UDP address) one at a time; returns each board's outcome.
+    ``sock``: the UDP socket notices go out of (default: a new one)."""
     version = manifest["version"]
     pending = sorted(boards)
     outcome: dict[str, dict[str, Any]] = {}
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         while pending:
             node = next_board(pending, leader())
             pending.remove(node)
