@@ -13,11 +13,8 @@ import sys
 
 # An over-the-air update to switch to, or one to roll back (otaboot.py; not in the bundle).
 if "ota.json" in os.listdir():
-    import otaboot
-
-    otaboot.boot()
+    __import__("otaboot").boot()  # (no global: main.py's names live as long as the node)
     del sys.modules["otaboot"]
-    otaboot = None
 
 # The unix port puts the script's folder first on sys.path, as an absolute path: every module's
 # __file__ (an interned name, for the process's life) would then be a long path of its own. The

@@ -477,7 +477,8 @@ class Runtime:
         status["peak_heap"] = self.peak_heap
         status["gateway"] = "%s:%d" % self.gateway if self.gateway else None
         status["transport"] = self.link.status()
-        status["ota"] = self.ota
+        if self.ota:  # (a node never updated over the air: no key, a smaller status)
+            status["ota"] = self.ota
         if cfg.get("print_status", False):  # ~1.5 KB/s on a board's UART: asked for only
             print("status", end=" ")
             json.dump(status, sys.stdout)
