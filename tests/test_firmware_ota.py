@@ -1,7 +1,7 @@
 """Over-the-air updates of the firmware's app, on the unix port and the 32-bit stand-in: real
 firmware processes in network namespaces, the real gateway, the host tool's server and
 notices (tools/ota.py), and a supervisor that starts the process again whenever it exits, as a
-board's reset does.
+board's reset does (testkit/fwboard.py).
 
 fw-a (the board updated) and fw-b form the mesh; host 3 has the gateway, and the test's own
 thread joins host 3's namespace to serve bundles and send notices. One run goes through what
@@ -19,7 +19,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 import pytest
 
 from hil.nsthread import NamespaceThread
-from testkit.mpy import install_firmware
+from testkit.fwboard import board_status, install_board, start_board, start_gateway
 from testkit.netns import Lab
 from testkit.tools import require_tool
 from testkit.waiting import poll_until
@@ -45,15 +44,6 @@ TRIAL_S = 6
 WAIT_S = 60.0
 
 wait_for = functools.partial(poll_until, timeout=WAIT_S)
-
-# The supervisor: a board's reset starts the firmware again; 0 (a clean stop) ends it.
-SUPERVISOR = """
-while true; do
-  env MICROPYPATH=.frozen:. "$0" main.py & echo $! > mpy.pid; wait $!; rc=$?
-  echo "exit $rc"
-  [ "$rc" -eq 0 ] && break
-done
-"""
 
 
 class CutHandler(ota.Handler):
@@ -119,68 +109,29 @@ class Rig:
         self.serial = int(time.time())
         self.folders: dict[str, Path] = {}
         gw = lab.address(3)
-        lab.run(
-            3,
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "--db",
-                str(tmp / "gw.db"),
-                "--udp-host",
-                gw,
-                "--no-mdns",
-                "--http-port",
-                "0",
-                "--mesh-key",
-                "%s=%s" % (MESH, KEY),
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=REPO_ROOT,
-            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        )
+        start_gateway(lab, 3, tmp / "gw.db", "%s=%s" % (MESH, KEY))
         for host, name, battery in ((1, "fw-a", 900), (2, "fw-b", 600)):
-            folder = tmp / name
-            if name == "fw-a" and not frozen:
-                shutil.copytree(self.build, folder)  # files of its own: the update moves them
-            else:
-                install_firmware(self.build, folder, frozen)
+            folder = install_board(self.build, tmp / name, frozen)
             settings = {
                 "node_id": name,
                 "mesh": MESH,
                 "mesh_key": KEY,
                 "update_key": UPDATE_KEY.hex(),
                 "status_ms": 200,
-                "status_file": str(folder / "status.json"),
                 "udp": {"interface": lab.address(host)},
                 "gateway": {"address": "%s:47471" % gw},
                 "discovery": {"enabled": False},
                 "data": {"sample_ms": 500},
                 "hw": {"kind": "unix", "battery": battery},
             }
-            (folder / "config.json").write_text(json.dumps(firmware_tool.device_config(settings)))
-            with (folder / "out.log").open("w") as log:
-                lab.run(
-                    host,
-                    ["bash", "-c", SUPERVISOR, exe],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    cwd=folder,
-                )
+            start_board(lab, host, folder, exe, settings)
             self.folders[name] = folder
 
     def close(self) -> None:
         self.ns.close()
 
     def status(self, name: str = "fw-a") -> dict[str, Any]:
-        try:
-            data = json.loads((self.folders[name] / "status.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return board_status(self.folders[name])
 
     def log(self, name: str = "fw-a") -> str:
         return (self.folders[name] / "out.log").read_text()
