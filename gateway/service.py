@@ -93,6 +93,7 @@ class GatewayConfig:
         demo_control: str | None = None,
         homeassistant: bool = True,
         homeassistant_prefix: str = "homeassistant",
+        ota_dir: str | None = None,
     ) -> None:
         self.db_path = db_path
         self.udp_host = udp_host
@@ -126,6 +127,7 @@ class GatewayConfig:
         # Home Assistant MQTT discovery, when there is a broker (gateway/homeassistant.py).
         self.homeassistant = homeassistant
         self.homeassistant_prefix = homeassistant_prefix
+        self.ota_dir = ota_dir  # bundles of over-the-air updates to serve (gateway/ota.py)
 
 
 Reply = Callable[[str, str, bytes], None]  # (mesh, leader, ack frame)

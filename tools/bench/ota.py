@@ -1,9 +1,10 @@
 """`meshelect bench ota`: a rolling over-the-air update of a real mesh (needs root).
 
 N firmware boards (MicroPython unix port, one network namespace each, each started again
-after its reset as a board is) and the real gateway; ``meshelect firmware ota push`` runs on
-the gateway's host, serves the bundle, and updates one board at a time, the leader last
-(it asks the gateway who leads before every board). Printed: the time the whole update took
+after its reset as a board is) and the real gateway, which serves the bundle (``--ota-dir``)
+and takes the boards' reports; ``meshelect firmware ota push`` runs on the gateway's host and
+updates one board at a time, the leader last (it asks the gateway who leads before every
+board). Printed: the time the whole update took
 and per board, readings lost (taken by a board in any of its boots and never stored: the goal
 is 0), and elections caused (the rise of the mesh's term: the leader's handover is one).
 No figure is asserted (tests/test_firmware_ota.py runs a small one).
@@ -32,7 +33,6 @@ from tools import ota
 MESH = "rolling"
 KEY = "00112233445566778899aabbccddeeff"
 HTTP_PORT = 8080
-OTA_PORT = 8470
 
 
 def run(
@@ -51,12 +51,13 @@ def _run(
     gw_host = nodes + 1
     gw = lab.address(gw_host)
     db = tmp / "gw.db"
-    start_gateway(lab, gw_host, db, "%s=%s" % (MESH, KEY), HTTP_PORT)
+    bundles = tmp / "bundles"
+    start_gateway(lab, gw_host, db, "%s=%s" % (MESH, KEY), HTTP_PORT, ["--ota-dir", str(bundles)])
     build = tmp / "build"
     firmware_tool.build(build)
     key = bytes(range(32))
     (tmp / "update.key").write_text(key.hex())
-    ota.bundle(build, tmp / "bundles" / "v2", "v2", key, trial_s=trial_s)
+    ota.bundle(build, bundles / "v2", "v2", key, trial_s=trial_s)
     folders = {}
     for i in range(1, nodes + 1):
         name = "fw-%d" % i
@@ -107,8 +108,10 @@ def _run(
     watcher.start()
     argv = [sys.executable, "-m", "agent", "firmware", "ota", "push"]
     argv += ["--bundle", str(tmp / "bundles" / "v2"), "--key-file", str(tmp / "update.key")]
-    argv += ["--listen", "%s:%d" % (gw, OTA_PORT), "--timeout", str(timeout)]
-    argv += ["--gateway", "http://%s:%d" % (gw, HTTP_PORT), "--mesh", MESH]
+    # The gateway serves the bundle and takes the boards' reports (its dashboard shows them).
+    gateway_url = "http://%s:%d" % (gw, HTTP_PORT)
+    argv += ["--url", gateway_url + "/ota/v2/", "--timeout", str(timeout)]
+    argv += ["--gateway", gateway_url, "--mesh", MESH]
     for i in range(1, nodes + 1):
         argv += ["--board", "fw-%d=%s" % (i, lab.address(i))]
     started = time.monotonic()
@@ -124,6 +127,15 @@ def _run(
     stop.set()
     watcher.join()
     final = statuses()
+    listing = lab.exec(
+        gw_host,
+        [
+            sys.executable,
+            "-c",
+            "import urllib.request as u; "
+            "print(u.urlopen('%s/api/ota').read().decode())" % gateway_url,
+        ],
+    ).stdout
     stored = stored_readings(str(db), MESH)
     lost = 0
     for boot, count in taken.items():
@@ -144,6 +156,7 @@ def _run(
         "lost": lost,
         "versions": sorted({s.get("ota", {}).get("version", "") for s in final.values()}),
         "output": out,
+        "gateway_ota": json.loads(listing),
     }
 
 
