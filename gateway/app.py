@@ -17,6 +17,8 @@ API (all JSON; times are gateway milliseconds since the epoch):
   shown on the dashboard
 - ``GET /api/events``: Server-Sent Events; first a ``snapshot``, then every change
 - ``GET /metrics``, ``GET /healthz`` (status ``ok`` or ``degraded``, with ``problems``)
+- with ``--ota-dir``: ``GET /ota/{bundle}/{file}``, a board's ``GET /ota/{bundle}/report?...``,
+  ``GET /api/ota`` (gateway/ota.py)
 - in demo mode only (``--demo-control``): ``GET /api/demo``, ``POST /api/demo/{action}``
   (gateway/democontrol.py)
 
@@ -41,6 +43,7 @@ from starlette.staticfiles import StaticFiles
 from gateway.events import encode_event
 from gateway.fence import MAX_TERM
 from gateway.metrics import CONTENT_TYPE
+from gateway.ota import OtaBundles
 from gateway.storage import StorageError
 
 if TYPE_CHECKING:
@@ -165,6 +168,7 @@ def create_app(gateway: Gateway) -> Starlette:
         Route("/metrics", metrics),
         Route("/healthz", healthz),
         *(gateway.demo.routes() if gateway.demo is not None else []),
+        *(OtaBundles(gateway.config.ota_dir).routes() if gateway.config.ota_dir else []),
         Mount("/static", StaticFiles(directory=STATIC_DIR)),
     ]
     return Starlette(

@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="`meshelect demo`'s control socket: the dashboard gets buttons that break the "
         "demo on purpose (default: none, no such buttons or routes)",
     )
+    p.add_argument(
+        "--ota-dir",
+        metavar="DIR",
+        help="serve the update bundles in DIR to boards at /ota/<bundle>/ and show their "
+        "reports (meshelect firmware ota)",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return p
 
@@ -223,6 +229,7 @@ def load_config(args: argparse.Namespace) -> GatewayConfig:
         homeassistant=bool(pick("homeassistant", True)),
         homeassistant_prefix=ha_prefix,
         decode_process=bool(pick("decode_process", False)),
+        ota_dir=pick("ota_dir", None),
     )
 
 

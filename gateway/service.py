@@ -99,6 +99,7 @@ class GatewayConfig:
         homeassistant: bool = True,
         homeassistant_prefix: str = "homeassistant",
         decode_process: bool = False,
+        ota_dir: str | None = None,
     ) -> None:
         self.db_path = db_path
         self.udp_host = udp_host
@@ -136,6 +137,7 @@ class GatewayConfig:
         # Off by default: on a shared 2-core machine with a few batches in flight, decoding in
         # the worker was as fast or faster, for less CPU (README, "Figures").
         self.decode_process = decode_process
+        self.ota_dir = ota_dir  # bundles of over-the-air updates to serve (gateway/ota.py)
 
 
 class Gateway:

@@ -5,6 +5,8 @@
     meshelect firmware flash     --port PORT --image FILE [--chip esp32]
     meshelect firmware deploy    --port PORT --config node.toml [--build DIR]
     meshelect firmware provision --inventory boards.toml [--build DIR] [--flash IMAGE]
+    meshelect firmware provision --port PORT --ssid NET --node-id ID [--mesh M ...]  (Improv)
+    meshelect firmware ota       key | bundle | serve | push   (tools/ota.py)
 
 - build: compiles the firmware (``firmware/``) and the part of ``agent/`` it imports to .mpy
   with mpy-cross into a build folder; ``boot.py`` and ``main.py`` stay source (the board runs
@@ -17,7 +19,9 @@
 - deploy: turns node.toml into the device's ``config.json``, asks the board for the sha256 of
   the files it holds, copies only the ones that differ (one mpremote run), then resets it.
   Refuses a build whose .mpy version the board's MicroPython cannot load.
-- provision: deploys (and optionally flashes) every board of an inventory in one command.
+- provision: deploys (and optionally flashes) every board of an inventory in one command;
+  with ``--port``, gives a new board its Wi-Fi, name and keys over the Improv serial protocol.
+- ota: over-the-air updates with rollback (tools/ota.py; the board's side firmware/app/ota.py).
 
 Every problem is a clear one-line error and exit status 2 (usage) or 1 (the operation
 failed); ``--dry-run`` prints the commands instead of running them.
@@ -42,7 +46,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tools import firmware_image
+from tools import firmware_image, ota
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -674,6 +678,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chip", default="esp32", help="one of %s" % ", ".join(sorted(FLASH_OFFSETS)))
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD)
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
+    ota.add_parser(sub)
     for name, helptext in (
         ("deploy", "copy the build and the device config to one board"),
         ("provision", "deploy (and flash) every board of an inventory"),
@@ -683,8 +688,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--port", required=True)
             p.add_argument("--config", required=True, help="the node's TOML")
         else:
-            p.add_argument("--inventory", required=True, help="boards.toml")
+            p.add_argument("--inventory", help="boards.toml: deploy every board in it")
             p.add_argument("--flash", action="store_true", help="flash each board's image first")
+            g = p.add_argument_group("a new board over its serial port (Improv; tools/improv.py)")
+            g.add_argument("--port", help="the board's serial port (instead of --inventory)")
+            g.add_argument("--ssid", help="Wi-Fi network (password: $MESHELECT_WIFI_PASSWORD)")
+            g.add_argument("--node-id")
+            g.add_argument("--mesh", default="default")
+            g.add_argument("--mesh-key-file", help="the mesh key, hex")
+            g.add_argument("--update-key-file", help="the update key, hex (meshelect firmware ota)")
         p.add_argument("--build", default="build/firmware", help="build folder")
         p.add_argument("--dry-run", action="store_true", help="print the commands only")
         p.add_argument("--no-reset", action="store_true", help="do not reset the board after")
@@ -707,6 +719,8 @@ def cli(argv: list[str]) -> int:
             flash(args.port, args.image, args.chip, args.baud, args.dry_run)
             if not args.dry_run:
                 print("flashed %s on %s" % (args.image, args.port))
+        elif args.action == "ota":
+            return ota.cli(args)
         elif args.action == "deploy":
             copied = deploy(
                 args.port,
@@ -726,6 +740,10 @@ def cli(argv: list[str]) -> int:
 
 
 def provision(args: argparse.Namespace) -> int:
+    if args.port:
+        return provision_serial(args)
+    if not args.inventory:
+        raise ToolError("give --inventory (deploy boards) or --port (a new board)", EXIT_USAGE)
     boards = inventory_boards(read_toml(args.inventory))
     failed = 0
     for board in boards:
@@ -746,6 +764,34 @@ def provision(args: argparse.Namespace) -> int:
             print("%s: FAILED: %s" % (board["port"], exc), file=sys.stderr)
     print("provisioned %d of %d boards" % (len(boards) - failed, len(boards)))
     return EXIT_FAILED if failed else 0
+
+
+def provision_serial(args: argparse.Namespace) -> int:
+    """A new board's Wi-Fi, name and keys over its serial port (Improv: tools/improv.py)."""
+    import getpass
+
+    from tools import improv
+
+    if not args.ssid or not args.node_id:
+        raise ToolError("--port needs --ssid and --node-id", EXIT_USAGE)
+    keys = []
+    for path in (args.mesh_key_file, args.update_key_file):
+        try:
+            keys.append(Path(path).read_text().strip() if path else "")
+            bytes.fromhex(keys[-1])
+        except (OSError, ValueError) as exc:
+            raise ToolError("%s: %s" % (path, exc), EXIT_USAGE) from None
+    password = os.environ.get("MESHELECT_WIFI_PASSWORD")
+    if password is None:
+        password = getpass.getpass("Wi-Fi password for %s: " % args.ssid)
+    client, link = improv.serial_client(args.port)
+    try:
+        improv.provision(client, args.ssid, password, args.node_id, args.mesh, keys[0], keys[1])
+    except improv.ImprovError as exc:
+        raise ToolError(str(exc)) from None
+    finally:
+        link.close()
+    return 0
 
 
 if __name__ == "__main__":

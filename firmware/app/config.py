@@ -3,9 +3,9 @@ persisted boot counter.
 
 JSON because MicroPython reads it with no extra library. Keys are the Pi agent's TOML keys
 (``node_id``, ``mesh``, ``mesh_key`` in hex, ``heartbeat_ms``, ``eligible``, ``transport``,
-``udp``, ``mqtt``, ``gateway``, ``discovery``, ``election``, ``score``, ``data``) plus ``wifi``
-and ``hw`` (the board) and a few runtime settings (``status_ms``, ``status_file``,
-``boot_file``, ``run_ms``). A problem raises ``ConfigError`` naming the key. The settings the
+``udp``, ``mqtt``, ``gateway``, ``discovery``, ``election``, ``score``, ``data``) plus ``wifi``,
+``hw`` (the board), ``update_key`` (hex: over-the-air updates, ``app/ota.py``) and a few
+runtime settings (``status_ms``, ``status_file``, ``boot_file``, ``run_ms``). A problem raises ``ConfigError`` naming the key. The settings the
 shared core takes (``node_id``, ``mesh``, ``heartbeat_ms``, ``[election]``, ``[score]``) are
 checked by the core's own rules (``agent.core.node.make_config``), the same as the Pi agent's
 and ``meshelect firmware deploy``'s, which runs this check on the host before it copies.
@@ -95,6 +95,13 @@ def check(data):
         cfg["key_bytes"] = bytes.fromhex(cfg["mesh_key"]) if cfg["mesh_key"] else b""
     except (ValueError, TypeError):
         raise ConfigError("mesh_key: expected hex")
+    # The key over-the-air updates are signed with (app/ota.py): not the mesh key, which
+    # every node holds. None: this board takes no update over the air.
+    try:
+        if len(bytes.fromhex(cfg.get("update_key") or "")) not in (0, 16, 32):
+            raise ValueError
+    except (ValueError, TypeError):
+        raise ConfigError("update_key: expected 16 or 32 bytes in hex")
     return cfg
 
 

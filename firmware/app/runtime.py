@@ -185,6 +185,13 @@ class Runtime:
         self.loop_errors = 0
         self.ip = None
         self._rx_tasks = []
+        # The over-the-air update's state (app/ota.py, otaboot.py; {} when none ever ran).
+        try:
+            with open("ota.json") as f:
+                self.ota = json.load(f)
+        except (OSError, ValueError):
+            self.ota = {}
+        self.reboot = False  # set by app/ota.py: stop gracefully, then reset
 
     def now(self):
         """Milliseconds since boot that never wrap (``ticks_ms`` wraps after 2**30 ms, about 12
@@ -312,6 +319,10 @@ class Runtime:
                     self._mdns_heard = True
                     for pkt, dest in self.mdns.receive(data, addr, self.now()):
                         udp.send(sock, pkt, dest[0], dest[1])
+                elif data and data[0] == 85:  # "U": an update notice, not a mesh frame
+                    from app.ota import notice
+
+                    notice(self, data)
                 else:
                     self.app.frame(data, addr, self.now())
                     self.flush()
@@ -329,6 +340,10 @@ class Runtime:
             task = asyncio.create_task(self.link.run())
         try:
             self.open()
+            if self.ota.get("state", "idle") != "idle":  # a trial, or an outcome to report
+                from app.ota import resume
+
+                asyncio.create_task(resume(self))
             cfg = self.cfg
             app = self.app
             hw = self.hw
@@ -347,7 +362,7 @@ class Runtime:
             gateway_told = False  # the grace for finding a gateway is over
             while True:
                 now = self.now()
-                if run_ms and now >= run_ms:
+                if (run_ms and now >= run_ms) or self.reboot:
                     break
                 try:
                     if now >= next_power:
@@ -482,6 +497,8 @@ class Runtime:
         status["peak_heap"] = self.peak_heap
         status["gateway"] = "%s:%d" % self.gateway if self.gateway else None
         status["transport"] = self.link.status()
+        if self.ota:  # (a node never updated over the air: no key, a smaller status)
+            status["ota"] = self.ota
         if cfg.get("print_status", False):  # ~1.5 KB/s on a board's UART: asked for only
             print("status", end=" ")
             json.dump(status, sys.stdout)
@@ -548,11 +565,13 @@ def main(path="config.json"):
             os.remove(_FAILS_FILE)
         except OSError:
             pass
-    if crashed:
-        # A board left at the REPL is a dead node: reset it (the unix port just exits 1).
+    if crashed or rt.reboot:
+        # A board left at the REPL is a dead node: reset it. An update asks for a reset too
+        # (app/ota.py). The unix port exits: 1 after a crash, 3 for a reset asked for.
         if sys.platform in ("linux", "darwin"):
-            sys.exit(1)
+            sys.exit(1 if crashed else 3)
         import machine  # type: ignore[import-not-found]
 
-        time.sleep(5)  # time to read the traceback on the serial console
+        if crashed:
+            time.sleep(5)  # time to read the traceback on the serial console
         machine.reset()

@@ -5,6 +5,7 @@
 # board's filesystem (boot and main run by name).
 
 package("app", base_path="..", opt=3)
+module("otaboot.py", base_path="..", opt=3)  # the update's switch and rollback (main.py)
 package("hw", base_path="..", opt=3)
 freeze("../lib", opt=3)
 # Must list what tools/firmware.py's agent_closure() finds (tests/test_firmware_boards.py).

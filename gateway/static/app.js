@@ -491,6 +491,41 @@ function connect() {
   source.onerror = () => { feed.textContent = "reconnecting\u2026"; feed.className = "feed feed-connecting"; };
 }
 
+// Over-the-air updates (gateway --ota-dir): each board's app version and where its update
+// stands, from the reports boards send (gateway/ota.py). No such route: no card, no polling.
+function otaText(r) {
+  if (r.state === "downloading") return "downloading " + r.pct + "% of " + r.new;
+  if (r.state === "pending") return "pending reboot into " + r.new;
+  if (r.state === "trial") return "trial of " + r.new;
+  if (r.state === "rolled-back") return "rolled back from " + r.new + (r.reason ? ": " + r.reason : "");
+  if (r.state === "failed") return "failed: " + (r.reason || "?");
+  return r.state;
+}
+
+async function pollOta() {
+  let reports;
+  try {
+    const answer = await fetch("/api/ota");
+    if (answer.status === 404) return;
+    reports = await answer.json();
+  } catch (err) {
+    reports = null;
+  }
+  if (reports) {
+    const card = document.getElementById("ota");
+    card.hidden = reports.length === 0;
+    const body = card.querySelector("tbody");
+    body.replaceChildren();
+    for (const r of reports) {
+      const tr = el("tr", { "data-node": r.node });
+      for (const text of [r.node, r.version || "-", otaText(r)]) tr.appendChild(el("td", {}, text));
+      body.appendChild(tr);
+    }
+  }
+  setTimeout(pollOta, 2000);
+}
+pollOta();
+
 // Deferred scripts run once the page is parsed: connect now. plotly.js follows the first
 // snapshot, or comes anyway after a while if the feed is slow to answer.
 connect();

