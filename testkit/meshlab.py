@@ -124,8 +124,10 @@ class MeshUnderTest:
         sample_ms: int = 200,
         status_ms: int = 100,
         mesh_key: str = "",
+        gateway_args: tuple[str, ...] = (),
     ) -> None:
         self.n = agents
+        self.gateway_args = gateway_args  # more options for the gateway (--silent-after 3s)
         self.mesh_key = mesh_key  # hex; the gateway gets it too
         self.transport = transport
         self.mesh = mesh
@@ -170,6 +172,7 @@ class MeshUnderTest:
                 extra = ["--mdns-interface", address]
             if self.mesh_key:
                 extra += ["--mesh-key", "%s=%s" % (self.mesh, self.mesh_key)]
+            extra += self.gateway_args
             self.gateway = GatewayProcess(
                 self.gateway_db,
                 *extra,

@@ -210,7 +210,7 @@ class NodeApp:
         """One received frame; returns its Msg, or None if it was dropped."""
         t = self.clock_ms(now)
         if self.energy is not None:
-            self.energy.frame(False)  # the radio received it, whatever it holds
+            self.energy.frame(False, len(data))  # the radio received it, whatever it holds
         try:
             msg = self.codec.decode(data, t)
         except WireError as e:
@@ -618,7 +618,7 @@ class NodeApp:
             self._error("encode", e, msg)
             return
         if self.energy is not None:
-            self.energy.frame(True)
+            self.energy.frame(True, len(frame))
         if len(self.out) >= _MAX_OUT:
             self.out.pop(0)
             self.out_dropped += 1
