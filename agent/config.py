@@ -12,7 +12,9 @@ from typing import Any
 
 from agent.core import topics
 from agent.core.datapath import MAX_MESH_BYTES
+from agent.core.energy import Energy
 from agent.core.node import MAX_NODE_ID_BYTES, make_config
+from agent.core.sleepy import SleepCycle
 
 TRANSPORTS = ("udp", "mqtt")
 LOG_FORMATS = ("text", "json")
@@ -239,6 +241,22 @@ class AgentConfig:
         self.weight_battery = core.weights.battery
         self.weight_link = core.weights.link
         self.low_battery = core.weights.low_battery
+
+        # [energy] (agent/core/energy.py: currents, capacity, report interval) and [sleep]
+        # (agent/core/sleepy.py: a sleepy member, never eligible), by the core's rules.
+        self.energy = dict(t.table("energy").data)
+        sleep = t._get("sleep")
+        self.sleep: dict[str, Any] | None = None
+        if sleep is not None:
+            self.sleep = dict(t.table("sleep").data)
+            self.eligible = False
+        try:
+            Energy(0, self.energy)
+            if self.sleep is not None:
+                SleepCycle(self.sleep)
+        except ValueError as exc:
+            key, _, problem = str(exc).partition(": ")
+            raise ConfigError(key, problem) from None
 
         # Data path bounds: readings a member holds until confirmed; readings a leader holds.
         data_table = t.table("data")

@@ -10,6 +10,14 @@ leader drain, link-quality samples.
 Over MQTT the app stops its election clock while the broker is unreachable (nobody hears
 anybody then; see agent/core/app.py): the shell tells it when the broker goes and comes back.
 
+Energy: the app counts frames and the time in each role (agent/core/energy.py); the agent
+sends the report as a reading every `[energy] report_ms`. A sleepy member (`[sleep]`,
+agent/core/sleepy.py) dozes between wakes: the process stays, with its radio notionally off
+(frames that arrive meanwhile are dropped unread, nothing is sent, the node is down), for
+`sleep.interval_ms`; at each wake it starts the node again, takes one reading and its energy
+report, and dozes again when the sleep cycle says so. Its readings stay in memory (and in the
+journal) across dozes, in the same boot.
+
 Readings also go to a journal in the state dir (agent/journal.py) until the gateway confirmed
 them, so a kill -9 loses none: the next boot resends what the journal still holds (the app
 carries those readings as its `backlog`).
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -33,8 +42,10 @@ from agent.config import AgentConfig, ConfigError, load_config
 from agent.core import datapath, wire
 from agent.core.app import DEST_GATEWAY, DEST_MESH, NodeApp, make_config
 from agent.core.batchcheck import check_batch
+from agent.core.energy import Energy
 from agent.core.messages import ACK_FENCED, HANDOFF, HEARTBEAT, READINGS
 from agent.core.node import MAX_NODE_ID_BYTES, ROLE_LEADER, ROLE_NAMES, Config
+from agent.core.sleepy import SleepCycle
 from agent.journal import ReadingJournal, RecoveredReadings
 from agent.linkquality import LinkQuality
 from agent.logs import EventLog
@@ -119,6 +130,10 @@ class Agent:
             # Random bits in every batch id: the gateway's ack must echo them (docs/security.md).
             token=int.from_bytes(os.urandom(4), "big"),
         )
+        self.energy = Energy(self.now(), cfg.energy, sleepy=cfg.sleep is not None)
+        self.app.energy = self.energy
+        self.cycle = SleepCycle(cfg.sleep) if cfg.sleep is not None else None
+        self._dozing = False  # a sleepy member between wakes: radio off
         self.app.needs_address = not mqtt  # UDP: readings go to where the leader's frames came from
         self.app.gateway_known = mqtt  # MQTT: the gateway subscribes to the batch topic
         self.sensors = SensorHub.from_config(cfg.sensors)
@@ -198,6 +213,8 @@ class Agent:
 
     def _on_frame(self, data: bytes, source: Any) -> None:
         """Called by the transport, in the event loop, for every frame that arrived."""
+        if self._dozing:
+            return  # the radio is off: nothing is heard
         now = self.now()
         self.frames_in += 1
         msg = self.app.frame(data, source, now)
@@ -468,14 +485,27 @@ class Agent:
         )
         next_sample = now + cfg.sample_ms
         next_status = now
+        report_ms = self.energy.report_ms
+        next_energy = now + report_ms if report_ms else None
+        cycle = self.cycle
+        if cycle is not None:
+            next_sample = self._woke(now)
+            next_energy = None
         loop = asyncio.get_running_loop()
         try:
             while not self._stopping.is_set():
                 self.loop_turns += 1
                 now = self.now()
+                if cycle is not None and cycle.due(app, app.clock_ms(now)):
+                    await self._doze(cycle.interval_ms)
+                    next_sample = self._woke(self.now())
+                    continue
                 if now >= next_sample:
                     self._sample(now)
                     next_sample = now + cfg.sample_ms
+                if next_energy is not None and now >= next_energy:
+                    self._report_energy(now)
+                    next_energy = now + report_ms
                 if now >= app.wakeup:
                     app.tick(now)
                     self._flush(now)
@@ -493,6 +523,51 @@ class Agent:
                 timer.cancel()
         finally:
             await self._shutdown()
+
+    def _report_energy(self, now: int) -> None:
+        """The energy report, as a reading (agent/core/energy.py)."""
+        reading = self.energy.reading(self.app.clock_ms(now))
+        t_ms = int(time.time() * 1000)
+        seq = self.app.sample(now, t_ms, reading)
+        if seq is not None:
+            try:
+                self.journal.add(seq, t_ms, reading)
+            except OSError:
+                self.count("journal_errors")
+        self._flush(now)
+
+    def _woke(self, now: int) -> int:
+        """A sleepy member's wake began (the node started): its reading and energy report;
+        returns when it samples next (not in this wake)."""
+        assert self.cycle is not None
+        self.cycle.wake(self.app, self.app.clock_ms(now))
+        self._sample(now)
+        self._report_energy(now)
+        return now + 10 * self.cycle.interval_ms
+
+    async def _doze(self, interval_ms: int) -> None:
+        """A sleepy member sleeps: the node goes down silently (no goodbye: it is still a
+        member), the radio is off for ``interval_ms``, then the node starts again."""
+        app = self.app
+        energy = self.energy
+        now = self.now()
+        app.node.crash()
+        app.tick(now)  # the app takes the node's "down"
+        del app.out[:]
+        self._flush(now)
+        self._dozing = True
+        self.log.info("dozing", ms=interval_ms, held=app.buffer.depth)
+        dozed = app.clock_ms(now)
+        energy.tick(dozed)  # awake until now
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), interval_ms / 1000)
+        self._dozing = False
+        now = self.now()
+        woke = app.clock_ms(now)
+        energy.slept += woke - dozed  # asleep since, in deep sleep's current
+        energy.since = woke
+        app.start(now)
+        self._flush(now)
 
     async def _shutdown(self) -> None:
         app = self.app

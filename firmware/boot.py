@@ -22,6 +22,13 @@ def start_wifi(cfg):
             pass
     wlan = network.WLAN(network.STA_IF)
     wlan.active(True)
+    # Wi-Fi power save (firmware/README.md, "Power save"): modem sleep, the radio's default,
+    # or none (every multicast heard at once, at about twice the current).
+    pm = network.WLAN.PM_NONE if wifi.get("power_save") == "none" else network.WLAN.PM_PERFORMANCE
+    try:
+        wlan.config(pm=pm)
+    except (AttributeError, ValueError, OSError):
+        pass  # an older image without the setting: its default, modem sleep
     if not wlan.isconnected():
         wlan.connect(wifi["ssid"], wifi.get("password", ""))
 

@@ -74,6 +74,7 @@ class Member(NamedTuple):
     link: int
     flags: int
     age_ms: int
+    sleep_ms: int = 0  # a sleepy member's wake interval (0: an awake node)
 
 
 class ReportedElection(NamedTuple):

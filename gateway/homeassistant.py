@@ -286,9 +286,12 @@ class HomeAssistant:
 
     def _publish_availability(self, node: _Node) -> None:
         mesh = self.meshes.get(node.mesh)
-        heard = node.member is not None and (
-            self.gateway.clock() - node.member.get("last_seen_ms", 0)
-            <= self.config.tracker.silent_ms
+        # A sleepy member stays available while it sleeps, until it misses its wakes (the
+        # tracker's rule for its silent alert).
+        member = node.member
+        heard = member is not None and (
+            self.gateway.clock() - member.get("last_seen_ms", 0)
+            <= 2 * (member.get("sleep_ms") or 0) + self.config.tracker.silent_ms
         )
         online = heard and mesh is not None and self._mesh_has_leader(mesh)
         payload = ONLINE if online else OFFLINE

@@ -23,11 +23,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from gateway import energy
 from gateway.batch import Batch
 
 F_LEADER = 1
+F_MAINS = 4
 F_LOW_BATTERY = 8
 F_LEAVING = 16
+F_SLEEPY = 32
 
 ALERT_NO_LEADER = "no_leader"
 ALERT_TWO_LEADERS = "two_leaders"
@@ -102,7 +105,18 @@ class Change(NamedTuple):
 
 
 class NodeState:
-    __slots__ = ("battery", "dropped", "flags", "last_seen_ms", "link", "node", "score")
+    __slots__ = (
+        "battery",
+        "dropped",
+        "energy",
+        "energy_id",
+        "flags",
+        "last_seen_ms",
+        "link",
+        "node",
+        "score",
+        "sleep_ms",
+    )
 
     def __init__(self, node: str) -> None:
         self.node = node
@@ -112,6 +126,14 @@ class NodeState:
         self.flags = 0
         self.last_seen_ms = 0
         self.dropped = 0
+        self.sleep_ms = 0  # a sleepy member's wake interval, from the mesh view
+        self.energy: dict[str, int] | None = None  # its latest energy report's metrics
+        self.energy_id = (0, 0)  # that report's (boot, seq)
+
+    def silent_after(self, silent_ms: int) -> int:
+        """How long this node may go unheard: a sleepy member may miss one wake (two wake
+        intervals) and ``silent_ms`` more."""
+        return 2 * self.sleep_ms + silent_ms if self.sleep_ms else silent_ms
 
     def as_dict(self, leader: str | None) -> dict[str, Any]:
         return {
@@ -123,6 +145,10 @@ class NodeState:
             "last_seen_ms": self.last_seen_ms,
             "dropped": self.dropped,
             "leader": self.node == leader,
+            "sleep_ms": self.sleep_ms,
+            # When it wakes next, if it keeps its interval (the dashboard shows it sleeping).
+            "next_wake_ms": self.last_seen_ms + self.sleep_ms if self.sleep_ms else None,
+            "energy": energy.view(self.energy, self.battery, bool(self.flags & F_MAINS)),
         }
 
 
@@ -366,14 +392,24 @@ class Tracker:
             node.battery = member.battery
             node.link = member.link
             node.flags = member.flags
+            if member.sleep_ms or not member.flags & F_SLEEPY:
+                # (a sleepy member's heartbeat may reach a new leader before its readings,
+                # which tell its interval: the interval known stays)
+                node.sleep_ms = member.sleep_ms
             node.last_seen_ms = max(node.last_seen_ms, now - member.age_ms)
-            if now - node.last_seen_ms <= config.silent_ms:
+            if now - node.last_seen_ms <= node.silent_after(config.silent_ms):
                 self._clear(state.name, ALERT_NODE_SILENT, member.node, now, out)
             if member.battery < config.low_battery or member.flags & F_LOW_BATTERY:
                 message = "%s battery low (%d)" % (member.node, member.battery)
                 self._raise(state.name, ALERT_LOW_BATTERY, member.node, message, now, out)
             else:
                 self._clear(state.name, ALERT_LOW_BATTERY, member.node, now, out)
+        for reading in batch.readings:
+            if energy.is_report(reading.metrics):
+                node = state.nodes.get(reading.node)
+                if node is not None and (reading.boot, reading.seq) > node.energy_id:
+                    node.energy_id = (reading.boot, reading.seq)
+                    node.energy = reading.metrics
         for name, count in batch.dropped:
             node = state.nodes.get(name)
             if node is None:
@@ -511,8 +547,13 @@ class Tracker:
                     continue
                 if node.flags & F_LEAVING:
                     continue  # left on purpose: not an alarm
-                if now - node.last_seen_ms > config.silent_ms:
+                if now - node.last_seen_ms > node.silent_after(config.silent_ms):
                     message = "%s silent for %d s" % (node_name, (now - node.last_seen_ms) // 1000)
+                    if node.sleep_ms:
+                        message += (
+                            " (a sleepy member that wakes every %d s: it missed its wakes)"
+                            % (node.sleep_ms // 1000)
+                        )
                     self._raise(name, ALERT_NODE_SILENT, node_name, message, now, out)
         return out
 

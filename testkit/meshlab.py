@@ -125,8 +125,10 @@ class MeshUnderTest:
         status_ms: int = 100,
         mesh_key: str = "",
         agent_extra: str = "",
+        gateway_args: tuple[str, ...] = (),
     ) -> None:
         self.n = agents
+        self.gateway_args = gateway_args  # more options for the gateway (--silent-after 3s)
         self.mesh_key = mesh_key  # hex; the gateway gets it too
         self.transport = transport
         self.mesh = mesh
@@ -172,6 +174,7 @@ class MeshUnderTest:
                 extra = ["--mdns-interface", address]
             if self.mesh_key:
                 extra += ["--mesh-key", "%s=%s" % (self.mesh, self.mesh_key)]
+            extra += self.gateway_args
             self.gateway = GatewayProcess(
                 self.gateway_db,
                 *extra,

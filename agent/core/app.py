@@ -73,6 +73,7 @@ from agent.core.messages import (
     CLAIM,
     F_LEADER,
     F_MAINS,
+    F_SLEEPY,
     HANDOFF,
     HEARTBEAT,
     LEAVE,
@@ -99,6 +100,10 @@ _LEADER_DATA_MS = const(200)
 _IDLE_DATA_MS = const(1000)
 _ADDRESS_WAIT_MS = const(50)
 _MAX_ELECTIONS = const(8)  # elections not yet reported (no gateway for a long time)
+# Sleepy members a leader keeps in its mesh view while they sleep (agent/core/sleepy.py), and
+# how long: until they missed this many wakes.
+_MAX_SLEEPERS = const(16)
+_SLEEPER_WAKES = const(3)
 # Node ids and metric names that held readings share (a mesh of 48 nodes with 16 names).
 _MAX_NAMES = const(64)
 # The shells empty both lists after every call; one call makes at most a batch's acks (a
@@ -159,6 +164,12 @@ class NodeApp:
             token=token,
         )
         self.backlog = None
+        # Optional: agent/core/energy.py's Energy, which the runtime sets (frames and roles
+        # are counted here); sleep_ms: a sleepy member's wake interval (agent/core/sleepy.py).
+        self.energy = None
+        self.sleep_ms = 0
+        # A leader's sleepy members: node -> [wake interval ms, heard, score, battery, link, flags]
+        self.sleepers = {}
         # node -> [source, learned_at]: where its authenticated frames came from (bounded as
         # the peer table is).
         self.addresses = {}
@@ -198,6 +209,8 @@ class NodeApp:
     def frame(self, data, source, now):
         """One received frame; returns its Msg, or None if it was dropped."""
         t = self.clock_ms(now)
+        if self.energy is not None:
+            self.energy.frame(False, len(data))  # the radio received it, whatever it holds
         try:
             msg = self.codec.decode(data, t)
         except WireError as e:
@@ -392,7 +405,7 @@ class NodeApp:
         elif kind == READINGS:
             if msg.target == self.id and node.role == ROLE_LEADER:
                 msg.sender = self._share(msg.sender)
-                self._share_names(msg.body)
+                self._share_names(msg.body, msg.sender, now)
                 self.collector.add(msg)
             else:
                 self.ignored += 1  # to a leader we are not (any more): the member resends
@@ -450,8 +463,9 @@ class NodeApp:
             del self.addresses[victim]
         self.addresses[sender] = [source, now]
 
-    def _share_names(self, readings):
-        """Make held readings share one str per metric name and node id.
+    def _share_names(self, readings, sender, now):
+        """Make held readings share one str per metric name and node id; take a sleepy
+        member's wake interval (the reserved metric ``_sleep_ms``) out of them.
 
         Every decoded frame brings fresh copies of the same few names; a leader holds up to
         ``collector_size`` readings, so sharing them saves about 48 bytes per name per reading
@@ -468,8 +482,23 @@ class NodeApp:
                 continue
             shared = {}
             for name in metrics:
-                shared[self._share(name)] = metrics[name]
+                if name == datapath.SLEEP_METRIC:
+                    self._sleeper(sender, metrics[name], now)
+                else:
+                    shared[self._share(name)] = metrics[name]
             reading[3] = shared
+
+    def _sleeper(self, node_id, sleep_ms, now):
+        sleepers = self.sleepers
+        if type(sleep_ms) is not int or not 0 < sleep_ms <= datapath.MAX_U32:
+            return
+        row = sleepers.get(node_id)
+        if row is None:
+            if len(sleepers) >= _MAX_SLEEPERS:
+                return  # bounded; the gateway still hears of it while it is awake
+            row = sleepers[node_id] = [0, 0, -1, 0, 0, F_SLEEPY]
+        row[0] = sleep_ms
+        row[1] = now
 
     def _share(self, name):
         """The one str held for ``name`` (a node id or a metric name; bounded table)."""
@@ -488,6 +517,8 @@ class NodeApp:
         outbox = node.outbox
         if outbox:
             for msg in outbox:
+                if self.sleep_ms and msg.kind == HEARTBEAT:
+                    msg.flags |= F_SLEEPY
                 self._send(DEST_MESH, msg.target, msg)
             del outbox[:]
         events = node.events
@@ -495,6 +526,8 @@ class NodeApp:
             for event in events:
                 role = event[1]
                 was = event[5]
+                if self.energy is not None:
+                    self.energy.tick(now, role == ROLE_LEADER)
                 self._data_at = now  # resend to the new leader, start or stop collecting
                 if was == ROLE_LEADER and role != ROLE_LEADER:
                     self.collector.lost_leadership()
@@ -561,17 +594,31 @@ class NodeApp:
             self._send(DEST_GATEWAY, batch["id"], datapath.batch_message(self.id, term, batch))
 
     def _members(self, now):
-        """The mesh view a batch carries: this node, then every live peer, sorted."""
+        """The mesh view a batch carries: this node, then every live peer, sorted; a sleepy
+        member also while it sleeps (until it missed its wakes), with its wake interval."""
         node = self.node
         flags = F_LEADER | (F_MAINS if node.mains else 0)  # only a leader makes batches
         rows = [[self.id, node.score, node.battery, node.link, flags, 0]]
         since = now - node.config.live_ms
         table = node.peers.by_id
+        sleepers = self.sleepers
         for peer_id in sorted(table):
             p = table[peer_id]
             if p.heard >= since:
-                rows.append([p.id, p.score, p.battery, p.link, p.flags, now - p.heard])
-        return rows
+                row = [p.id, p.score, p.battery, p.link, p.flags, now - p.heard]
+                s = sleepers.get(peer_id)
+                if s is not None:
+                    s[1:] = [p.heard, p.score, p.battery, p.link, p.flags]
+                    row.append(s[0])
+                rows.append(row)
+        if sleepers:
+            for peer_id in sorted(sleepers):
+                s = sleepers[peer_id]
+                if now - s[1] > _SLEEPER_WAKES * s[0]:
+                    del sleepers[peer_id]  # missed its wakes: the gateway says it is silent
+                elif s[1] < since:  # asleep
+                    rows.append([peer_id, s[2], s[3], s[4], s[5], now - s[1], s[0]])
+        return rows  # (the collector sorts them)
 
     # ---- frames and events out ---------------------------------------------------------
 
@@ -581,6 +628,8 @@ class NodeApp:
         except WireError as e:
             self._error("encode", e, msg)
             return
+        if self.energy is not None:
+            self.energy.frame(True, len(frame))
         if len(self.out) >= _MAX_OUT:
             self.out.pop(0)
             self.out_dropped += 1

@@ -2,6 +2,7 @@ from collections.abc import Callable
 from typing import Any, Final, Protocol, type_check_only
 
 from agent.core import datapath
+from agent.core.energy import Energy
 from agent.core.messages import Msg
 from agent.core.node import Config, Node
 from agent.core.node import make_config as make_config
@@ -44,6 +45,10 @@ class NodeApp:
     sample_errors: int
     gateway_known: bool
     needs_address: bool
+    energy: Energy | None
+    sleep_ms: int
+    # node -> [wake interval ms, heard, score, battery, link, flags]
+    sleepers: dict[str, list[int]]
     def __init__(
         self,
         node_id: str,

@@ -92,6 +92,9 @@ MAX_MESH_BYTES = const(32)
 MAX_VALUE = 9007199254740991  # 2**53 - 1
 MAX_U32 = 0xFFFFFFFF  # boot, seq and terms on the wire
 DROPPED_METRIC = "_dropped"
+# A sleepy member's wake interval (ms), on the first reading of a send, as _dropped: its leader
+# takes it out (agent/core/app.py) and lists the member with it while it sleeps.
+SLEEP_METRIC = "_sleep_ms"
 
 # Bounds on frames and on the leader's state.
 MAX_READINGS_PER_FRAME = const(32)
@@ -237,6 +240,7 @@ class ReadingBuffer:
         self.invalid_acks = 0
         # READINGS_ACKs not from the leader and term our readings last went to: ignored.
         self.foreign_acks = 0
+        self.sleep_ms = 0  # a sleepy member's wake interval: sent as SLEEP_METRIC
 
     def add(self, t_ms, metrics):
         """Store a reading taken at ``t_ms``; return its seq. ValueError on bad input."""
@@ -313,6 +317,8 @@ class ReadingBuffer:
         self.wakeup = wakeup if wakeup != _NEVER else now + self.resend_ms
         if out and self.dropped:
             out[0][3][DROPPED_METRIC] = self.dropped  # (a fresh dict: the held tuple stays)
+        if out and self.sleep_ms:
+            out[0][3][SLEEP_METRIC] = self.sleep_ms
         return out
 
     def due_messages(self, now, leader, term, max_count=MAX_READINGS_PER_FRAME):
@@ -977,8 +983,9 @@ def _is_range(item):
 
 
 def _member_row(item):
-    # [node, score, battery, link, flags, age_ms]: i32, u16, u16, u8, unsigned int64.
-    if type(item) not in (list, tuple) or len(item) != 6 or not _is_name(item[0]):
+    # [node, score, battery, link, flags, age_ms(, sleep_ms)]: i32, u16, u16, u8, unsigned
+    # int64, and for a sleepy member its wake interval, u32.
+    if type(item) not in (list, tuple) or not 6 <= len(item) <= 7 or not _is_name(item[0]):
         return False
     for value in item[1:]:
         if not _is_int(value):
@@ -989,6 +996,7 @@ def _member_row(item):
         and 0 <= item[3] <= _U16
         and 0 <= item[4] <= _U8
         and 0 <= item[5] <= _I64_MAX
+        and (len(item) == 6 or 0 <= item[6] <= MAX_U32)
     )
 
 

@@ -22,6 +22,7 @@ MAX_MESH_BYTES: Final = 32
 MAX_VALUE: Final = 9007199254740991
 MAX_U32: Final = 0xFFFFFFFF
 DROPPED_METRIC: Final = "_dropped"
+SLEEP_METRIC: Final = "_sleep_ms"
 MAX_READINGS_PER_FRAME: Final = 32
 MAX_RANGES_PER_ACK: Final = 32
 BATCH_MAX_READINGS: Final = 64
@@ -53,6 +54,7 @@ class ReadingBuffer:
     ignored_ranges: int
     invalid_acks: int
     foreign_acks: int
+    sleep_ms: int
     def __init__(self, node: str, boot: int, capacity: int, resend_ms: int = 4000) -> None: ...
     def add(self, t_ms: int, metrics: dict[str, int]) -> int: ...
     def due(

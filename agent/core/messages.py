@@ -16,6 +16,7 @@ F_CANDIDATE = 2
 F_MAINS = 4
 F_LOW_BATTERY = 8
 F_LEAVING = 16
+F_SLEEPY = 32  # a sleepy member (agent/core/sleepy.py): never leads, mostly asleep
 
 # BATCH_ACK statuses.
 ACK_OK = 0

@@ -14,6 +14,7 @@ F_CANDIDATE: Final = 2
 F_MAINS: Final = 4
 F_LOW_BATTERY: Final = 8
 F_LEAVING: Final = 16
+F_SLEEPY: Final = 32
 
 ACK_OK: Final = 0
 ACK_FENCED: Final = 1

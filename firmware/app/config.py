@@ -3,11 +3,13 @@ persisted boot counter.
 
 JSON because MicroPython reads it with no extra library. Keys are the Pi agent's TOML keys
 (``node_id``, ``mesh``, ``mesh_key`` in hex, ``heartbeat_ms``, ``eligible``, ``transport``,
-``udp``, ``mqtt``, ``gateway``, ``discovery``, ``election``, ``score``, ``data``) plus ``wifi``,
-``hw`` (the board), ``update_key`` (hex: over-the-air updates, ``app/ota.py``) and a few
-runtime settings (``status_ms``, ``status_file``, ``boot_file``, ``run_ms``). A problem raises ``ConfigError`` naming the key. The settings the
+``udp``, ``mqtt``, ``gateway``, ``discovery``, ``election``, ``score``, ``data``, ``energy``,
+``sleep``) plus ``wifi``, ``hw`` (the board), ``update_key`` (hex: over-the-air updates,
+``app/ota.py``) and a few runtime settings (``status_ms``, ``status_file``, ``boot_file``,
+``run_ms``). A problem raises ``ConfigError`` naming the key. The settings the
 shared core takes (``node_id``, ``mesh``, ``heartbeat_ms``, ``[election]``, ``[score]``) are
-checked by the core's own rules (``agent.core.node.make_config``), the same as the Pi agent's
+checked by the core's own rules (``agent.core.node.make_config``; ``energy`` and ``sleep`` by
+``agent.core.energy`` and ``agent.core.sleepy``), the same as the Pi agent's
 and ``meshelect firmware deploy``'s, which runs this check on the host before it copies.
 
 Everything here runs once at boot (``boot`` also builds the hardware layer): on UDP,
@@ -53,6 +55,7 @@ def check(data):
         "data": {},
         "wifi": {},
         "hw": {},
+        "energy": {},
     }
     # [data] defaults: smaller than the Pi agent's 1024/1024, sized for an ESP32 without PSRAM.
     data_defaults = {"sample_ms": 1000, "buffer_capacity": 64, "collector_capacity": 128}
@@ -78,7 +81,18 @@ def check(data):
         raise ConfigError("mesh: must be 1..%d bytes of UTF-8" % MAX_MESH_BYTES)
     if cfg["transport"] not in ("udp", "mqtt"):
         raise ConfigError("transport: expected udp or mqtt")
-    for key in ("udp", "mqtt", "gateway", "discovery", "election", "score", "data", "wifi", "hw"):
+    for key in (
+        "udp",
+        "mqtt",
+        "gateway",
+        "discovery",
+        "election",
+        "score",
+        "data",
+        "wifi",
+        "hw",
+        "energy",
+    ):
         if not isinstance(cfg[key], dict):
             raise ConfigError("%s: expected an object" % key)
     data = dict(data_defaults)
@@ -87,8 +101,20 @@ def check(data):
             raise ConfigError("data.%s: unknown key" % key)
         data[key] = _positive(cfg["data"][key], "data." + key)
     cfg["data"] = data
+    if cfg["wifi"].get("power_save", "modem") not in ("none", "modem"):
+        raise ConfigError("wifi.power_save: expected none or modem")
     try:
         make_config(cfg["heartbeat_ms"], cfg["election"], cfg["score"])
+        from agent.core.energy import Energy
+
+        Energy(0, cfg["energy"])
+        if "sleep" in cfg:  # a sleepy member: never eligible (agent/core/sleepy.py)
+            if not isinstance(cfg["sleep"], dict):
+                raise ConfigError("sleep: expected an object")
+            from agent.core.sleepy import SleepCycle
+
+            SleepCycle(cfg["sleep"])
+            cfg["eligible"] = False
     except ValueError as e:
         raise ConfigError(str(e))  # "election.suspect_intervals: must be ...", as it is
     try:

@@ -40,6 +40,7 @@ import udp
 from micropython import const  # type: ignore[import-not-found]
 
 from agent.core.app import DEST_GATEWAY, DEST_MESH, DEST_NODE, NodeApp, make_config, nonzero
+from agent.core.energy import Energy
 from agent.core.node import ROLE_LEADER, ROLE_NAMES
 
 _AGENT_TYPE = const("_meshelect._udp.local")
@@ -141,7 +142,14 @@ class Runtime:
         self._ms = hw.clock_ms  # 0 but in tests (hw/unix.py)
         from app import config  # boot only: main() unloads it after
 
-        boot = config.next_boot(cfg["boot_file"])
+        # A sleepy member (app/sleep.py, loaded only for one) woken from deep sleep goes on in
+        # the boot it kept; anything else starts a new boot.
+        self.sleeper = None
+        if "sleep" in cfg:
+            from app.sleep import Sleeper
+
+            self.sleeper = Sleeper(cfg, hw)
+        boot = (self.sleeper and self.sleeper.boot) or config.next_boot(cfg["boot_file"])
         self.boot = boot
         # Beside the boot counter: the highest term seen, so that after a power cut the first
         # claim goes above the gateway's fence. Written only when it rises (flash wear is one
@@ -171,6 +179,16 @@ class Runtime:
             # Seeds the random part of every batch id, which the gateway's ack must echo.
             token=int.from_bytes(os.urandom(4), "big"),
         )  # (the rest: NodeApp's defaults are a board's)
+        # Energy accounting: the app counts frames and role time; the radio idles in modem
+        # sleep unless Wi-Fi's power save is off (boot.py sets it).
+        self.app.energy = Energy(
+            self.now(),
+            cfg["energy"],
+            cfg["wifi"].get("power_save", "modem") == "modem",
+            self.sleeper is not None,
+        )
+        if self.sleeper is not None:
+            self.sleeper.restore(self.app, self.wall_ms())
         udp_cfg = cfg["udp"]
         # Where our unicast frames arrive (UDP); mDNS advertises it on either link.
         self.unicast_port = int(udp_cfg.get("unicast_port", udp_cfg.get("port", udp.MESH_PORT)))
@@ -192,6 +210,15 @@ class Runtime:
         except (OSError, ValueError):
             self.ota = {}
         self.reboot = False  # set by app/ota.py: stop gracefully, then reset
+
+    def wall_ms(self):
+        """Wall-clock ms since 1970 (the board's RTC, set by NTP if it can): readings' t_ms.
+        (gmtime(0) is asked each time: a module global would be one more interned name, see
+        firmware/README.md "Memory")"""
+        t_ms = time.time_ns() // 1000000
+        if time.gmtime(0)[0] == 2000:
+            t_ms += _EPOCH_2000_MS
+        return t_ms
 
     def now(self):
         """Milliseconds since boot that never wrap (``ticks_ms`` wraps after 2**30 ms, about 12
@@ -352,6 +379,12 @@ class Runtime:
             app.set_power(battery, link, mains, cfg["eligible"])
             app.start(now)
             self.flush()
+            sleeper = self.sleeper
+            energy_ms = app.energy.report_ms
+            next_energy = now + energy_ms if energy_ms else -1
+            if sleeper is not None:
+                sleeper.cycle.wake(app, app.clock_ms(now))
+                next_energy = now  # one report per wake, with its reading
             next_sample = now
             next_power = now + cfg["heartbeat_ms"]
             next_second = now
@@ -364,26 +397,26 @@ class Runtime:
                 now = self.now()
                 if (run_ms and now >= run_ms) or self.reboot:
                     break
+                if sleeper is not None and sleeper.cycle.due(app, app.clock_ms(now)):
+                    break  # main() keeps what must survive and sleeps
                 try:
                     if now >= next_power:
                         next_power = now + cfg["heartbeat_ms"]
                         battery, link, mains = hw.power(now)
                         app.set_power(battery, link, mains, cfg["eligible"])
                     if now >= next_sample:
-                        next_sample = now + cfg["data"]["sample_ms"]
+                        # (a sleepy member: one reading per wake)
+                        next_sample = now + (86400000 if sleeper else cfg["data"]["sample_ms"])
                         try:
                             metrics = hw.sample(now)
                         except Exception:
                             app.sample_errors += 1
                             metrics = None
                         if metrics:
-                            # Readings' t_ms: wall-clock ms (the board's RTC; set by NTP if it can).
-                            # (gmtime(0) is asked each time: a module global would be one
-                            # more interned name, see firmware/README.md "Memory")
-                            t_ms = time.time_ns() // 1000000
-                            if time.gmtime(0)[0] == 2000:
-                                t_ms += _EPOCH_2000_MS
-                            app.sample(now, t_ms, metrics)
+                            app.sample(now, self.wall_ms(), metrics)
+                    if 0 <= next_energy <= now:
+                        next_energy = now + energy_ms if sleeper is None else -1
+                        app.sample(now, self.wall_ms(), app.energy.reading(app.clock_ms(now)))
                     if now >= app.wakeup:  # (as the Pi agent: a tick with no work still allocates)
                         app.tick(now)
                     self.flush()
@@ -547,8 +580,10 @@ def main(path="config.json"):
         del sys.modules["app.config"]
         del sys.modules["app"].config
     crashed = False
+    asleep = False  # a sleepy member's wake ended: no goodbye, it is still a member
     try:
         asyncio.run(rt.run(int(cfg.get("run_ms", 0))))
+        asleep = rt.sleeper is not None
     except KeyboardInterrupt:
         pass
     except Exception as e:  # a bug: say what it was, then (on a board) start over
@@ -556,7 +591,8 @@ def main(path="config.json"):
         sys.print_exception(e)
     finally:
         try:
-            rt.stop()
+            if not asleep:
+                rt.stop()
         finally:
             rt.close()
             hw.close()
@@ -565,6 +601,8 @@ def main(path="config.json"):
             os.remove(_FAILS_FILE)
         except OSError:
             pass
+    if asleep:
+        rt.sleeper.sleep(rt.app, rt.wall_ms())
     if crashed or rt.reboot:
         # A board left at the REPL is a dead node: reset it. An update asks for a reset too
         # (app/ota.py). The unix port exits: 1 after a crash, 3 for a reset asked for.

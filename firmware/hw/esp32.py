@@ -26,6 +26,7 @@ _ADC_SAMPLES = const(16)
 _BATTERY_STEP = const(20)
 _NTP_RETRY_MS = const(60000)
 _NTP_EVERY_MS = const(86400000)
+_RTC_BYTES = const(2048)  # MicroPython's RTC user memory on an ESP32
 
 
 class Esp32Hardware:
@@ -175,6 +176,25 @@ class Esp32Hardware:
 
     def ip(self):
         return self.wlan.ifconfig()[0] if self.wlan.isconnected() else "0.0.0.0"
+
+    def kept(self):
+        """What the last deep sleep kept: RTC memory, or the flash file it points at."""
+        data = machine.RTC().memory()
+        if data == b"F":
+            with open("sleep_state", "rb") as f:
+                return f.read()
+        return data
+
+    def keep(self, data):
+        if len(data) > _RTC_BYTES:  # more held readings than RTC memory takes: flash
+            with open("sleep_state", "wb") as f:
+                f.write(data)
+            data = b"F"
+        machine.RTC().memory(data)
+
+    def deepsleep(self, ms):
+        self.wlan.active(False)
+        machine.deepsleep(ms)  # the chip resets when the RTC timer fires
 
     def feed(self):
         if self.wdt is not None:

@@ -5,6 +5,10 @@
            "drain_per_min": 10, "temp_base": 21000, "temp_amplitude": 2000, "period_ms": 60000,
            "clock_ms": 1073739824}
 
+``rtc_file`` (default ``rtc_memory``) stands in for the RTC memory a deep sleep keeps, and
+``deepsleep`` ends the process with status 4: a sleepy member (firmware/app/sleep.py) is
+started again by whoever ran it, as the RTC timer wakes a board.
+
 ``clock_ms`` (a test hook) starts the runtime's clock there instead of at 0, so a test can run
 a node past 2**30 ms (where a 32-bit port's small ints end) without waiting 12 days.
 
@@ -33,6 +37,7 @@ class UnixHardware:
         self.address = (cfg.get("udp") or {}).get("interface") or "127.0.0.1"
         self._start = None
         self.clock_ms = int(hw.get("clock_ms", 0))
+        self.rtc_file = hw.get("rtc_file", "rtc_memory")
         self.read()
 
     def read(self):
@@ -74,6 +79,28 @@ class UnixHardware:
 
     def ip(self):
         return self.address
+
+    def kept(self):
+        """What the last deep sleep kept (RTC memory), or None."""
+        try:
+            with open(self.rtc_file, "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def keep(self, data):
+        with open(self.rtc_file + ".tmp", "wb") as f:
+            f.write(data)
+        import os
+
+        os.rename(self.rtc_file + ".tmp", self.rtc_file)
+
+    def deepsleep(self, ms):
+        import sys
+
+        sys.exit(
+            4
+        )  # "deep sleep" (3 is a reset the app asked for): the caller starts us again after ``ms``
 
     def show(self, state=None, now=None):
         pass  # no LED on the unix port (and no *args: a call allocates nothing)

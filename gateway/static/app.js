@@ -150,7 +150,7 @@ function leaderWhy(mesh) {
 }
 
 function nodeColor(member) {
-  if (now() - member.last_seen_ms > SILENT_MS) return "var(--silent)";
+  if (isSilent(member)) return "var(--silent)";
   if (member.leader) return "var(--leader)";
   if (member.battery < LOW_BATTERY || member.flags & 8) return "var(--warn)";
   return "var(--ok)";
@@ -202,21 +202,49 @@ function bar(value, max, color) {
   return '<span class="bar"><i style="width:' + pct + "%;background:" + color + '"></i></span>';
 }
 
+// A sleepy member may go unheard for two wake intervals before it is silent (the gateway's
+// rule); while it sleeps, the table says when it wakes next.
+function isSilent(m) {
+  return now() - m.last_seen_ms > (m.sleep_ms ? 2 * m.sleep_ms + SILENT_MS : SILENT_MS);
+}
+
+function roleText(m) {
+  if (m.leader) return "leader";
+  if (m.flags & 16) return "leaving";
+  if (m.sleep_ms) {
+    if (now() - m.last_seen_ms < HEARD_LATELY_MS) return "sleepy, awake";
+    const wake = m.next_wake_ms - now();
+    return wake >= 0 ? "sleeping, wakes in " + Math.ceil(wake / 1000) + " s" : "sleeping, wake overdue";
+  }
+  return "member";
+}
+
+// Energy: mean current (mA: mAh spent per hour) overall and per role, projected battery life.
+function energyText(e) {
+  if (!e) return "";
+  const roles = Object.entries(e.roles).map(([role, r]) => role + " " + r.mA.toFixed(1)).join(", ");
+  const life = e.life_h === null ? "mains" : e.life_h < 48 ? e.life_h.toFixed(1) + " h" : (e.life_h / 24).toFixed(1) + " d";
+  return e.mA.toFixed(1) + " mA (" + roles + "), " + life;
+}
+
 function renderTable(view) {
   const body = view.section.querySelector("table.nodes tbody");
   body.replaceChildren();
   for (const m of view.mesh.members) {
-    const silent = now() - m.last_seen_ms > SILENT_MS;
+    const silent = isSilent(m);
     const tr = el("tr", { class: (m.leader ? "is-leader " : "") + (silent ? "is-silent" : "") });
     const batteryColor = m.battery < LOW_BATTERY ? "var(--bad)" : m.battery < 500 ? "var(--warn)" : "var(--ok)";
     tr.innerHTML =
       "<td></td>" +
-      '<td><span class="role ' + (m.leader ? "role-leader" : "") + '">' + (m.leader ? "leader" : (m.flags & 16 ? "leaving" : "member")) + "</span></td>" +
+      '<td><span class="role ' + (m.leader ? "role-leader" : "") + '"></span></td>' +
       "<td>" + m.score + "</td>" +
       "<td>" + bar(m.battery, 1000, batteryColor) + '<span class="num">' + (m.battery / 10).toFixed(1) + "%</span></td>" +
       "<td>" + bar(m.link, 1000, "var(--accent)") + '<span class="num">' + (m.link / 10).toFixed(0) + "%</span></td>" +
-      '<td class="num">' + ago(m.last_seen_ms) + "</td>";
+      '<td class="num">' + ago(m.last_seen_ms) + "</td>" +
+      '<td class="num"></td>';
     tr.firstChild.textContent = m.node;
+    tr.children[1].firstChild.textContent = roleText(m);
+    tr.lastChild.textContent = energyText(m.energy);
     body.appendChild(tr);
   }
 }

@@ -1,0 +1,19 @@
+from typing import Any
+
+from agent.core.app import NodeApp
+
+SETTINGS: tuple[tuple[str, int, int, int], ...]
+
+class SleepCycle:
+    interval_ms: int
+    listen_ms: int
+    confirm_ms: int
+    woke: int
+    found: int
+    def __init__(self, settings: dict[str, Any] | None = None) -> None: ...
+    def wake(self, app: NodeApp, now: int) -> None: ...
+    def due(self, app: NodeApp, now: int) -> bool: ...
+
+def save(app: NodeApp, wall_ms: int) -> list[Any]: ...
+def boot_of(state: Any) -> int: ...
+def restore(app: NodeApp, state: Any, wall_ms: int, interval_ms: int) -> int: ...
