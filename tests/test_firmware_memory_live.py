@@ -39,7 +39,7 @@ RUN_S = 12.0
 # 32-bit stand-in has them frozen (as a meshelect board image) and aims at ESP-WIFI-MESH's.
 HEAPS = {
     64: os.environ.get("MESHELECT_FW_HEAP", "128k"),
-    32: os.environ.get("MESHELECT_FW_HEAP32", "80k"),
+    32: os.environ.get("MESHELECT_FW_HEAP32", "64k"),
 }
 
 SWARM = r"""
