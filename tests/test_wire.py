@@ -542,8 +542,8 @@ def test_batchcheck_bounds_agree_with_wire() -> None:
     for name in ("_I32_MIN", "_I32_MAX", "_U16", "_U8", "_I64_MAX"):
         assert getattr(datapath, name) == getattr(wire, name), name
     assert datapath._MAX_TEXT_BYTES == wire._MAX_NAME_BYTES
-    assert datapath.MAX_NAME_BYTES == wire._MAX_ID_BYTES  # node ids in the data path
-    assert datapath.MAX_U32 == wire._U32
+    assert datapath._MAX_NAME_BYTES == wire._MAX_ID_BYTES  # node ids in the data path
+    assert datapath._MAX_U32 == wire._U32
     assert wire._TAG_BYTES == auth.TAG_BYTES
 
 

@@ -48,7 +48,7 @@ _SCORE_CHANGE_TO_ANNOUNCE = const(100)
 _MIN_ANNOUNCE_INTERVAL_MS = const(5000)
 _MAX_SLEEP_MS = const(100)
 # Every receive allocates this much first: one datagram, not the codec's 4 KB frame limit (what
-# the mesh sends a node is under READINGS_FRAME_BYTES; a longer datagram is cut and dropped).
+# the mesh sends a node is under datapath._READINGS_FRAME_BYTES; a longer datagram is cut and dropped).
 _RX_BYTES = const(1500)
 # The encode buffer, allocated once at boot: as long as the app's longest frame (a batch, one
 # datagram: NodeApp's default max_frame_bytes).
