@@ -5,7 +5,7 @@ JSON because MicroPython reads it with no extra library. Keys are the Pi agent's
 (``node_id``, ``mesh``, ``mesh_key`` in hex, ``heartbeat_ms``, ``eligible``, ``transport``,
 ``udp``, ``mqtt``, ``gateway``, ``discovery``, ``election``, ``score``, ``data``) plus ``wifi``
 and ``hw`` (the board) and a few runtime settings (``status_ms``, ``status_file``,
-``boot_file``, ``run_ms``). A problem raises ``ConfigError`` naming the key. The settings the
+``boot_file``, ``clock_wait_ms``, ``run_ms``). A problem raises ``ConfigError`` naming the key. The settings the
 shared core takes (``node_id``, ``mesh``, ``heartbeat_ms``, ``[election]``, ``[score]``) are
 checked by the core's own rules (``agent.core.node.make_config``), the same as the Pi agent's
 and ``meshelect firmware deploy``'s, which runs this check on the host before it copies.
@@ -104,25 +104,35 @@ def _positive(value, key):
     return value
 
 
-def next_boot(path):
+def next_boot(path, hw, wait_ms=0):
     """Read, grow and persist the boot counter (replay protection needs it to grow).
 
-    ``wire.next_boot`` makes it at least the seconds since 2024 when NTP set the clock
-    (boot.py), so a flashed board's new boot ids are above its old ones.
+    ``wire.next_boot`` makes it at least the seconds since 2024 when the wall clock
+    (``hw.wall_s()``, set by NTP) is valid, so a flashed board's new boot ids are above its
+    old ones. So with no boot id stored (a flashed board, wiped files) and no valid clock yet,
+    it first waits up to ``wait_ms`` for Wi-Fi and NTP to set the clock: the hardware layer
+    keeps joining and asking NTP, the watchdog is fed, and a Ctrl-C (``meshelect firmware
+    deploy``'s interrupt) ends it as KeyboardInterrupt. Still no clock: boot 1, flagged.
     """
     from agent.core.wire import next_boot as grow
 
-    boot = 0
+    stored = 0
     try:
         with open(path) as f:
-            boot = int(f.read().strip() or "0")
+            stored = int(f.read().strip() or "0")
     except (OSError, ValueError):
         pass
-    unix_s = time.time()
-    if time.gmtime(0)[0] == 2000:  # the board's epoch (ESP32); the unix port's is 1970
-        unix_s += 946684800
-    stored = boot
-    boot = grow(stored, unix_s)
+    if not stored and wait_ms > 0 and grow(0, hw.wall_s()) == 1:
+        print("boot: no stored boot id: waiting up to %d ms for the clock (NTP)" % wait_ms)
+        start = time.ticks_ms()
+        waited = 0
+        while waited < wait_ms and grow(0, hw.wall_s()) == 1:
+            hw.maintain(waited)
+            hw.feed()
+            time.sleep_ms(100)
+            waited = time.ticks_diff(time.ticks_ms(), start)
+        print("boot: waited %d ms for the clock" % waited)
+    boot = grow(stored, hw.wall_s())
     if not stored and boot == 1:
         # Nothing stored and no valid clock: this boot id may have been used before. Peers
         # take it after REPLAY_FORGET_MS; the gateway stores the readings as a boot reuse.

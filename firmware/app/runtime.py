@@ -133,11 +133,13 @@ class Runtime:
     def __init__(self, cfg, hw, link=UdpLink):
         self.cfg = cfg
         self.hw = hw
-        self._ticks = time.ticks_ms()
         self._ms = hw.clock_ms  # 0 but in tests (hw/unix.py)
         from app import config  # boot only: main() unloads it after
 
-        boot = config.next_boot(cfg["boot_file"])
+        # A flashed board has no boot id stored: it waits (bounded) for NTP, so that the clock
+        # gives one above its old ids (firmware/README.md, "Boot ids after a reflash").
+        boot = config.next_boot(cfg["boot_file"], hw, int(cfg.get("clock_wait_ms", 10000)))
+        self._ticks = time.ticks_ms()  # the runtime's clock starts after that wait
         self.boot = boot
         # Beside the boot counter: the highest term seen, so that after a power cut the first
         # claim goes above the gateway's fence. Written only when it rises (flash wear is one
@@ -373,10 +375,7 @@ class Runtime:
                         next_second = now + 1000
                         if healthy_at and now >= healthy_at:
                             healthy_at = 0
-                            try:  # running a while: main.py's count of failed starts ends
-                                os.remove(_FAILS_FILE)
-                            except OSError:
-                                pass
+                            _started_well()  # running a while
                         hw.maintain(now)
                         if hw.ip() != self.ip:
                             self.open()
@@ -502,6 +501,10 @@ def main(path="config.json"):
     except ValueError as e:  # settings the core refuses (app.config checked their types)
         print("config: %s" % e)
         sys.exit(2)
+    except KeyboardInterrupt:  # in the wait for the clock (a deploy's interrupt): on purpose
+        hw.close()
+        _started_well()
+        return
     if link is UdpLink:
         # Read once at boot: forget app.config so that the collector frees its code (nothing
         # else holds one of its functions; a later import would load it again). The MQTT
@@ -524,10 +527,7 @@ def main(path="config.json"):
             rt.close()
             hw.close()
     if not crashed:  # stopped on purpose (a deploy's interrupt, Ctrl-C, run_ms): no failed start
-        try:
-            os.remove(_FAILS_FILE)
-        except OSError:
-            pass
+        _started_well()
     if crashed:
         # A board left at the REPL is a dead node: reset it (the unix port just exits 1).
         if sys.platform in ("linux", "darwin"):
@@ -536,3 +536,10 @@ def main(path="config.json"):
 
         time.sleep(5)  # time to read the traceback on the serial console
         machine.reset()
+
+
+def _started_well():
+    try:  # main.py's count of failed starts ends
+        os.remove(_FAILS_FILE)
+    except OSError:
+        pass
