@@ -58,6 +58,12 @@ _HEALTHY_MS = const(60000)
 _FAILS_FILE = const("boot_fails")  # main.py's count of failed starts
 # Readings' t_ms count from 1970 on every runtime; the ESP32 port's time counts from 2000.
 _EPOCH_2000_MS = const(946684800000)
+# The runtime's clock goes back by _REBASE_MS whenever it reaches _REBASE_AT (every 3.1 days),
+# and every time the app, mDNS and the hardware layer hold with it: so every time value, and
+# a day's deadline above it, stays a small int on a 32-bit board (they end at 2**30: 12.4
+# days of ms) and no step allocates a long int (NodeApp.rebase).
+_REBASE_AT = const(1 << 29)
+_REBASE_MS = const(1 << 28)
 
 
 class UdpLink:
@@ -133,7 +139,11 @@ class Runtime:
     def __init__(self, cfg, hw, link=UdpLink):
         self.cfg = cfg
         self.hw = hw
-        self._ms = hw.clock_ms  # 0 but in tests (hw/unix.py)
+        ms = hw.clock_ms  # 0 but in tests (hw/unix.py): the uptime the clock starts at
+        while ms >= _REBASE_AT:
+            ms -= _REBASE_MS  # (as now() goes on)
+        self._ms = ms
+        self._rebases = 0  # how often now() set the clock back
         from app import config  # boot only: main() unloads it after
 
         # A flashed board has no boot id stored: it waits (bounded) for NTP, so that the clock
@@ -185,13 +195,23 @@ class Runtime:
         self._rx_tasks = []
 
     def now(self):
-        """Milliseconds since boot that never wrap (``ticks_ms`` wraps after 2**30 ms, about 12
-        days). The app keeps its own election clock on top (it stops while MQTT's broker is
-        away)."""
+        """Milliseconds since boot, less _REBASE_MS for every time it reached _REBASE_AT (it
+        never wraps as ``ticks_ms`` does, and stays a small int). The app keeps its own
+        election clock on top (it stops while MQTT's broker is away)."""
         t = time.ticks_ms()
-        self._ms += time.ticks_diff(t, self._ticks)
+        ms = self._ms + time.ticks_diff(t, self._ticks)
         self._ticks = t
-        return self._ms
+        if ms >= _REBASE_AT:
+            self.app.rebase(ms, _REBASE_MS)
+            if self.mdns is not None:
+                self.mdns.rebase(_REBASE_MS)
+            self.hw.rebase(_REBASE_MS)
+            role, score, at = self._announced
+            self._announced = (role, score, at - _REBASE_MS)
+            ms -= _REBASE_MS
+            self._rebases += 1  # (run() moves its own deadlines)
+        self._ms = ms
+        return ms
 
     # ---- sockets -----------------------------------------------------------------------
 
@@ -341,8 +361,20 @@ class Runtime:
             next_status = now
             healthy_at = now + _HEALTHY_MS
             status_ms = int(cfg.get("status_ms", 1000))
+            rebases = self._rebases
             while True:
                 now = self.now()
+                if rebases != self._rebases:  # the clock went back: the deadlines go with it
+                    back = (self._rebases - rebases) * _REBASE_MS
+                    rebases = self._rebases
+                    next_sample -= back
+                    next_power -= back
+                    next_second -= back
+                    next_status -= back
+                    if healthy_at:
+                        healthy_at = max(1, healthy_at - back)
+                    if run_ms:
+                        run_ms = max(1, run_ms - back)
                 if run_ms and now >= run_ms:
                     break
                 try:
@@ -459,6 +491,7 @@ class Runtime:
         status["errors"] += self.loop_errors
         status["heap"] = used
         status["peak_heap"] = self.peak_heap
+        status["clock_rebases"] = self._rebases  # how often the clock went back (3.1 days)
         status["gateway"] = "%s:%d" % self.gateway if self.gateway else None
         status["transport"] = self.link.status()
         if cfg.get("print_status", False):  # ~1.5 KB/s on a board's UART: asked for only

@@ -175,6 +175,11 @@ class Esp32Hardware:
             self._count("ntp")
             self._ntp_at = now + _NTP_RETRY_MS
 
+    def rebase(self, ms):
+        """The runtime set its clock back by ``ms``: so go the Wi-Fi and NTP deadlines."""
+        self._wifi_retry_at -= ms
+        self._ntp_at -= ms
+
     def wall_s(self):
         """The RTC in Unix seconds (the ESP32 port counts from 2000; after a power-on, and
         until NTP sets it, it reads 2000-01-01)."""

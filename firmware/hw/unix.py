@@ -78,6 +78,11 @@ class UnixHardware:
         temp = self.temp_base - self.temp_amplitude + 2 * self.temp_amplitude * ramp // max(1, half)
         return {"temp_mc": temp, "battery_pm": self.power(now)[0]}
 
+    def rebase(self, ms):
+        """The runtime set its clock back by ``ms`` (the battery drains from the same start)."""
+        if self._start is not None:
+            self._start -= ms
+
     def wall_s(self):
         """The wall clock in Unix seconds (see ``clock_set_ms``)."""
         at = self.clock_set_ms
