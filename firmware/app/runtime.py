@@ -270,7 +270,10 @@ class Runtime:
 
     def close(self):
         for task in self._rx_tasks:
-            task.cancel()
+            try:
+                task.cancel()
+            except RuntimeError:  # "can't cancel self": a Ctrl-C stopped the loop in this task
+                pass
         self._rx_tasks = []
         self.link.close()
         if self.mdns_sock is not None:
