@@ -134,7 +134,7 @@ def test_a_mesh_on_rebased_clocks_does_exactly_what_it_did(seed: int) -> None:
 
 
 def test_a_time_more_than_the_step_ago_stays_long_ago() -> None:
-    from agent.core.messages import rebased
+    from agent.core.rebase import rebased
 
     assert rebased(500_000, 100_000) == 400_000
     assert rebased(50_000, 100_000) == 0

@@ -78,7 +78,6 @@ from agent.core.messages import (
     LEAVE,
     READINGS,
     READINGS_ACK,
-    rebased,
 )
 from agent.core.node import ROLE_LEADER, ROLE_NAMES, Config, Node, make_config  # noqa: F401
 from agent.core.wire import Codec, WireError
@@ -271,26 +270,10 @@ class NodeApp:
         """The runtime sets its clock back by ``ms`` at ``now`` (its time before the step;
         ``now >= 2 * ms``), so that its times stay small ints: a 32-bit board's end at 2**30
         ms, 12.4 days. Every time the app holds goes back with it, and what the node does does
-        not change (a time more than ``ms`` ago stays long ago: ``messages.rebased``). An
-        election clock that is not that far along (it stood still for a long time) stays
-        where it is: only its lag behind the runtime's clock shrinks. (Not the ``backlog``'s
-        times: the Pi agent's, whose clock never needs it.)"""
-        m = self._ms
-        if m[_RESUME_AT] != _NO_TIME:
-            m[_RESUME_AT] -= ms  # runtime time
-        t = m[_PAUSED_AT] if m[_PAUSED_AT] >= 0 else now - m[_SHIFT]
-        if t <= ms:
-            m[_SHIFT] -= ms
-            return
-        if m[_PAUSED_AT] >= 0:
-            m[_PAUSED_AT] -= ms
-        self._data_at = rebased(self._data_at, ms)
-        for entry in self.addresses.values():
-            entry[1] = rebased(entry[1], ms)
-        self.node.rebase(ms)
-        self.buffer.rebase(ms)
-        self.collector.rebase(ms)
-        self.codec.rebase(ms)
+        not change: ``agent/core/rebase.py``, loaded for this only (a board unloads it)."""
+        from agent.core import rebase
+
+        rebase.rebase(self, now, ms)
 
     def clock_ms(self, now):
         """The election clock at runtime time ``now`` (when a reconnection's grace is over, it

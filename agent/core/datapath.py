@@ -51,7 +51,6 @@ from agent.core.messages import (
     READINGS,
     READINGS_ACK,
     Msg,
-    rebased,
 )
 
 # Timings (ms). A member resends later than a healthy round trip takes (the leader waits up to
@@ -369,13 +368,6 @@ class ReadingBuffer:
             self.foreign_acks += 1
             return -1
         return self.confirm(msg.body, True)
-
-    def rebase(self, ms):
-        """Every time held goes back by ``ms`` (``NodeApp.rebase``)."""
-        sent_at = self._sent_at
-        for i in range(self.capacity):
-            sent_at[i] = rebased(sent_at[i], ms)
-        self.wakeup = rebased(self.wakeup, ms)
 
     def unconfirmed(self):
         """The seqs still held, oldest first (diagnostics and tests; allocates a list)."""
@@ -695,13 +687,6 @@ class Collector:
             self.stale_acks += 1
             return []
         return self.on_batch_ack(body[0], body[1], now, own_buffer, body[2])
-
-    def rebase(self, ms):
-        """Every time held goes back by ``ms`` (``NodeApp.rebase``)."""
-        self._last_batch_at = rebased(self._last_batch_at, ms)
-        self.last_ack_at = rebased(self.last_ack_at, ms)
-        for record in self._in_flight:
-            record[2] = rebased(record[2], ms)
 
     def lost_leadership(self):
         """Forget every held reading and unacknowledged batch; the members still hold them."""

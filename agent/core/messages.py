@@ -95,13 +95,3 @@ class Msg:
             if getattr(self, name) != getattr(other, name):
                 return False
         return True
-
-
-def rebased(t, ms):
-    """Time ``t`` on a clock set back by ``ms`` (``NodeApp.rebase``: a board keeps its times
-    small ints). A time more than ``ms`` ago becomes 0: every timeout is far shorter than
-    ``ms``, so it stays long ago. None and the sentinels (below 0, or "no deadline" from
-    2**62 up) stay as they are."""
-    if t is None or t < 0 or t >= 1 << 62:
-        return t
-    return t - ms if t > ms else 0

@@ -19,8 +19,6 @@ ACK_OK: Final = 0
 ACK_FENCED: Final = 1
 ACK_REJECTED: Final = 2
 
-def rebased(t: int | None, ms: int) -> int | None: ...
-
 class Msg:
     kind: int
     sender: str

@@ -82,7 +82,6 @@ from agent.core.messages import (
     HEARTBEAT,
     LEAVE,
     Msg,
-    rebased,
 )
 from agent.core.peers import DEFAULT_MAX_PEERS, PeerTable
 from agent.core.prng import Prng, fnv1a32
@@ -684,25 +683,6 @@ class Node:
             self._send(Msg(HANDOFF, self.id, self.term, flags, target=best.id))
 
     # ---- transitions ------------------------------------------------------------------
-
-    def rebase(self, ms):
-        """Every time held goes back by ``ms`` (the caller's clock was set back by ``ms``:
-        ``NodeApp.rebase``); the election goes on as it would have."""
-        self.wakeup = rebased(self.wakeup, ms)
-        self._ev_time = rebased(self._ev_time, ms)
-        self._direct = rebased(self._direct, ms)
-        self._listen_until = rebased(self._listen_until, ms)
-        self._claim_at = rebased(self._claim_at, ms)
-        self._cand_until = rebased(self._cand_until, ms)
-        self._cand_since = rebased(self._cand_since, ms)
-        self._cand_deadline = rebased(self._cand_deadline, ms)
-        self._quorum_lost_at = rebased(self._quorum_lost_at, ms)
-        self._answered_at = rebased(self._answered_at, ms)
-        self._leaving_deadline = rebased(self._leaving_deadline, ms)
-        self._next_hb = rebased(self._next_hb, ms)
-        for p in self.peers.by_id.values():
-            p.heard = rebased(p.heard, ms)
-            p.evidence = rebased(p.evidence, ms)
 
     def _reset(self, now):
         self.peers = PeerTable(self.config.max_peers)

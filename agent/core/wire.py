@@ -39,7 +39,6 @@ from agent.core.messages import (
     READINGS,
     READINGS_ACK,
     Msg,
-    rebased,
 )
 
 try:
@@ -399,11 +398,6 @@ class Codec:
                 oldest = heard
         del self._senders[victim]
         self.evicted += 1
-
-    def rebase(self, ms):
-        """Every time held goes back by ``ms`` (``NodeApp.rebase``)."""
-        for entry in self._senders.values():
-            entry[3] = rebased(entry[3], ms)
 
     def forget(self, sender):
         """Drop ``sender``'s replay state (e.g. an operator reset a node's boot counter)."""

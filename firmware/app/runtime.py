@@ -203,6 +203,11 @@ class Runtime:
         self._ticks = t
         if ms >= _REBASE_AT:
             self.app.rebase(ms, _REBASE_MS)
+            # Its code (agent/core/rebase.py) was loaded for this only: unloaded again.
+            sys.modules.pop("agent.core.rebase", None)
+            core = sys.modules.get("agent.core")
+            if core is not None and hasattr(core, "rebase"):
+                del core.rebase
             if self.mdns is not None:
                 self.mdns.rebase(_REBASE_MS)
             self.hw.rebase(_REBASE_MS)

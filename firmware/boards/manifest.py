@@ -21,6 +21,7 @@ package(
         "core/node.py",
         "core/peers.py",
         "core/prng.py",
+        "core/rebase.py",
         "core/score.py",
         "core/topics.py",
         "core/wire.py",
