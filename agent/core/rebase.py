@@ -20,6 +20,21 @@ _SHIFT = const(0)
 _PAUSED_AT = const(1)
 _RESUME_AT = const(2)
 _NO_TIME = const(1 << 62)  # "no deadline" (app.py's and node.py's)
+# Node's times (agent/core/node.py): deadlines, and when something was last heard or done.
+_NODE_TIMES = (
+    "wakeup",
+    "_ev_time",
+    "_direct",
+    "_listen_until",
+    "_claim_at",
+    "_cand_until",
+    "_cand_since",
+    "_cand_deadline",
+    "_quorum_lost_at",
+    "_answered_at",
+    "_leaving_deadline",
+    "_next_hb",
+)
 
 
 def rebased(t, ms):
@@ -49,18 +64,8 @@ def rebase(app, now, ms):
     for entry in app.addresses.values():
         entry[1] = rebased(entry[1], ms)
     node = app.node
-    node.wakeup = rebased(node.wakeup, ms)
-    node._ev_time = rebased(node._ev_time, ms)
-    node._direct = rebased(node._direct, ms)
-    node._listen_until = rebased(node._listen_until, ms)
-    node._claim_at = rebased(node._claim_at, ms)
-    node._cand_until = rebased(node._cand_until, ms)
-    node._cand_since = rebased(node._cand_since, ms)
-    node._cand_deadline = rebased(node._cand_deadline, ms)
-    node._quorum_lost_at = rebased(node._quorum_lost_at, ms)
-    node._answered_at = rebased(node._answered_at, ms)
-    node._leaving_deadline = rebased(node._leaving_deadline, ms)
-    node._next_hb = rebased(node._next_hb, ms)
+    for name in _NODE_TIMES:
+        setattr(node, name, rebased(getattr(node, name), ms))
     for p in node.peers.by_id.values():
         p.heard = rebased(p.heard, ms)
         p.evidence = rebased(p.evidence, ms)
