@@ -11,7 +11,10 @@ install.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 
@@ -19,6 +22,12 @@ from agent import __version__
 
 # Exit status for "this subcommand cannot run here" and for usage errors (as argparse uses).
 EXIT_UNAVAILABLE = 2
+
+# Exit status when the reader of our output went away (`meshelect status | head -3`): what the
+# shell reports for a tool that SIGPIPE ended (128 + 13), as for `cat` or `seq`, so a script
+# with `set -o pipefail` sees the same as with them. (Python ignores SIGPIPE: a write to a closed
+# pipe raises BrokenPipeError instead, which would end in a traceback.)
+EXIT_PIPE_CLOSED = 141
 
 # Our own top-level packages: a module of these that is missing is part of meshelect not being
 # there (not yet written, or left out of this installation), not a third-party dependency.
@@ -59,7 +68,42 @@ COMMANDS: tuple[Command, ...] = (
 
 
 def main(argv: Sequence[str] | None = None, commands: Sequence[Command] = COMMANDS) -> int:
-    """Run ``meshelect`` with ``argv`` (default: the process arguments); return the exit status."""
+    """Run ``meshelect`` with ``argv`` (default: the process arguments); return the exit status.
+
+    A closed output ends the command quietly with EXIT_PIPE_CLOSED: the BrokenPipeError unwinds
+    the command (its ``finally`` blocks clean up as for any error), and the stream is pointed
+    at /dev/null so nothing more (the interpreter's last flush) fails on it."""
+    try:
+        status = dispatch(argv, commands)
+        sys.stdout.flush()  # what is still buffered fails here, not at interpreter exit
+    except BrokenPipeError:
+        if not silence_closed_outputs():
+            raise  # some other pipe or socket: a real error, with its traceback
+        return EXIT_PIPE_CLOSED
+    return status
+
+
+def silence_closed_outputs() -> bool:
+    """Point stdout and stderr at /dev/null if their reader is gone; True if one was."""
+    closed = False
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            fd = stream.fileno()
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            events = poller.poll(0)
+        except (AttributeError, OSError, ValueError):  # no real file (a test's capture): not ours
+            continue
+        if any(mask & (select.POLLERR | select.POLLHUP) for _, mask in events):
+            closed = True
+            with contextlib.suppress(OSError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, fd)
+                os.close(devnull)
+    return closed
+
+
+def dispatch(argv: Sequence[str] | None, commands: Sequence[Command]) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     table = {command.name: command for command in commands}
     # Dispatch by hand rather than with argparse sub-parsers: everything after the subcommand

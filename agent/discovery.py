@@ -1,5 +1,6 @@
 """mDNS / DNS-SD discovery with python-zeroconf: advertise this agent, find peers of our own
-mesh, the gateway and an MQTT broker, so a Pi needs no addresses typed in.
+mesh, the gateway and an MQTT broker, so a Pi needs no addresses typed in. A gateway that
+withdraws its advertisement (it stopped) is lost: batches wait until one is found again.
 
     _meshelect._udp.local.      agents; TXT mesh, node, proto=1, role, score
     _meshelect-gw._udp.local.   gateways
@@ -48,17 +49,19 @@ class Discovery:
         self.port = port
         self.log = log
         self.peers: dict[str, Address] = {}
-        self.gateway: Address | None = None
+        self.gateway: Address | None = None  # the one in use, among those advertised
         self.broker: Address | None = None
         self.ignored_other_mesh = 0
         self.on_peer: Callable[[str, Address], None] | None = None
         self.on_peer_left: Callable[[str], None] | None = None
-        self.on_gateway: Callable[[Address], None] | None = None
+        # Called with the gateway to use, or None when the last one advertised left.
+        self.on_gateway: Callable[[Address | None], None] | None = None
         self.on_broker: Callable[[Address], None] | None = None
         self._zc: AsyncZeroconf | None = None
         self._browser: AsyncServiceBrowser | None = None
         self._info: AsyncServiceInfo | None = None
         self._names: dict[str, str] = {}  # service name -> node id
+        self._gateways: dict[str, Address] = {}  # service name -> address: every gateway found
         self._resolving: set[str] = set()
         self._resolved_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -150,6 +153,10 @@ class Discovery:
     ) -> None:
         if state_change is ServiceStateChange.Removed:
             self._resolved_at.pop(name, None)
+            gateway = self._gateways.pop(name, None)
+            if gateway is not None:
+                self._gateway_left(gateway)
+                return
             node = self._names.pop(name, None)
             if node is not None and self.peers.pop(node, None) is not None:
                 self.log.info("peer_left_mdns", peer=node)
@@ -202,16 +209,33 @@ class Discovery:
                 if self.on_peer is not None:
                     self.on_peer(node, address)
         elif service_type == GATEWAY_TYPE:
-            if self.gateway != address:
-                self.gateway = address
-                self.log.info("gateway_found_mdns", address=format_address(address))
-                if self.on_gateway is not None:
-                    self.on_gateway(address)
+            self._gateways[name] = address
+            self._use_gateway(address)
         elif service_type == BROKER_TYPE and self.broker is None:
             self.broker = address
             self.log.info("broker_found_mdns", address=format_address(address))
             if self.on_broker is not None:
                 self.on_broker(address)
+
+    def _use_gateway(self, address: Address) -> None:
+        if self.gateway != address:
+            self.gateway = address
+            self.log.info("gateway_found_mdns", address=format_address(address))
+            if self.on_gateway is not None:
+                self.on_gateway(address)
+
+    def _gateway_left(self, address: Address) -> None:
+        """A gateway's advertisement went (its goodbye when it stopped, or it expired): go on
+        with another one still advertised, else say once that it is lost."""
+        if address != self.gateway or address in self._gateways.values():
+            return  # not the one in use, or still advertised under another name
+        if self._gateways:
+            self._use_gateway(self._gateways[min(self._gateways)])
+            return
+        self.gateway = None
+        self.log.warning("gateway_lost_mdns", address=format_address(address))
+        if self.on_gateway is not None:
+            self.on_gateway(None)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

@@ -47,6 +47,9 @@ DROP_LOG_EVERY_MS = 10000  # one log line per drop reason per 10 s; counters cou
 STOP_SPACING_S = 0.02  # the goodbye goes out twice (the app's two frames), this far apart
 BATCHES_TIMED = 8  # batches whose send time is kept for a round-trip sample (UDP)
 NO_CLOCK_ENV = "MESHELECT_AGENT_TEST_NO_CLOCK"  # tests: boot ids as without a valid clock
+# mDNS finds a gateway on the LAN within a second or two: one still unknown this long after
+# the start is worth one log line (a leader's batches wait meanwhile).
+GATEWAY_GRACE_MS = 5000
 
 
 def next_boot(state_dir: str, unix_s: float | None = None) -> int:
@@ -133,6 +136,7 @@ class Agent:
         self.broker_leader: list[Any] | None = None
         self.frames_in = 0
         self.loop_turns = 0
+        self._gateway_checked = False  # whether the grace for finding a gateway is over
         self._status_view: dict[str, Any] | None = None
         self._status_written = 0
         # What the loop sleeps until (the app's wakeup); None: not asleep.
@@ -345,6 +349,21 @@ class Agent:
         if self.cfg.transport == "udp":
             self.app.gateway_known = self.transport.describe().get("gateway") is not None
 
+    def _check_gateway(self, now: int) -> None:
+        """Once, GATEWAY_GRACE_MS after the start: say so if no gateway is known. Finding one
+        (or losing it) is logged where it happens: agent/discovery.py, agent/transport/udp.py.
+        Over MQTT the gateway listens on the broker: nothing to find."""
+        if self._gateway_checked or now < GATEWAY_GRACE_MS:
+            return
+        self._gateway_checked = True
+        if self.app.gateway_known:
+            return
+        if self.discovery is not None:
+            how = "still looking by mDNS (or set [gateway] address)"
+        else:
+            how = "set [gateway] address, or enable [discovery] to find one by mDNS"
+        self.log.warning("gateway_not_found", after_ms=now, batches="held until one is", how=how)
+
     async def _start_discovery(self) -> None:
         from agent.discovery import Discovery
 
@@ -462,6 +481,7 @@ class Agent:
                     self._flush(now)
                 if now >= next_status:
                     self._write_status(now)
+                    self._check_gateway(now)
                     next_status = now + cfg.status_ms
                 deadline = min(next_sample, next_status, app.wakeup)
                 self._sleep_deadline = app.wakeup

@@ -5,6 +5,11 @@ matters changed (role, term, leader, peers, buffer, counters, ...), and at least
 `REFRESH_MS` otherwise, so figures that move on every heartbeat (`updated`, `clock_ms`, peers'
 `age_ms`, frame and send totals) can be up to that old. This command reads it, so it works
 without any socket or privileges beyond reading the state dir.
+
+A peer the agent has not heard for longer than the suspect time (`suspect_intervals`
+heartbeats) is in the status's `stale_peers` list (the core's rule, agent/core/app.py, so a board's
+status says the same) and shown as `stale (was leader)`, not as a leader with a large age. A
+change of that list is a change that matters: the file says so within `status_ms`.
 """
 
 from __future__ import annotations
@@ -77,6 +82,14 @@ def _flags_text(flags: int) -> str:
     return ",".join(name for bit, name in names if flags & bit) or "-"
 
 
+def _peer_text(flags: int, stale: bool) -> str:
+    """A stale peer's flags are what it said before it fell silent: shown as the past."""
+    text = _flags_text(flags)
+    if not stale:
+        return text
+    return "stale" if text == "-" else "stale (was %s)" % text
+
+
 def render(status: dict[str, Any], now: float) -> str:
     age = now - float(status.get("updated", 0))
     lines = [
@@ -108,6 +121,7 @@ def render(status: dict[str, Any], now: float) -> str:
         )
     )
     peers = status.get("peers") or []
+    stale = set(status.get("stale_peers") or ())
     lines.append("")
     lines.append(_row("peer", "score", "battery", "link", "term", "age_ms", "flags"))
     for peer in peers:
@@ -119,7 +133,7 @@ def render(status: dict[str, Any], now: float) -> str:
                 peer.get("link"),
                 peer.get("term"),
                 peer.get("age_ms"),
-                _flags_text(int(peer.get("flags", 0))),
+                _peer_text(int(peer.get("flags", 0)), peer.get("id") in stale),
             )
         )
     if not peers:

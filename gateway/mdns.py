@@ -69,6 +69,9 @@ class Advertiser:
         if self._zeroconf is None:
             return
         if self.info is not None:
-            await self._zeroconf.async_unregister_service(self.info)
+            # The call hands back the sending of the goodbyes: wait for it, or closing cancels
+            # them and leaders go on believing in a gateway that stopped.
+            goodbyes = await self._zeroconf.async_unregister_service(self.info)
+            await goodbyes
         await self._zeroconf.async_close()
         self._zeroconf = None

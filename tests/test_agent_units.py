@@ -271,8 +271,18 @@ def test_status_file_round_trip_and_render(
                 "term": 4,
                 "flags": 0,
                 "age_ms": 120,
-            }
+            },
+            {
+                "id": "n3",
+                "score": 950,
+                "battery": 990,
+                "link": 990,
+                "term": 3,
+                "flags": 1,
+                "age_ms": 8400,
+            },
         ],
+        "stale_peers": ["n3"],
         "drops": {"bad_tag": 2},
     }
     status.write_status(str(tmp_path), data)
@@ -280,7 +290,9 @@ def test_status_file_round_trip_and_render(
     assert status.cli(["--state-dir", str(tmp_path)]) == 0
     shown = capsys.readouterr().out
     assert "role leader" in shown
-    assert "n2" in shown
+    rows = {line.split()[0]: line for line in shown.splitlines() if line[:2] in ("n2", "n3")}
+    assert rows["n2"].endswith(" -")
+    assert rows["n3"].endswith(" stale (was leader)")  # a frozen leader is no fresh leader
     assert "bad_tag=2" in shown
     assert "STALE" in shown
     assert status.cli(["--state-dir", str(tmp_path / "nothing")]) == 1

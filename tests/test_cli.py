@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from agent import __version__
-from agent.cli import COMMANDS, Command, main
+from agent.cli import COMMANDS, EXIT_PIPE_CLOSED, Command, main
+from agent.status import write_status
 from tests.paths import REPO_ROOT
 
 EXPECTED_COMMANDS = {
@@ -172,3 +176,105 @@ def test_missing_subcommand_module_in_a_subprocess() -> None:
     assert result.returncode == 2
     assert "meshelect later: this command is not available" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------ a reader that goes away
+
+# The smallest pipe Linux makes (one page): a command's output beyond it waits for the reader,
+# so closing the pipe after a few lines leaves the command writing into a closed pipe, as
+# `meshelect ... | head -n 3` does to a longer output.
+PIPE_BYTES = 4096
+
+
+def read_lines_then_close(argv: list[str], lines: int = 3) -> tuple[list[str], int, str]:
+    """Run ``meshelect argv`` into a one-page pipe, read ``lines`` lines and close the pipe, as
+    ``head -n 3`` does; return the lines, the exit status and stderr."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    # Buffered output, as in a user's shell: unbuffered (PYTHONUNBUFFERED, which some harnesses
+    # set) loses the rest of a partly written line instead of failing on it.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "agent", *argv],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        cwd=REPO_ROOT,
+        env=env,
+    ) as proc:
+        os.close(write_end)
+        data = b""
+        while data.count(b"\n") < lines:
+            chunk = os.read(read_end, 64)  # small reads: the page is never emptied
+            if not chunk:
+                break
+            data += chunk
+        os.close(read_end)
+        _, err = proc.communicate(timeout=60)
+    return data.decode().splitlines()[:lines], proc.returncode, err.decode()
+
+
+def assert_ends_quietly(argv: list[str]) -> None:
+    full = run(*argv)
+    assert full.returncode == 0, full.stderr
+    # Longer than the pipe: the command is still writing when the pipe closes.
+    assert len(full.stdout.encode()) > PIPE_BYTES, "output too short to test a closed pipe"
+    head, status, err = read_lines_then_close(argv)
+    assert len(head) == 3 and head[0] == full.stdout.splitlines()[0]
+    assert (status, err) == (EXIT_PIPE_CLOSED, "")  # no BrokenPipeError traceback
+
+
+def test_status_into_a_pipe_closed_after_three_lines(tmp_path: Path) -> None:
+    peers = [
+        {"id": "n%03d" % i, "score": 500, "battery": 900, "link": 800, "term": 3, "flags": 4,
+         "age_ms": 120}
+        for i in range(200)
+    ]  # fmt: skip
+    write_status(
+        str(tmp_path),
+        {"node": "me", "mesh": "m", "role": "follower", "term": 3, "leader": "n001",
+         "updated": time.time(), "peers": peers, "stale_peers": [], "buffer": {}},
+    )  # fmt: skip
+    assert_ends_quietly(["status", "--state-dir", str(tmp_path)])
+    assert_ends_quietly(["status", "--state-dir", str(tmp_path), "--json"])
+
+
+def test_gateway_help_into_a_pipe_closed_after_three_lines() -> None:
+    assert_ends_quietly(["gateway", "--help"])
+
+
+def test_a_pipe_closed_before_the_first_write() -> None:
+    """The reader gone before anything was written (``meshelect replay X | true``): the same."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    scenario = str(REPO_ROOT / "tests" / "scenarios" / "three-nodes-crash.json")
+    with subprocess.Popen(
+        [sys.executable, "-m", "agent", "replay", scenario],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+    ) as proc:
+        os.close(write_end)
+        _, err = proc.communicate(timeout=60)
+    assert (proc.returncode, err.decode()) == (EXIT_PIPE_CLOSED, "")
+
+
+def test_a_broken_pipe_that_is_not_our_output_is_an_error(tmp_path: Path) -> None:
+    """Only a closed stdout or stderr ends quietly: another pipe's error keeps its traceback."""
+    (tmp_path / "mi_pipe.py").write_text(
+        "import os\ndef cli(argv):\n    r, w = os.pipe()\n    os.close(r)\n    os.write(w, b'x')\n"
+    )
+    probe = (
+        "import sys\n"
+        "from agent.cli import Command, main\n"
+        "sys.exit(main(['pipe'], [Command('pipe', 'mi_pipe', 'a pipe of its own')]))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": "%s%s%s" % (REPO_ROOT, os.pathsep, tmp_path)},
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "BrokenPipeError" in result.stderr

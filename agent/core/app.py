@@ -310,16 +310,24 @@ class NodeApp:
     def status(self, now, detail=True):
         """The node's view as a dict, the same layout on every runtime (``meshelect status``
         reads it); each runtime adds its own keys (transport, heap, mDNS, ...). ``peers`` is
-        a row per peer, or without ``detail`` (a board: ~2 KB less heap) the sorted peer ids."""
+        a row per peer, or without ``detail`` (a board: ~2 KB less heap) the sorted peer ids.
+        ``stale_peers`` lists, sorted, the peers this node has not heard for longer than the suspect
+        time: what they last said (a leader's flag, a term) is old news. (A leader may still be
+        followed on the evidence of peers that hear it; the table says what this node heard.)"""
         t = self.clock_ms(now)
         node = self.node
         buf = self.buffer
         col = self.collector
         table = node.peers.by_id
         peers = sorted(table)
-        if detail:
-            for i in range(len(peers)):
-                p = table[peers[i]]
+        suspect_ms = node.config.suspect_ms
+        stale = []
+        for i in range(len(peers)):
+            p = table[peers[i]]
+            age = t - p.heard if t > p.heard else 0
+            if age > suspect_ms:
+                stale.append(p.id)
+            if detail:
                 peers[i] = {
                     "id": p.id,
                     "score": p.score,
@@ -327,7 +335,7 @@ class NodeApp:
                     "link": p.link,
                     "term": p.term,
                     "flags": p.flags,
-                    "age_ms": t - p.heard if t > p.heard else 0,
+                    "age_ms": age,
                 }
         return {
             "node": self.id,
@@ -345,6 +353,9 @@ class NodeApp:
             "link": node.link,
             "mains": node.mains,
             "peers": peers,
+            # 11 characters: a name over 10 is not interned on a board (one more interned name
+            # can cost a new string pool, ~7 KB on the firmware's 128 KB heap).
+            "stale_peers": stale,
             "stats": {
                 "sent": node.stats_sent,
                 "terms_started": node.stats_terms_started,

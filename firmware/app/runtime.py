@@ -14,7 +14,9 @@ announcements and queries, status).
 
 Status lines on stdout (``role leader term 3 leader fw-1``, printed from the app's events,
 ``status {...}``) are what the tests and a serial console read; ``status_file`` (optional)
-gets the same as JSON.
+gets the same as JSON. The gateway gets one line each time mDNS finds it (``gateway
+10.0.0.9:47471 (mdns)``) or its goodbye says it stopped (``gateway lost (mdns)``), and one if
+none is known ``_GATEWAY_GRACE_MS`` after boot (``gateway none (...)``).
 
 MicroPython only (``time.ticks_ms``, ``asyncio.sleep_ms``, ``sys.print_exception``). What
 runs once at boot lives in ``app.config`` (unloaded after boot). Constants are ``_NAME =
@@ -47,8 +49,10 @@ _PROTO = const("1")
 _SCORE_CHANGE_TO_ANNOUNCE = const(100)
 _MIN_ANNOUNCE_INTERVAL_MS = const(5000)
 _MAX_SLEEP_MS = const(100)
+# mDNS finds a gateway within a second or two: one still unknown after this says so, once.
+_GATEWAY_GRACE_MS = const(5000)
 # Every receive allocates this much first: one datagram, not the codec's 4 KB frame limit (what
-# the mesh sends a node is under datapath._READINGS_FRAME_BYTES; a longer datagram is cut and dropped).
+# the mesh sends a node is under datapath._READINGS_FRAME_BYTES; a longer one is cut, dropped).
 _RX_BYTES = const(1500)
 # The encode buffer, allocated once at boot: as long as the app's longest frame (a batch, one
 # datagram: NodeApp's default max_frame_bytes).
@@ -370,6 +374,9 @@ class Runtime:
             healthy_at = now + _HEALTHY_MS
             status_ms = int(cfg.get("status_ms", 1000))
             rebases = self._rebases
+            # When no gateway known says so, once (0: said or found). (A local, not an
+            # attribute: a new attribute name is one more interned string.)
+            gateway_due = now + _GATEWAY_GRACE_MS
             while True:
                 now = self.now()
                 if rebases != self._rebases:  # the clock went back: the deadlines go with it
@@ -381,6 +388,8 @@ class Runtime:
                     next_status -= back
                     if healthy_at:
                         healthy_at = max(1, healthy_at - back)
+                    if gateway_due:
+                        gateway_due = max(1, gateway_due - back)
                     if run_ms:
                         run_ms = max(1, run_ms - back)
                 if run_ms and now >= run_ms:
@@ -420,6 +429,14 @@ class Runtime:
                         if hw.ip() != self.ip:
                             self.open()
                         self.discovery(now)
+                        if gateway_due and now >= gateway_due:
+                            gateway_due = 0
+                            if not app.gateway_known:  # (once: not a line a second)
+                                print(
+                                    "gateway none (mdns: not found yet)"
+                                    if self.mdns
+                                    else "gateway none (no address)"
+                                )
                     hw.feed()
                     hw.show("offline" if self.link.offline() else ROLE_NAMES[app.node.role], now)
                     if now >= next_status:
@@ -450,21 +467,27 @@ class Runtime:
         ):
             self._announced = (node.role, node.score, now)
             m.set_txt(self._txt(), now)
+        known = len(m.services)
         for pkt, dest in m.tick(now):
             if self.mdns_sock is not None:  # (None: the last open() failed)
                 udp.send(self.mdns_sock, pkt, dest[0], dest[1])
-        # What mDNS found changes only when a packet comes in: no lookup (and its lists)
-        # otherwise.
-        if self._mdns_heard:
+        # What mDNS found changes only when a packet comes in, or a record expires (a
+        # goodbye's second ran out): no lookup (and its lists) otherwise.
+        if self._mdns_heard or len(m.services) < known:
             self._mdns_heard = False
             if not self.cfg["gateway"].get("address"):
-                for svc in m.found(_GATEWAY_TYPE, now):
+                found = m.found(_GATEWAY_TYPE, now)
+                for svc in found:
                     if svc.addr is not None and svc.port:
                         if self.gateway != (svc.addr, svc.port):
                             self.gateway = (svc.addr, svc.port)
                             print("gateway %s:%d (mdns)" % self.gateway)
                         self.app.gateway_known = True
                         break
+                if not found and self.gateway is not None:  # it said goodbye: it stopped
+                    self.gateway = None
+                    self.app.gateway_known = False  # batches wait; the members keep readings
+                    print("gateway lost (mdns)")
             self.link.found(m, now)
 
     def status(self, now):
