@@ -13,6 +13,7 @@ node does. Bytes and times go in; frames to send and events come out::
     app.set_power(battery, link, mains, eligible)
     app.connected(now, False)        # MQTT: the broker went; (now, True, listen_ms): it is back
     app.stop(now)                    # graceful: the goodbye frames are in out
+    app.rebase(now, ms)              # a board set its clock back by ms (agent/core/rebase.py)
     for dest, name, kind, frame in app.out: ...       # then del app.out[:]
     for event in app.events: ...                      # then del app.events[:]
     app.status(now)                  # the status layout both runtimes print and write
