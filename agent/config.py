@@ -134,7 +134,11 @@ class UdpConfig:
         self.ttl = t.integer("ttl", 1, 1, 255)
         # An IPv4 address or an interface name; empty: the interface of the default route.
         self.interface = t.string("interface", "")
-        self.loop = t.boolean("loop", True)
+        # Our own multicast looped back to this host: needed only when other agents may share
+        # it, i.e. when our unicast port is not the group port (with one agent per host, the
+        # default, each own frame would only wake the loop to be dropped: at a 50 ms heartbeat
+        # a fifth of the frames an agent of five receives, and a fifth of its idle CPU).
+        self.loop = t.boolean("loop", self.unicast_port != self.port)
         t.check_unknown()
 
 

@@ -119,6 +119,8 @@ class Actions:
 
     def do(self, action: str, source: str) -> dict[str, Any]:
         """Carry out ``action``; the event that says what was done. ActionError if it cannot."""
+        # The time it was done is taken before doing it: what it causes (an election) comes after.
+        at_ms = int(self.clock() * 1000)
         if action == "kill":
             node = self.leader()
             node.child.on_purpose = True
@@ -151,7 +153,7 @@ class Actions:
             "node": node.name if node is not None else None,
             "text": text,
             "source": source,
-            "at_ms": int(self.clock() * 1000),
+            "at_ms": at_ms,
         }
 
     def _partition(self) -> str:

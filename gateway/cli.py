@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--purge-every", type=duration_ms, help="apply retention this often (default 10m)"
     )
+    p.add_argument(
+        "--decode-process",
+        action=argparse.BooleanOptionalAction,
+        help="decode frames in a process of their own, beside the storage (default off: it "
+        "pays only with spare cores and many batches in flight)",
+    )
     g = p.add_argument_group("UDP and mDNS")
     g.add_argument("--udp-host", help="bind address (default 0.0.0.0)")
     g.add_argument("--udp-port", type=int, help="UDP port (default 47471; 0: any free port)")
@@ -216,6 +222,7 @@ def load_config(args: argparse.Namespace) -> GatewayConfig:
         demo_control=pick("demo_control", None),
         homeassistant=bool(pick("homeassistant", True)),
         homeassistant_prefix=ha_prefix,
+        decode_process=bool(pick("decode_process", False)),
     )
 
 

@@ -15,10 +15,18 @@ from typing import Any
 from agent import strict_cbor
 from agent.core import batchcheck, wire
 from agent.core.messages import BATCH, BATCH_ACK, Msg
+from gateway.batch import metrics_text
+from gateway.ingest import Arrival
 
 MAX_FRAME_BYTES = wire.MAX_FRAME_BYTES
 # Open meshes are created from traffic; bound them so junk hashes cannot fill memory.
 MAX_OPEN_MESHES = 256
+
+
+# A frame as it arrived: (transport, bytes, the mesh its MQTT topic names or None).
+Frame = tuple[str, bytes, "str | None"]
+# One frame's result: its batch, or (transport, the reason it is dropped).
+Decoded = Arrival | tuple[str, str]
 
 
 class FrameDrop(Exception):
@@ -75,10 +83,33 @@ class FrameRouter:
             raise FrameDrop("not_batch")
         return codec.mesh, msg
 
+    def decode_many(self, frames: list[Frame], now_ms: int) -> list[Decoded]:
+        """Each frame's batch as an :class:`Arrival` for the ingest path, or (transport, why
+        it is dropped). Also makes the readings' stored metrics text, so the storage's thread
+        does not."""
+        out: list[Decoded] = []
+        for transport, data, topic_mesh in frames:
+            try:
+                mesh, msg = self.decode(data, now_ms)
+            except FrameDrop as drop:
+                out.append((transport, drop.reason))
+                continue
+            if topic_mesh is not None and topic_mesh != mesh:
+                out.append((transport, "topic_mismatch"))
+                continue
+            body = msg.body
+            texts = [metrics_text(reading[4]) for reading in body["readings"]]
+            out.append(Arrival(transport, mesh, msg.sender, msg.term, body, True, texts))
+        return out
+
     def encode_ack(
         self, mesh: str, leader: str, term: int, batch_id: Any, status: int, highest_term: int
     ) -> bytes:
-        codec = self._codecs[wire.mesh_hash(mesh)]
+        """The BATCH_ACK frame. Its codec only counts the frames sent: the one that read the
+        batch may be in another process (gateway/decoder.py)."""
+        codec = self._codecs.get(wire.mesh_hash(mesh))
+        if codec is None:  # an open mesh that another router decoded
+            codec = self._codecs[wire.mesh_hash(mesh)] = _codec(mesh, None, self.boot)
         ack = Msg(BATCH_ACK, self.node_id, term=term, target=leader)
         ack.body = [batch_id, status, highest_term]
         return bytes(codec.encode(ack))

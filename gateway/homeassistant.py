@@ -172,6 +172,8 @@ class HomeAssistant:
     def on_events(self, events: list[dict[str, Any]]) -> None:
         changed: set[tuple[str, str]] = set()
         for event in events:
+            if event.get("remote"):
+                continue  # another replica took it, and tells Home Assistant itself
             kind = event.get("type")
             if kind == "batch":
                 changed |= self._take_batch(event)

@@ -51,6 +51,7 @@ class Arrival(NamedTuple):
     term: int
     body: Any
     checked: bool = False  # the codec applied the batch schema already (gateway/batch.py)
+    metrics_json: list[str] | None = None  # each reading's metrics as stored, if made already
 
 
 class IngestResult(NamedTuple):
@@ -102,7 +103,13 @@ class Ingest:
         parsed: list[tuple[int, Arrival, Batch]] = []
         for index, arrival in enumerate(arrivals):
             try:
-                batch = parse_batch(arrival.body, arrival.mesh, arrival.sender, arrival.checked)
+                batch = parse_batch(
+                    arrival.body,
+                    arrival.mesh,
+                    arrival.sender,
+                    arrival.checked,
+                    arrival.metrics_json,
+                )
             except BatchError as exc:
                 results[index] = self._reject(
                     arrival.transport, arrival.body, "batch_" + exc.reason
@@ -334,9 +341,12 @@ class Ingest:
                     self.health.storage_failed("alerts", exc, now_ms)
             if stored is None:
                 self._hold(change)
+            # False: another gateway process sharing the database did it first; its
+            # notification brings it to this live feed (gateway/peers.py).
+            if stored is False:
+                continue
             if change.kind == "election":
-                if stored is not False:  # False: another gateway process recorded it first
-                    events.append(dict(data, type="election"))
+                events.append(dict(data, type="election"))
             elif change.kind == "raise":
                 self.counters.alerts_raised += 1
                 events.append(dict(data, type="alert", id=data.get("id"), cleared_ms=None))
@@ -344,9 +354,14 @@ class Ingest:
                 events.append(dict(data, type="alert_cleared"))
         return events
 
+    def apply(self, changes: list[Change], now_ms: int) -> list[dict[str, Any]]:
+        """Persist and publish changes inferred from another replica's writes (peers.py)."""
+        return self._apply(changes, now_ms)
+
     def _persist(self, change: Change) -> Any:
-        """Store one change; True/False for an election (False: already there), the stored
-        alert for a raise, True for a clear. Raises StorageError."""
+        """Store one change; the stored alert for a raise, else True; False when another
+        gateway process recorded the election, raised the alert or cleared it first (the
+        raise then takes that alert's id, time and message). Raises StorageError."""
         data = change.data
         if change.kind == "election":
             added = self.storage.add_election(
@@ -360,11 +375,14 @@ class Ingest:
                 data["mesh"], data["kind"], data["node"], data["message"], data["raised_ms"]
             )
             data["id"] = stored["id"]  # the tracker keeps this dict: the id clears it later
+            if not stored["new"]:
+                data["raised_ms"], data["message"] = stored["raised_ms"], stored["message"]
+                return False
             return stored
         alert_id = (change.record or data).get("id")
-        if alert_id is not None:  # None: its raise was dropped from a full hold
-            self.storage.clear_alert(alert_id, data["cleared_ms"])
-        return True
+        if alert_id is None:  # its raise was dropped from a full hold
+            return True
+        return self.storage.clear_alert(alert_id, data["cleared_ms"])
 
     def _hold(self, change: Change) -> None:
         if len(self.held) >= MAX_HELD:
@@ -389,6 +407,7 @@ def _batch_event(
         "inserted": inserted,
         "duplicates": duplicates,
         "at_ms": now_ms,
-        "readings": [[r.node, r.boot, r.seq, r.t_ms, r.metrics] for r in batch.readings],
+        "readings": batch.rows
+        or [[r.node, r.boot, r.seq, r.t_ms, r.metrics] for r in batch.readings],
         "agg": [list(a) for a in batch.aggregates],
     }

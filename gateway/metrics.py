@@ -46,6 +46,7 @@ class Counters:
         self.purged_readings = 0
         self.checkpoints = 0  # WAL checkpoints (TRUNCATE) that completed
         self.task_errors = 0  # timer ticks that failed with an unexpected error (a bug)
+        self.decoder_restarts = 0  # frame decoder processes started again after they ended
         self._recent: deque[tuple[int, int]] = deque()  # (ms, readings stored)
 
     def count_batch(self, transport: str, status: int, label: str | None = None) -> None:
@@ -117,6 +118,11 @@ _PLAIN_COUNTERS = [
         "meshelect_gateway_task_errors",
         "Timer ticks that failed with an unexpected error.",
         "task_errors",
+    ),
+    (
+        "meshelect_gateway_decoder_restarts",
+        "Frame decoder processes started again after one ended.",
+        "decoder_restarts",
     ),
 ]
 

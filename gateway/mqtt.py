@@ -151,8 +151,10 @@ class MqttIngest:
                 self.gateway.on_frame, "mqtt", payload, self._reply, topic_mesh
             )
 
-    # -- loop thread ---------------------------------------------------------------------------
+    # -- the ingest worker ---------------------------------------------------------------------
 
     def _reply(self, mesh: str, leader: str, ack: bytes) -> None:
+        # From the worker thread, as soon as the batch is committed (paho's publish is
+        # thread-safe).
         reply = topics.topic(self.prefix, mesh, topics.BATCH_ACK, leader)
         self._client.publish(reply, ack, qos=QOS)

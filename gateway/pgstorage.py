@@ -1,9 +1,9 @@
 """The storage on PostgreSQL (psycopg 3): the same interface, fencing and dedup as SQLite's.
 
 Chosen by ``--db postgresql://...``. Several gateway processes may share one database: a
-batch's fencing takes a transaction-level advisory lock on its mesh (a mesh row that does not
-exist yet cannot be locked with SELECT ... FOR UPDATE), so batches of one mesh are fenced one
-at a time across every process, and readings go in with ON CONFLICT DO NOTHING on their primary
+group's transaction first takes an advisory lock on each of its meshes, in one order for every
+process (a mesh row that does not exist yet cannot be locked with SELECT ... FOR UPDATE), so
+batches of one mesh are fenced one at a time across every process, and readings go in with ON CONFLICT DO NOTHING on their primary
 key, so each is stored once. Readings go in as one INSERT ... SELECT FROM unnest(arrays) per
 batch: COPY cannot skip duplicates.
 """
@@ -19,7 +19,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
-from gateway import fence
+from gateway import fence, pgnotify
 from gateway.batch import Batch
 from gateway.storage import (
     PURGE_ALERTS,
@@ -80,6 +80,14 @@ MIGRATIONS: list[str] = [
         to_term BIGINT NOT NULL, source TEXT NOT NULL, at_ms BIGINT NOT NULL
     );
     """,
+    # One open alert per (mesh, kind, node): replicas that notice the same silent node raise
+    # one alert between them. Older duplicates (from replicas before this) are closed first.
+    """
+    UPDATE alerts SET cleared_ms = raised_ms WHERE cleared_ms IS NULL AND id NOT IN (
+        SELECT MIN(id) FROM alerts WHERE cleared_ms IS NULL GROUP BY mesh, kind, node
+    );
+    CREATE UNIQUE INDEX alerts_open_once ON alerts (mesh, kind, node) WHERE cleared_ms IS NULL;
+    """,
     """
     CREATE TABLE reading_conflicts (
         mesh TEXT NOT NULL, node TEXT NOT NULL, boot BIGINT NOT NULL, seq BIGINT NOT NULL,
@@ -135,6 +143,8 @@ class PostgresStorage(SqlReads):
         self.raw_retention_ms = raw_retention_ms
         self.aggregate_retention_ms = aggregate_retention_ms
         self._db = psycopg.connect(url, autocommit=True, row_factory=dict_row)
+        # This session's notifications come back to its own listener: that is how it knows them.
+        self.backend_pid = self._db.info.backend_pid
         self._migrate()
 
     @property
@@ -182,23 +192,58 @@ class PostgresStorage(SqlReads):
 
     @_guarded
     def ingest_many(self, items: Sequence[tuple[int, Batch]], now_ms: int) -> list[GroupResult]:
-        """Group commit, as SqliteStorage.ingest_many: one transaction, a savepoint a batch."""
+        """Group commit, as SqliteStorage.ingest_many: one transaction, a savepoint a batch.
+
+        The other replicas hear of each stored or fenced batch by a NOTIFY in the same
+        transaction (gateway/pgnotify.py), one statement for the group.
+        """
         results: list[GroupResult] = []
+        notes: list[str] = []
         with self._db.transaction():
+            self._lock_meshes(sorted({batch.mesh for _, batch in items}))
             for term, batch in items:
                 try:
                     with self._db.transaction():  # a savepoint
-                        results.append(self._ingest_one(term, batch, now_ms))
+                        outcome = self._ingest_one(term, batch, now_ms)
                 except Exception as exc:
                     if _database_failure(exc):
                         raise
                     results.append(exc)
+                    continue
+                results.append(outcome)
+                if outcome.status != ACK_REJECTED:
+                    notes.append(
+                        pgnotify.batch_note(
+                            batch.mesh,
+                            batch.leader,
+                            term,
+                            outcome.status,
+                            outcome.inserted,
+                            outcome.duplicates,
+                            now_ms,
+                        )
+                    )
+            if notes:
+                self._db.execute(
+                    "SELECT pg_notify(%s, note) FROM unnest(%s::text[]) AS u(note)",
+                    (pgnotify.CHANNEL, notes),
+                )
         return results
 
+    def _lock_meshes(self, meshes: list[str]) -> None:
+        """Take the group's mesh locks (transaction-level advisory locks), so that batches of
+        one mesh are fenced one at a time across every gateway sharing the database. All of
+        them first, in the order of their keys: two replicas whose groups share meshes would
+        otherwise each hold one lock and wait for the other's (a deadlock, which fails both)."""
+        keys = self._db.execute(
+            "SELECT DISTINCT hashtext(m) AS k FROM unnest(%s::text[]) AS u(m) ORDER BY k",
+            (meshes,),
+        ).fetchall()
+        for row in keys:
+            self._db.execute("SELECT pg_advisory_xact_lock(%s)", (row["k"],))
+
     def _ingest_one(self, term: int, batch: Batch, now_ms: int) -> IngestOutcome:
-        db, mesh = self._db, batch.mesh
-        # Fence one batch of a mesh at a time across every gateway sharing the database.
-        db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (mesh,))
+        db, mesh = self._db, batch.mesh  # its mesh is locked (_lock_meshes)
         row = db.execute("SELECT term, leader FROM meshes WHERE name = %s", (mesh,)).fetchone()
         stored = None if row is None else int(row["term"])
         verdict = fence.decide(
@@ -289,7 +334,7 @@ class PostgresStorage(SqlReads):
             [r.boot for r in rs],
             [r.seq for r in rs],
             [r.t_ms for r in rs],
-            [_to_json(r.metrics) for r in rs],
+            [r.metrics_json or _to_json(r.metrics) for r in rs],
         )
         cursor = self._db.execute(
             "INSERT INTO readings (mesh, node, boot, seq, t_ms, received_ms, metrics) "
@@ -324,10 +369,20 @@ class PostgresStorage(SqlReads):
 
     @_guarded
     def add_election(self, mesh: str, term: int, leader: str, reason: str, at_ms: int) -> bool:
+        """As SqliteStorage's; a new record is announced to the other replicas."""
         cursor = self._db.execute(
-            "INSERT INTO elections (mesh, term, leader, reason, at_ms) "
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (mesh, term, leader, reason, at_ms),
+            "WITH added AS (INSERT INTO elections (mesh, term, leader, reason, at_ms) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id) "
+            "SELECT pg_notify(%s, %s) FROM added",
+            (
+                mesh,
+                term,
+                leader,
+                reason,
+                at_ms,
+                pgnotify.CHANNEL,
+                pgnotify.election_note(mesh, term, leader, reason, at_ms),
+            ),
         )
         return cursor.rowcount > 0
 
@@ -335,20 +390,40 @@ class PostgresStorage(SqlReads):
     def raise_alert(
         self, mesh: str, kind: str, node: str, message: str, now_ms: int
     ) -> dict[str, Any]:
-        row = self._db.execute(
-            "INSERT INTO alerts (mesh, kind, node, message, raised_ms) "
-            "VALUES (%s, %s, %s, %s, %s) RETURNING id",
-            (mesh, kind, node, message, now_ms),
-        ).fetchone()
-        assert row is not None
-        return alert_record(row["id"], mesh, kind, node, message, now_ms)
+        """As SqliteStorage's, raised once across replicas: while (mesh, kind, node) has an
+        open alert (a unique index), that one is returned, with ``new`` False."""
+        db = self._db
+        for _ in range(3):  # the open one may be cleared between the two statements
+            row = db.execute(
+                "WITH raised AS (INSERT INTO alerts (mesh, kind, node, message, raised_ms) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (mesh, kind, node) "
+                "WHERE cleared_ms IS NULL DO NOTHING RETURNING *) "
+                "SELECT id, pg_notify(%s, " + pgnotify.ALERT_NOTE_SQL + ") FROM raised",
+                (mesh, kind, node, message, now_ms, pgnotify.CHANNEL, "a"),
+            ).fetchone()
+            if row is not None:
+                return alert_record(row["id"], mesh, kind, node, message, now_ms)
+            row = db.execute(
+                "SELECT id, message, raised_ms FROM alerts WHERE mesh = %s AND kind = %s "
+                "AND node = %s AND cleared_ms IS NULL",
+                (mesh, kind, node),
+            ).fetchone()
+            if row is not None:
+                return alert_record(
+                    row["id"], mesh, kind, node, row["message"], row["raised_ms"], new=False
+                )
+        raise StorageError("alert %s/%s/%s raised and cleared too fast" % (mesh, kind, node))
 
     @_guarded
-    def clear_alert(self, alert_id: int, now_ms: int) -> None:
-        self._db.execute(
-            "UPDATE alerts SET cleared_ms = %s WHERE id = %s AND cleared_ms IS NULL",
-            (now_ms, alert_id),
+    def clear_alert(self, alert_id: int, now_ms: int) -> bool:
+        """As SqliteStorage's; the clear is announced to the other replicas."""
+        cursor = self._db.execute(
+            "WITH cleared AS (UPDATE alerts SET cleared_ms = %s "
+            "WHERE id = %s AND cleared_ms IS NULL RETURNING *) "
+            "SELECT pg_notify(%s, " + pgnotify.ALERT_NOTE_SQL + ") FROM cleared",
+            (now_ms, alert_id, pgnotify.CHANNEL, "c"),
         )
+        return cursor.rowcount > 0
 
     @_guarded
     def purge(self, now_ms: int, agg_now_ms: int | None = None) -> Purged:
@@ -389,7 +464,7 @@ class PostgresStorage(SqlReads):
             raise ValueError("term must be between 0 and %d" % fence.MAX_TERM)
         db = self._db
         with db.transaction():
-            db.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (mesh,))
+            self._lock_meshes([mesh])
             row = db.execute("SELECT term FROM meshes WHERE name = %s", (mesh,)).fetchone()
             if row is None:
                 return None

@@ -3,7 +3,13 @@
 Threads and loops: everything asyncio runs on one event loop. The database, the tracker and the
 wire codecs belong to one worker thread (``Gateway.call`` / the frame path submit work to it),
 so they never need locks and the event loop never blocks on SQLite. paho-mqtt runs its own
-network thread and hands frames over with ``call_soon_threadsafe``.
+network thread and hands frames over with ``call_soon_threadsafe``. The frame path is
+gateway/pipeline.py; with ``--decode-process`` frames are decoded in a child process beside the
+worker (gateway/decoder.py), and the worker's codecs then only encode the acks.
+
+On PostgreSQL the gateway also listens to the other replicas sharing the database
+(gateway/pgnotify.py): their notes wait in a second inbox and go to the worker together, where
+gateway/peers.py applies them to the live view.
 
 The timer task (alerts, held changes, fence resets, retention, checkpoints) must never die: a
 storage error is handled where it happens (gateway/ingest.py, gateway/upkeep.py), and anything
@@ -27,10 +33,12 @@ from gateway import history, units
 from gateway.app import create_app
 from gateway.clock import CLOCK_FILE_ENV, OffsetWallClock, mono_ms, wall_clock
 from gateway.events import EventHub
-from gateway.frames import FrameDrop, FrameRouter
+from gateway.frames import Decoded, FrameRouter
 from gateway.health import Health
 from gateway.ingest import Arrival, Ingest
 from gateway.metrics import Counters, MetricsRenderer
+from gateway.peers import SYNC, Peers
+from gateway.pipeline import FramePipeline, Outcome, Reply
 from gateway.retention import Retention
 from gateway.storage import SqliteStorage, Storage, StorageError
 from gateway.tracker import Tracker, TrackerConfig
@@ -39,12 +47,9 @@ from gateway.upkeep import Upkeep
 log = logging.getLogger("meshelect.gateway")
 T = TypeVar("T")
 
-# Frames waiting for the worker before new ones are dropped (counted "overload"): the leaders
-# resend what is not acknowledged, so shedding load loses nothing.
-MAX_PENDING_FRAMES = 2000
-# At most this many frames go to the worker as one group (one transaction): 64 full batches
-# are 4096 readings, a commit of a few ms that holds no ack back for long.
-MAX_GROUP = 64
+# Other replicas' notes are applied at most this often (the first after a quiet spell at once):
+# well inside the live feed's 250 ms goal.
+PEER_ROUND_MS = 100
 # Retention runs this often (monotonic time); it deletes in the worker, between batches.
 PURGE_EVERY_MS = 600_000
 
@@ -93,6 +98,7 @@ class GatewayConfig:
         demo_control: str | None = None,
         homeassistant: bool = True,
         homeassistant_prefix: str = "homeassistant",
+        decode_process: bool = False,
     ) -> None:
         self.db_path = db_path
         self.udp_host = udp_host
@@ -126,9 +132,10 @@ class GatewayConfig:
         # Home Assistant MQTT discovery, when there is a broker (gateway/homeassistant.py).
         self.homeassistant = homeassistant
         self.homeassistant_prefix = homeassistant_prefix
-
-
-Reply = Callable[[str, str, bytes], None]  # (mesh, leader, ack frame)
+        # Decode frames in a process of their own (gateway/decoder.py), beside the storage.
+        # Off by default: on a shared 2-core machine with a few batches in flight, decoding in
+        # the worker was as fast or faster, for less CPU (README, "Figures").
+        self.decode_process = decode_process
 
 
 class Gateway:
@@ -146,10 +153,12 @@ class Gateway:
         self.health_state = Health(self.counters)
         self.hub = EventHub()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gw-ingest")
-        self._pending = 0
-        # Frames waiting for the worker: (transport, data, topic mesh, reply); see on_frame.
-        self._inbox: list[tuple[str, bytes, str | None, Reply]] = []
-        self._group_busy = False
+        self.pipeline: FramePipeline = None  # type: ignore[assignment]
+        # Other replicas' notes waiting for the worker (PostgreSQL only); see _on_note.
+        self._notes: list[dict[str, Any]] = []
+        self._notes_busy = False
+        self._listener: Any = None
+        self.peers: Peers | None = None  # on PostgreSQL
         self._tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._udp: Any = None
@@ -188,6 +197,27 @@ class Gateway:
     async def _start(self) -> None:
         await self.call(self._open_storage)
         config = self.config
+        assert self._loop is not None
+        self.pipeline = FramePipeline(
+            self._loop, self._worker, self._handle_frames, self.counters, self.hub, self.clock
+        )
+        if config.decode_process:
+            router = self.router
+            await self.pipeline.start_decoder(
+                (config.mesh_keys, config.open_meshes, config.node_id, router.boot)
+            )
+        if self.peers is not None:
+            from gateway.pgnotify import Listener
+
+            storage = self.ingest.storage
+            self._listener = Listener(
+                config.db_path,
+                lambda: storage.backend_pid,  # type: ignore[attr-defined]
+                self._on_note,
+                lambda: self._on_note(SYNC),
+                self.counters,
+            )
+            self._tasks.append(asyncio.create_task(self._listener.run(), name="gateway-peers"))
         if config.udp:
             from gateway.udp import open_udp
 
@@ -233,6 +263,7 @@ class Gateway:
             except Exception:  # a bug in a task must not turn a clean stop into a crash
                 log.exception("task %s failed", task.get_name())
         self._tasks.clear()
+        self._listener = None  # no more rounds of notes: the worker is about to go
         if self.demo is not None:
             await self.demo.stop()
         self.hub.close()
@@ -252,6 +283,8 @@ class Gateway:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
+        if self.pipeline is not None:
+            await self.pipeline.stop()
         if self.ingest is not None:
             try:
                 await self.call(self.ingest.storage.close)
@@ -269,7 +302,8 @@ class Gateway:
     def _open_storage(self) -> None:
         config = self.config
         storage: Storage
-        if config.db_path.startswith(("postgresql://", "postgres://")):
+        shared = config.db_path.startswith(("postgresql://", "postgres://"))
+        if shared:
             from gateway.pgstorage import PostgresStorage
 
             storage = PostgresStorage(
@@ -287,6 +321,8 @@ class Gateway:
         boot = storage.next_boot()
         self.ingest = Ingest(storage, Tracker(config.tracker), self.counters, self.health_state)
         self.ingest.restore()
+        if shared:
+            self.peers = Peers(self.ingest)
         retention = Retention(
             config.raw_retention_ms, config.aggregate_retention_ms, config.purge_every_ms
         )
@@ -339,54 +375,27 @@ class Gateway:
     def on_frame(
         self, transport: str, data: bytes, reply: Reply, topic_mesh: str | None = None
     ) -> None:
-        """A frame arrived (loop thread). Decoding and storing happen on the worker.
+        """A frame arrived (loop thread): into the frame path (gateway/pipeline.py)."""
+        self.pipeline.on_frame(transport, data, reply, topic_mesh)
 
-        Frames that arrive while the worker stores a group wait in the inbox and go to the
-        worker together as the next group: one transaction, one commit for them all (group
-        commit), and each frame's ack is sent once that commit is done.
+    def _handle_frames(self, items: list[Any], decoded: bool) -> list[Outcome]:
+        """Store a group of frames' batches in one transaction and make their acks (worker).
+
+        ``items``: the decoder process's results (``decoded``), else frames decoded here.
         """
-        if self._pending >= MAX_PENDING_FRAMES:
-            self.counters.count_drop(transport, "overload")
-            return
-        self._pending += 1
-        self._inbox.append((transport, bytes(data), topic_mesh, reply))
-        if not self._group_busy:
-            self._next_group()
-
-    def _next_group(self) -> None:
-        group = self._inbox[:MAX_GROUP]
-        del self._inbox[:MAX_GROUP]
-        if not group:
-            self._group_busy = False
-            return
-        self._group_busy = True
-        assert self._loop is not None
-        future = self._loop.run_in_executor(
-            self._worker, self._handle_frames, [frame[:3] for frame in group]
-        )
-        future.add_done_callback(lambda done: self._group_done(done, [f[3] for f in group]))
-
-    def _handle_frames(
-        self, frames: list[tuple[str, bytes, str | None]]
-    ) -> list[tuple[str, str, bytes, list[dict[str, Any]]] | None]:
-        """Decode a group of frames and store their batches in one transaction (worker)."""
         now = self._now()
-        out: list[tuple[str, str, bytes, list[dict[str, Any]]] | None] = [None] * len(frames)
+        results: list[Decoded] = items if decoded else self.router.decode_many(items, now)
+        out: list[Outcome] = [None] * len(results)
         arrivals: list[Arrival] = []
         slots: list[int] = []
-        for index, (transport, data, topic_mesh) in enumerate(frames):
-            try:
-                mesh, msg = self.router.decode(data, now)
-            except FrameDrop as drop:
-                self.counters.count_drop(transport, drop.reason)
-                continue
-            if topic_mesh is not None and topic_mesh != mesh:
-                self.counters.count_drop(transport, "topic_mismatch")
-                continue
-            arrivals.append(Arrival(transport, mesh, msg.sender, msg.term, msg.body, True))
-            slots.append(index)
-        results = self.ingest.receive_many(arrivals, now)
-        for index, arrival, result in zip(slots, arrivals, results, strict=True):
+        for index, item in enumerate(results):
+            if isinstance(item, Arrival):
+                arrivals.append(item)
+                slots.append(index)
+            else:
+                self.counters.count_drop(*item)
+        stored = self.ingest.receive_many(arrivals, now)
+        for index, arrival, result in zip(slots, arrivals, stored, strict=True):
             ack = self.router.encode_ack(
                 arrival.mesh,
                 arrival.sender,
@@ -398,25 +407,36 @@ class Gateway:
             out[index] = (arrival.mesh, arrival.sender, ack, result.events)
         return out
 
-    def _group_done(self, done: asyncio.Future[Any], replies: list[Reply]) -> None:
-        self._pending -= len(replies)
+    def _on_note(self, note: dict[str, Any]) -> None:
+        """Another replica's note (loop thread); applied on the worker, together with the
+        notes that arrive meanwhile, as frames are (on_frame)."""
+        self._notes.append(note)
+        if not self._notes_busy:
+            self._next_notes()
+
+    def _next_notes(self) -> None:
+        notes, self._notes = self._notes, []
+        self._notes_busy = bool(notes) and self._listener is not None  # None: stopping
+        if not self._notes_busy:
+            return
+        assert self._loop is not None
+        future = self._loop.run_in_executor(self._worker, self._apply_notes, notes, len(self.hub))
+        future.add_done_callback(self._notes_done)
+
+    def _apply_notes(self, notes: list[dict[str, Any]], watchers: int) -> list[dict[str, Any]]:
+        assert self.peers is not None
+        return self.peers.apply(notes, self._now(), watchers > 0)
+
+    def _notes_done(self, done: asyncio.Future[list[dict[str, Any]]]) -> None:
         try:
-            outcomes = done.result()
-        except Exception:  # a bug, not bad input: keep serving, but say so
-            log.exception("frame handling failed")
-            for _ in replies:
-                self.counters.count_drop("any", "internal_error")
-            outcomes = []
-        for reply, outcome in zip(replies, outcomes, strict=False):
-            if outcome is None:
-                continue
-            mesh, leader, ack, events = outcome
-            try:
-                reply(mesh, leader, ack)
-            except OSError as exc:
-                log.warning("could not send BATCH_ACK to %s/%s: %s", mesh, leader, exc)
-            self.hub.publish(events)
-        self._next_group()
+            self.hub.publish(done.result())
+        except Exception:  # a bug: the next notes are applied as usual
+            self.counters.task_errors += 1
+            log.exception("applying other replicas' notes failed")
+        # The next round after a pause: under load the notes of many batches share a round
+        # (one read of a mesh's members for all of them), and the worker stores batches.
+        assert self._loop is not None
+        self._loop.call_later(PEER_ROUND_MS / 1000, self._next_notes)
 
     async def _ticker(self) -> None:
         while True:
@@ -435,6 +455,8 @@ class Gateway:
         events = self.ingest.tick(now)
         events.extend(self.ingest.flush(now))
         events.extend(self.ingest.poll_fence_resets(now))
+        if self.peers is not None:
+            events.extend(self.peers.tick(now))
         self.upkeep.tick(self._now(), self.mono())
         self.health_state.tick(now)
         if self.health_state.version != self._health_published:
@@ -499,6 +521,7 @@ class Gateway:
         says what is wrong (storage, a wall-clock step holding retention back)."""
         now = self._now()
         health = self.health_state
+        decoder = None if self.pipeline is None else self.pipeline.decoder
         try:
             schema = getattr(self.ingest.storage, "schema_version", None)
         except StorageError:
@@ -515,6 +538,11 @@ class Gateway:
             "retention_held_back_ms": health.retention_held_back_ms,
             "udp": list(self.udp_address) if self.udp_address else None,
             "mqtt": self._mqtt.connected if self._mqtt is not None else None,
+            # The frame decoder's process (None: frames are decoded in the worker thread).
+            "decoder_pid": None if decoder is None else decoder.pid,
+            "decoder_restarts": self.counters.decoder_restarts,
+            # Listening to the other replicas sharing the database (PostgreSQL only).
+            "replicas": self._listener.connected if self._listener is not None else None,
         }
 
     def _gauges(self) -> dict[str, Any]:

@@ -74,9 +74,14 @@ class Storage(Protocol):
 
     def raise_alert(
         self, mesh: str, kind: str, node: str, message: str, now_ms: int
-    ) -> dict[str, Any]: ...
+    ) -> dict[str, Any]:
+        """The open alert for (mesh, kind, node): the one raised now (``new`` True), or one
+        another gateway process sharing the database raised before (``new`` False)."""
+        ...
 
-    def clear_alert(self, alert_id: int, now_ms: int) -> None: ...
+    def clear_alert(self, alert_id: int, now_ms: int) -> bool:
+        """False if it was cleared already (by another gateway process, say)."""
+        ...
 
     def purge(self, now_ms: int, agg_now_ms: int | None = None) -> Purged: ...
 
@@ -225,7 +230,7 @@ PURGE_ELECTIONS = (
 PURGE_ALERTS = "DELETE FROM alerts WHERE cleared_ms IS NOT NULL AND cleared_ms < %s"
 
 # Metrics as stored: compact, keys sorted. One encoder for every reading (json.dumps builds one
-# per call, a tenth of the ingest path's time).
+# per call). The frame decoder makes this text already (Reading.metrics_json, the same text).
 _to_json = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
 
 _DAY_MS = 86_400_000
@@ -366,9 +371,9 @@ class SqlReads:
 
 
 def alert_record(
-    alert_id: int, mesh: str, kind: str, node: str, message: str, now_ms: int
+    alert_id: int, mesh: str, kind: str, node: str, message: str, now_ms: int, new: bool = True
 ) -> dict[str, Any]:
-    """A newly raised alert as the storage returns it."""
+    """An open alert as the storage's raise_alert returns it."""
     return {
         "id": alert_id,
         "mesh": mesh,
@@ -377,6 +382,7 @@ def alert_record(
         "message": message,
         "raised_ms": now_ms,
         "cleared_ms": None,
+        "new": new,
     }
 
 
@@ -585,7 +591,7 @@ class SqliteStorage(SqlReads):
                 r.seq,
                 r.t_ms,
                 now_ms,
-                _to_json(r.metrics),
+                r.metrics_json or _to_json(r.metrics),
             )
             for r in batch.readings
         ]
@@ -655,11 +661,12 @@ class SqliteStorage(SqlReads):
         return alert_record(cursor.lastrowid or 0, mesh, kind, node, message, now_ms)
 
     @_guarded
-    def clear_alert(self, alert_id: int, now_ms: int) -> None:
-        self._db.execute(
+    def clear_alert(self, alert_id: int, now_ms: int) -> bool:
+        cursor = self._db.execute(
             "UPDATE alerts SET cleared_ms = ? WHERE id = ? AND cleared_ms IS NULL",
             (now_ms, alert_id),
         )
+        return cursor.rowcount > 0
 
     @_guarded
     def purge(self, now_ms: int, agg_now_ms: int | None = None) -> Purged:

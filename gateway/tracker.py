@@ -309,14 +309,8 @@ class Tracker:
     def _election(
         self, state: MeshState, term: int, leader: str, reason: str, now: int, out: list[Change]
     ) -> None:
-        key = (term, leader)
-        if key in state.known_elections:
+        if not self._know(state, (term, leader)):
             return
-        state.known_elections.add(key)
-        if len(state.known_elections) > 4 * MAX_LEADERS_TRACKED:
-            # Only the newest terms matter for "seen already?"; drop the oldest half.
-            keep = sorted(state.known_elections)[-2 * MAX_LEADERS_TRACKED :]
-            state.known_elections = set(keep)
         out.append(
             Change(
                 "election",
@@ -330,6 +324,17 @@ class Tracker:
                 },
             )
         )
+
+    def _know(self, state: MeshState, key: tuple[int, str]) -> bool:
+        """Remember an election (term, leader); False if it was known."""
+        if key in state.known_elections:
+            return False
+        state.known_elections.add(key)
+        if len(state.known_elections) > 4 * MAX_LEADERS_TRACKED:
+            # Only the newest terms matter for "seen already?"; drop the oldest half.
+            keep = sorted(state.known_elections)[-2 * MAX_LEADERS_TRACKED :]
+            state.known_elections = set(keep)
+        return True
 
     def _check_split(self, state: MeshState, leader: str, now: int, out: list[Change]) -> None:
         window = self.config.split_window_ms
@@ -381,6 +386,79 @@ class Tracker:
                 message = "%s dropped %d readings (buffer full)" % (name, lost)
                 out.append(Change("lost", state.name, {"node": name, "count": lost}))
                 self._raise(state.name, ALERT_READINGS_DROPPED, name, message, now, out)
+
+    # -- what other gateway replicas stored (gateway/peers.py) ------------------------------
+
+    def adopt_batch(
+        self, mesh: str, leader: str, term: int, accepted: bool, at: int
+    ) -> list[Change]:
+        """A batch that another replica sharing the database took (``accepted`` False: it
+        fenced it) at ``at``. Leader, term and the time-driven alerts move as with
+        :meth:`observe`; what the batch's content implies (elections, battery, drops) is
+        recorded by that replica, and reaches this one as notes of its own."""
+        state = self._mesh(mesh)
+        changes: list[Change] = []
+        self._check_split(state, leader, at, changes)
+        if not accepted:
+            return changes
+        if at > state.last_ok_ms:  # else it is no news (a resync of what is known)
+            state.last_ok_ms = at
+            self._clear(mesh, ALERT_NO_LEADER, "", at, changes)
+        if term >= state.term and (term, leader) != (state.term, state.leader):
+            if leader != state.leader:
+                state.leader_since_ms = at
+            state.term = term
+            state.leader = leader
+        return changes
+
+    def adopt_nodes(self, mesh: str, rows: list[dict[str, Any]], now: int) -> list[Change]:
+        """A mesh's members as stored (``nodes`` rows), whoever stored them: when each was
+        last heard decides who is silent, on every replica alike."""
+        state = self._mesh(mesh)
+        changes: list[Change] = []
+        for row in rows:
+            name = row["node"]
+            node = state.nodes.get(name)
+            if node is None:
+                if (
+                    len(state.nodes) >= MAX_MEMBERS_PER_MESH
+                    or now - row["last_seen_ms"] > self.config.forget_ms
+                ):
+                    continue
+                node = state.nodes[name] = NodeState(name)
+            if row["last_seen_ms"] >= node.last_seen_ms:
+                node.score = row["score"]
+                node.battery = row["battery"]
+                node.link = row["link"]
+                node.flags = row["flags"]
+                node.last_seen_ms = row["last_seen_ms"]
+            node.dropped = row["dropped"]  # the running total the next batch is counted from
+            if now - node.last_seen_ms <= self.config.silent_ms:
+                self._clear(mesh, ALERT_NODE_SILENT, name, now, changes)
+        return changes
+
+    def adopt_election(self, mesh: str, term: int, leader: str) -> bool:
+        """An election another replica recorded; False if this view knew it."""
+        return self._know(self._mesh(mesh), (term, leader))
+
+    def adopt_alert(self, record: dict[str, Any]) -> None:
+        """An alert another replica raised: open here too, under its id, so that this replica
+        neither raises it again nor misses clearing it."""
+        key = (record["mesh"], record["kind"], record["node"])
+        current = self.active.get(key)
+        if current is None:
+            self.active[key] = dict(record)
+        else:
+            current.update(record)  # held changes may refer to this very dict
+
+    def adopt_clear(self, mesh: str, kind: str, node: str, alert_id: int) -> bool:
+        """An alert another replica cleared; False if it was not open here."""
+        key = (mesh, kind, node)
+        current = self.active.get(key)
+        if current is None or current.get("id") != alert_id:
+            return False
+        del self.active[key]
+        return True
 
     # -- time --------------------------------------------------------------------------------
 

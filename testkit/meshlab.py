@@ -124,6 +124,7 @@ class MeshUnderTest:
         sample_ms: int = 200,
         status_ms: int = 100,
         mesh_key: str = "",
+        agent_extra: str = "",
     ) -> None:
         self.n = agents
         self.mesh_key = mesh_key  # hex; the gateway gets it too
@@ -133,6 +134,7 @@ class MeshUnderTest:
         self.mdns_gateway = mdns_gateway
         self.sample_ms = sample_ms
         self.status_ms = status_ms
+        self.agent_extra = agent_extra  # TOML tables every agent gets (e.g. [election])
         self.lab = Lab(prefix=prefix, subnet=subnet, hosts=agents + 1)
         self.gw_host = agents + 1
         self.tmp = tempfile.TemporaryDirectory(prefix="meshelect-mesh-")
@@ -229,7 +231,7 @@ class MeshUnderTest:
                     sample_ms=self.sample_ms,
                     status_ms=self.status_ms,
                     gateway=gateway,
-                    extra=extra,
+                    extra=self.agent_extra + extra,
                     mesh_key=self.mesh_key,
                 )
             )

@@ -7,8 +7,10 @@
         lab.exec(2, ["ping", "-c1", lab.address(1)])   # run to completion, CompletedProcess
         lab.partition([[1, 2], [3]])    # 3 is cut off from 1 and 2
         lab.heal()
-        lab.loss(2, 20)                 # drop 20% of the frames host 2 sends
+        lab.loss(2, 20)                 # drop 20% of host 2's frames, each receiver's copy apart
+        lab.loss(2, 20, per_frame=True) # drop 20% of host 2's frames, for every receiver at once
         lab.loss(2, 0)
+        lab.frames_sent()               # {host: frames it sent into the bridge so far}
 
 Hosts are numbered from 1; host ``i`` is namespace ``<prefix><run>-h<i>`` with address
 ``<subnet> + i`` on its interface ``veth0``, a multicast route (224.0.0.0/4) and ``lo`` up.
@@ -20,7 +22,11 @@ there are no default routes, so no traffic can leave the lab.
 
 Partitions and loss are nftables rules in the bridge namespace (``table bridge lab``): silent
 drops, interfaces and routes stay intact (``ip link set down`` would make senders fail at once
-and take the multicast route with it).
+and take the multicast route with it). Loss comes in two shapes: per link (the forward hook
+runs once per copy of a flooded multicast frame, so each receiver misses its copy on its own)
+and per frame (the prerouting hook runs once per frame, before the bridge floods it, so every
+receiver misses the same frame, as when a sender's radio loses it; the kernel here may have no
+netem, and this needs none).
 
 Teardown (``close()``, also on exceptions) kills every process still running in the lab's
 namespaces and deletes them; creating a Lab first removes stale namespaces left with the same
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -84,6 +91,7 @@ class Lab:
         self._created: list[str] = []
         self._groups: list[list[int]] | None = None
         self._loss: dict[int, int] = {}
+        self._frame_loss: dict[int, int] = {}
         self._ip = find_tool("ip") or "ip"
         self._nft = find_tool("nft") or "nft"
 
@@ -189,19 +197,39 @@ class Lab:
         self._groups = None
         self._apply_rules()
 
-    def loss(self, host: int, percent: int) -> None:
+    def loss(self, host: int, percent: int, per_frame: bool = False) -> None:
         """Drop ``percent`` % of the frames ``host`` sends, at random (0 removes the loss).
 
         Dropped on the bridge, not at the sender, so the sender's ``sendto`` still succeeds.
+        ``per_frame``: a dropped frame is lost for every receiver (a sender's loss), instead of
+        each receiver's copy being dropped on its own (a link's loss). One shape per host.
         """
         self._check_host(host)
         if not 0 <= percent <= 100:
             raise ValueError("percent must be 0..100")
+        self._loss.pop(host, None)
+        self._frame_loss.pop(host, None)
         if percent:
-            self._loss[host] = int(percent)
-        else:
-            self._loss.pop(host, None)
+            (self._frame_loss if per_frame else self._loss)[host] = int(percent)
         self._apply_rules()
+
+    def frames_sent(self) -> dict[int, int]:
+        """Frames each host has sent into the bridge so far (its port's receive counter), the
+        ones the loss rules drop included: what went on the wire."""
+        listed = subprocess.run(
+            [self._ip, "-n", self.bridge_ns, "-s", "-j", "link", "show"],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+            check=False,
+        )
+        if listed.returncode != 0:
+            raise LabError("ip -s link show failed: %s" % listed.stderr.strip())
+        by_port = {
+            link.get("ifname"): int(link.get("stats64", {}).get("rx", {}).get("packets", 0))
+            for link in json.loads(listed.stdout or "[]")
+        }
+        return {host: by_port.get(self.port(host), 0) for host in self.hosts}
 
     def ruleset(self) -> str:
         """The nftables script for the current partition and loss (for logs and debugging)."""
@@ -214,13 +242,19 @@ class Lab:
                         rules.append(
                             'iifname "%s" oifname "%s" drop' % (self.port(a), self.port(b))
                         )
-        for host in sorted(self._loss):
-            percent = self._loss[host]
-            # nft compares `numgen random mod 100` with 0..99 only: 100% is a plain drop.
-            chance = "" if percent >= 100 else "numgen random mod 100 < %d " % percent
-            rules.append('iifname "%s" %sdrop' % (self.port(host), chance))
+        rules += [self._drop(host, self._loss[host]) for host in sorted(self._loss)]
+        # Per-frame loss: once per frame, before the bridge floods it to the other ports.
+        early = [self._drop(host, self._frame_loss[host]) for host in sorted(self._frame_loss)]
         # "table + delete + table" makes the replacement atomic and lets delete never fail.
         body = "\n".join("    " + rule for rule in rules)
+        prerouting = ""
+        if early:
+            prerouting = (
+                "  chain prerouting {\n"
+                "    type filter hook prerouting priority 0; policy accept;\n"
+                "%s\n"
+                "  }\n" % "\n".join("    " + rule for rule in early)
+            )
         return (
             "table bridge lab\n"
             "delete table bridge lab\n"
@@ -229,8 +263,14 @@ class Lab:
             "    type filter hook forward priority 0; policy accept;\n"
             "%s\n"
             "  }\n"
-            "}\n" % body
+            "%s"
+            "}\n" % (body, prerouting)
         )
+
+    def _drop(self, host: int, percent: int) -> str:
+        # nft compares `numgen random mod 100` with 0..99 only: 100% is a plain drop.
+        chance = "" if percent >= 100 else "numgen random mod 100 < %d " % percent
+        return 'iifname "%s" %sdrop' % (self.port(host), chance)
 
     # -- internals ---------------------------------------------------------------------------------
     def _check_host(self, host: int) -> None:

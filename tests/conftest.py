@@ -7,13 +7,17 @@ Markers (registered in pyproject.toml) bring their own checks, so a test only ne
 - ``netns``       root, ``ip`` and ``nft``           (added automatically with ``lab_factory``)
 - ``browser``     Chromium at /usr/bin/chromium and the playwright package
 - ``hardware``    real boards: runs only with ``--run-hardware`` (skipped otherwise, CI included)
+- ``compare``     another system beside meshelect (etcd): runs only with ``--run-compare``
+                  (skipped otherwise, CI included); then its program must be there
 
 A missing tool skips the test locally and fails it when ``CI=true``: CI installs every tool, so
 a skip there would hide a broken setup. The test kit (``testkit/``, shared with the benches)
 knows nothing of pytest and raises ``MissingTool``; the hooks below turn that into the skip or
 the failure, in a test, a fixture or a marker check alike. Skips raised in other ways (``pytest.importorskip``,
 ``skipif`` with a reason such as "mosquitto not found") are turned into failures in CI too.
-``hardware`` tests are exempt, and so is anything marked xfail.
+``hardware`` and ``compare`` tests are exempt (opt-in: never in the default run, so CI
+needs neither boards nor etcd), and so is anything marked xfail; run with their option, a
+missing tool is a skip locally and a failure in CI like any other.
 """
 
 from __future__ import annotations
@@ -55,6 +59,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="run tests marked `hardware` (real boards attached)",
     )
+    group.addoption(
+        "--run-compare",
+        action="store_true",
+        default=False,
+        help="run tests marked `compare` (other systems beside meshelect: etcd)",
+    )
 
 
 # Fixtures that imply a marker, so `-m "not broker"` and friends deselect their tests too.
@@ -89,6 +99,10 @@ def check_marker_requirements(item: pytest.Item) -> None:
     """Raise MissingTool for a test whose markers need a tool that is not there."""
     if item.get_closest_marker("hardware") and not item.config.getoption("--run-hardware"):
         pytest.skip("hardware test: needs real boards, run with --run-hardware")
+    if item.get_closest_marker("compare"):
+        if not item.config.getoption("--run-compare"):
+            pytest.skip("comparison with another system: opt-in, run with --run-compare")
+        require_tool("etcd", "apt-get install etcd-server")
     if item.get_closest_marker("broker"):
         require_tool("mosquitto", "apt-get install mosquitto")
     if item.get_closest_marker("micropython") and micropython_path() is None:
@@ -152,9 +166,17 @@ def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if fails_in_ci(report, exempt=item.get_closest_marker("hardware") is not None):
+    opt_in = item.get_closest_marker("hardware") or item.get_closest_marker("compare")
+    if fails_in_ci(report, exempt=opt_in is not None and not _opted_in(item)):
         turn_into_failure(report)
     return report
+
+
+def _opted_in(item: pytest.Item) -> bool:
+    """A ``compare`` test run with ``--run-compare``: a missing tool fails it in CI."""
+    return item.get_closest_marker("compare") is not None and bool(
+        item.config.getoption("--run-compare")
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -157,5 +157,5 @@ def test_a_bench_and_a_test_run_side_by_side_leave_each_others_labs_alone() -> N
     assert _namespaces(theirs)  # ours closed, the bench's lab still stands
     output, _ = bench.communicate(timeout=120)
     assert bench.returncode == 0, output
-    assert "kill  1: n1 -> n2" in output and " 1 kills" in output, output
+    assert "kill  1: n1 -> n2" in output and "failover over udp, 2 agents" in output, output
     assert not _namespaces(theirs) and not _namespaces(ours.run_prefix)

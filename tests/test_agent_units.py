@@ -45,6 +45,13 @@ def test_defaults_are_sane() -> None:
     assert 1 <= len(cfg.node_id.encode()) <= 16
 
 
+def test_own_multicast_comes_back_only_when_agents_may_share_the_host() -> None:
+    assert from_dict({}).udp.loop is False  # one agent per host: unicast on the group port
+    assert from_dict({"udp": {"unicast_port": 0}}).udp.loop is True  # the loopback demo
+    assert from_dict({"udp": {"unicast_port": 0, "loop": False}}).udp.loop is False
+    assert from_dict({"udp": {"loop": True}}).udp.loop is True
+
+
 def test_example_config_loads() -> None:
     cfg = load_config(str(EXAMPLE))
     assert cfg.mesh

@@ -115,3 +115,49 @@ def test_replicas_share_one_subscription_and_lose_nothing_when_one_dies(
             "SELECT COUNT(*), COUNT(DISTINCT (node, boot, seq)) FROM readings"
         ).fetchone() or (0, 0)
     assert (count, distinct) == (300, 300)
+
+
+def test_writers_raise_an_alert_once_and_announce_what_they_write(server: PostgresServer) -> None:
+    """Two writers raise the same alert: one row, one ``new``, the same id for both; each write
+    the other replicas must show is announced on the channel (gateway/pgnotify.py)."""
+    import psycopg
+
+    from gateway import pgnotify
+    from gateway.pgstorage import PostgresStorage
+
+    url = server.new_database()
+    first, second = PostgresStorage(url), PostgresStorage(url)
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute("LISTEN " + pgnotify.CHANNEL)
+        raised = first.raise_alert("m", "node_silent", "b", "b silent for 15 s", 1000)
+        again = second.raise_alert("m", "node_silent", "b", "b silent for 16 s", 2000)
+        assert (raised["new"], again["new"]) == (True, False)
+        assert again["id"] == raised["id"]
+        assert (again["raised_ms"], again["message"]) == (1000, "b silent for 15 s")
+        assert second.clear_alert(raised["id"], 3000) is True
+        assert first.clear_alert(raised["id"], 3001) is False
+        reopened = first.raise_alert("m", "node_silent", "b", "b silent again", 4000)
+        assert reopened["new"] and reopened["id"] != raised["id"]  # a new episode
+        assert first.add_election("m", 2, "b", "crash", 5000) is True
+        assert second.add_election("m", 2, "b", "crash", 5001) is False
+        body = make_batch(1, "m", "b", rows("b", range(3)))
+        assert first.ingest(2, parse_batch(body, "m", "b"), 6000).status == ACK_OK
+        notes = [
+            (n.pid, pgnotify.decode(n.payload))
+            for n in listener.notifies(timeout=2.0, stop_after=5)
+        ]
+    pids = [pid for pid, _ in notes]
+    assert pids == [first.backend_pid, second.backend_pid] + [first.backend_pid] * 3
+    assert [(n["k"], n.get("id"), n.get("cl")) for _, n in notes if n and n["k"] in "ac"] == [
+        ("a", raised["id"], None),
+        ("c", raised["id"], 3000),
+        ("a", reopened["id"], None),
+    ]
+    assert notes[-2][1] == {"k": "e", "m": "m", "t": 2, "l": "b", "r": "crash", "at": 5000}
+    assert notes[-1][1] == {
+        "k": "b", "m": "m", "l": "b", "t": 2, "s": ACK_OK, "i": 3, "d": 0, "at": 6000
+    }  # fmt: skip
+    open_rows = first.alerts("m", True, 10)
+    assert [row["id"] for row in open_rows] == [reopened["id"]]
+    first.close()
+    second.close()

@@ -118,7 +118,9 @@ def test_retention_of_elections_and_alerts(storage: Storage) -> None:
         assert storage.add_election("m", term, "a", "vote", at)
     storage.add_election("quiet", 1, "q", "vote", 1000)
     old = storage.raise_alert("m", "node_silent", "b", "b is silent", 1000)
-    storage.clear_alert(old["id"], 1500)
+    assert old["new"]
+    assert storage.clear_alert(old["id"], 1500) is True
+    assert storage.clear_alert(old["id"], 1600) is False  # cleared already
     open_alert = storage.raise_alert("m", "no_leader", "", "no leader", 1000)
     late = storage.raise_alert("m", "node_silent", "c", "c is silent", 1000)
     storage.clear_alert(late["id"], 9000)

@@ -35,7 +35,8 @@ except ImportError:
 KIT_AND_TOOLS = [
     "testkit.broker", "testkit.gateway", "testkit.meshlab", "testkit.mpy", "testkit.netns",
     "testkit.tls", "testkit.tools", "testkit.waiting", "tools.bench.cli", "tools.bench.core",
-    "tools.bench.failover", "tools.bench.gateway", "tools.bench.idle", "tools.firmware",
+    "tools.bench.etcd", "tools.bench.failover", "tools.bench.gateway", "tools.bench.idle",
+    "tools.bench.soak", "tools.firmware",
 ]  # fmt: skip
 
 

@@ -1,6 +1,7 @@
 from collections.abc import Callable, Iterable
 from typing import Final
 
+from agent.core.cohort import Cohort
 from agent.core.node import Config, Node
 from agent.core.prng import Prng
 
@@ -19,6 +20,8 @@ class SimNode:
     terms_started: int
     sent: int
     view: tuple[int, int, str | None]
+    cohort: Cohort | None
+    cpos: int
     def __init__(
         self, index: int, node_id: str, battery: int, link: int, mains: bool, eligible: bool
     ) -> None: ...
@@ -39,12 +42,14 @@ class Mesh:
     messages: int
     dropped: int
     delivered: int
+    batched: bool
     def __init__(
         self,
         config: Config | None,
         seed: int = 0,
         max_delay_ms: int = 10,
         on_change: Callable[[int, SimNode], None] | None = None,
+        batched: bool = True,
     ) -> None: ...
     def add(
         self,

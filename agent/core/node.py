@@ -428,7 +428,6 @@ class Node:
             if m.flags & F_LEADER:
                 return _ON_LEADER_BEAT
             if m.heard < HEARD_NONE and not m.flags & F_CANDIDATE:
-                p.evidence = now - m.heard
                 return _ON_REPORT
             return _ON_OTHER_BEAT
         if kind == CLAIM:
@@ -448,6 +447,9 @@ class Node:
         return -1
 
     # ---- the follower's cells (``_on_*``: also the cells other roles share) -------------
+    # The in-memory mesh defers what a steady follower does with its leader's heartbeat and
+    # with a report of its own term (agent/core/cohort.py): it relies on both only booking
+    # times here. tests/test_core_cohort.py fails if that stops being so.
 
     def _on_leader_heartbeat(self, m, now):
         sender = m.sender

@@ -21,7 +21,7 @@ class Peer:
     object on the board): a peer is eligible when ``score >= 0``, and its role and power are
     bits of ``flags`` (``messages.F_*``)."""
 
-    __slots__ = ("battery", "evidence", "flags", "heard", "id", "link", "score", "term")
+    __slots__ = ("battery", "flags", "heard", "id", "link", "score", "term")
 
     def __init__(self, node_id):
         self.id = node_id
@@ -31,7 +31,6 @@ class Peer:
         self.flags = 0
         self.term = 0
         self.heard = 0  # local ms when we last heard anything from it
-        self.evidence = -1  # local ms when, by its report, it last heard its leader directly
 
 
 class PeerTable:
@@ -41,6 +40,9 @@ class PeerTable:
         self.max_peers = max_peers
         self.by_id = {}
         self.evicted = 0
+        # At most the earliest ``heard`` in the table, or None (unknown): a node forgets at
+        # every heartbeat, and this spares the scan of a table where nobody is that old.
+        self.oldest = None
 
     def __len__(self):
         return len(self.by_id)
@@ -66,19 +68,28 @@ class PeerTable:
                 self.evicted += 1
             peer = Peer(node_id)
             self.by_id[node_id] = peer
+            self.oldest = None
         peer.heard = now
         return peer
 
     def forget_older_than(self, cutoff):
         """Drop peers not heard since ``cutoff`` (ms)."""
+        oldest = self.oldest
+        if oldest is not None and cutoff <= oldest:
+            return 0
         # Plain loops rather than comprehensions here: on MicroPython each comprehension is one
         # more function object to load.
         stale = []
+        oldest = None
         for p in self.by_id.values():
-            if p.heard < cutoff:
+            heard = p.heard
+            if heard < cutoff:
                 stale.append(p.id)
+            elif oldest is None or heard < oldest:
+                oldest = heard
         for node_id in stale:
             del self.by_id[node_id]
+        self.oldest = oldest
         return len(stale)
 
     def best(self, since, exclude=None):

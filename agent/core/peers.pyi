@@ -10,13 +10,13 @@ class Peer:
     flags: int
     term: int
     heard: int
-    evidence: int
     def __init__(self, node_id: str) -> None: ...
 
 class PeerTable:
     max_peers: int
     by_id: dict[str, Peer]
     evicted: int
+    oldest: int | None
     def __init__(self, max_peers: int = 64) -> None: ...
     def __len__(self) -> int: ...
     def __contains__(self, node_id: object) -> bool: ...

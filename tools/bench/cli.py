@@ -3,6 +3,7 @@
     meshelect bench core      the election core on the in-memory mesh (simulated time)
     meshelect bench failover  agents in network namespaces, the real gateway, kill -9 the leader
     meshelect bench restart   agents in network namespaces, the real gateway, kill -9 them all
+    meshelect bench soak      agents in network namespaces under packet loss: elections seen
     meshelect bench idle      CPU and memory of idle agents with default settings (loopback)
     meshelect bench gateway   the gateway's ingest throughput and live-feed delay
 
@@ -30,6 +31,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "restart": (
         "tools.bench.restart",
         "whole-site power cuts of a real mesh R times; restart-to-stored-batch figures",
+        "gateway",
+    ),
+    "soak": (
+        "tools.bench.soak",
+        "a real mesh under steady packet loss for minutes; elections and suspicions seen",
         "gateway",
     ),
     "idle": (

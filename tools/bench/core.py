@@ -2,6 +2,7 @@
 
     meshelect bench core                    # meshes of 10, 100 and 1000 nodes
     meshelect bench core --sizes 10,100 --crashes 50
+    meshelect bench core --sizes 1000 --crashes 3 --per-delivery   # without the cohorts
 
 For each mesh size it boots the mesh, lets it settle, then crashes the current leader again
 and again (restarting the previous victim each time, so the mesh keeps its size) and prints:
@@ -13,7 +14,10 @@ and again (restarting the previous victim each time, so the mesh keeps its size)
 - the heartbeat frame's size on the wire (with and without an 8-byte tag);
 - CPU time per simulated second of a steady mesh.
 
-Simulated time, real core, one process: the figures measure the algorithm, not a radio.
+Simulated time, real core, one process: the figures measure the algorithm, not a radio. The
+mesh defers the heartbeats steady followers only book (agent/core/cohort.py);
+``--per-delivery`` hands every message to every node instead, as before the cohorts (the same
+results, tests/test_core_cohort.py).
 """
 
 from __future__ import annotations
@@ -36,8 +40,9 @@ from agent.core.wire import Codec
 from testkit.tools import SOURCE_ROOT, find_tool
 
 
-def build(n: int, heartbeat_ms: int, seed: int) -> Mesh:
-    mesh = Mesh(Config(heartbeat_ms=heartbeat_ms, max_peers=max(64, n)), seed=seed)
+def build(n: int, heartbeat_ms: int, seed: int, batched: bool = True) -> Mesh:
+    config = Config(heartbeat_ms=heartbeat_ms, max_peers=max(64, n))
+    mesh = Mesh(config, seed=seed, batched=batched)
     for i in range(n):
         # A spread of batteries and links, like a real deployment.
         mesh.add("n%04d" % i, battery=150 + (i * 7919) % 850, link=200 + (i * 104729) % 800)
@@ -81,8 +86,10 @@ def frame_bytes(codec: Codec, msg: Msg) -> int:
     return len(codec.encode(msg))
 
 
-def failover_run(n: int, crashes: int, heartbeat_ms: int, seed: int) -> dict[str, float]:
-    mesh = build(n, heartbeat_ms, seed)
+def failover_run(
+    n: int, crashes: int, heartbeat_ms: int, seed: int, batched: bool = True
+) -> dict[str, float]:
+    mesh = build(n, heartbeat_ms, seed, batched)
     codec = Codec("bench", b"k" * 32, strict_cbor.dumps, strict_cbor.loads)
     counted = {"messages": 0, "bytes": 0}
     # The bench wraps the simulator's private hook after each node's turn to count what the
@@ -144,8 +151,10 @@ def failover_run(n: int, crashes: int, heartbeat_ms: int, seed: int) -> dict[str
     }
 
 
-def cpu_per_sim_second(n: int, heartbeat_ms: int, seed: int, seconds: int) -> tuple[float, float]:
-    mesh = build(n, heartbeat_ms, seed)
+def cpu_per_sim_second(
+    n: int, heartbeat_ms: int, seed: int, seconds: int, batched: bool = True
+) -> tuple[float, float]:
+    mesh = build(n, heartbeat_ms, seed, batched)
     mesh.run_until(3000)
     sent_before = mesh.messages
     t0 = time.process_time()
@@ -205,6 +214,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heartbeat-ms", type=int, default=250)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
+        "--sim-seconds",
+        type=int,
+        default=0,
+        help="simulated seconds of steady mesh the CPU figure is taken over "
+        "(default: 20 up to 100 nodes, else 5, or 1 with --per-delivery)",
+    )
+    parser.add_argument(
+        "--per-delivery",
+        action="store_true",
+        help="hand every message to every node (no cohorts): the figures before the cohorts",
+    )
+    parser.add_argument(
         "--replay-timing",
         action="store_true",
         help="only time a 12-node, 5-minute replay on CPython and MicroPython",
@@ -223,18 +244,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         % ("nodes", "crashes", "median_ms", "p99_ms", "max_ms", "msgs/elec", "bytes/elec",
            "cpu_s/sim_s", "hb/node/iv")
     )  # fmt: skip
+    batched = not args.per_delivery
     for n in sizes:
         crashes = args.crashes or (200 if n <= 10 else 50 if n <= 100 else 3)
-        sim_seconds = 20 if n <= 100 else 1
+        sim_seconds = args.sim_seconds or (20 if n <= 100 else 5 if batched else 1)
         print("# %d nodes: %d crashes ..." % (n, crashes), file=sys.stderr, flush=True)
-        fo = failover_run(n, crashes, args.heartbeat_ms, args.seed)
-        cpu, hb_rate = cpu_per_sim_second(n, args.heartbeat_ms, args.seed, sim_seconds)
+        fo = failover_run(n, crashes, args.heartbeat_ms, args.seed, batched)
+        cpu, hb_rate = cpu_per_sim_second(n, args.heartbeat_ms, args.seed, sim_seconds, batched)
         print(
             "%6d %8d %10.0f %8.0f %8.0f %10.1f %11.0f %13.4f %10.3f"
             % (n, crashes, fo["median_ms"], fo["p99_ms"], fo["max_ms"], fo["msgs"],
                fo["bytes"], cpu, hb_rate)
         )  # fmt: skip
-    print("failover measured in steps of %d ms of simulated time" % (args.heartbeat_ms // 10))
+    print(
+        "failover measured in steps of %d ms of simulated time; %s"
+        % (
+            args.heartbeat_ms // 10,
+            "cohorts defer steady heartbeats" if batched else "every delivery a Node.receive",
+        )
+    )
     return 0
 
 

@@ -8,9 +8,13 @@ build them (agent/core/datapath.py: up to 64 readings per batch, the frame at mo
    a raw SQLite bound measured in the same run (the same rows and schema, WAL, executemany in
    64-row transactions) and the ratio to it;
 2. dedup: the same batches again (every reading a duplicate);
-3. end to end: a gateway process on loopback, leaders sending real UDP frames with a few
-   batches in flight each, counting readings acknowledged per second;
-4. live feed: the delay from sending a batch to receiving its SSE event (median, p99).
+3. where a batch's CPU time goes, stage by stage (tools/bench/breakdown.py);
+4. end to end: a gateway process on loopback, leaders (each a process of its own) sending
+   real UDP frames with a few batches in flight each, counting readings acknowledged per
+   second, in rounds each beside a raw SQLite bound on the same rows; the CPU the gateway and
+   the leaders used (the leaders must not be the bottleneck); and once more with frames
+   decoded in a process of their own (``--decode-process``);
+5. live feed: the delay from sending a batch to receiving its SSE event (median, p99).
 """
 
 from __future__ import annotations
@@ -34,17 +38,22 @@ from gateway.metrics import Counters
 from gateway.storage import SqliteStorage
 from gateway.tracker import Tracker
 from testkit.gateway import BatchSender, GatewayProcess, make_batch
+from tools.bench.breakdown import breakdown
+from tools.bench.leaders import cpu_seconds
+from tools.bench.leaders import run as run_leaders
 
 READINGS_PER_BATCH = 64  # datapath.BATCH_MAX_READINGS
 # Batches per commit in the group-commit figure: what 4 leaders with 4 batches in flight each
 # (the end-to-end run) can have waiting at the gateway at once.
 GROUP = 16
+# The leaders' mesh key (the frames' HMAC tags; also what sizes a batch to one frame).
+BENCH_KEY = b"bench-key"
 
 
 def leader_batches(mesh: str, leader: str, count: int, nodes: int = 8) -> list[dict[str, Any]]:
     """``count`` batches that each fit one frame, readings spread over ``nodes`` members."""
     codec = wire.Codec(
-        mesh, b"bench-key", strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch
+        mesh, BENCH_KEY, strict_cbor.dumps, strict_cbor.loads, check_batch=check_batch
     )
     batches = []
     seq = 0
@@ -79,6 +88,11 @@ def leader_batches(mesh: str, leader: str, count: int, nodes: int = 8) -> list[d
 def raw_bound(batches: list[dict[str, Any]], synchronous: str) -> float:
     """Readings/s plain SQLite takes: the gateway's schema, WAL, the same rows, executemany in
     64-row transactions, and nothing else (no fencing, no dedup check, no batch records)."""
+    return raw_bound_cpu(batches, synchronous)[0]
+
+
+def raw_bound_cpu(batches: list[dict[str, Any]], synchronous: str) -> tuple[float, float]:
+    """:func:`raw_bound`, and the CPU µs it spent per reading."""
     rows = [
         (b["mesh"], r[0], r[1], r[2], r[3], 1_000_000, json.dumps(r[4], separators=(",", ":")))
         for b in batches
@@ -89,7 +103,7 @@ def raw_bound(batches: list[dict[str, Any]], synchronous: str) -> float:
         db = sqlite3.connect(os.path.join(folder, "gw.db"), isolation_level=None)
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = %s" % synchronous)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(0, len(rows), READINGS_PER_BATCH):
             db.execute("BEGIN")
             db.executemany(
@@ -97,9 +111,9 @@ def raw_bound(batches: list[dict[str, Any]], synchronous: str) -> float:
                 rows[i : i + READINGS_PER_BATCH],
             )
             db.execute("COMMIT")
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         db.close()
-    return len(rows) / elapsed
+    return len(rows) / elapsed, 1e6 * cpu / len(rows)
 
 
 def bench_storage(batches: list[dict[str, Any]], synchronous: str, group: int) -> dict[str, float]:
@@ -138,57 +152,103 @@ def bench_storage(batches: list[dict[str, Any]], synchronous: str, group: int) -
 
 
 def bench_udp(
-    leaders: int, per_leader: int, window: int, db: str | None = None, replicas: int = 1
+    leaders: int,
+    per_leader: int,
+    window: int,
+    db: str | None = None,
+    replicas: int = 1,
+    extra: tuple[str, ...] = (),
+    work: list[list[dict[str, Any]]] | None = None,
 ) -> dict[str, float]:
-    """Leaders send to ``replicas`` gateway processes on one database (leader i to replica
-    i mod replicas); ``db`` None: a SQLite file of its own."""
+    """Leaders, each in a process of its own (tools/bench/leaders.py), send to ``replicas``
+    gateway processes on one database (leader i to replica i mod replicas); ``db`` None: a
+    SQLite file of its own. ``work``: each leader's batches (else ``per_leader`` made here).
+
+    Returns the leaders' figures (readings, seconds, readings_per_s, resent, sender_cpu_s)
+    and ``gateway_cpu_s``, the CPU time of the gateway processes and their decoders."""
     with tempfile.TemporaryDirectory(prefix="meshelect-bench-") as folder:
         url = db or os.path.join(folder, "gw.db")
-        gws = [GatewayProcess(url).start() for _ in range(replicas)]
+        # Keyed meshes, as a site runs them: every frame's HMAC tag is checked.
+        keys = ["--mesh-key=mesh-%d=%s" % (i, BENCH_KEY.hex()) for i in range(leaders)]
+        gws = [GatewayProcess(url, *keys, *extra).start() for _ in range(replicas)]
         try:
-            work = [
-                leader_batches("mesh-%d" % i, "lead-%d" % i, per_leader) for i in range(leaders)
-            ]
-            acked = [0] * leaders
-            errors: list[BaseException] = []
-
-            def run(index: int) -> None:
-                try:
-                    gw = gws[index % len(gws)]
-                    sender = BatchSender("mesh-%d" % index, "lead-%d" % index, gw.udp)
-                    pending: dict[int, dict[str, Any]] = {}
-                    todo = list(work[index])
-                    deadline = time.monotonic() + 120
-                    while (todo or pending) and time.monotonic() < deadline:
-                        while todo and len(pending) < window:
-                            batch = todo.pop(0)
-                            pending[batch["id"]] = batch
-                            sender.send(1, batch)
-                        ack = sender.receive_ack(1.0)
-                        if ack is None:  # lost: resend what is unacknowledged
-                            for batch in pending.values():
-                                sender.send(1, batch)
-                            continue
-                        done = pending.pop(ack[0], None)
-                        if done is not None:
-                            acked[index] += len(done["readings"])
-                    sender.close()
-                except BaseException as exc:
-                    errors.append(exc)
-
-            threads = [threading.Thread(target=run, args=(i,)) for i in range(leaders)]
-            start = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            elapsed = time.perf_counter() - start
-            if errors:
-                raise errors[0]
+            if work is None:
+                work = [
+                    leader_batches("mesh-%d" % i, "lead-%d" % i, per_leader) for i in range(leaders)
+                ]
+            pids = [gw.process.pid for gw in gws if gw.process is not None]
+            before = sum(cpu_seconds(pid) for pid in pids)
+            # Leader i sends to replica i mod replicas.
+            gateways = [gws[i % len(gws)].udp for i in range(leaders)]
+            result = run_leaders(gateways, work, window, BENCH_KEY)
+            result["gateway_cpu_s"] = sum(cpu_seconds(pid) for pid in pids) - before
         finally:
             for gw in gws:
                 gw.stop()
-    return {"readings": sum(acked), "seconds": elapsed, "readings_per_s": sum(acked) / elapsed}
+    return result
+
+
+def bench_end_to_end(scale: float, rounds: int) -> None:
+    """Rounds of raw bound, end to end, raw bound again, on the same rows, for each durability
+    setting (the gateway's ``--sync``); the ratio is to the better of the two bounds, and the
+    median ratio over the rounds is printed. On a shared machine either may be slowed by
+    others; CPU time per reading, the gateway's against the bound's, is less affected."""
+    work = [leader_batches("mesh-%d" % i, "lead-%d" % i, int(375 * scale)) for i in range(4)]
+    rows = [batch for batches in work for batch in batches]
+    ratios: dict[str, list[float]] = {"NORMAL": [], "FULL": []}
+    for number in range(1, rounds + 1):
+        for sync in ("NORMAL", "FULL"):
+            ratios[sync].append(
+                _round("round %d, synchronous=%s" % (number, sync), rows, work, sync, ())
+            )
+    for sync, values in ratios.items():
+        print(
+            "end to end over UDP, synchronous=%s: median %.2f of the raw bound over %d rounds "
+            "(%s)"
+            % (sync, statistics.median(values), rounds, ", ".join("%.2f" % x for x in values))
+        )
+    label = "synchronous=NORMAL, frames decoded in a process of their own"
+    _round(label, rows, work, "NORMAL", ("--decode-process",))
+
+
+def _round(
+    label: str,
+    rows: list[dict[str, Any]],
+    work: list[list[dict[str, Any]]],
+    sync: str,
+    extra: tuple[str, ...],
+) -> float:
+    """One end-to-end run between two raw bounds; prints it, returns its ratio."""
+    before, before_cpu = raw_bound_cpu(rows, sync)
+    r = bench_udp(4, 0, 4, extra=("--sync", sync.lower(), *extra), work=work)
+    after, after_cpu = raw_bound_cpu(rows, sync)
+    bound = max(before, after)
+    bound_cpu = min(before_cpu, after_cpu)
+    gateway_cpu = 1e6 * r["gateway_cpu_s"] / max(r["readings"], 1)
+    print(
+        "end to end over UDP, %s (4 leader processes, 4 batches in flight each): %.0f "
+        "readings/s (%d in %.2f s, %d resent), %.2f of the raw bound on the same rows (%.0f/s, "
+        "the better of %.0f and %.0f); CPU per reading: gateway %.1f µs, bound %.1f µs (%.2f); "
+        "CPU: gateway %.2f cores, leaders %.2f cores (they could send %.0f readings/s)"
+        % (
+            label,
+            r["readings_per_s"],
+            r["readings"],
+            r["seconds"],
+            r["resent"],
+            r["readings_per_s"] / bound,
+            bound,
+            before,
+            after,
+            gateway_cpu,
+            bound_cpu,
+            bound_cpu / gateway_cpu,
+            r["gateway_cpu_s"] / r["seconds"],
+            r["sender_cpu_s"] / r["seconds"],
+            r["readings"] / max(r["sender_cpu_s"], 1e-9),
+        )
+    )
+    return float(r["readings_per_s"] / bound)
 
 
 def pg_copy_bound(url: str, batches: list[dict[str, Any]]) -> float:
@@ -298,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="meshelect bench gateway", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="end-to-end rounds, each beside its bound"
+    )
     args = parser.parse_args(argv)
     scale = 0.1 if args.quick else 1.0
 
@@ -328,19 +391,12 @@ def main(argv: list[str] | None = None) -> int:
                     r["dup_readings_per_s"],
                 )
             )
-    r = bench_udp(leaders=4, per_leader=int(250 * scale), window=4)
-    print(
-        "end to end over UDP (4 leaders, 4 batches in flight each, decode + store + ack, "
-        "synchronous=FULL): %.0f readings/s (%d readings in %.2f s), %.2f of the FULL raw bound, "
-        "%.2f of the NORMAL one"
-        % (
-            r["readings_per_s"],
-            r["readings"],
-            r["seconds"],
-            r["readings_per_s"] / bounds["FULL"],
-            r["readings_per_s"] / bounds["NORMAL"],
-        )
-    )
+    print("where a batch's CPU time goes on the frame path (µs per batch, synchronous=NORMAL):")
+    stages = breakdown(batches, BENCH_KEY, "NORMAL", 8)
+    for stage, micros in stages:
+        print("  %-48s %6.1f" % (stage, micros))
+    print("  %-48s %6.1f" % ("total", sum(m for s, m in stages if not s.startswith("  of which"))))
+    bench_end_to_end(scale, args.rounds)
     from testkit.postgres import available
 
     if available():
