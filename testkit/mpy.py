@@ -21,6 +21,7 @@ gives either; ``BITS`` names both for tests that run on each.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -79,11 +80,15 @@ def install_firmware(build: Path, folder: Path, frozen: bool = False) -> None:
     """Put a firmware build (``meshelect firmware build``) into a board folder, as symlinks.
     ``frozen``: only the files a board image does not hold (``boot.py``, ``main.py``), as on
     a meshelect board image or the 32-bit stand-in, whose modules are frozen in; the build's
-    .mpy files would be found first and loaded into the heap."""
+    .mpy files would be found first and loaded into the heap. Those two are copies, not
+    symlinks: the unix port puts the *resolved* script's folder first on ``sys.path``, and a
+    symlinked ``main.py`` would put the build folder there, its .mpy before the frozen code."""
     folder.mkdir(parents=True, exist_ok=True)
     for entry in build.iterdir():
-        if not frozen or entry.name in ("boot.py", "main.py"):
+        if not frozen:
             os.symlink(entry, folder / entry.name)
+        elif entry.name in ("boot.py", "main.py"):
+            shutil.copyfile(entry, folder / entry.name)
 
 
 def mpy_cross_path() -> str | None:

@@ -149,7 +149,7 @@ INVALID = [
     ("truncated utf-8", b"\x62\xe2\x82"),
     ("array as map key", b"\xa1\x80\x01"),
     ("map as map key", b"\xa1\xa0\x01"),
-    ("too deep", b"\x81" * (fw.MAX_DEPTH + 1) + b"\x00"),
+    ("too deep", b"\x81" * (fw._MAX_DEPTH + 1) + b"\x00"),
 ]
 
 
@@ -164,9 +164,9 @@ def test_decode_error_is_a_value_error() -> None:
 
 
 def test_depth_bound_is_exact() -> None:
-    assert fw.loads(b"\x81" * fw.MAX_DEPTH + b"\x00") is not None
+    assert fw.loads(b"\x81" * fw._MAX_DEPTH + b"\x00") is not None
     nested: Any = 0
-    for _ in range(fw.MAX_DEPTH):
+    for _ in range(fw._MAX_DEPTH):
         nested = [nested]
     assert fw.dumps(nested) == cbor2.dumps(nested)
     with pytest.raises(fw.CBOREncodeError):

@@ -25,10 +25,7 @@ from agent import strict_cbor
 from agent.core import datapath
 from agent.core.batchcheck import check_batch
 from agent.core.datapath import (
-    DROPPED_METRIC,
     MAX_IN_FLIGHT,
-    MAX_RANGES_PER_ACK,
-    READINGS_FRAME_BYTES,
     Collector,
     ReadingBuffer,
     batch_message,
@@ -49,6 +46,11 @@ from agent.core.wire import MAX_FRAME_BYTES, Codec, WireError
 from gateway.batch import Batch, parse_batch
 from testkit.mpy import compile_mpy, micropython_path, run_micropython
 from tests.paths import MPY_SCRIPTS, REPO_ROOT
+
+# Private consts on a board (no interned names): the tests read them as module attributes.
+DROPPED_METRIC = datapath._DROPPED_METRIC
+MAX_RANGES_PER_ACK = datapath._MAX_RANGES_PER_ACK
+READINGS_FRAME_BYTES = datapath._READINGS_FRAME_BYTES
 
 MESH = "greenhouse"
 KEY = b"datapath-test-key"
@@ -918,9 +920,9 @@ def test_mesh_view_rows_are_checked_with_the_batch_schema() -> None:
 
 # -------------------------------------------------------------------------- frames and sizes
 
-WORST_METRICS = {"m%015d" % i: -datapath.MAX_VALUE for i in range(datapath.MAX_METRICS)}
-WORST_ID = "x" * datapath.MAX_NAME_BYTES
-WORST_REASON = "r" * datapath.MAX_REASON_BYTES
+WORST_METRICS = {"m%015d" % i: -datapath._MAX_VALUE for i in range(datapath._MAX_METRICS)}
+WORST_ID = "x" * datapath._MAX_NAME_BYTES
+WORST_REASON = "r" * datapath._MAX_REASON_BYTES
 
 
 def worst_case_gateway_codec() -> Codec:
@@ -939,7 +941,7 @@ def test_readings_frames_stay_under_the_budget_at_worst_case_sizes() -> None:
     buffer = ReadingBuffer(WORST_ID, 0xFFFFFFFF, 64)
     buffer._next_seq = 0xFFFFFFFF - 64  # the biggest seqs a boot may use
     for _ in range(40):
-        buffer.add(datapath.MAX_VALUE, WORST_METRICS)
+        buffer.add(datapath._MAX_VALUE, WORST_METRICS)
     readings = buffer.due(0, WORST_ID, 0xFFFFFFFF, 64)
     messages = make_messages(WORST_ID, WORST_ID, 0xFFFFFFFF, readings)
     assert sum(len(m.body) for m in messages) == 40
@@ -957,12 +959,14 @@ def test_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes() -> None:
     for node in range(40):
         sender = "%016d" % node
         readings = [
-            [0xFFFFFFFF, 0xFFFFFFFF - seq, datapath.MAX_VALUE, dict(WORST_METRICS)]
+            [0xFFFFFFFF, 0xFFFFFFFF - seq, datapath._MAX_VALUE, dict(WORST_METRICS)]
             for seq in range(8)
         ]
-        readings[0][3][DROPPED_METRIC] = datapath.MAX_VALUE  # fills the dropped table too
+        readings[0][3][DROPPED_METRIC] = datapath._MAX_VALUE  # fills the dropped table too
         collector.add(readings, sender)
-    members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(40)]
+    members = [
+        ["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath._MAX_VALUE] for i in range(40)
+    ]
     elections = [[0xFFFFFFFF, WORST_ID, WORST_REASON]] * 8
     codec = worst_case_gateway_codec()
     codec.counter = 0xFFFFFFFF - 100
@@ -1063,12 +1067,14 @@ def test_small_batch_frames_stay_under_max_frame_bytes_at_worst_case_sizes(
     for node in range(30):
         sender = "%016d" % node
         readings: list[list[Any]] = [
-            [0xFFFFFFFF, 0xFFFFFFFF - seq, datapath.MAX_VALUE, dict(WORST_METRICS)]
+            [0xFFFFFFFF, 0xFFFFFFFF - seq, datapath._MAX_VALUE, dict(WORST_METRICS)]
             for seq in range(4)
         ]
-        readings[0][3][DROPPED_METRIC] = datapath.MAX_VALUE
+        readings[0][3][DROPPED_METRIC] = datapath._MAX_VALUE
         collector.add(readings, sender)
-    members = [["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath.MAX_VALUE] for i in range(30)]
+    members = [
+        ["%016d" % i, -(2**31), 0xFFFF, 0xFFFF, 0xFF, datapath._MAX_VALUE] for i in range(30)
+    ]
     elections = [[0xFFFFFFFF - i, WORST_ID, WORST_REASON] for i in range(4)]
     codec = worst_case_gateway_codec()
     codec.counter = 0xFFFFFFFF - 1000

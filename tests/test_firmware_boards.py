@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from testkit.mpy import run_micropython
+from testkit.mpy import install_firmware, run_micropython
 from tests.paths import REPO_ROOT
 from tools import firmware as firmware_tool
 from tools import firmware_image
@@ -41,6 +41,22 @@ def test_the_stand_in_is_32_bit_with_the_firmware_frozen() -> None:
     assert rc == 0, out
     # Small ints and ticks_ms end at 2**30 as on an ESP32; the modules come from the image.
     assert out.split() == [str(2**31 - 1), str(2**30 - 1), "agent/core/app.py", "cbor.py"], out
+
+
+@pytest.mark.micropython
+def test_a_frozen_board_folder_runs_the_frozen_code(tmp_path: Path) -> None:
+    # The unix port puts the resolved script's folder first on sys.path: a main.py symlinked
+    # into the build folder would load the build's .mpy into the heap, not the frozen code.
+    build = tmp_path / "build"
+    firmware_tool.build(build)
+    folder = tmp_path / "board"
+    install_firmware(build, folder, frozen=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["boot.py", "main.py"]
+    assert (folder / "main.py").resolve().parent == folder.resolve()
+    (folder / "probe.py").write_text("import app.runtime\nprint(app.runtime.__file__)\n")
+    rc, out = run_micropython(folder / "probe.py", bits=32, cwd=folder)
+    assert rc == 0, out
+    assert out.split() == ["app/runtime.py"], out  # (a loaded build would say app/runtime.mpy)
 
 
 @pytest.mark.parametrize("chip", sorted(firmware_image.BOARDS))

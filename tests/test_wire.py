@@ -542,8 +542,8 @@ def test_batchcheck_bounds_agree_with_wire() -> None:
     for name in ("_I32_MIN", "_I32_MAX", "_U16", "_U8", "_I64_MAX"):
         assert getattr(datapath, name) == getattr(wire, name), name
     assert datapath._MAX_TEXT_BYTES == wire._MAX_NAME_BYTES
-    assert datapath.MAX_NAME_BYTES == wire._MAX_ID_BYTES  # node ids in the data path
-    assert datapath.MAX_U32 == wire._U32
+    assert datapath._MAX_NAME_BYTES == wire._MAX_ID_BYTES  # node ids in the data path
+    assert datapath._MAX_U32 == wire._U32
     assert wire._TAG_BYTES == auth.TAG_BYTES
 
 
@@ -606,3 +606,46 @@ def test_codec_without_batch_checks_never_loads_batchcheck_on_micropython() -> N
     rc, out = run_micropython(code=code, path=[REPO_ROOT / "firmware" / "lib"])
     assert rc == 0, out
     assert out.split() == ["no_batches", "False", "1", "True"]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_split_replay_window_is_a_32_frame_window(seed: int) -> None:
+    # Against the plain model: accepted iff above every counter accepted so far, or at most
+    # 31 below the highest and not accepted before.
+    rng = random.Random(seed)
+    rx = codec()
+    seen: set[int] = set()
+    counter = 1000
+    for _ in range(400):
+        counter = max(0, counter + rng.choice((-40, -33, -32, -31, -17, -16, -15, -3, -1, 0)))
+        counter += rng.choice((0, 1, 2, 15, 16, 17, 31, 32, 33, 50))
+        fresh = (
+            not seen or counter > max(seen) or (max(seen) - counter < 32 and counter not in seen)
+        )
+        assert rx._fresh("n1", 7, counter, 0) == fresh, (seed, counter)
+        if fresh:
+            seen.add(counter)
+
+
+@pytest.mark.micropython
+def test_the_replay_window_allocates_no_long_int_on_a_32_bit_board() -> None:
+    # Small ints end at 2**30 on an ESP32 (and the 32-bit stand-in): a 32-bit window held as
+    # one int made a long int on the heap for most frames.
+    code = (
+        "import gc, cbor\n"
+        "from agent.core.wire import Codec\n"
+        "rx = Codec('m', b'k', cbor.dumps, cbor.loads)\n"
+        "c = 1\n"
+        "for c in range(1, 200):\n"
+        "    rx._fresh('n1', 1, c, 0)\n"
+        "gc.collect()\n"
+        "gc.disable()\n"
+        "before = gc.mem_alloc()\n"
+        "for c in range(200, 2000):\n"
+        "    rx._fresh('n1', 1, c + (c % 7) * 3, 0)\n"
+        "    rx._fresh('n1', 1, c - 20, 0)\n"
+        "print(gc.mem_alloc() - before)\n"
+    )
+    rc, out = run_micropython(code=code, bits=32, cwd="/")
+    assert rc == 0, out
+    assert out.split() == ["0"], out

@@ -233,6 +233,10 @@ def build(
         jobs.append((path, path.relative_to(root).as_posix()))
     entries = []
     for src, rel in sorted(jobs, key=lambda job: job[1]):
+        if src.name == "__init__.py":
+            # MicroPython imports a folder without one as a package: an __init__ would cost
+            # a module object and interned names for the process's life, for a docstring.
+            continue
         if rel in SOURCE_FILES:
             target = out / rel
             shutil.copyfile(src, target)

@@ -13,6 +13,7 @@ node does. Bytes and times go in; frames to send and events come out::
     app.set_power(battery, link, mains, eligible)
     app.connected(now, False)        # MQTT: the broker went; (now, True, listen_ms): it is back
     app.stop(now)                    # graceful: the goodbye frames are in out
+    app.rebase(now, ms)              # a board set its clock back by ms (agent/core/rebase.py)
     for dest, name, kind, frame in app.out: ...       # then del app.out[:]
     for event in app.events: ...                      # then del app.events[:]
     app.status(now)                  # the status layout both runtimes print and write
@@ -104,6 +105,7 @@ _MAX_ELECTIONS = const(8)  # elections not yet reported (no gateway for a long t
 # how long: until they missed this many wakes.
 _MAX_SLEEPERS = const(16)
 _SLEEPER_WAKES = const(3)
+_MAX_U32 = const(0xFFFFFFFF)  # a wake interval's bound: the wire's uint32
 # Node ids and metric names that held readings share (a mesh of 48 nodes with 16 names).
 _MAX_NAMES = const(64)
 # The shells empty both lists after every call; one call makes at most a batch's acks (a
@@ -278,6 +280,15 @@ class NodeApp:
                 self._resume(now, "reconnected")
             else:
                 ms[_RESUME_AT] = now + listen_ms + 2 * node.config.heartbeat_ms
+
+    def rebase(self, now, ms):
+        """The runtime sets its clock back by ``ms`` at ``now`` (its time before the step;
+        ``now >= 2 * ms``), so that its times stay small ints: a 32-bit board's end at 2**30
+        ms, 12.4 days. Every time the app holds goes back with it, and what the node does does
+        not change: ``agent/core/rebase.py``, loaded for this only (a board unloads it)."""
+        from agent.core import rebase
+
+        rebase.rebase(self, now, ms)
 
     def clock_ms(self, now):
         """The election clock at runtime time ``now`` (when a reconnection's grace is over, it
@@ -490,7 +501,7 @@ class NodeApp:
 
     def _sleeper(self, node_id, sleep_ms, now):
         sleepers = self.sleepers
-        if type(sleep_ms) is not int or not 0 < sleep_ms <= datapath.MAX_U32:
+        if type(sleep_ms) is not int or not 0 < sleep_ms <= _MAX_U32:
             return
         row = sleepers.get(node_id)
         if row is None:

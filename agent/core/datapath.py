@@ -54,9 +54,9 @@ from agent.core.messages import (
 )
 
 # Timings (ms). A member resends later than a healthy round trip takes (the leader waits up to
-# BATCH_MS, then the gateway answers), so it does not resend what the leader still holds.
-BATCH_MS = 1000
-BATCH_RESEND_MS = 2000
+# _BATCH_MS, then the gateway answers), so it does not resend what the leader still holds.
+_BATCH_MS = const(1000)
+_BATCH_RESEND_MS = const(2000)
 RESEND_MS = 4000
 # With nothing to send, a leader still sends a batch this often: it carries the mesh view
 # (members, battery, link) that the dashboard shows.
@@ -64,7 +64,7 @@ BATCH_IDLE_MS = 10000
 
 # Frame budgets (bytes of the encoded frame, tag included). READINGS/READINGS_ACK stay under one
 # Wi-Fi/Ethernet MTU without IP fragmentation; a BATCH must stay under the codec's MAX_FRAME_BYTES.
-READINGS_FRAME_BYTES = const(1200)
+_READINGS_FRAME_BYTES = const(1200)
 BATCH_FRAME_BYTES = const(4096)
 # One reading of the most metrics at worst-case sizes with the agg rows it adds to a batch:
 # 1 + 17 + 3 * 5 + 9 + 1 + 8 * (17 + 9) = 251, and 8 * (_AGG_ROW_MAX + 16 + 16) = 512; the
@@ -84,21 +84,22 @@ _BATCH_MAP_OVERHEAD = const(136)
 # (agent/core/wire.py, and the batch map's agent/core/batchcheck.py, which the gateway applies):
 # they size the frames (see _READING_MAX), and nothing the data path builds is refused further
 # on, where a refused batch would be resent for ever. 16 bytes is the wire's node-id bound too.
-MAX_METRICS = const(8)
-MAX_NAME_BYTES = const(16)
+_MAX_METRICS = const(8)
+_MAX_NAME_BYTES = const(16)
 MAX_MESH_BYTES = const(32)
 # Values and times fit a JavaScript number exactly (the dashboard), and SQLite's int64.
-# No const() for these two: they are not small ints on a 32-bit MCU.
-MAX_VALUE = 9007199254740991  # 2**53 - 1
-MAX_U32 = 0xFFFFFFFF  # boot, seq and terms on the wire
-DROPPED_METRIC = "_dropped"
+# (Consts, also these two, which are no small ints on a 32-bit MCU: the compiler puts them in
+# the code, and a module global would be one more interned name on a board.)
+_MAX_VALUE = const(9007199254740991)  # 2**53 - 1
+_MAX_U32 = const(0xFFFFFFFF)  # boot, seq and terms on the wire
+_DROPPED_METRIC = const("_dropped")
 # A sleepy member's wake interval (ms), on the first reading of a send, as _dropped: its leader
 # takes it out (agent/core/app.py) and lists the member with it while it sleeps.
 SLEEP_METRIC = "_sleep_ms"
 
 # Bounds on frames and on the leader's state.
 MAX_READINGS_PER_FRAME = const(32)
-MAX_RANGES_PER_ACK = const(32)
+_MAX_RANGES_PER_ACK = const(32)
 BATCH_MAX_READINGS = const(64)
 MAX_IN_FLIGHT = const(2)
 # The mesh view in a batch is bounded so that, at worst case sizes, one reading of the most
@@ -109,7 +110,7 @@ _MAX_MEMBERS = const(24)
 _MAX_DROPPED_NODES = const(24)
 # An election reason the collector reports: the schema's text allows 32 bytes, but at the
 # smallest frame (_MIN_BATCH_FRAME_BYTES) a row with a longer reason would never fit the view.
-MAX_REASON_BYTES = const(16)
+_MAX_REASON_BYTES = const(16)
 _MAX_RANGES_IN = const(64)
 # Nodes whose newest seq the collector keeps (the others are looked for in what it holds).
 _MAX_NEWEST = const(64)
@@ -131,13 +132,6 @@ _NEVER = const(-1)
 _AGG_ROW_MAX = const(1 + 2 + 2 + 3 * 9)
 
 
-def validate_metrics(metrics):
-    """Raise ValueError unless ``metrics`` is a valid {name: int milli-units} map."""
-    reason = _metrics_problem(metrics)
-    if reason:
-        raise ValueError("bad metrics: %s" % reason)
-
-
 def make_messages(sender, leader, term, readings):
     """Split ``readings`` into as few READINGS Msgs as fit the frame budget, in order."""
     out = []
@@ -145,7 +139,7 @@ def make_messages(sender, leader, term, readings):
     size = _FRAME_OVERHEAD
     for reading in readings:
         item = cbor_size(reading)
-        if chunk and (size + item > READINGS_FRAME_BYTES or len(chunk) >= MAX_READINGS_PER_FRAME):
+        if chunk and (size + item > _READINGS_FRAME_BYTES or len(chunk) >= MAX_READINGS_PER_FRAME):
             out.append(Msg(READINGS, sender, term=term, target=leader, body=chunk))
             chunk = []
             size = _FRAME_OVERHEAD
@@ -210,8 +204,8 @@ class ReadingBuffer:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         if not _is_name(node):
-            raise ValueError("node ids are 1..%d UTF-8 bytes" % MAX_NAME_BYTES)
-        if not _is_int(boot) or not 0 <= boot <= MAX_U32:
+            raise ValueError("node ids are 1..%d UTF-8 bytes" % _MAX_NAME_BYTES)
+        if not _is_int(boot) or not 0 <= boot <= _MAX_U32:
             raise ValueError("boot must be an int in 0..2**32-1")
         self.node = node
         self.boot = boot
@@ -244,11 +238,13 @@ class ReadingBuffer:
 
     def add(self, t_ms, metrics):
         """Store a reading taken at ``t_ms``; return its seq. ValueError on bad input."""
-        if type(t_ms) is not int or not 0 <= t_ms <= MAX_VALUE:
+        if type(t_ms) is not int or not 0 <= t_ms <= _MAX_VALUE:
             raise ValueError("bad t_ms: %r" % (t_ms,))
-        validate_metrics(metrics)
+        reason = _metrics_problem(metrics)
+        if reason:
+            raise ValueError("bad metrics: %s" % reason)
         seq = self._next_seq
-        if seq > MAX_U32:
+        if seq > _MAX_U32:
             raise ValueError("seq exhausted in this boot: restart with a higher boot counter")
         cap = self.capacity
         if self._used == cap:
@@ -316,7 +312,7 @@ class ReadingBuffer:
                 wakeup = again
         self.wakeup = wakeup if wakeup != _NEVER else now + self.resend_ms
         if out and self.dropped:
-            out[0][3][DROPPED_METRIC] = self.dropped  # (a fresh dict: the held tuple stays)
+            out[0][3][_DROPPED_METRIC] = self.dropped  # (a fresh dict: the held tuple stays)
         if out and self.sleep_ms:
             out[0][3][SLEEP_METRIC] = self.sleep_ms
         return out
@@ -451,8 +447,8 @@ class Collector:
         node,
         mesh,
         capacity,
-        batch_ms=BATCH_MS,
-        batch_resend_ms=BATCH_RESEND_MS,
+        batch_ms=_BATCH_MS,
+        batch_resend_ms=_BATCH_RESEND_MS,
         batch_idle_ms=BATCH_IDLE_MS,
         max_frame_bytes=BATCH_FRAME_BYTES,
         max_in_flight=MAX_IN_FLIGHT,
@@ -465,7 +461,7 @@ class Collector:
         if not _MIN_BATCH_FRAME_BYTES <= max_frame_bytes <= BATCH_FRAME_BYTES:
             raise ValueError("max_frame_bytes")
         if not _is_name(node):
-            raise ValueError("node ids are 1..%d UTF-8 bytes" % MAX_NAME_BYTES)
+            raise ValueError("node ids are 1..%d UTF-8 bytes" % _MAX_NAME_BYTES)
         if not isinstance(mesh, str) or not 0 < len(mesh.encode()) <= MAX_MESH_BYTES:
             raise ValueError("mesh names are 1..%d UTF-8 bytes" % MAX_MESH_BYTES)
         self.node = node
@@ -552,7 +548,7 @@ class Collector:
                 self.invalid += 1
                 continue
             boot, seq, t_ms, metrics = reading
-            if DROPPED_METRIC in metrics:
+            if _DROPPED_METRIC in metrics:
                 metrics = self._take_dropped(from_node, metrics)
                 if metrics is None:
                     self.invalid += 1
@@ -599,7 +595,7 @@ class Collector:
         """
         if elections:
             for entry in elections:
-                if not _election_row(entry, MAX_REASON_BYTES):
+                if not _election_row(entry, _MAX_REASON_BYTES):
                     self.invalid_view += 1
                     continue
                 if len(self._elections) >= _MAX_ELECTIONS:
@@ -811,8 +807,8 @@ class Collector:
 
     def _take_dropped(self, node, metrics):
         """Record a member's reported overflow total; return its metrics without it."""
-        total = metrics[DROPPED_METRIC]
-        if not _is_int(total) or not 0 <= total <= MAX_VALUE:
+        total = metrics[_DROPPED_METRIC]
+        if not _is_int(total) or not 0 <= total <= _MAX_VALUE:
             return None
         if node in self._dropped or len(self._dropped) < _MAX_DROPPED_NODES:
             # A running total per boot: take the latest report (a reboot may lower it).
@@ -821,7 +817,7 @@ class Collector:
             self.truncated += 1
         rest = {}
         for name in metrics:
-            if name != DROPPED_METRIC:
+            if name != _DROPPED_METRIC:
                 rest[name] = metrics[name]
         return rest
 
@@ -892,7 +888,7 @@ def _confirmations(entries):
             if last is not None and last[0] == boot and last[2] + 1 == seq:
                 last[2] = seq
             else:
-                if len(ranges) >= MAX_RANGES_PER_ACK:
+                if len(ranges) >= _MAX_RANGES_PER_ACK:
                     out.append((member, ranges))
                     ranges = []
                 ranges.append([boot, seq, seq])
@@ -962,7 +958,7 @@ def _is_int(value):
 
 
 def _is_name(value):
-    return isinstance(value, str) and 0 < len(value.encode()) <= MAX_NAME_BYTES
+    return isinstance(value, str) and 0 < len(value.encode()) <= _MAX_NAME_BYTES
 
 
 def _is_range(item):
@@ -996,7 +992,7 @@ def _member_row(item):
         and 0 <= item[3] <= _U16
         and 0 <= item[4] <= _U8
         and 0 <= item[5] <= _I64_MAX
-        and (len(item) == 6 or 0 <= item[6] <= MAX_U32)
+        and (len(item) == 6 or 0 <= item[6] <= _MAX_U32)
     )
 
 
@@ -1005,10 +1001,10 @@ def _election_row(item, hi=_MAX_TEXT_BYTES):
     if type(item) not in (list, tuple) or len(item) != 3:
         return False
     term, leader, reason = item
-    if not (_is_int(term) and 0 <= term <= MAX_U32) or not (leader is None or _is_name(leader)):
+    if not (_is_int(term) and 0 <= term <= _MAX_U32) or not (leader is None or _is_name(leader)):
         return False
     if _is_int(reason):
-        return 0 <= reason <= MAX_U32
+        return 0 <= reason <= _MAX_U32
     return isinstance(reason, str) and 0 < len(reason.encode()) <= hi
 
 
@@ -1019,9 +1015,9 @@ def _is_reading(item):
         and _is_int(item[0])
         and _is_int(item[1])
         and _is_int(item[2])
-        and 0 <= item[0] <= MAX_U32
-        and 0 <= item[1] <= MAX_U32
-        and 0 <= item[2] <= MAX_VALUE
+        and 0 <= item[0] <= _MAX_U32
+        and 0 <= item[1] <= _MAX_U32
+        and 0 <= item[2] <= _MAX_VALUE
         and isinstance(item[3], dict)
     )
 
@@ -1030,14 +1026,14 @@ def _metrics_problem(metrics):
     """Why ``metrics`` is invalid, as a short string; "" when it is valid."""
     if not isinstance(metrics, dict):
         return "not a dict"
-    if not 0 < len(metrics) <= MAX_METRICS:
-        return "needs 1..%d metrics" % MAX_METRICS
+    if not 0 < len(metrics) <= _MAX_METRICS:
+        return "needs 1..%d metrics" % _MAX_METRICS
     for name in metrics:
         if not _is_name(name):
-            return "metric names are 1..%d UTF-8 bytes" % MAX_NAME_BYTES
+            return "metric names are 1..%d UTF-8 bytes" % _MAX_NAME_BYTES
         if name[0] == "_":
             return "names starting with _ are reserved"
         value = metrics[name]
-        if not _is_int(value) or not -MAX_VALUE <= value <= MAX_VALUE:
+        if not _is_int(value) or not -_MAX_VALUE <= value <= _MAX_VALUE:
             return "values are ints within +-(2**53 - 1)"
     return ""

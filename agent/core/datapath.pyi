@@ -10,26 +10,25 @@ _Range = list[int]
 # A row of the mesh view: [node, score, battery, link, flags, age_ms]; [term, leader, reason].
 _Row = Sequence[Any]
 
-BATCH_MS: Final = 1000
-BATCH_RESEND_MS: Final = 2000
+_BATCH_MS: Final = 1000
+_BATCH_RESEND_MS: Final = 2000
 RESEND_MS: Final = 4000
 BATCH_IDLE_MS: Final = 10000
-READINGS_FRAME_BYTES: Final = 1200
+_READINGS_FRAME_BYTES: Final = 1200
 BATCH_FRAME_BYTES: Final = 4096
-MAX_METRICS: Final = 8
-MAX_NAME_BYTES: Final = 16
+_MAX_METRICS: Final = 8
+_MAX_NAME_BYTES: Final = 16
 MAX_MESH_BYTES: Final = 32
-MAX_VALUE: Final = 9007199254740991
-MAX_U32: Final = 0xFFFFFFFF
-DROPPED_METRIC: Final = "_dropped"
+_MAX_VALUE: Final = 9007199254740991
+_MAX_U32: Final = 0xFFFFFFFF
+_DROPPED_METRIC: Final = "_dropped"
 SLEEP_METRIC: Final = "_sleep_ms"
 MAX_READINGS_PER_FRAME: Final = 32
-MAX_RANGES_PER_ACK: Final = 32
+_MAX_RANGES_PER_ACK: Final = 32
 BATCH_MAX_READINGS: Final = 64
 MAX_IN_FLIGHT: Final = 2
-MAX_REASON_BYTES: Final = 16
+_MAX_REASON_BYTES: Final = 16
 
-def validate_metrics(metrics: object) -> None: ...
 def make_messages(
     sender: str, leader: str, term: int, readings: Iterable[_Reading]
 ) -> list[Msg]: ...

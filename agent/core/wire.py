@@ -55,9 +55,12 @@ MAX_FRAME_BYTES = const(4096)  # whole frame, tag included; larger frames are dr
 _TAG_BYTES = const(8)  # auth.TAG_BYTES: the first 8 bytes of the HMAC
 
 # Replay protection. 32 frames of reordering is more than a mesh of one radio hop shows.
-# The window is one int: a small int on 64-bit ports, a short long-int on a 32-bit ESP32.
+# The window is two 16-bit halves (bit i: counter high - i seen; i < 16 in the low half):
+# every value, shifted or not, stays a small int on a 32-bit board (they end at 2**30), so a
+# frame allocates no long int.
 _REPLAY_WINDOW = const(32)
-_WINDOW_MASK = const((1 << _REPLAY_WINDOW) - 1)
+_HALF = const(16)
+_HALF_MASK = const(0xFFFF)
 # A sender silent this long is forgotten: a node that lost its boot counter (flash wiped)
 # is accepted again after this quiet time instead of never. Long against the heartbeat
 # interval (250 ms default), so a healthy sender is never forgotten.
@@ -340,13 +343,14 @@ class Codec:
 
     def _fresh(self, sender, boot, counter, now):
         # True (and the window moved) if (boot, counter) was not seen from this sender.
+        # entry: [boot, highest counter, window's low half, heard ms, window's high half]
         entry = self._senders.get(sender)
         if entry is not None and now - entry[3] >= REPLAY_FORGET_MS:
             entry[0] = -1  # forgotten: any boot is new again
         if entry is None:
             if len(self._senders) >= self.max_senders:
                 self._evict()
-            self._senders[sender] = [boot, counter, 1, now]
+            self._senders[sender] = [boot, counter, 1, now, 0]
             return True
         if boot < entry[0]:
             return False
@@ -354,20 +358,32 @@ class Codec:
             entry[0] = boot
             entry[1] = counter
             entry[2] = 1
+            entry[4] = 0
         else:
             high = entry[1]
             if counter > high:
                 shift = counter - high
-                entry[2] = ((entry[2] << shift) | 1) & _WINDOW_MASK if shift < _REPLAY_WINDOW else 1
+                low = entry[2]
+                if shift < _HALF:
+                    # Masked before the shift: nothing goes above 16 bits.
+                    entry[4] = ((entry[4] & (_HALF_MASK >> shift)) << shift) | (
+                        low >> (_HALF - shift)
+                    )
+                    entry[2] = ((low & (_HALF_MASK >> shift)) << shift) | 1
+                else:
+                    shift -= _HALF  # the low half moves into the high one, or out
+                    entry[4] = (low & (_HALF_MASK >> shift)) << shift if shift < _HALF else 0
+                    entry[2] = 1
                 entry[1] = counter
             else:
                 back = high - counter
                 if back >= _REPLAY_WINDOW:
                     return False
-                bit = 1 << back
-                if entry[2] & bit:
+                half = 2 if back < _HALF else 4
+                bit = 1 << (back if back < _HALF else back - _HALF)
+                if entry[half] & bit:
                     return False
-                entry[2] |= bit
+                entry[half] |= bit
         entry[3] = now
         return True
 

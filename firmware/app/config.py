@@ -6,7 +6,7 @@ JSON because MicroPython reads it with no extra library. Keys are the Pi agent's
 ``udp``, ``mqtt``, ``gateway``, ``discovery``, ``election``, ``score``, ``data``, ``energy``,
 ``sleep``) plus ``wifi``, ``hw`` (the board), ``update_key`` (hex: over-the-air updates,
 ``app/ota.py``) and a few runtime settings (``status_ms``, ``status_file``, ``boot_file``,
-``run_ms``). A problem raises ``ConfigError`` naming the key. The settings the
+``clock_wait_ms``, ``run_ms``). A problem raises ``ConfigError`` naming the key. The settings the
 shared core takes (``node_id``, ``mesh``, ``heartbeat_ms``, ``[election]``, ``[score]``) are
 checked by the core's own rules (``agent.core.node.make_config``; ``energy`` and ``sleep`` by
 ``agent.core.energy`` and ``agent.core.sleepy``), the same as the Pi agent's
@@ -137,25 +137,35 @@ def _positive(value, key):
     return value
 
 
-def next_boot(path):
+def next_boot(path, hw, wait_ms=0):
     """Read, grow and persist the boot counter (replay protection needs it to grow).
 
-    ``wire.next_boot`` makes it at least the seconds since 2024 when NTP set the clock
-    (boot.py), so a flashed board's new boot ids are above its old ones.
+    ``wire.next_boot`` makes it at least the seconds since 2024 when the wall clock
+    (``hw.wall_s()``, set by NTP) is valid, so a flashed board's new boot ids are above its
+    old ones. So with no boot id stored (a flashed board, wiped files) and no valid clock yet,
+    it first waits up to ``wait_ms`` for Wi-Fi and NTP to set the clock: the hardware layer
+    keeps joining and asking NTP, the watchdog is fed, and a Ctrl-C (``meshelect firmware
+    deploy``'s interrupt) ends it as KeyboardInterrupt. Still no clock: boot 1, flagged.
     """
     from agent.core.wire import next_boot as grow
 
-    boot = 0
+    stored = 0
     try:
         with open(path) as f:
-            boot = int(f.read().strip() or "0")
+            stored = int(f.read().strip() or "0")
     except (OSError, ValueError):
         pass
-    unix_s = time.time()
-    if time.gmtime(0)[0] == 2000:  # the board's epoch (ESP32); the unix port's is 1970
-        unix_s += 946684800
-    stored = boot
-    boot = grow(stored, unix_s)
+    if not stored and wait_ms > 0 and grow(0, hw.wall_s()) == 1:
+        print("boot: no stored boot id: waiting up to %d ms for the clock (NTP)" % wait_ms)
+        start = time.ticks_ms()
+        waited = 0
+        while waited < wait_ms and grow(0, hw.wall_s()) == 1:
+            hw.maintain(waited)
+            hw.feed()
+            time.sleep_ms(100)
+            waited = time.ticks_diff(time.ticks_ms(), start)
+        print("boot: waited %d ms for the clock" % waited)
+    boot = grow(stored, hw.wall_s())
     if not stored and boot == 1:
         # Nothing stored and no valid clock: this boot id may have been used before. Peers
         # take it after REPLAY_FORGET_MS; the gateway stores the readings as a boot reuse.
@@ -186,12 +196,15 @@ def boot(path="config.json"):
     that ``hw.kind`` names (default: the board we run on), with the collector's threshold
     set. A bad config ends the program (exit 2).
 
-    ``gc_threshold`` (default 16 KB; 0: off): collect after every this many bytes allocated.
+    ``gc_threshold`` (default 8 KB; 0: off): collect after every this many bytes allocated.
     Without it the collector runs only when an allocation fails, and by then short-lived
     frames and batches lie between the long-lived held readings: the heap is fragmented and a
     batch frame finds no room although half the heap is free. Measured with
     tests/mpy/fw_memory.py: a leader of 10 members (buffers 64/128) needs a 192k heap without
-    it and runs in 112k with 16 KB.
+    it and runs in 112k with 16 KB. The whole firmware process leading 10 members
+    (tests/test_firmware_memory_live.py, 64-bit, 117 KB live in 128k) ran out of heap in 3 of
+    4 runs with 16 KB, in none of 3 with 8 KB: about twice the collections (each a few ms on
+    an ESP32) for a heap that stays in one piece.
     """
     import gc
     import sys
@@ -210,7 +223,7 @@ def boot(path="config.json"):
     except ConfigError as e:
         print("config: %s" % e)
         sys.exit(2)
-    threshold = int(cfg.get("gc_threshold", 16384))
+    threshold = int(cfg.get("gc_threshold", 8192))
     if threshold > 0:
         gc.threshold(threshold)
     return cfg, layer(cfg)

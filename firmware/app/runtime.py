@@ -53,7 +53,7 @@ _MAX_SLEEP_MS = const(100)
 # mDNS finds a gateway within a second or two: one still unknown after this says so, once.
 _GATEWAY_GRACE_MS = const(5000)
 # Every receive allocates this much first: one datagram, not the codec's 4 KB frame limit (what
-# the mesh sends a node is under READINGS_FRAME_BYTES; a longer datagram is cut and dropped).
+# the mesh sends a node is under datapath._READINGS_FRAME_BYTES; a longer one is cut, dropped).
 _RX_BYTES = const(1500)
 # The encode buffer, allocated once at boot: as long as the app's longest frame (a batch, one
 # datagram: NodeApp's default max_frame_bytes).
@@ -63,6 +63,12 @@ _HEALTHY_MS = const(60000)
 _FAILS_FILE = const("boot_fails")  # main.py's count of failed starts
 # Readings' t_ms count from 1970 on every runtime; the ESP32 port's time counts from 2000.
 _EPOCH_2000_MS = const(946684800000)
+# The runtime's clock goes back by _REBASE_MS whenever it reaches _REBASE_AT (every 3.1 days),
+# and every time the app, mDNS and the hardware layer hold with it: so every time value, and
+# a day's deadline above it, stays a small int on a 32-bit board (they end at 2**30: 12.4
+# days of ms) and no step allocates a long int (NodeApp.rebase).
+_REBASE_AT = const(1 << 29)
+_REBASE_MS = const(1 << 28)
 
 
 class UdpLink:
@@ -138,18 +144,26 @@ class Runtime:
     def __init__(self, cfg, hw, link=UdpLink):
         self.cfg = cfg
         self.hw = hw
-        self._ticks = time.ticks_ms()
-        self._ms = hw.clock_ms  # 0 but in tests (hw/unix.py)
+        ms = hw.clock_ms  # 0 but in tests (hw/unix.py): the uptime the clock starts at
+        while ms >= _REBASE_AT:
+            ms -= _REBASE_MS  # (as now() goes on)
+        self._ms = ms
+        self._rebases = 0  # how often now() set the clock back
         from app import config  # boot only: main() unloads it after
 
         # A sleepy member (app/sleep.py, loaded only for one) woken from deep sleep goes on in
-        # the boot it kept; anything else starts a new boot.
+        # the boot it kept; anything else starts a new boot. A flashed board has no boot id
+        # stored: it waits (bounded) for NTP, so that the clock gives one above its old ids
+        # (firmware/README.md, "Boot ids after a reflash").
         self.sleeper = None
         if "sleep" in cfg:
             from app.sleep import Sleeper
 
             self.sleeper = Sleeper(cfg, hw)
-        boot = (self.sleeper and self.sleeper.boot) or config.next_boot(cfg["boot_file"])
+        boot = (self.sleeper and self.sleeper.boot) or config.next_boot(
+            cfg["boot_file"], hw, int(cfg.get("clock_wait_ms", 10000))
+        )
+        self._ticks = time.ticks_ms()  # the runtime's clock starts after that wait
         self.boot = boot
         # Beside the boot counter: the highest term seen, so that after a power cut the first
         # claim goes above the gateway's fence. Written only when it rises (flash wear is one
@@ -221,13 +235,28 @@ class Runtime:
         return t_ms
 
     def now(self):
-        """Milliseconds since boot that never wrap (``ticks_ms`` wraps after 2**30 ms, about 12
-        days). The app keeps its own election clock on top (it stops while MQTT's broker is
-        away)."""
+        """Milliseconds since boot, less _REBASE_MS for every time it reached _REBASE_AT (it
+        never wraps as ``ticks_ms`` does, and stays a small int). The app keeps its own
+        election clock on top (it stops while MQTT's broker is away)."""
         t = time.ticks_ms()
-        self._ms += time.ticks_diff(t, self._ticks)
+        ms = self._ms + time.ticks_diff(t, self._ticks)
         self._ticks = t
-        return self._ms
+        if ms >= _REBASE_AT:
+            self.app.rebase(ms, _REBASE_MS)
+            # Its code (agent/core/rebase.py) was loaded for this only: unloaded again.
+            sys.modules.pop("agent.core.rebase", None)
+            core = sys.modules.get("agent.core")
+            if core is not None and hasattr(core, "rebase"):
+                del core.rebase
+            if self.mdns is not None:
+                self.mdns.rebase(_REBASE_MS)
+            self.hw.rebase(_REBASE_MS)
+            role, score, at = self._announced
+            self._announced = (role, score, at - _REBASE_MS)
+            ms -= _REBASE_MS
+            self._rebases += 1  # (run() moves its own deadlines)
+        self._ms = ms
+        return ms
 
     # ---- sockets -----------------------------------------------------------------------
 
@@ -286,7 +315,10 @@ class Runtime:
 
     def close(self):
         for task in self._rx_tasks:
-            task.cancel()
+            try:
+                task.cancel()
+            except RuntimeError:  # "can't cancel self": a Ctrl-C stopped the loop in this task
+                pass
         self._rx_tasks = []
         self.link.close()
         if self.mdns_sock is not None:
@@ -391,10 +423,25 @@ class Runtime:
             next_status = now
             healthy_at = now + _HEALTHY_MS
             status_ms = int(cfg.get("status_ms", 1000))
-            # (A local, not an attribute: a new attribute name is one more interned string.)
-            gateway_told = False  # the grace for finding a gateway is over
+            rebases = self._rebases
+            # When no gateway known says so, once (0: said or found). (A local, not an
+            # attribute: a new attribute name is one more interned string.)
+            gateway_due = now + _GATEWAY_GRACE_MS
             while True:
                 now = self.now()
+                if rebases != self._rebases:  # the clock went back: the deadlines go with it
+                    back = (self._rebases - rebases) * _REBASE_MS
+                    rebases = self._rebases
+                    next_sample -= back
+                    next_power -= back
+                    next_second -= back
+                    next_status -= back
+                    if healthy_at:
+                        healthy_at = max(1, healthy_at - back)
+                    if gateway_due:
+                        gateway_due = max(1, gateway_due - back)
+                    if run_ms:
+                        run_ms = max(1, run_ms - back)
                 if (run_ms and now >= run_ms) or self.reboot:
                     break
                 if sleeper is not None and sleeper.cycle.due(app, app.clock_ms(now)):
@@ -427,16 +474,13 @@ class Runtime:
                         next_second = now + 1000
                         if healthy_at and now >= healthy_at:
                             healthy_at = 0
-                            try:  # running a while: main.py's count of failed starts ends
-                                os.remove(_FAILS_FILE)
-                            except OSError:
-                                pass
+                            _started_well()  # running a while
                         hw.maintain(now)
                         if hw.ip() != self.ip:
                             self.open()
                         self.discovery(now)
-                        if not gateway_told and now >= _GATEWAY_GRACE_MS:
-                            gateway_told = True
+                        if gateway_due and now >= gateway_due:
+                            gateway_due = 0
                             if not app.gateway_known:  # (once: not a line a second)
                                 print(
                                     "gateway none (mdns: not found yet)"
@@ -528,6 +572,7 @@ class Runtime:
         status["errors"] += self.loop_errors
         status["heap"] = used
         status["peak_heap"] = self.peak_heap
+        status["clock_rebases"] = self._rebases  # how often the clock went back (3.1 days)
         status["gateway"] = "%s:%d" % self.gateway if self.gateway else None
         status["transport"] = self.link.status()
         if self.ota:  # (a node never updated over the air: no key, a smaller status)
@@ -572,6 +617,10 @@ def main(path="config.json"):
     except ValueError as e:  # settings the core refuses (app.config checked their types)
         print("config: %s" % e)
         sys.exit(2)
+    except KeyboardInterrupt:  # in the wait for the clock (a deploy's interrupt): on purpose
+        hw.close()
+        _started_well()
+        return
     if link is UdpLink:
         # Read once at boot: forget app.config so that the collector frees its code (nothing
         # else holds one of its functions; a later import would load it again). The MQTT
@@ -597,10 +646,7 @@ def main(path="config.json"):
             rt.close()
             hw.close()
     if not crashed:  # stopped on purpose (a deploy's interrupt, Ctrl-C, run_ms): no failed start
-        try:
-            os.remove(_FAILS_FILE)
-        except OSError:
-            pass
+        _started_well()
     if asleep:
         rt.sleeper.sleep(rt.app, rt.wall_ms())
     if crashed or rt.reboot:
@@ -613,3 +659,10 @@ def main(path="config.json"):
         if crashed:
             time.sleep(5)  # time to read the traceback on the serial console
         machine.reset()
+
+
+def _started_well():
+    try:  # main.py's count of failed starts ends
+        os.remove(_FAILS_FILE)
+    except OSError:
+        pass

@@ -23,6 +23,7 @@ package(
         "core/node.py",
         "core/peers.py",
         "core/prng.py",
+        "core/rebase.py",
         "core/score.py",
         "core/sleepy.py",
         "core/topics.py",

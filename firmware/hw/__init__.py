@@ -3,6 +3,8 @@
 
 Both expose the same small surface (see ``unix.UnixHardware``): ``power(now)`` ->
 (battery per-mille, link per-mille, mains), ``sample(now)`` -> {metric: int milli-units},
-``ip()``, ``maintain(now)`` (keep Wi-Fi up), ``feed()`` (watchdog), ``show(state, now)``
+``wall_s()`` (the wall clock in Unix seconds), ``rebase(ms)`` (the runtime's clock went
+back by ``ms``), ``ip()``, ``maintain(now)`` (keep Wi-Fi up
+and the clock set), ``feed()`` (watchdog), ``show(state, now)``
 (LED), ``close()``.
 """

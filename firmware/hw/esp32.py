@@ -14,6 +14,8 @@ A sensor that fails to initialise or read is counted in ``errors`` and skipped: 
 sensor never stops the node. Values are integers (milli-units, per-mille).
 """
 
+import time
+
 import esp32  # type: ignore[import-not-found]
 import machine  # type: ignore[import-not-found]
 import network  # type: ignore[import-not-found]
@@ -173,6 +175,16 @@ class Esp32Hardware:
         except Exception:  # no server reachable (OSError), or no ntptime in the image
             self._count("ntp")
             self._ntp_at = now + _NTP_RETRY_MS
+
+    def rebase(self, ms):
+        """The runtime set its clock back by ``ms``: so go the Wi-Fi and NTP deadlines."""
+        self._wifi_retry_at -= ms
+        self._ntp_at -= ms
+
+    def wall_s(self):
+        """The RTC in Unix seconds (the ESP32 port counts from 2000; after a power-on, and
+        until NTP sets it, it reads 2000-01-01)."""
+        return time.time() + (946684800 if time.gmtime(0)[0] == 2000 else 0)
 
     def ip(self):
         return self.wlan.ifconfig()[0] if self.wlan.isconnected() else "0.0.0.0"

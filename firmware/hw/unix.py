@@ -11,6 +11,8 @@ started again by whoever ran it, as the RTC timer wakes a board.
 
 ``clock_ms`` (a test hook) starts the runtime's clock there instead of at 0, so a test can run
 a node past 2**30 ms (where a 32-bit port's small ints end) without waiting 12 days.
+``clock_set_ms`` (a test hook) makes the wall clock read 2000-01-01, as a board's does after a
+power-on, until that many ms after start, as if NTP set it then (-1: never).
 
 The file holds the same keys (``battery``, ``link``, ``mains``, ``metrics``: {name: int}), so a
 test or a demo can change a node's power while it runs. A missing or broken file keeps the
@@ -19,6 +21,7 @@ last good values (counted in ``errors``). The node's address is ``udp.interface`
 """
 
 import json
+import time
 
 
 class UnixHardware:
@@ -38,6 +41,9 @@ class UnixHardware:
         self._start = None
         self.clock_ms = int(hw.get("clock_ms", 0))
         self.rtc_file = hw.get("rtc_file", "rtc_memory")
+        # (kept as the ticks_ms at which the clock is set; None: never)
+        set_ms = int(hw.get("clock_set_ms", 0))
+        self.clock_set_ms = None if set_ms < 0 else time.ticks_add(time.ticks_ms(), set_ms)
         self.read()
 
     def read(self):
@@ -76,6 +82,18 @@ class UnixHardware:
         ramp = phase if phase < half else self.period_ms - phase
         temp = self.temp_base - self.temp_amplitude + 2 * self.temp_amplitude * ramp // max(1, half)
         return {"temp_mc": temp, "battery_pm": self.power(now)[0]}
+
+    def rebase(self, ms):
+        """The runtime set its clock back by ``ms`` (the battery drains from the same start)."""
+        if self._start is not None:
+            self._start -= ms
+
+    def wall_s(self):
+        """The wall clock in Unix seconds (see ``clock_set_ms``)."""
+        at = self.clock_set_ms
+        if at is None or time.ticks_diff(time.ticks_ms(), at) < 0:
+            return 946684800  # 2000-01-01: a board's clock that NTP has not set yet
+        return time.time()
 
     def ip(self):
         return self.address

@@ -9,11 +9,11 @@ every other float as an 8-byte double). Definite lengths only.
 
 Decoding accepts the same types plus half/single floats, and rejects, with ``CBORDecodeError``
 and nothing else: indefinite lengths, tags, simple values other than false/true/null, lengths
-longer than the input, trailing bytes, nesting deeper than ``MAX_DEPTH``, invalid UTF-8
+longer than the input, trailing bytes, nesting deeper than ``_MAX_DEPTH``, invalid UTF-8
 (strictly as CPython: no overlong forms, no surrogates), and arrays or maps as map keys.
 
 Runs on CPython and MicroPython (no typing, no f-strings, no dict-order reliance). Recursion
-is bounded by ``MAX_DEPTH``; lists are allocated once at their final size.
+is bounded by ``_MAX_DEPTH``; lists are allocated once at their final size.
 """
 
 import struct
@@ -28,7 +28,7 @@ except ImportError:  # CPython
 
 # Deep enough for every wire frame (frame > batch > readings > reading > metrics is 5),
 # shallow enough that the recursion is harmless on an ESP32's small stack.
-MAX_DEPTH = 16
+_MAX_DEPTH = const(16)
 
 _MAJOR_UINT = const(0x00)
 _MAJOR_NINT = const(0x20)
@@ -36,7 +36,7 @@ _MAJOR_BYTES = const(0x40)
 _MAJOR_TEXT = const(0x60)
 _MAJOR_ARRAY = const(0x80)
 _MAJOR_MAP = const(0xA0)
-_MAX_UINT64 = 0xFFFFFFFFFFFFFFFF
+_MAX_UINT64 = const(0xFFFFFFFFFFFFFFFF)  # (a const: no module global, no interned name)
 
 
 class CBORDecodeError(ValueError):
@@ -134,13 +134,13 @@ def _encode(out, obj, depth):
         _head(out, _MAJOR_BYTES, len(obj))
         out.extend(obj)
     elif t is list or t is tuple:
-        if depth >= MAX_DEPTH:
+        if depth >= _MAX_DEPTH:
             raise CBOREncodeError("nested too deep")
         _head(out, _MAJOR_ARRAY, len(obj))
         for item in obj:
             _encode(out, item, depth + 1)
     elif t is dict:
-        if depth >= MAX_DEPTH:
+        if depth >= _MAX_DEPTH:
             raise CBOREncodeError("nested too deep")
         _head(out, _MAJOR_MAP, len(obj))
         # Iteration order is the dict's own: insertion order on CPython (as cbor2), hash
@@ -239,7 +239,7 @@ class _Decoder:
         if major == _MAJOR_TEXT:
             p = self._take(n)
             return _text(self.buf[p : p + n], n)
-        if depth >= MAX_DEPTH:
+        if depth >= _MAX_DEPTH:
             raise CBORDecodeError("nested too deep")
         depth += 1
         if major == _MAJOR_ARRAY:

@@ -189,6 +189,17 @@ class Mdns:
             self._announce_left = 2
             self._next_announce = now
 
+    def rebase(self, ms):
+        """The caller set its clock back by ``ms``: our deadlines and expiries go with it."""
+        self._next_query -= ms
+        self._next_announce -= ms
+        for svc in self.services.values():
+            svc.expires -= ms
+        sent = self._sent
+        for i in range(len(sent)):
+            if sent[i] is not None:
+                sent[i] -= ms
+
     def found(self, stype, now):
         """Live instances of ``stype``, sorted by name (no dict order)."""
         out = []

@@ -2,8 +2,8 @@
 
 MicroPython's ``socket`` lacks ``IPPROTO_IP``, ``IP_MULTICAST_IF``, ``IP_MULTICAST_TTL`` and
 ``IP_MULTICAST_LOOP``, and their values differ by network stack: Linux (the unix port) uses
-32, 33, 34; lwIP (ESP32 and the other MCU ports) uses 6, 5, 7 (lwip/sockets.h). The names win
-when the module has them (CPython).
+32, 33, 34; lwIP (ESP32 and the other MCU ports) uses 6, 5, 7 (lwip/sockets.h). They are
+numbers here (consts: no interned names on a board), set on Linux only.
 
 lwIP (the ESP32) accepts none of the three multicast options from MicroPython: its setsockopt
 prints a warning per call and raises nothing, so they are not set there. lwIP sends multicast
@@ -40,17 +40,19 @@ MESH_PORT = 47470
 GATEWAY_PORT = 47471
 
 _LINUX = sys.platform == "linux"
-_IPPROTO_IP = getattr(socket, "IPPROTO_IP", 0)
-_IP_MULTICAST_IF = getattr(socket, "IP_MULTICAST_IF", 32 if _LINUX else 6)
-_IP_MULTICAST_TTL = getattr(socket, "IP_MULTICAST_TTL", 33 if _LINUX else 5)
-_IP_MULTICAST_LOOP = getattr(socket, "IP_MULTICAST_LOOP", 34 if _LINUX else 7)
-_IP_ADD_MEMBERSHIP = getattr(socket, "IP_ADD_MEMBERSHIP", 35 if _LINUX else 3)
-
 _MICROPYTHON = sys.implementation.name == "micropython"
+# The options' values: IPPROTO_IP is 0 everywhere; the multicast options are set only on Linux
+# (the unix port; CPython, whose socket module has the same numbers), so Linux's values; the
+# membership is lwIP's 3 on the boards. Consts, not module globals: no interned names.
+_IPPROTO_IP = const(0)
+_IP_MULTICAST_IF = const(32)
+_IP_MULTICAST_TTL = const(33)
+_IP_MULTICAST_LOOP = const(34)
+_IP_ADD_MEMBERSHIP_LINUX = const(35)
+_IP_ADD_MEMBERSHIP_LWIP = const(3)
+_SO_REUSEPORT_LINUX = const(15)  # MicroPython's socket module does not name it; lwIP has none
 _addrs = {}  # (ip, port) -> sockaddr, or None when the name did not resolve
 _MAX_ADDRS = const(16)
-# MicroPython's socket module does not name it; 15 is Linux's value (unix port only).
-_SO_REUSEPORT = getattr(socket, "SO_REUSEPORT", 15 if sys.platform == "linux" else 0)
 
 
 def _aton(ip):
@@ -69,14 +71,15 @@ def open_multicast(group, port, iface_ip, ttl=1, loop=False, bind_ip="0.0.0.0"):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if _SO_REUSEPORT:
+        if _LINUX:
             try:
-                s.setsockopt(socket.SOL_SOCKET, _SO_REUSEPORT, 1)
+                s.setsockopt(socket.SOL_SOCKET, _SO_REUSEPORT_LINUX, 1)
             except OSError:
                 pass  # lwIP has no SO_REUSEPORT; one node per board anyway
         s.bind(_sockaddr(bind_ip, port))
-        s.setsockopt(_IPPROTO_IP, _IP_ADD_MEMBERSHIP, _aton(group) + _aton(iface_ip))
-        if _LINUX or not _MICROPYTHON:  # not on lwIP (every MicroPython port but unix)
+        membership = _IP_ADD_MEMBERSHIP_LINUX if _LINUX else _IP_ADD_MEMBERSHIP_LWIP
+        s.setsockopt(_IPPROTO_IP, membership, _aton(group) + _aton(iface_ip))
+        if _LINUX:  # not on lwIP (every MicroPython port but unix)
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_IF, _aton(iface_ip))
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_TTL, ttl)
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_LOOP, 1 if loop else 0)
