@@ -82,8 +82,8 @@ def run_mesh(seed: int, rebase: bool) -> list[Any]:
         collect(name, 0)
     for t in range(STEP, RUN_MS, STEP):
         if t == 300_000:
-            cut.add("n1")  # the leader cut off for a minute: the rest elect another
-        if t == 360_000:
+            cut.add("n1")  # the leader cut off for 70 s: the rest elect another, forget it
+        if t == 370_000:  # (peers forget a node not heard for 60 s)
             cut.clear()
         if t == 500_000:
             apps["n2"].connected(clock("n2", t), False)  # its election clock stops ...
@@ -116,6 +116,7 @@ def run_mesh(seed: int, rebase: bool) -> list[Any]:
                 now -= REBASE_MS
             if t % 1000 == 0:
                 app.sample(now, WALL_MS + t, {"temp_mc": 20000 + t // 1000 % 50})
+                log.append((t, name, sorted(app.node.peers.by_id)))  # whom it still knows
             if now >= app.wakeup:
                 app.tick(now)
             collect(name, t)

@@ -66,9 +66,10 @@ def rebase(app, now, ms):
     node = app.node
     for name in _NODE_TIMES:
         setattr(node, name, rebased(getattr(node, name), ms))
-    for p in node.peers.by_id.values():
+    peers = node.peers
+    peers.oldest = rebased(peers.oldest, ms)  # (a lower bound of the heard below: still one)
+    for p in peers.by_id.values():
         p.heard = rebased(p.heard, ms)
-        p.evidence = rebased(p.evidence, ms)
     buf = app.buffer
     sent_at = buf._sent_at
     for i in range(buf.capacity):
