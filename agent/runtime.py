@@ -564,7 +564,7 @@ class Agent:
         self._dozing = False
         now = self.now()
         woke = app.clock_ms(now)
-        energy.slept += woke - dozed  # asleep since, in deep sleep's current
+        energy.restore(None, woke - dozed)  # asleep since, in deep sleep's current
         energy.since = woke
         app.start(now)
         self._flush(now)

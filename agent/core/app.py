@@ -485,6 +485,7 @@ class NodeApp:
         """
         if not isinstance(readings, list):
             return
+        sleepers = self.sleepers
         for reading in readings:
             if not isinstance(reading, list) or len(reading) != 4:
                 continue  # malformed: the collector counts it
@@ -494,22 +495,21 @@ class NodeApp:
             shared = {}
             for name in metrics:
                 if name == datapath.SLEEP_METRIC:
-                    self._sleeper(sender, metrics[name], now)
+                    # A sleepy member's wake interval: kept (bounded) for the mesh view.
+                    # (Inline: a method's name is one more interned name on MicroPython.)
+                    sleep_ms = metrics[name]
+                    if type(sleep_ms) is not int or not 0 < sleep_ms <= _MAX_U32:
+                        continue
+                    row = sleepers.get(sender)
+                    if row is None:
+                        if len(sleepers) >= _MAX_SLEEPERS:
+                            continue  # bounded; the gateway still hears of it while awake
+                        row = sleepers[sender] = [0, 0, -1, 0, 0, F_SLEEPY]
+                    row[0] = sleep_ms
+                    row[1] = now
                 else:
                     shared[self._share(name)] = metrics[name]
             reading[3] = shared
-
-    def _sleeper(self, node_id, sleep_ms, now):
-        sleepers = self.sleepers
-        if type(sleep_ms) is not int or not 0 < sleep_ms <= _MAX_U32:
-            return
-        row = sleepers.get(node_id)
-        if row is None:
-            if len(sleepers) >= _MAX_SLEEPERS:
-                return  # bounded; the gateway still hears of it while it is awake
-            row = sleepers[node_id] = [0, 0, -1, 0, 0, F_SLEEPY]
-        row[0] = sleep_ms
-        row[1] = now
 
     def _share(self, name):
         """The one str held for ``name`` (a node id or a metric name; bounded table)."""

@@ -28,9 +28,11 @@ except ImportError:  # CPython
     from agent.core._compat import const
 from agent.core.score import _setting
 
-LEADER = const(0)
-MEMBER = const(1)
-SLEEPY = const(2)
+# The roles, as ``charge`` takes them (private: a module global's name would be interned for
+# the node's life on MicroPython; callers write 0, 1, 2).
+_LEADER = const(0)
+_MEMBER = const(1)
+_SLEEPY = const(2)
 
 # Settings of the ``[energy]`` table: name, default, lowest, highest. Currents in µA, from the
 # ESP32 series data sheet (v4.x, "RF power consumption" and "power consumption by power
@@ -55,7 +57,14 @@ _UA_MS_PER_NAH = const(3600)  # µA ms in a nAh
 class Energy:
     """The charge one node spends. ``modem``: its radio idles in modem sleep while awake.
     ``sleepy``: it is a sleepy member (its only role). ``settings``: the ``[energy]`` table
-    (missing keys take their defaults; a bad one raises ValueError ``energy.<name>: ...``)."""
+    (missing keys take their defaults; a bad one raises ValueError ``energy.<name>: ...``).
+
+    ``counts`` is one list (what a deep sleep keeps, ``state``): per role (0 leader, 1 member,
+    2 sleepy) awake ms, air time sent, air time received (ms) at 0..8; ms in deep sleep (the
+    sleepy role's) at 9; the µs below a ms of the two air times per role at 10..15 (kept apart,
+    so that no counter passes a 32-bit board's small ints within days: a big int allocates at
+    every frame). (One list, not five attributes: every attribute name is interned for the
+    node's life on MicroPython.)"""
 
     def __init__(self, now, settings=None, modem=False, sleepy=False):
         values = []
@@ -74,34 +83,29 @@ class Energy:
         self.settings = values
         self.report_ms = values[8]  # how often an awake node reports (0: never)
         self.idle = values[3] if modem else values[2]
-        self.sleepy = sleepy
-        self.role = SLEEPY if sleepy else MEMBER
+        self.role = _SLEEPY if sleepy else _MEMBER  # (a sleepy node's never changes)
         self.since = now
-        # Per role (LEADER, MEMBER, SLEEPY): awake ms, air time sent, air time received (ms);
-        # and the µs below a ms of the two air times (kept apart, so that no counter passes a
-        # 32-bit board's small ints within days: a big int allocates at every frame).
-        self.counts = [0] * 9
-        self.part = [0] * 6
-        self.slept = 0  # ms in deep sleep (the sleepy role's)
+        self.counts = [0] * 16
 
-    def tick(self, now, leading=False):
+    def tick(self, now, leader=False):
         """Book the time since the last call to the current role; then the role is the leader's
-        if ``leading`` (a sleepy node's is always its own)."""
+        if ``leader`` (a sleepy node's is always its own)."""
         if now > self.since:
             self.counts[3 * self.role] += now - self.since
         self.since = now
-        if not self.sleepy:
-            self.role = LEADER if leading else MEMBER
+        if self.role != _SLEEPY:
+            self.role = _LEADER if leader else _MEMBER
 
     def frame(self, sent, size):
         """One frame of ``size`` bytes sent (``sent`` True) or received, in the current role."""
         s = self.settings
-        k = 2 * self.role + (0 if sent else 1)
-        us = self.part[k] + s[5] + size * s[6] // 1000
+        c = self.counts
+        k = 10 + 2 * self.role + (0 if sent else 1)
+        us = c[k] + s[5] + size * s[6] // 1000
         if us >= 1000:
-            self.counts[3 * self.role + (1 if sent else 2)] += us // 1000
+            c[3 * self.role + (1 if sent else 2)] += us // 1000
             us %= 1000
-        self.part[k] = us
+        c[k] = us
 
     def charge(self, role):
         """µA·ms spent in ``role`` (divide by 3,600,000 for µAh)."""
@@ -109,39 +113,39 @@ class Energy:
         idle = self.idle
         c = self.counts
         k = 3 * role
-        p = self.part
-        j = 2 * role
+        j = 10 + 2 * role
         total = (
             c[k] * idle
             + c[k + 1] * (tx - idle)
             + c[k + 2] * (rx - idle)
-            + (p[j] * (tx - idle) + p[j + 1] * (rx - idle)) // 1000
+            + (c[j] * (tx - idle) + c[j + 1] * (rx - idle)) // 1000
         )
-        if role == SLEEPY:
-            total += self.slept * self.settings[4]
+        if role == _SLEEPY:
+            total += c[9] * self.settings[4]
         return total
 
     def reading(self, now):
         """The report as reading metrics: ``nAh_<role>`` and ``ms_<role>`` for each role it has
         been in, and ``mAh_cap``."""
-        self.tick(now, self.role == LEADER)
-        out = {"mAh_cap": self.settings[7]}
-        names = ("leader", "member", "sleepy")
-        for role in (LEADER, MEMBER, SLEEPY):
-            ms = self.counts[3 * role] + (self.slept if role == SLEEPY else 0)
+        self.tick(now, self.role == _LEADER)
+        # (Strings in a constant tuple are not interned on MicroPython; literal keys would be.)
+        names = ("mAh_cap", "nAh_", "ms_", "leader", "member", "sleepy")
+        out = {names[0]: self.settings[7]}
+        c = self.counts
+        for role in (_LEADER, _MEMBER, _SLEEPY):
+            ms = c[3 * role] + (c[9] if role == _SLEEPY else 0)
             if ms:
-                out["nAh_" + names[role]] = self.charge(role) // _UA_MS_PER_NAH
-                out["ms_" + names[role]] = ms
+                out[names[1] + names[3 + role]] = self.charge(role) // _UA_MS_PER_NAH
+                out[names[2] + names[3 + role]] = ms
         return out
 
     def state(self):
         """What a sleepy node keeps across a deep sleep (``restore`` takes it back)."""
-        return self.counts + [self.slept] + self.part
+        return self.counts[:]
 
-    def restore(self, state, slept_ms):
-        """Take back ``state`` (from ``state``) and book ``slept_ms`` of deep sleep."""
+    def restore(self, state, ms):
+        """Take back ``state`` (from ``state``; None: keep the counts) and book ``ms`` of deep
+        sleep."""
         if isinstance(state, list) and len(state) == 16:
-            self.counts = state[:9]
-            self.slept = state[9]
-            self.part = state[10:]
-        self.slept += slept_ms if slept_ms > 0 else 0
+            self.counts = state[:]
+        self.counts[9] += ms if ms > 0 else 0

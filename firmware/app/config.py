@@ -99,7 +99,10 @@ def check(data):
     for key in cfg["data"]:
         if key not in data_defaults:
             raise ConfigError("data.%s: unknown key" % key)
-        data[key] = _positive(cfg["data"][key], "data." + key)
+        value = cfg["data"][key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError("data.%s: expected a positive integer" % key)
+        data[key] = value
     cfg["data"] = data
     if cfg["wifi"].get("power_save", "modem") not in ("none", "modem"):
         raise ConfigError("wifi.power_save: expected none or modem")
@@ -111,9 +114,9 @@ def check(data):
         if "sleep" in cfg:  # a sleepy member: never eligible (agent/core/sleepy.py)
             if not isinstance(cfg["sleep"], dict):
                 raise ConfigError("sleep: expected an object")
-            from agent.core.sleepy import SleepCycle
+            from agent.core import sleepy  # (a local: its module name interned only if used)
 
-            SleepCycle(cfg["sleep"])
+            sleepy.SleepCycle(cfg["sleep"])
             cfg["eligible"] = False
     except ValueError as e:
         raise ConfigError(str(e))  # "election.suspect_intervals: must be ...", as it is
@@ -131,19 +134,13 @@ def check(data):
     return cfg
 
 
-def _positive(value, key):
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError("%s: expected a positive integer" % key)
-    return value
-
-
-def next_boot(path, hw, wait_ms=0):
+def next_boot(path, hw, ms=0):
     """Read, grow and persist the boot counter (replay protection needs it to grow).
 
     ``wire.next_boot`` makes it at least the seconds since 2024 when the wall clock
     (``hw.wall_s()``, set by NTP) is valid, so a flashed board's new boot ids are above its
     old ones. So with no boot id stored (a flashed board, wiped files) and no valid clock yet,
-    it first waits up to ``wait_ms`` for Wi-Fi and NTP to set the clock: the hardware layer
+    it first waits up to ``ms`` for Wi-Fi and NTP to set the clock: the hardware layer
     keeps joining and asking NTP, the watchdog is fed, and a Ctrl-C (``meshelect firmware
     deploy``'s interrupt) ends it as KeyboardInterrupt. Still no clock: boot 1, flagged.
     """
@@ -152,14 +149,14 @@ def next_boot(path, hw, wait_ms=0):
     stored = 0
     try:
         with open(path) as f:
-            stored = int(f.read().strip() or "0")
+            stored = int(f.read().strip() or 0)
     except (OSError, ValueError):
         pass
-    if not stored and wait_ms > 0 and grow(0, hw.wall_s()) == 1:
-        print("boot: no stored boot id: waiting up to %d ms for the clock (NTP)" % wait_ms)
+    if not stored and ms > 0 and grow(0, hw.wall_s()) == 1:
+        print("boot: no stored boot id: waiting up to %d ms for the clock (NTP)" % ms)
         start = time.ticks_ms()
         waited = 0
-        while waited < wait_ms and grow(0, hw.wall_s()) == 1:
+        while waited < ms and grow(0, hw.wall_s()) == 1:
             hw.maintain(waited)
             hw.feed()
             time.sleep_ms(100)

@@ -54,8 +54,10 @@ def _key(rt):
     return Key(bytes.fromhex(text)) if text else None
 
 
-def notice(rt, data):
-    """A datagram that starts with ``U`` arrived on the mesh's unicast socket."""
+def frame(rt, data):
+    """A datagram that starts with ``U`` (an update notice) arrived on the mesh's unicast
+    socket. (The runtime's two entry points are named ``frame`` and ``run``: names the process
+    has interned already, see firmware/README.md "Memory".)"""
     ota = rt.ota
     key = _key(rt)
     try:
@@ -249,7 +251,7 @@ async def report(rt):
         pass
 
 
-async def resume(rt):
+async def run(rt):
     """At start, when ``ota.json`` says anything but idle: report a rollback or a failure
     once, or run the trial: commit when joined, else reset (and the boot rolls back)."""
     ota = rt.ota

@@ -157,9 +157,9 @@ class Runtime:
         # (firmware/README.md, "Boot ids after a reflash").
         self.sleeper = None
         if "sleep" in cfg:
-            from app.sleep import Sleeper
+            from app import sleep  # (a local: "app.sleep" is interned only when imported)
 
-            self.sleeper = Sleeper(cfg, hw)
+            self.sleeper = sleep.Sleeper(cfg, hw)
         boot = (self.sleeper and self.sleeper.boot) or config.next_boot(
             cfg["boot_file"], hw, int(cfg.get("clock_wait_ms", 10000))
         )
@@ -379,9 +379,9 @@ class Runtime:
                     for pkt, dest in self.mdns.receive(data, addr, self.now()):
                         udp.send(sock, pkt, dest[0], dest[1])
                 elif data and data[0] == 85:  # "U": an update notice, not a mesh frame
-                    from app.ota import notice
+                    from app import ota
 
-                    notice(self, data)
+                    ota.frame(self, data)
                 else:
                     self.app.frame(data, addr, self.now())
                     self.flush()
@@ -400,9 +400,9 @@ class Runtime:
         try:
             self.open()
             if self.ota.get("state", "idle") != "idle":  # a trial, or an outcome to report
-                from app.ota import resume
+                from app import ota
 
-                asyncio.create_task(resume(self))
+                asyncio.create_task(ota.run(self))
             cfg = self.cfg
             app = self.app
             hw = self.hw
@@ -415,7 +415,7 @@ class Runtime:
             energy_ms = app.energy.report_ms
             next_energy = now + energy_ms if energy_ms else -1
             if sleeper is not None:
-                sleeper.cycle.wake(app, app.clock_ms(now))
+                sleeper.start(app, app.clock_ms(now))
                 next_energy = now  # one report per wake, with its reading
             next_sample = now
             next_power = now + cfg["heartbeat_ms"]
@@ -444,7 +444,7 @@ class Runtime:
                         run_ms = max(1, run_ms - back)
                 if (run_ms and now >= run_ms) or self.reboot:
                     break
-                if sleeper is not None and sleeper.cycle.due(app, app.clock_ms(now)):
+                if sleeper is not None and sleeper.tick(app, app.clock_ms(now)):
                     break  # main() keeps what must survive and sleeps
                 try:
                     if now >= next_power:

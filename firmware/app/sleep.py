@@ -38,6 +38,16 @@ class Sleeper:
             print("woke: boot %d, %d readings held" % (self.boot, held))
         self.state = None
 
+    # The runtime's hooks into the cycle (agent/core/sleepy.py), named as names the process has
+    # interned already: firmware/README.md, "Memory".
+    def start(self, app, now):
+        """A wake began (the app started): the app is made a sleepy member."""
+        self.cycle.wake(app, now)
+
+    def tick(self, app, now):
+        """True when this wake is over (the runtime then keeps the state and sleeps)."""
+        return self.cycle.due(app, now)
+
     def sleep(self, app, wall_ms):
         """Keep the state, then sleep (on the unix port: exit 4); never returns on a board."""
         self.hw.keep(cbor.dumps(sleepy.save(app, wall_ms)))

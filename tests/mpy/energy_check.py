@@ -13,8 +13,10 @@ import cbor
 
 from agent.core import sleepy
 from agent.core.app import DEST_MESH, NodeApp
-from agent.core.energy import LEADER, MEMBER, SLEEPY, Energy
+from agent.core.energy import Energy
 from agent.core.node import ROLE_LEADER
+
+LEADER, MEMBER, SLEEPY = 0, 1, 2  # the roles Energy.charge takes
 
 
 def line(name, value):
@@ -83,7 +85,7 @@ def deep_sleep():
     line("next seq", b.sample(0, 1700000004000, {"t": 1}))
     line("counter", b.codec.counter)
     line("taken", b.buffer.taken)
-    line("slept", b.energy.slept)
+    line("slept", b.energy.counts[9])
     line("no state", sleepy.boot_of(None))
     line("other version", sleepy.boot_of([9, 7, 0, 1, [], None, 0, []]))
 
