@@ -204,7 +204,7 @@ def test_the_election_clock_stops_while_the_broker_is_away() -> None:
         assert member.wakeup > net.now + 10**9  # no deadline: the shell sleeps on its timers
         member.tick(net.now)
         assert member.out == [] and member.clock_ms(net.now) == frozen
-    assert member.node.leader == "a" and member.node.stats_suspicions == 0
+    assert member.node.leader == "a" and member.node.suspicions == 0
     # The broker is back, but not yet the leader: wait for it (its reconnection), not for
     # ever: the grace is the leader's reconnection time plus two heartbeats.
     member.connected(net.now, True, 500)
@@ -217,7 +217,7 @@ def test_the_election_clock_stops_while_the_broker_is_away() -> None:
     assert kinds(net.events["b"], "clock_paused")[-1] == ("clock_paused", False, "leader heard")
     # The clock went on from where it stopped (when the leader was heard, a delivery after it
     # was back): no suspicion, no election.
-    assert member.node.stats_suspicions == 0 and member.node.term == 1
+    assert member.node.suspicions == 0 and member.node.term == 1
     assert frozen + 250 <= member.clock_ms(net.now) < frozen + 300
 
 

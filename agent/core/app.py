@@ -372,10 +372,10 @@ class NodeApp:
             # can cost a new string pool, ~7 KB on the firmware's 128 KB heap).
             "stale_peers": stale,
             "stats": {
-                "sent": node.stats_sent,
+                "sent": node.sent,
                 "terms_started": node.stats_terms_started,
-                "suspicions": node.stats_suspicions,
-                "handoffs": node.stats_handoffs,
+                "suspicions": node.suspicions,
+                "handoffs": node.handoffs,
                 "term_jumps": node.term_jumps,
             },
             "buffer": {

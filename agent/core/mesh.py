@@ -101,7 +101,7 @@ class Mesh:
         self._sync(sim)
         if sim.node is not None:
             sim.terms_started += sim.node.stats_terms_started
-            sim.sent += sim.node.stats_sent
+            sim.sent += sim.node.sent
         sim.boots += 1
         sim.tick_at = _NO_TICK
         node = Node(sim.id, self.config, boot=sim.boots, seed=self.seed + sim.boots * 7919)

@@ -277,10 +277,11 @@ class Node:
         self.events = []  # view changes, for the caller to empty (see the module docstring)
         self.set_power(SCORE_MAX, SCORE_MAX)  # full battery and link until told otherwise
         self.wakeup = _NO_TIME
-        self.stats_sent = 0
+        # (Counters named as the status keys they fill: one interned name each on MicroPython.)
+        self.sent = 0
         self.stats_terms_started = 0
-        self.stats_suspicions = 0
-        self.stats_handoffs = 0
+        self.suspicions = 0
+        self.handoffs = 0
         self.term_jumps = 0  # frames dropped for an implausible term
         # The highest term seen before this boot (persisted by the runtime): the first claim
         # goes above it, so a restarted mesh is not fenced by its own past. (Kept by start.)
@@ -317,7 +318,7 @@ class Node:
             successor = self.peers.best(now - self.config.live_ms)
         if successor is not None:
             self._send(Msg(HANDOFF, self.id, self.term, F_LEAVING, target=successor.id))
-            self.stats_handoffs += 1
+            self.handoffs += 1
         else:
             self._send(Msg(LEAVE, self.id, self.term))
         self.crash()
@@ -681,7 +682,7 @@ class Node:
             self._handoff_to = best.id
             self._handoff_flags = flags
             self._handoff_tries = 1
-            self.stats_handoffs += 1
+            self.handoffs += 1
             self._send(Msg(HANDOFF, self.id, self.term, flags, target=best.id))
 
     # ---- transitions ------------------------------------------------------------------
@@ -732,7 +733,7 @@ class Node:
 
     def _suspect(self, now, gone):
         """Give up on our leader: it went silent, or (``gone``) it said it is leaving."""
-        self.stats_suspicions += 1
+        self.suspicions += 1
         self._leaving_deadline = _NO_TIME
         self._suspected = self.leader
         self._suspected_gone = gone
@@ -827,7 +828,7 @@ class Node:
 
     def _send(self, msg):
         self.outbox.append(msg)
-        self.stats_sent += 1
+        self.sent += 1
 
     def _heartbeat(self, now):
         role = self.role

@@ -55,10 +55,10 @@ class Node:
     # (kind, role, term, leader, lead_reason, previous role): view changes, emptied by the caller
     events: list[tuple[str, int, int, str | None, str | None, int]]
     wakeup: int
-    stats_sent: int
+    sent: int
     stats_terms_started: int
-    stats_suspicions: int
-    stats_handoffs: int
+    suspicions: int
+    handoffs: int
     term_jumps: int
     max_seen: int
     battery: int

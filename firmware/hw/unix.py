@@ -32,10 +32,14 @@ class UnixHardware:
         self.battery = int(hw.get("battery", 1000))
         self.link = int(hw.get("link", 1000))
         self.mains = bool(hw.get("mains", False))
-        self.drain_per_min = int(hw.get("drain_per_min", 0))
-        self.temp_base = int(hw.get("temp_base", 21000))
-        self.temp_amplitude = int(hw.get("temp_amplitude", 0))
-        self.period_ms = max(1, int(hw.get("period_ms", 60000)))
+        # The simulation: drain_per_min, temp_base, temp_amplitude, period_ms (one tuple, not
+        # four attributes: every attribute name is interned for the process's life).
+        self.sim = (
+            int(hw.get("drain_per_min", 0)),
+            int(hw.get("temp_base", 21000)),
+            int(hw.get("temp_amplitude", 0)),
+            max(1, int(hw.get("period_ms", 60000))),
+        )
         self.metrics = None
         self.address = (cfg.get("udp") or {}).get("interface") or "127.0.0.1"
         self._start = None
@@ -68,8 +72,9 @@ class UnixHardware:
         if self._start is None:
             self._start = now
         battery = self.battery
-        if self.drain_per_min and not self.mains:
-            battery = max(0, battery - (now - self._start) * self.drain_per_min // 60000)
+        drain = self.sim[0]
+        if drain and not self.mains:
+            battery = max(0, battery - (now - self._start) * drain // 60000)
         return battery, self.link, self.mains
 
     def sample(self, now):
@@ -77,11 +82,14 @@ class UnixHardware:
         if self.metrics is not None:
             return dict(self.metrics)
         # A triangle wave: integer-only and deterministic, good enough for demos and tests.
-        phase = now % self.period_ms
-        half = self.period_ms // 2
-        ramp = phase if phase < half else self.period_ms - phase
-        temp = self.temp_base - self.temp_amplitude + 2 * self.temp_amplitude * ramp // max(1, half)
-        return {"temp_mc": temp, "battery_pm": self.power(now)[0]}
+        _, base, amplitude, period = self.sim
+        phase = now % period
+        half = period // 2
+        ramp = phase if phase < half else period - phase
+        temp = base - amplitude + 2 * amplitude * ramp // max(1, half)
+        # (The names from a constant tuple: literal keys would be interned names.)
+        names = ("temp_mc", "battery_pm")
+        return {names[0]: temp, names[1]: self.power(now)[0]}
 
     def rebase(self, ms):
         """The runtime set its clock back by ``ms`` (the battery drains from the same start)."""
