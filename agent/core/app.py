@@ -106,6 +106,7 @@ _MAX_ELECTIONS = const(8)  # elections not yet reported (no gateway for a long t
 _MAX_SLEEPERS = const(16)
 _SLEEPER_WAKES = const(3)
 _MAX_U32 = const(0xFFFFFFFF)  # a wake interval's bound: the wire's uint32
+_SLEEP_METRIC = const("_sleep_ms")  # the reading that carries it (datapath.py sends it)
 # Node ids and metric names that held readings share (a mesh of 48 nodes with 16 names).
 _MAX_NAMES = const(64)
 # The shells empty both lists after every call; one call makes at most a batch's acks (a
@@ -494,7 +495,7 @@ class NodeApp:
                 continue
             shared = {}
             for name in metrics:
-                if name == datapath.SLEEP_METRIC:
+                if name == _SLEEP_METRIC:
                     # A sleepy member's wake interval: kept (bounded) for the mesh view.
                     # (Inline: a method's name is one more interned name on MicroPython.)
                     sleep_ms = metrics[name]

@@ -95,7 +95,8 @@ _MAX_U32 = const(0xFFFFFFFF)  # boot, seq and terms on the wire
 _DROPPED_METRIC = const("_dropped")
 # A sleepy member's wake interval (ms), on the first reading of a send, as _dropped: its leader
 # takes it out (agent/core/app.py) and lists the member with it while it sleeps.
-SLEEP_METRIC = "_sleep_ms"
+# (A private const, as app.py's copy: a module global's name is interned on MicroPython.)
+_SLEEP_METRIC = const("_sleep_ms")
 
 # Bounds on frames and on the leader's state.
 MAX_READINGS_PER_FRAME = const(32)
@@ -234,7 +235,7 @@ class ReadingBuffer:
         self.invalid_acks = 0
         # READINGS_ACKs not from the leader and term our readings last went to: ignored.
         self.foreign_acks = 0
-        self.sleep_ms = 0  # a sleepy member's wake interval: sent as SLEEP_METRIC
+        self.sleep_ms = 0  # a sleepy member's wake interval: sent as _SLEEP_METRIC
 
     def add(self, t_ms, metrics):
         """Store a reading taken at ``t_ms``; return its seq. ValueError on bad input."""
@@ -314,7 +315,7 @@ class ReadingBuffer:
         if out and self.dropped:
             out[0][3][_DROPPED_METRIC] = self.dropped  # (a fresh dict: the held tuple stays)
         if out and self.sleep_ms:
-            out[0][3][SLEEP_METRIC] = self.sleep_ms
+            out[0][3][_SLEEP_METRIC] = self.sleep_ms
         return out
 
     def due_messages(self, now, leader, term, max_count=MAX_READINGS_PER_FRAME):

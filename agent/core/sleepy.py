@@ -3,7 +3,7 @@
 Loaded only by a node configured as sleepy (the ``[sleep]`` table); sans-IO, as the rest of
 the core. A sleepy node is a member that is never eligible (it never claims, never leads:
 ``NodeApp.set_power(..., eligible=False)``), whose heartbeats carry ``F_SLEEPY``, and whose
-readings tell its leader its wake interval (``datapath.SLEEP_METRIC`` on the first reading of
+readings tell its leader its wake interval (``_sleep_ms`` on the first reading of
 each send): the leader lists it in the mesh view while it sleeps, with that interval, so that
 neither the leader nor the gateway takes it for silent until it missed its wakes.
 

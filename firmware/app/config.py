@@ -208,15 +208,15 @@ def boot(path="config.json"):
 
     try:
         cfg = load(path)
+        # (The kinds from a constant tuple and the module by its computed name: no interned
+        # names for the layer a node does not run; firmware/README.md, "Memory".)
+        kinds = ("esp32", "unix")
         kind = cfg["hw"].get("kind")
         if not kind:
-            kind = "unix" if sys.platform in ("linux", "darwin") else "esp32"
-        if kind == "esp32":
-            from hw.esp32 import Esp32Hardware as layer
-        elif kind == "unix":
-            from hw.unix import UnixHardware as layer
-        else:
+            kind = kinds[1] if sys.platform in ("linux", "darwin") else kinds[0]
+        if kind not in kinds:
             raise ConfigError("hw.kind: unknown %r (esp32 or unix)" % (kind,))
+        layer = __import__("hw." + kind, None, None, (kind,)).Hardware
     except ConfigError as e:
         print("config: %s" % e)
         sys.exit(2)

@@ -147,8 +147,9 @@ class Runtime:
         ms = hw.clock_ms  # 0 but in tests (hw/unix.py): the uptime the clock starts at
         while ms >= _REBASE_AT:
             ms -= _REBASE_MS  # (as now() goes on)
-        self._ms = ms
-        self._rebases = 0  # how often now() set the clock back
+        # The clock: ms as now() last gave it, the ticks_ms it was read at, how often now() set
+        # it back. (One list: each attribute's name would be interned for the node's life.)
+        self._clock = [ms, 0, 0]
         from app import config  # boot only: main() unloads it after
 
         # A sleepy member (app/sleep.py, loaded only for one) woken from deep sleep goes on in
@@ -163,7 +164,7 @@ class Runtime:
         boot = (self.sleeper and self.sleeper.boot) or config.next_boot(
             cfg["boot_file"], hw, int(cfg.get("clock_wait_ms", 10000))
         )
-        self._ticks = time.ticks_ms()  # the runtime's clock starts after that wait
+        self._clock[1] = time.ticks_ms()  # the runtime's clock starts after that wait
         self.boot = boot
         # Beside the boot counter: the highest term seen, so that after a power cut the first
         # claim goes above the gateway's fence. Written only when it rises (flash wear is one
@@ -238,9 +239,10 @@ class Runtime:
         """Milliseconds since boot, less _REBASE_MS for every time it reached _REBASE_AT (it
         never wraps as ``ticks_ms`` does, and stays a small int). The app keeps its own
         election clock on top (it stops while MQTT's broker is away)."""
+        clock = self._clock
         t = time.ticks_ms()
-        ms = self._ms + time.ticks_diff(t, self._ticks)
-        self._ticks = t
+        ms = clock[0] + time.ticks_diff(t, clock[1])
+        clock[1] = t
         if ms >= _REBASE_AT:
             self.app.rebase(ms, _REBASE_MS)
             # Its code (agent/core/rebase.py) was loaded for this only: unloaded again.
@@ -254,8 +256,8 @@ class Runtime:
             role, score, at = self._announced
             self._announced = (role, score, at - _REBASE_MS)
             ms -= _REBASE_MS
-            self._rebases += 1  # (run() moves its own deadlines)
-        self._ms = ms
+            clock[2] += 1  # (run() moves its own deadlines)
+        clock[0] = ms
         return ms
 
     # ---- sockets -----------------------------------------------------------------------
@@ -423,15 +425,16 @@ class Runtime:
             next_status = now
             healthy_at = now + _HEALTHY_MS
             status_ms = int(cfg.get("status_ms", 1000))
-            rebases = self._rebases
+            clock = self._clock
+            rebases = clock[2]
             # When no gateway known says so, once (0: said or found). (A local, not an
             # attribute: a new attribute name is one more interned string.)
             gateway_due = now + _GATEWAY_GRACE_MS
             while True:
                 now = self.now()
-                if rebases != self._rebases:  # the clock went back: the deadlines go with it
-                    back = (self._rebases - rebases) * _REBASE_MS
-                    rebases = self._rebases
+                if rebases != clock[2]:  # the clock went back: the deadlines go with it
+                    back = (clock[2] - rebases) * _REBASE_MS
+                    rebases = clock[2]
                     next_sample -= back
                     next_power -= back
                     next_second -= back
@@ -572,7 +575,7 @@ class Runtime:
         status["errors"] += self.loop_errors
         status["heap"] = used
         status["peak_heap"] = self.peak_heap
-        status["clock_rebases"] = self._rebases  # how often the clock went back (3.1 days)
+        status["clock_rebases"] = self._clock[2]  # how often the clock went back (3.1 days)
         status["gateway"] = "%s:%d" % self.gateway if self.gateway else None
         status["transport"] = self.link.status()
         if self.ota:  # (a node never updated over the air: no key, a smaller status)

@@ -31,7 +31,7 @@ _NTP_EVERY_MS = const(86400000)
 _RTC_BYTES = const(2048)  # MicroPython's RTC user memory on an ESP32
 
 
-class Esp32Hardware:
+class Hardware:
     clock_ms = 0  # where the runtime's clock starts (only the unix layer's tests move it)
 
     def __init__(self, cfg):

@@ -24,7 +24,7 @@ import json
 import time
 
 
-class UnixHardware:
+class Hardware:
     def __init__(self, cfg):
         hw = cfg.get("hw") or {}
         self.errors = {}

@@ -170,10 +170,10 @@ class Mdns:
         self.services = {}  # lower-case instance name -> Service (lookups only, order unused)
         self.drops = {}
         self.answered = 0
-        self._next_query = 0
-        self._interval = 1000
-        self._announce_left = 2
-        self._next_announce = 0
+        # The schedule: next query (ms), query interval (ms), announcements left, next
+        # announcement (ms). (One list, not four attributes: each attribute's name would be
+        # interned for the node's life.)
+        self._timers = [0, 1000, 2, 0]
         # False when port 5353 is another responder's (ESP-IDF's on a stock image): we then
         # only browse, with one-shot queries from an ephemeral port that responders answer by
         # unicast (RFC 6762 5.1, 6.7), and neither announce nor answer.
@@ -186,13 +186,13 @@ class Mdns:
         """Change the TXT (role, score): re-announce so browsers update."""
         if txt != self.txt:
             self.txt = dict(txt)
-            self._announce_left = 2
-            self._next_announce = now
+            self._timers[2] = 2
+            self._timers[3] = now
 
     def rebase(self, ms):
         """The caller set its clock back by ``ms``: our deadlines and expiries go with it."""
-        self._next_query -= ms
-        self._next_announce -= ms
+        self._timers[0] -= ms
+        self._timers[3] -= ms
         for svc in self.services.values():
             svc.expires -= ms
         sent = self._sent
@@ -213,13 +213,14 @@ class Mdns:
     def tick(self, now):
         """Announcements, periodic browse queries, expiry. -> [(packet, addr)]."""
         out = []
-        if self.announcing and self._announce_left and now >= self._next_announce:
-            self._announce_left -= 1
-            self._next_announce = now + 1000
+        timers = self._timers
+        if self.announcing and timers[2] and now >= timers[3]:
+            timers[2] -= 1
+            timers[3] = now + 1000
             out.append((self.goodbye(True), (MDNS_GROUP, MDNS_PORT)))
-        if self.browse and now >= self._next_query:
-            self._next_query = now + self._interval
-            self._interval = min(self._interval * 2, self.max_interval_ms)
+        if self.browse and now >= timers[0]:
+            timers[0] = now + timers[1]
+            timers[1] = min(timers[1] * 2, self.max_interval_ms)
             buf = bytearray(12)
             seen = {}
             for stype in self.browse:

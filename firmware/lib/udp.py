@@ -39,7 +39,6 @@ MESH_GROUP = "239.255.77.77"
 MESH_PORT = 47470
 GATEWAY_PORT = 47471
 
-_LINUX = sys.platform == "linux"
 _MICROPYTHON = sys.implementation.name == "micropython"
 # The options' values: IPPROTO_IP is 0 everywhere; the multicast options are set only on Linux
 # (the unix port; CPython, whose socket module has the same numbers), so Linux's values; the
@@ -68,18 +67,19 @@ def open_multicast(group, port, iface_ip, ttl=1, loop=False, bind_ip="0.0.0.0"):
     ``loop=False`` stops our own datagrams coming back to us (the kernel drops them), so the
     mesh does not hear itself. Raises OSError when the interface or port is unusable.
     """
+    linux = sys.platform == "linux"  # (a local: a global's name stays interned)
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if _LINUX:
+        if linux:
             try:
                 s.setsockopt(socket.SOL_SOCKET, _SO_REUSEPORT_LINUX, 1)
             except OSError:
                 pass  # lwIP has no SO_REUSEPORT; one node per board anyway
         s.bind(_sockaddr(bind_ip, port))
-        membership = _IP_ADD_MEMBERSHIP_LINUX if _LINUX else _IP_ADD_MEMBERSHIP_LWIP
+        membership = _IP_ADD_MEMBERSHIP_LINUX if linux else _IP_ADD_MEMBERSHIP_LWIP
         s.setsockopt(_IPPROTO_IP, membership, _aton(group) + _aton(iface_ip))
-        if _LINUX:  # not on lwIP (every MicroPython port but unix)
+        if linux:  # not on lwIP (every MicroPython port but unix)
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_IF, _aton(iface_ip))
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_TTL, ttl)
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_LOOP, 1 if loop else 0)

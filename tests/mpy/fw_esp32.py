@@ -101,7 +101,7 @@ ntptime.calls = []
 ntptime.settime = lambda: ntptime.calls.append(1)
 sys.modules["ntptime"] = ntptime
 
-from hw.esp32 import Esp32Hardware
+from hw.esp32 import Hardware as Esp32Hardware
 
 cfg = {
     "wifi": {"ssid": "lab", "password": "pw"},

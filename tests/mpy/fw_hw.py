@@ -10,7 +10,7 @@ import sys
 from app import config
 from hw.common import DEFAULT_CURVE, check_curve, interpolate, led_on, rssi_to_link
 from hw.sensors import BME280, SHT3x, crc8_sensirion
-from hw.unix import UnixHardware
+from hw.unix import Hardware as UnixHardware
 
 TMP = sys.argv[1]
 
