@@ -485,7 +485,7 @@ class Agent:
         )
         next_sample = now + cfg.sample_ms
         next_status = now
-        report_ms = self.energy.report_ms
+        report_ms = self.energy.settings[8]  # [energy] report_ms
         next_energy = now + report_ms if report_ms else None
         cycle = self.cycle
         if cycle is not None:

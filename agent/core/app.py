@@ -71,11 +71,9 @@ except ImportError:  # CPython
 from agent.core import datapath
 from agent.core.messages import (
     BATCH_ACK,
-    CLAIM,
     F_LEADER,
     F_MAINS,
     F_SLEEPY,
-    HANDOFF,
     HEARTBEAT,
     LEAVE,
     READINGS,
@@ -92,7 +90,8 @@ DEST_GATEWAY = const(2)
 # small, fragmented heap while the frame is encoded (the default ``max_frame_bytes``).
 _DATAGRAM_BYTES = const(1400)
 
-_ELECTION_KINDS = (HEARTBEAT, CLAIM, HANDOFF, LEAVE)
+# The election's kinds are HEARTBEAT..LEAVE (1..4, messages.py): a range check, not a tuple
+# global (whose name would be interned on MicroPython).
 # When the data path runs again: a leader polls its collector (batches go every BATCH_MS,
 # 1 s); a member runs at its buffer's next resend, at least once a second; a view change, a
 # reading and a confirmation run it at once. A member that waits for its leader's address
@@ -231,7 +230,7 @@ class NodeApp:
             self._learn(msg.sender, source, t)
         if (
             self._ms[_PAUSED_AT] >= 0
-            and msg.kind in _ELECTION_KINDS
+            and HEARTBEAT <= msg.kind <= LEAVE
             and msg.sender == self.node.leader
         ):
             self._resume(now, "leader heard")
@@ -412,7 +411,7 @@ class NodeApp:
     def _dispatch(self, msg, now):
         kind = msg.kind
         node = self.node
-        if kind in _ELECTION_KINDS:
+        if HEARTBEAT <= kind <= LEAVE:
             node.receive(msg, now)
         elif kind == READINGS:
             if msg.target == self.id and node.role == ROLE_LEADER:

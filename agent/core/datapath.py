@@ -334,7 +334,15 @@ class ReadingBuffer:
         freed = 0
         cap = self.capacity
         for item in ranges[:_MAX_RANGES_IN]:
-            if not _is_range(item):
+            # (Checks used once are inline: every function's name is interned on MicroPython.)
+            if not (
+                isinstance(item, list)
+                and len(item) == 3
+                and _is_int(item[0])
+                and _is_int(item[1])
+                and _is_int(item[2])
+                and item[0] >= 0
+            ):
                 self.invalid_acks += 1
                 continue
             boot, first, last = item
@@ -545,7 +553,17 @@ class Collector:
             readings = readings[:MAX_READINGS_PER_FRAME]
         added = 0
         for reading in readings:
-            if not _is_reading(reading):
+            if not (
+                isinstance(reading, list)
+                and len(reading) == 4
+                and _is_int(reading[0])
+                and _is_int(reading[1])
+                and _is_int(reading[2])
+                and 0 <= reading[0] <= _MAX_U32
+                and 0 <= reading[1] <= _MAX_U32
+                and 0 <= reading[2] <= _MAX_VALUE
+                and isinstance(reading[3], dict)
+            ):
                 self.invalid += 1
                 continue
             boot, seq, t_ms, metrics = reading
@@ -962,17 +980,6 @@ def _is_name(value):
     return isinstance(value, str) and 0 < len(value.encode()) <= _MAX_NAME_BYTES
 
 
-def _is_range(item):
-    return (
-        isinstance(item, list)
-        and len(item) == 3
-        and _is_int(item[0])
-        and _is_int(item[1])
-        and _is_int(item[2])
-        and item[0] >= 0
-    )
-
-
 # The batch schema's rows of the mesh view: agent/core/batchcheck.py checks a received batch's
 # "members" and "elections" with these, and the collector keeps out of its batches what they
 # refuse (they are here, not there, because every leader needs them and batchcheck.py is
@@ -1007,20 +1014,6 @@ def _election_row(item, hi=_MAX_TEXT_BYTES):
     if _is_int(reason):
         return 0 <= reason <= _MAX_U32
     return isinstance(reason, str) and 0 < len(reason.encode()) <= hi
-
-
-def _is_reading(item):
-    return (
-        isinstance(item, list)
-        and len(item) == 4
-        and _is_int(item[0])
-        and _is_int(item[1])
-        and _is_int(item[2])
-        and 0 <= item[0] <= _MAX_U32
-        and 0 <= item[1] <= _MAX_U32
-        and 0 <= item[2] <= _MAX_VALUE
-        and isinstance(item[3], dict)
-    )
 
 
 def _metrics_problem(metrics):

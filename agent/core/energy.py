@@ -80,8 +80,9 @@ class Energy:
                         break
                 else:
                     raise ValueError("energy.%s: unknown setting" % name)
-        self.settings = values
-        self.report_ms = values[8]  # how often an awake node reports (0: never)
+        self.settings = (
+            values  # (settings[8]: report_ms, how often an awake node reports; 0: never)
+        )
         self.idle = values[3] if modem else values[2]
         self.role = _SLEEPY if sleepy else _MEMBER  # (a sleepy node's never changes)
         self.since = now

@@ -4,7 +4,6 @@ SETTINGS: tuple[tuple[str, int, int, int], ...]
 
 class Energy:
     settings: list[int]
-    report_ms: int
     idle: int
     role: int
     since: int

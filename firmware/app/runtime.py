@@ -414,7 +414,7 @@ class Runtime:
             app.start(now)
             self.flush()
             sleeper = self.sleeper
-            energy_ms = app.energy.report_ms
+            energy_ms = app.energy.settings[8]  # [energy] report_ms
             next_energy = now + energy_ms if energy_ms else -1
             if sleeper is not None:
                 sleeper.start(app, app.clock_ms(now))

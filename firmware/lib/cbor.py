@@ -157,7 +157,7 @@ def _encode(out, obj, depth):
     elif t is float:
         if obj != obj:
             out.extend(b"\xf9\x7e\x00")  # NaN, as cbor2 writes it
-        elif obj in (_INF, -_INF):
+        elif obj - obj != 0:  # infinite (inf - inf is NaN; no module global: one name less)
             out.extend(b"\xf9\x7c\x00" if obj > 0 else b"\xf9\xfc\x00")
         else:
             out.append(0xFB)
@@ -165,8 +165,6 @@ def _encode(out, obj, depth):
     else:
         raise CBOREncodeError("cannot encode type %s" % t.__name__)
 
-
-_INF = float("inf")
 
 # ---------------------------------------------------------------------------------------
 # Decoding
@@ -289,7 +287,7 @@ def _half(h):
     if exp == 0:
         v = mant / 16777216.0  # subnormal: mant * 2**-24
     elif exp == 31:
-        v = _INF if mant == 0 else _INF - _INF
+        v = float("inf") if mant == 0 else float("nan")
     else:
         v = (mant + 1024) * (2.0 ** (exp - 25))
     return -v if h & 0x8000 else v
