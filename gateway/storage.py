@@ -289,39 +289,41 @@ class SqlReads:
 
     def reused_readings(self, mesh: str, node: str | None, limit: int) -> list[dict[str, Any]]:
         """Readings stored apart because their id was already taken by another reading."""
-        query = (
-            "SELECT node, boot, seq, t_ms, received_ms, metrics FROM reading_conflicts "
-            "WHERE mesh = %s"
+        return self._reading_rows(
+            "reading_conflicts", "", [mesh], node, "received_ms, node, boot, seq", limit
         )
-        args: list[Any] = [mesh]
-        if node is not None:
-            query += " AND node = %s"
-            args.append(node)
-        query += " ORDER BY received_ms, node, boot, seq LIMIT %s"
-        args.append(limit)
-        rows = self._rows(query.replace("%s", self.P), args)
-        for row in rows:
-            row["metrics"] = json.loads(row["metrics"])
-        return rows
 
     def readings(
         self, mesh: str, node: str | None, since_ms: int, until_ms: int, limit: int
     ) -> list[dict[str, Any]]:
         """Newest ``limit`` readings received in [since, until), returned oldest first."""
-        query = (
-            "SELECT node, boot, seq, t_ms, received_ms, metrics FROM readings "
-            "WHERE mesh = %s AND received_ms >= %s AND received_ms < %s"
+        rows = self._reading_rows(
+            "readings",
+            " AND received_ms >= %s AND received_ms < %s",
+            [mesh, since_ms, until_ms],
+            node,
+            "received_ms DESC, node DESC, boot DESC, seq DESC",
+            limit,
         )
-        args: list[Any] = [mesh, since_ms, until_ms]
+        return rows[::-1]
+
+    def _reading_rows(
+        self, table: str, where: str, args: list[Any], node: str | None, order: str, limit: int
+    ) -> list[dict[str, Any]]:
+        """Rows of a readings-shaped table of one mesh (``args[0]``), metrics decoded."""
+        query = "SELECT node, boot, seq, t_ms, received_ms, metrics FROM %s WHERE mesh = %%s%s" % (
+            table,
+            where,
+        )
         if node is not None:
             query += " AND node = %s"
             args.append(node)
-        query += " ORDER BY received_ms DESC, node DESC, boot DESC, seq DESC LIMIT %s"
+        query += " ORDER BY %s LIMIT %%s" % order
         args.append(limit)
         rows = self._rows(query.replace("%s", self.P), args)
         for row in rows:
             row["metrics"] = json.loads(row["metrics"])
-        return rows[::-1]
+        return rows
 
     def aggregates(
         self, mesh: str, since_ms: int, until_ms: int, limit: int

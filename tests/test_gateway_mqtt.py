@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from agent.core.messages import ACK_FENCED, ACK_OK
 from testkit.broker import Mosquitto
 from testkit.gateway import GatewayProcess, MqttBatchSender, make_batch
 from testkit.tls import make_test_certificates
+from tests.test_gateway_udp import stored
 
 pytestmark = pytest.mark.broker
 KEY = bytes.fromhex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf")
@@ -21,15 +21,6 @@ KEY = bytes.fromhex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf")
 
 def readings(node: str, seqs: range) -> list[list[Any]]:
     return [[node, 1, s, 1_700_000_000_000 + s, {"temp": 20_000 + s}] for s in seqs]
-
-
-def stored(db: Path) -> tuple[int, int]:
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
-        distinct = conn.execute(
-            "SELECT COUNT(*) FROM (SELECT DISTINCT mesh, node, boot, seq FROM readings)"
-        ).fetchone()[0]
-    return rows, distinct
 
 
 def start_gateway(db: Path, broker: Mosquitto, *extra: str) -> GatewayProcess:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import threading
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from agent.core.messages import ACK_OK
 from gateway.batch import metrics_text
 from testkit.gateway import BatchSender, GatewayProcess, make_batch, parse_counters
 from testkit.waiting import poll_until
+from tests.test_gateway_udp import stored
 
 KEY = bytes.fromhex("00112233445566778899aabbccddeeff")
 MODES = [pytest.param((), id="worker"), pytest.param(("--decode-process",), id="process")]
@@ -39,16 +39,6 @@ def health(gw: GatewayProcess) -> dict[str, Any]:
     with urllib.request.urlopen(gw.url + "/healthz", timeout=5) as response:
         result: dict[str, Any] = json.loads(response.read())
         return result
-
-
-def stored(db: Path) -> tuple[int, int]:
-    """(rows, distinct (mesh, node, boot, seq)) in the gateway's database."""
-    with sqlite3.connect(db) as conn:
-        rows = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
-        distinct = conn.execute(
-            "SELECT COUNT(*) FROM (SELECT DISTINCT mesh, node, boot, seq FROM readings)"
-        ).fetchone()[0]
-    return rows, distinct
 
 
 def dropped(gw: GatewayProcess, reason: str) -> float:
