@@ -137,9 +137,20 @@ _DEAD_LEADER_KEPT = (
 )
 
 
+# Found by hypothesis: both eligible nodes claim term 1 across a partition; the winner of the
+# bigger side restarts and follows the other one (term 1 as well) after the heal. Its old
+# followers kept it as their leader: its follower heartbeats kept its peer entry fresh, and its
+# reports of hearing "its leader" (the other one) kept their evidence of a leader alive.
+_RESTARTED_LEADER_KEPT = (
+    [{"battery": 0, "link": 0, "mains": False, "eligible": e} for e in (True, False, False, True)],
+    [(1, ("set", 0, 0, 0)), (1, ("partition", [0, 0, 0, 1])), (508, ("restart", 0))],
+)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schedules(faults=True))
 @example(_DEAD_LEADER_KEPT)
+@example(_RESTARTED_LEADER_KEPT)
 def test_faults_then_quiet_gives_exactly_one_leader(schedule) -> None:
     mesh, out = run(*schedule)
     check_safety(out)

@@ -464,12 +464,13 @@ class Node:
             self._direct = now
         else:
             # A leader of our term we hear, against ours: the better one, or this one if we
-            # have not heard ours ourselves for a live interval (peers' reports of "their
-            # leader" may be about this one, and would keep a dead leader of ours alive).
+            # have not heard ours lead for a live interval (peers' reports of "their leader"
+            # may be about this one, and would keep a dead leader of ours alive, or one that
+            # restarted and now follows this one: its own heartbeats are no sign it leads).
             current = self.peers.by_id.get(self.leader)
             if (
                 current is None
-                or current.heard < now - self.config.live_ms
+                or self._direct < now - self.config.live_ms
                 or better(m.score, sender, current.score, current.id)
             ):
                 self._adopt(sender, term, now)
