@@ -175,6 +175,17 @@ def stored_readings(db_path: str, mesh: str) -> dict[tuple[str, int], set[int]]:
     return stored
 
 
+def conflicting_readings(db_path: str, mesh: str, node: str) -> int:
+    """How many readings of ``node`` the gateway set aside as conflicts: an id it had stored
+    with other content (a reading it would have stored twice; see ``accepted_batches``)."""
+    rows = _query(
+        db_path,
+        "SELECT COUNT(*) FROM reading_conflicts WHERE mesh = ? AND node = ?",
+        (mesh, node),
+    )
+    return int(rows[0][0]) if rows else 0
+
+
 def _query(db_path: str, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     try:
         db = sqlite3.connect("file:%s?mode=ro" % db_path, uri=True, timeout=5)

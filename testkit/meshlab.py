@@ -29,7 +29,13 @@ from typing import Any
 
 from agent.status import read_status
 from testkit.broker import Mosquitto
-from testkit.gateway import GatewayProcess, accepted_batches, parse_counters, stored_readings
+from testkit.gateway import (
+    GatewayProcess,
+    accepted_batches,
+    conflicting_readings,
+    parse_counters,
+    stored_readings,
+)
 from testkit.netns import Lab
 from testkit.tools import python_env
 from testkit.waiting import poll_until
@@ -309,18 +315,43 @@ class MeshUnderTest:
         """(node, boot) -> the seqs the gateway stored."""
         return stored_readings(self.gateway_db, self.mesh)
 
-    def gateway_counters(self) -> dict[str, float]:
-        """The gateway's counters from its ``/metrics`` (empty if it does not answer). Its HTTP
-        port is inside the lab, so a short Python child in the gateway's namespace fetches it."""
+    def conflicts(self, node: str) -> int:
+        """Readings of ``node`` the gateway set aside as conflicts (an id stored twice)."""
+        return conflicting_readings(self.gateway_db, self.mesh, node)
+
+    def gateway_get(self, path: str) -> str | None:
+        """GET ``path`` from the gateway's HTTP port (inside the lab: a short Python child in
+        the gateway's namespace fetches it); None if it does not answer."""
         if self.gateway is None:
-            return {}
+            return None
         fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-        argv = [sys.executable, "-c", fetch, self.gateway.url + "/metrics"]
+        argv = [sys.executable, "-c", fetch, self.gateway.url + path]
         try:
             done = self.lab.exec(self.gw_host, argv, timeout=15)
         except subprocess.TimeoutExpired:
-            return {}
-        return parse_counters(done.stdout) if done.returncode == 0 else {}
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    def gateway_json(self, path: str) -> Any:
+        """GET ``path`` from the gateway's API as JSON; AssertionError if it does not answer."""
+        text = self.gateway_get(path)
+        assert text is not None, "the gateway did not answer GET %s" % path
+        return json.loads(text)
+
+    def members(self) -> dict[str, dict[str, Any]]:
+        """The gateway's member rows of this mesh (what the dashboard shows), by node."""
+        view = self.gateway_json("/api/meshes/" + self.mesh)
+        return {m["node"]: m for m in view["members"]}
+
+    def silent_alerts(self, node: str) -> list[dict[str, Any]]:
+        """The gateway's node_silent alerts for ``node`` in this mesh."""
+        rows = self.gateway_json("/api/alerts?mesh=%s&limit=500" % self.mesh)
+        return [a for a in rows if a["kind"] == "node_silent" and a["node"] == node]
+
+    def gateway_counters(self) -> dict[str, float]:
+        """The gateway's counters from its ``/metrics`` (empty if it does not answer)."""
+        text = self.gateway_get("/metrics")
+        return parse_counters(text) if text is not None else {}
 
 
 def boot_progress(state_dir: str) -> tuple[int, int, int]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -108,27 +107,6 @@ def sleepy_config(ip: str, gateway: str, folder: Path) -> dict[str, Any]:
     )
 
 
-def gateway_json(mesh: MeshUnderTest, path: str) -> Any:
-    """GET ``path`` from the gateway's API (its HTTP port is inside the lab)."""
-    assert mesh.gateway is not None
-    fetch = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
-    done = mesh.lab.exec(
-        mesh.gw_host, [sys.executable, "-c", fetch, mesh.gateway.url + path], timeout=15
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
-def members(mesh: MeshUnderTest) -> dict[str, dict[str, Any]]:
-    view = gateway_json(mesh, "/api/meshes/" + MESH)
-    return {m["node"]: m for m in view["members"]}
-
-
-def silent_alerts(mesh: MeshUnderTest, node: str) -> list[dict[str, Any]]:
-    rows = gateway_json(mesh, "/api/alerts?mesh=%s&limit=500" % MESH)
-    return [a for a in rows if a["kind"] == "node_silent" and a["node"] == node]
-
-
 def test_sleepy_member_across_a_failover_while_it_sleeps(tmp_path: Path) -> None:
     exe = require_tool("micropython")
     build = tmp_path / "build"
@@ -161,8 +139,8 @@ def test_sleepy_member_across_a_failover_while_it_sleeps(tmp_path: Path) -> None
         # A few wakes with n1 leading; the gateway knows the interval and stores readings.
         assert mesh.wait_for(lambda: node.wakes >= 3, 40), node.output()
         assert mesh.wait_for(
-            lambda: members(mesh).get("fw-sleepy", {}).get("sleep_ms") == SLEEP_MS, 20
-        ), members(mesh)
+            lambda: mesh.members().get("fw-sleepy", {}).get("sleep_ms") == SLEEP_MS, 20
+        ), mesh.members()
         # Kill the leader while the sleepy node sleeps.
         assert node.asleep.wait(30), node.output()
         mesh.kill(1)
@@ -173,8 +151,8 @@ def test_sleepy_member_across_a_failover_while_it_sleeps(tmp_path: Path) -> None
         boot = node.kept()[1]
         assert mesh.wait_for(lambda: len(mesh.stored().get(("fw-sleepy", boot), ())) >= 8, 30)
         # Asleep more than the gateway's silent time, never alerted as silent.
-        assert silent_alerts(mesh, "fw-sleepy") == []
-        view = members(mesh)
+        assert mesh.silent_alerts("fw-sleepy") == []
+        view = mesh.members()
         sleepy = view["fw-sleepy"]
         assert sleepy["sleep_ms"] == SLEEP_MS and sleepy["next_wake_ms"] is not None
         assert sleepy["flags"] & 32  # F_SLEEPY, from its heartbeats
@@ -184,9 +162,9 @@ def test_sleepy_member_across_a_failover_while_it_sleeps(tmp_path: Path) -> None
         assert node.exits and all(code == DEEP_SLEEP_EXIT for code in node.exits), node.exits
         state = node.kept()
         assert mesh.wait_for(
-            lambda: silent_alerts(mesh, "fw-sleepy") != [], 2 * SLEEP_MS / 1000 + SILENT_S + 20
+            lambda: mesh.silent_alerts("fw-sleepy") != [], 2 * SLEEP_MS / 1000 + SILENT_S + 20
         )
-        alert = silent_alerts(mesh, "fw-sleepy")[0]
+        alert = mesh.silent_alerts("fw-sleepy")[0]
         assert "missed its wakes" in alert["message"]
 
         # Exactly once: every seq it took is stored once or still held by it.
@@ -194,20 +172,7 @@ def test_sleepy_member_across_a_failover_while_it_sleeps(tmp_path: Path) -> None
         held = {row[0] for row in state[7]}
         stored = mesh.stored().get(("fw-sleepy", boot), set())
         lost = sorted(set(range(1, taken + 1)) - stored - held)
-        rows = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]);"
-                "print(db.execute('SELECT COUNT(*) FROM reading_conflicts WHERE node = ?',"
-                " ('fw-sleepy',)).fetchone()[0])",
-                mesh.gateway_db,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        duplicated = int(rows.stdout)
+        duplicated = mesh.conflicts("fw-sleepy")
         print(
             "sleepy member: %d wakes, taken %d, stored %d, held %d, lost %d, duplicated %d"
             % (node.wakes, taken, len(stored), len(held), len(lost), duplicated)
@@ -217,12 +182,12 @@ def test_sleepy_member_across_a_failover_while_it_sleeps(tmp_path: Path) -> None
         assert len({b for n, b in mesh.stored() if n == "fw-sleepy"}) == 1  # one boot throughout
 
         # Never led: no election names it, and it never said it leads.
-        elections = gateway_json(mesh, "/api/elections?mesh=%s" % MESH)
+        elections = mesh.gateway_json("/api/elections?mesh=%s" % MESH)
         assert elections and all(e["leader"] != "fw-sleepy" for e in elections)
         assert "role leader" not in node.output() and "role candidate" not in node.output()
 
         # Energy: the leader's rate as leader is above a member's; a sleepy node's far below.
-        view = members(mesh)
+        view = mesh.members()
         n2, n3, sleepy = view["n2"]["energy"], view["n3"]["energy"], view["fw-sleepy"]["energy"]
         print("energy (mA): n2 %s, n3 %s, fw-sleepy %s" % (n2, n3, sleepy))
         assert n2["roles"]["leader"]["mA"] > n3["roles"]["member"]["mA"]
