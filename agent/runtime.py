@@ -498,6 +498,8 @@ class Agent:
                 now = self.now()
                 if cycle is not None and cycle.due(app, app.clock_ms(now)):
                     await self._doze(cycle.interval_ms)
+                    if self._stopping.is_set():
+                        break  # no wake's readings: they could only wait in the journal
                     next_sample = self._woke(self.now())
                     continue
                 if now >= next_sample:
@@ -547,7 +549,8 @@ class Agent:
 
     async def _doze(self, interval_ms: int) -> None:
         """A sleepy member sleeps: the node goes down silently (no goodbye: it is still a
-        member), the radio is off for ``interval_ms``, then the node starts again."""
+        member), the radio is off for ``interval_ms``, then the node starts again (a stop
+        ends the doze early: the node starts only to say its goodbye)."""
         app = self.app
         energy = self.energy
         now = self.now()
