@@ -20,11 +20,11 @@
 - serve: plain HTTP over a folder of bundles; a board's ``GET <bundle>/report?...`` is
   recorded (``--log``: one JSON line each). The gateway serves bundles too (``--ota-dir``).
 - push: serves the bundle (``--listen``; or ``--url`` of one the gateway serves) and updates
-  the boards one at a time, each by a signed notice to its UDP port (and with
-  ``--mqtt-host`` on its MQTT topic as well, tools/ota_mqtt.py: ``--board NODE`` with no
-  address for a board on MQTT only), waiting for it to commit (or fail) before the next. With ``--gateway`` the mesh's leader goes last, when the
-  others run the new app (it hands over before its reset), and the leader is asked again
-  before every board. Exit 0 when every board committed.
+  the boards one at a time, each by a signed notice to its UDP port (and with ``--mqtt-host``
+  on its MQTT topic as well, tools/ota_mqtt.py: ``--board NODE`` with no address for a board
+  on MQTT only), waiting for it to commit (or fail) before the next. With ``--gateway`` the
+  mesh's leader goes last, when the others run the new app (it hands over before its reset),
+  and the leader is asked again before every board. Exit 0 when every board committed.
 """
 
 from __future__ import annotations
