@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -364,3 +365,95 @@ def test_the_demo_dashboard_kill_button_gives_a_new_leader_live(artifacts_dir: P
         assert demo.end() == 0, demo.output()
     finally:
         demo.cleanup()
+
+
+# A board's report of where its update stands, sent by the board's own code (firmware/app/ota.py
+# ``report``: the GET a board sends at every step) on the MicroPython unix port, one process a
+# board.
+REPORT = r"""
+import asyncio, json, sys
+from app import ota
+
+class Board:
+    pass
+
+board = Board()
+board.ota = json.loads(sys.argv[1])
+board.cfg = {"node_id": board.ota.pop("node")}
+asyncio.run(ota.report(board))
+"""
+
+
+def report(gateway: GatewayProcess, script: Path, *reports: dict[str, Any]) -> None:
+    """Each of ``reports`` (a board's ``ota`` state and its ``node``) to the gateway's bundle
+    ``v2``, as the board reports it."""
+    from testkit.mpy import run_micropython
+    from tests.paths import REPO_ROOT
+
+    if not script.exists():
+        script.write_text(REPORT)
+    firmware = REPO_ROOT / "firmware"
+    for fields in reports:
+        state = json.dumps(dict(fields, url=gateway.url + "/ota/v2/"))
+        rc, out = run_micropython(script, state, path=[firmware, firmware / "lib"])
+        assert rc == 0 and not out, out
+
+
+@pytest.mark.micropython
+def test_the_update_card_shows_each_board_and_follows_its_update_live(
+    tmp_path: Path, artifacts_dir: Path
+) -> None:
+    """The gateway serves bundles (``--ota-dir``) and boards report to it: the card appears
+    with the first report, shows each board's app version and update state, and follows
+    each new report without a reload."""
+    from playwright.sync_api import expect
+
+    (tmp_path / "bundles").mkdir()
+    gw = GatewayProcess(str(tmp_path / "gw.db"), "--ota-dir", str(tmp_path / "bundles"))
+    script = tmp_path / "report.py"
+    gw.start()
+    try:
+        with dashboard(gw.url) as (page, errors):
+            card = page.get_by_test_id("ota")
+            expect(page.get_by_test_id("feed")).to_have_text("live")
+            expect(card).to_be_hidden()  # no board reported yet
+
+            def row(node: str) -> Any:
+                return card.locator('tr[data-node="%s"] td' % node)
+
+            old = {"version": "v1", "new": "v2"}
+            report(
+                gw,
+                script,
+                {"node": "fw-1", "state": "idle", "pct": 100, "version": "v2"},
+                {"node": "fw-2", "state": "downloading", "pct": 50, **old},
+                {"node": "fw-3", "state": "rolled-back", "reason": "no join", **old},
+                {"node": "fw-4", "state": "failed", "reason": "signature", **old},
+                {"node": "fw-5", "state": "trial", "pct": 100, **old},
+            )
+            expect(card).to_be_visible(timeout=10_000)
+            expect(card.locator("tbody tr")).to_have_count(5)
+            expect(row("fw-1")).to_have_text(["fw-1", "v2", "idle"])
+            expect(row("fw-2")).to_have_text(["fw-2", "v1", "downloading 50% of v2"])
+            expect(row("fw-3")).to_have_text(["fw-3", "v1", "rolled back from v2: no join"])
+            expect(row("fw-4")).to_have_text(["fw-4", "v1", "failed: signature"])
+            expect(row("fw-5")).to_have_text(["fw-5", "v1", "trial of v2"])
+            page.screenshot(path=str(artifacts_dir / "dashboard-ota.png"))
+
+            # Live: fw-2 goes on, fw-5 commits, a board that never reported appears.
+            report(gw, script, {"node": "fw-2", "state": "downloading", "pct": 75, **old})
+            expect(row("fw-2")).to_have_text(["fw-2", "v1", "downloading 75% of v2"])
+            report(
+                gw,
+                script,
+                {"node": "fw-2", "state": "pending", "pct": 100, **old},
+                {"node": "fw-5", "state": "idle", "pct": 100, "version": "v2"},
+                {"node": "fw-6", "state": "verifying", "pct": 100, **old},
+            )
+            expect(row("fw-2")).to_have_text(["fw-2", "v1", "pending reboot into v2"])
+            expect(row("fw-5")).to_have_text(["fw-5", "v2", "idle"])
+            expect(row("fw-6")).to_have_text(["fw-6", "v1", "verifying"])
+            expect(card.locator("tbody tr")).to_have_count(6)
+            assert errors == []
+    finally:
+        gw.stop()

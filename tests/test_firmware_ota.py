@@ -7,7 +7,10 @@ fw-a (the board updated) and fw-b form the mesh; host 3 has the gateway, and the
 thread joins host 3's namespace to serve bundles and send notices. One run goes through what
 can go wrong, then a good update: a tampered file and a bundle signed with another key are
 refused, a download cut halfway and one cut by a reset leave the old app running, an app that
-never joins its mesh and one that crashes at start roll back, and a good one commits.
+never joins its mesh and one that crashes at start roll back, and a good one commits. On the
+MQTT transport (a real Mosquitto in host 3, the gateway ingesting from it) the notices go on
+the boards' update topics: the host tool's push commits an update there, and a forged, a
+replayed or a retained notice starts none.
 """
 
 from __future__ import annotations
@@ -19,14 +22,18 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.publish
 import pytest
 
+from agent.core import topics
 from hil.nsthread import NamespaceThread
+from testkit.broker import Mosquitto
 from testkit.fwboard import board_status, install_board, start_board, start_gateway
 from testkit.netns import Lab
 from testkit.tools import require_tool
@@ -96,10 +103,14 @@ def variant(build: Path, out: Path, old: str, new: str) -> Path:
 
 
 class Rig:
-    """The lab, its processes, and the test's server in host 3."""
+    """The lab, its processes, and the test's server in host 3; with ``broker`` (in host 3)
+    the boards and the gateway use MQTT."""
 
-    def __init__(self, lab: Lab, tmp: Path, exe: str, frozen: bool) -> None:
+    def __init__(
+        self, lab: Lab, tmp: Path, exe: str, frozen: bool, broker: Mosquitto | None = None
+    ) -> None:
         self.lab = lab
+        self.broker = broker
         self.tmp = tmp
         self.build = tmp / "build"
         firmware_tool.build(self.build)
@@ -109,7 +120,12 @@ class Rig:
         self.serial = int(time.time())
         self.folders: dict[str, Path] = {}
         gw = lab.address(3)
-        start_gateway(lab, 3, tmp / "gw.db", "%s=%s" % (MESH, KEY))
+        link: dict[str, Any] = {}
+        extra: list[str] = []
+        if broker is not None:
+            link = {"transport": "mqtt", "mqtt": {"broker": "%s:%d" % (gw, broker.port)}}
+            extra = ["--no-udp", "--mqtt-host", gw, "--mqtt-port", str(broker.port)]
+        start_gateway(lab, 3, tmp / "gw.db", "%s=%s" % (MESH, KEY), extra=extra)
         for host, name, battery in ((1, "fw-a", 900), (2, "fw-b", 600)):
             folder = install_board(self.build, tmp / name, frozen)
             settings = {
@@ -123,6 +139,7 @@ class Rig:
                 "discovery": {"enabled": False},
                 "data": {"sample_ms": 500},
                 "hw": {"kind": "unix", "battery": battery},
+                **link,
             }
             start_board(lab, host, folder, exe, settings)
             self.folders[name] = folder
@@ -185,6 +202,27 @@ class Rig:
             return outcome["fw-a"]
         finally:
             server.close()
+
+    def publish(self, data: bytes, retain: bool = False) -> None:
+        """``data`` on fw-a's update topic, from host 3 (where the broker is)."""
+        broker = self.broker
+        assert broker is not None
+        name = topics.topic(topics.DEFAULT_PREFIX, MESH, topics.UPDATE, "fw-a")
+        self.ns.call(
+            lambda: paho.mqtt.publish.single(
+                name, data, qos=1, retain=retain, hostname=broker.host, port=broker.port
+            )
+        )
+
+    def committed(self, version: str) -> bool:
+        """fw-a's status shows ``version`` committed (the status file is rewritten every
+        status_ms: a moment after the board's report)."""
+        state = self.status().get("ota", {})
+        return bool(state.get("version") == version and state.get("state") == "idle")
+
+    def refused(self) -> int:
+        refused: int = self.status().get("ota", {}).get("refused", 0)
+        return refused
 
     def app_file(self) -> bytes | None:
         """fw-a's app/runtime.mpy (None: it runs the one frozen into its image)."""
@@ -274,13 +312,7 @@ def test_updates_that_go_wrong_leave_or_bring_back_the_old_app_and_a_good_one_co
     )
     outcome = rig.push(rig.bundle(good, "good"))
     assert (outcome["state"], outcome["version"]) == ("idle", "good"), outcome
-    # The status file is rewritten every status_ms: it shows the commit a moment after the report.
-    assert wait_for(
-        lambda: (
-            rig.status().get("ota", {}).get("version") == "good"
-            and rig.status()["ota"].get("state") == "idle"
-        )
-    ), rig.status()
+    assert wait_for(lambda: rig.committed("good")), rig.status()
     assert rig.app_file() == (good / "app" / "runtime.mpy").read_bytes()
     assert not (rig.folders["fw-a"] / "app.old").exists()
     assert wait_for(rig.joined), rig.logs()
@@ -303,3 +335,77 @@ def test_a_rolling_update_takes_the_leader_last_and_loses_no_reading() -> None:
         ("fw-%d" % i, "v2", "idle") for i in (1, 2, 3)
     ], result["gateway_ota"]
     print("rolling update of 3 boards: %s" % {k: v for k, v in result.items() if k != "output"})
+
+
+@pytest.fixture
+def mqtt_rig(
+    lab_factory: Callable[..., Lab],
+    mosquitto_factory: Callable[..., Mosquitto],
+    tmp_path: Path,
+    mpy_exe: str,
+    mpy_bits: int,
+) -> Iterator[Rig]:
+    require_tool("mpy-cross")
+    lab = lab_factory(prefix="mt-", subnet="10.97.1.0/24", hosts=3)
+    broker = mosquitto_factory(host=lab.address(3), netns=lab.ns(3))
+    rig = Rig(lab, tmp_path, mpy_exe, frozen=mpy_bits == 32, broker=broker)
+    try:
+        yield rig
+    finally:
+        rig.close()
+
+
+def test_an_update_over_mqtt_commits_and_forged_replayed_or_retained_notices_start_none(
+    mqtt_rig: Rig,
+) -> None:
+    rig = mqtt_rig
+    assert rig.broker is not None
+    assert wait_for(rig.joined), rig.logs()
+    rig.bundle(rig.build, "v1")  # never pushed: its notice is the replay below
+    v1_serial = rig.serial
+    good = rig.bundle(rig.build, "v2")
+
+    # A notice signed with another key: refused and counted, nothing fetched.
+    before = rig.refused()
+    rig.publish(ota.notice(bytes(32), "http://%s:1/v2/" % rig.lab.address(3), rig.serial))
+    assert wait_for(lambda: rig.refused() == before + 1), rig.status()
+    assert "ota: downloading" not in rig.log()
+
+    # The host tool serves the bundle and publishes the notice on fw-a's topic (no UDP address).
+    key_file = rig.tmp / "update.key"
+    key_file.write_text(UPDATE_KEY.hex() + "\n")
+    address = rig.lab.address(3)
+    argv = [sys.executable, "-m", "agent", "firmware", "ota", "push", "--bundle", str(good)]
+    argv += ["--key-file", str(key_file), "--listen", address + ":0", "--board", "fw-a"]
+    argv += ["--mqtt-host", address, "--mqtt-port", str(rig.broker.port), "--mesh", MESH]
+    argv += ["--timeout", str(WAIT_S)]
+    pusher = rig.lab.run(3, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = pusher.communicate(timeout=WAIT_S + 30)
+    assert pusher.returncode == 0, out + rig.logs()
+    assert "fw-a: committed v2" in out and "updated 1 of 1 boards to v2" in out, out
+    assert wait_for(lambda: rig.committed("v2")), rig.status()
+    assert rig.app_file() == (good / "app" / "runtime.mpy").read_bytes()
+    assert wait_for(rig.joined), rig.logs()
+
+    # A replayed notice of an older bundle, validly signed: refused and counted.
+    before = rig.refused()
+    url = "http://%s:1/" % address
+    rig.publish(ota.notice(UPDATE_KEY, url + "v1/", v1_serial, "fw-a"))
+    assert wait_for(lambda: rig.refused() == before + 1), rig.status()
+
+    # The committed notice left retained on the broker: every (re)connection brings it back,
+    # and the board drops it each time (the serial it took already), starting nothing.
+    rig.publish(ota.notice(UPDATE_KEY, url + "v2/", rig.serial, "fw-a"), retain=True)
+    resets = rig.resets()
+    log_size = len(rig.log())
+    os.kill(int((rig.folders["fw-a"] / "mpy.pid").read_text()), signal.SIGKILL)
+    assert wait_for(lambda: rig.resets() == resets + 1), rig.log()
+    (rig.folders["fw-a"] / "status.json").unlink(missing_ok=True)  # the old process's
+    assert wait_for(rig.joined), rig.logs()
+    # Once joined the board has subscribed (and had the retained notice); a forged notice
+    # after it is counted: the retained one was handled before it, and was not refused.
+    before = json.loads((rig.folders["fw-a"] / "ota.json").read_text()).get("refused", 0)
+    rig.publish(ota.notice(bytes(32), url + "v2/", rig.serial + 1, "fw-a"))
+    assert wait_for(lambda: rig.refused() == before + 1), rig.status()
+    assert "ota: downloading" not in rig.log()[log_size:], rig.log()
+    assert rig.committed("v2"), rig.status()

@@ -4,6 +4,7 @@ and a real deploy with mpremote to the MicroPython unix port over a pty-to-TCP b
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -628,3 +629,27 @@ def test_deploy_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixture[s
     bad = tmp_path / "bad.toml"
     bad.write_text("node_id = [")
     assert ft.cli(["deploy", "--port", "/dev/x", "--config", str(bad)]) == 2
+
+
+def test_ota_push_takes_a_board_without_an_address_only_with_a_broker() -> None:
+    from tools import ota
+
+    assert ota.board_list(["a=10.0.0.2", "b=10.0.0.3:5000"]) == {
+        "a": ("10.0.0.2", ota.MESH_PORT),
+        "b": ("10.0.0.3", 5000),
+    }
+    assert ota.board_list(["a", "b=10.0.0.3"], mqtt=True) == {
+        "a": None,
+        "b": ("10.0.0.3", ota.MESH_PORT),
+    }
+    for items, mqtt in ((["a"], False), (["a="], True), (["=h"], True)):
+        with pytest.raises(ota.OtaError):
+            ota.board_list(items, mqtt)
+    # The topics name the mesh: --mqtt-host without --mesh is refused before anything starts.
+    parser = argparse.ArgumentParser()
+    ota.add_parser(parser.add_subparsers(dest="action"))
+    args = parser.parse_args(
+        ["ota", "push", "--bundle", "x", "--key-file", "k", "--board", "a", "--mqtt-host", "h"]
+    )
+    with pytest.raises(ota.OtaError, match="--mesh"):
+        ota.mqtt_notices(args)

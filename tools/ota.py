@@ -7,6 +7,7 @@
     meshelect firmware ota push   --bundle bundles/v2 --key-file update.key \\
                                   --listen 10.0.0.9:8470 --board fw-1=10.0.0.2 ... \\
                                   [--gateway http://gw:8080 --mesh greenhouse]
+                                  [--mqtt-host BROKER --mesh greenhouse --board fw-2 ...]
 
 - key: a new update key (32 random bytes, hex). It is not the mesh key: every node holds
   the mesh key, so a lost board would sign updates for the whole fleet. Boards get it as
@@ -19,10 +20,11 @@
 - serve: plain HTTP over a folder of bundles; a board's ``GET <bundle>/report?...`` is
   recorded (``--log``: one JSON line each). The gateway serves bundles too (``--ota-dir``).
 - push: serves the bundle (``--listen``; or ``--url`` of one the gateway serves) and updates
-  the boards one at a time, each by a signed notice to its UDP port, waiting for it to
-  commit (or fail) before the next. With ``--gateway`` the mesh's leader goes last, when the
-  others run the new app (it hands over before its reset), and the leader is asked again
-  before every board. Exit 0 when every board committed.
+  the boards one at a time, each by a signed notice to its UDP port (and with ``--mqtt-host``
+  on its MQTT topic as well, tools/ota_mqtt.py: ``--board NODE`` with no address for a board
+  on MQTT only), waiting for it to commit (or fail) before the next. With ``--gateway`` the
+  mesh's leader goes last, when the others run the new app (it hands over before its reset),
+  and the leader is asked again before every board. Exit 0 when every board committed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import socket
@@ -45,7 +48,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from agent.core import topics
 from agent.core.auth import Key
+from tools.ota_mqtt import MqttNotices
 
 MANIFEST = "manifest"
 BUNDLE_DIRS = ("agent", "app", "hw", "lib")
@@ -283,7 +288,7 @@ def next_board(pending: Sequence[str], leader: str | None) -> str:
 
 
 def push(
-    boards: dict[str, tuple[str, int]],
+    boards: dict[str, tuple[str, int] | None],
     key: bytes,
     url: str,
     manifest: dict[str, Any],
@@ -292,20 +297,30 @@ def push(
     timeout: float = 300.0,
     log: Callable[[str], None] = print,
     sock: socket.socket | None = None,
+    publish: Callable[[str, bytes], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Update ``boards`` (node -> UDP address) one at a time; returns each board's outcome.
-    ``sock``: the UDP socket notices go out of (default: a new one)."""
+    """Update ``boards`` (node -> UDP address, or None) one at a time; returns each board's
+    outcome. ``sock``: the UDP socket notices go out of (default: a new one); ``publish(node,
+    notice)``: sends each notice on MQTT too (``MqttNotices.send``)."""
     version = manifest["version"]
     pending = sorted(boards)
     outcome: dict[str, dict[str, Any]] = {}
     with sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+
+        def send(node: str, data: bytes) -> None:
+            address = boards[node]
+            if address is not None:
+                sock.sendto(data, address)
+            if publish is not None:
+                publish(node, data)
+
         while pending:
             node = next_board(pending, leader())
             pending.remove(node)
             log("%s: notified (%s)" % (node, version))
             data = notice(key, url, manifest["serial"], node)
             started = time.monotonic()
-            report = _update_one(sock, data, boards[node], node, version, reports, timeout)
+            report = _update_one(partial(send, node, data), node, version, reports, timeout)
             outcome[node] = dict(report, seconds=round(time.monotonic() - started, 1))
             state = report["state"]
             log(
@@ -321,9 +336,7 @@ def push(
 
 
 def _update_one(
-    sock: socket.socket,
-    data: bytes,
-    address: tuple[str, int],
+    send: Callable[[], None],
     node: str,
     version: str,
     reports: Reports,
@@ -335,7 +348,7 @@ def _update_one(
     def done(latest: dict[str, dict[str, Any]]) -> bool:
         nonlocal resend
         if time.monotonic() >= resend:  # a lost datagram, or a board still rebooting
-            sock.sendto(data, address)
+            send()
             resend = time.monotonic() + NOTICE_EVERY_S
         report = latest.get(node)
         return report is not None and (
@@ -356,13 +369,16 @@ def host_port(text: str, default_port: int) -> tuple[str, int]:
         raise OtaError("bad address %r" % text) from None
 
 
-def board_list(items: Sequence[str]) -> dict[str, tuple[str, int]]:
-    boards = {}
+def board_list(items: Sequence[str], mqtt: bool = False) -> dict[str, tuple[str, int] | None]:
+    """``NODE=HOST[:PORT]`` (UDP; MQTT too with a broker), or ``NODE`` (MQTT only)."""
+    boards: dict[str, tuple[str, int] | None] = {}
     for item in items:
         node, sep, address = item.partition("=")
-        if not sep or not node or not address:
-            raise OtaError("--board takes NODE=HOST[:PORT], got %r" % item)
-        boards[node] = host_port(address, MESH_PORT)
+        if not node or (sep and not address) or not (sep or mqtt):
+            raise OtaError(
+                "--board takes NODE=HOST[:PORT]%s, got %r" % (" or NODE" if mqtt else "", item)
+            )
+        boards[node] = host_port(address, MESH_PORT) if sep else None
     return boards
 
 
@@ -389,13 +405,46 @@ def add_parser(sub: Any) -> None:
     q = ota.add_parser("push", help="update boards one at a time, the leader last")
     q.add_argument("--bundle", required=True)
     q.add_argument("--key-file", required=True)
-    q.add_argument("--board", action="append", required=True, help="NODE=HOST[:PORT]")
+    q.add_argument(
+        "--board",
+        action="append",
+        required=True,
+        help="NODE=HOST[:PORT] (UDP), or NODE with --mqtt-host (MQTT only)",
+    )
     q.add_argument("--listen", help="serve the bundle here (HOST:PORT the boards can reach)")
     q.add_argument("--url", help="or the bundle's URL where the gateway serves it")
     q.add_argument("--gateway", help="the gateway's HTTP address: finds the leader")
-    q.add_argument("--mesh", help="the boards' mesh (with --gateway)")
+    q.add_argument("--mesh", help="the boards' mesh (with --gateway or --mqtt-host)")
+    g = q.add_argument_group("notices on MQTT too (boards on the MQTT transport)")
+    g.add_argument("--mqtt-host", help="the boards' broker: each notice goes on its topic too")
+    g.add_argument("--mqtt-port", type=int, help="default 1883, 8883 with TLS")
+    g.add_argument("--mqtt-prefix", default=topics.DEFAULT_PREFIX, help="the boards' prefix")
+    g.add_argument("--mqtt-tls", action="store_true", help="connect with TLS")
+    g.add_argument("--mqtt-ca", help="CA certificate file for TLS")
+    g.add_argument("--mqtt-user", help="user name")
+    g.add_argument(
+        "--mqtt-password", help="password (or set MESHELECT_MQTT_PASSWORD in the environment)"
+    )
     q.add_argument("--timeout", type=float, default=300.0, help="seconds per board")
     q.add_argument("--log", help="append the reports to this file (JSON lines)")
+
+
+def mqtt_notices(args: argparse.Namespace) -> MqttNotices:
+    if not args.mesh:
+        raise OtaError("--mqtt-host needs --mesh: the boards' topics name it")
+    try:
+        return MqttNotices(
+            args.mqtt_host,
+            args.mqtt_port or (8883 if args.mqtt_tls else 1883),
+            args.mesh,
+            args.mqtt_prefix,
+            args.mqtt_user,
+            args.mqtt_password or os.environ.get("MESHELECT_MQTT_PASSWORD"),
+            args.mqtt_tls,
+            args.mqtt_ca,
+        )
+    except ConnectionError as exc:
+        raise OtaError(str(exc)) from None
 
 
 def cli(args: argparse.Namespace) -> int:
@@ -448,7 +497,7 @@ def _cli(args: argparse.Namespace) -> int:
     folder = Path(args.bundle)
     key = read_key(args.key_file)
     manifest = read_manifest(folder, key)
-    boards = board_list(args.board)
+    boards = board_list(args.board, mqtt=bool(args.mqtt_host))
     if len(boards) > 1 and not args.gateway:
         raise OtaError("--gateway is needed for several boards: it says which one leads")
     leader = leader_from(args.gateway, args.mesh or "default") if args.gateway else lambda: None
@@ -465,12 +514,26 @@ def _cli(args: argparse.Namespace) -> int:
         url = "http://%s:%d/%s/" % (host, server.server_address[1], folder.resolve().name)
     else:
         raise OtaError("give --listen (serve the bundle here) or --url")
+    notices = None
     try:
-        outcome = push(boards, key, url, manifest, reports, leader, args.timeout)
+        if args.mqtt_host:
+            notices = mqtt_notices(args)
+        outcome = push(
+            boards,
+            key,
+            url,
+            manifest,
+            reports,
+            leader,
+            args.timeout,
+            publish=notices.send if notices else None,
+        )
     finally:
         stop.set()
         if server is not None:
             server.close()
+        if notices is not None:
+            notices.close()
     ok = sum(1 for o in outcome.values() if o["state"] == "idle")
     print("updated %d of %d boards to %s" % (ok, len(boards), manifest["version"]), flush=True)
     return 0 if ok == len(boards) else 1

@@ -9,10 +9,12 @@ Under a prefix P (``DEFAULT_PREFIX`` unless configured), per mesh:
     P/<mesh>/batch-ack/<leader>   gateway -> leader BATCH_ACK            QoS 1
     P/<mesh>/leader               retained CBOR [term, leader]           QoS 1
     P/<mesh>/status/<node>        retained ONLINE; the last will OFFLINE QoS 1
+    P/<mesh>/update/<node>        host -> board update notice            QoS 1
 
-Every frame on them is a wire frame, the same as on UDP. The Pi agent, the firmware's MQTT
-runtime, the gateway and the test kit build their topics here. Runs on CPython and MicroPython
-(a board loads it only in MQTT mode).
+Every frame on them is a wire frame, the same as on UDP, but for the update notice: the
+signed datagram of ``meshelect firmware ota push`` (firmware/app/ota.py), byte for byte. The Pi agent, the firmware's MQTT runtime, the gateway, the OTA tool and the
+test kit build their topics here. Runs on CPython and MicroPython (a board loads it only in
+MQTT mode).
 """
 
 DEFAULT_PREFIX = "meshelect"
@@ -25,6 +27,7 @@ BATCH = "batch"
 BATCH_ACK = "batch-ack"
 LEADER = "leader"
 STATUS = "status"
+UPDATE = "update"
 
 # The retained payloads of P/<mesh>/status/<node>.
 ONLINE = b"online"

@@ -9,6 +9,7 @@ BATCH: Final = "batch"
 BATCH_ACK: Final = "batch-ack"
 LEADER: Final = "leader"
 STATUS: Final = "status"
+UPDATE: Final = "update"
 
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"

@@ -25,8 +25,9 @@ from agent.core.messages import READINGS_ACK
 from app.config import host_port
 
 _MAX_QUEUE = 32
-# What a node receives: the mesh's election frames, and its own readings, acks and batch acks.
-_INBOX = (topics.ELECTION, topics.READINGS, topics.ACKS, topics.BATCH_ACK)
+# What a node receives: the mesh's election frames, and its own readings, acks and batch acks;
+# last, its update notices (app/ota.py).
+_INBOX = (topics.ELECTION, topics.READINGS, topics.ACKS, topics.BATCH_ACK, topics.UPDATE)
 _BROKER_TYPE = "_mqtt._tcp.local"
 
 
@@ -131,8 +132,15 @@ class MqttLink:
     # ---- the client's callbacks ----------------------------------------------------------
 
     def _on_message(self, topic, payload, retained):
-        if topic in self._inbox and not retained:
-            runtime = self.runtime
+        inbox = self._inbox
+        runtime = self.runtime
+        if topic == inbox[-1]:
+            # An update notice, the UDP datagram's bytes: app/ota.py checks its tag and serial
+            # as for UDP. A retained one too: its serial starts an update once, never again.
+            from app import ota
+
+            ota.frame(runtime, payload)
+        elif topic in inbox and not retained:
             runtime.app.frame(payload, None, runtime.now())
             runtime.flush()
 

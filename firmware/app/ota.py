@@ -5,12 +5,15 @@ a rollback or failure to report): a node that is not updating carries none of th
 The other half, the switch and the rollback at boot, is ``otaboot.py`` beside main.py,
 which no bundle replaces.
 
-1. **Notice**: a datagram to the node's unicast port, ``b"U"`` + a 16-byte tag + JSON
+1. **Notice**: a datagram to the node's unicast port, or the same bytes on its MQTT topic
+   ``P/<mesh>/update/<node>`` (app/mqtt_transport.py), ``b"U"`` + a 16-byte tag + JSON
    ``{"url": "http://host:port/path/", "serial": n, "node": id or "*"}``, the tag being the
    first 16 bytes of HMAC-SHA256 under the update key (``update_key`` in config.json; not the
-   mesh key). A bad tag, another node's notice, or a serial not above every one this node
-   has tried is refused (counted in ``refused``): a replayed notice never brings an older
-   app back, nor retries one that rolled back.
+   mesh key). A bad tag, another node's notice, or a serial below one this node has tried is
+   refused (counted in ``refused``): a replayed notice never brings an older app back. The
+   serial tried last again is the same notice repeated (sent until the node reports, or
+   retained on the broker): dropped, not counted, and it never retries an update that failed
+   or rolled back.
 2. **Fetch**: ``url + "manifest"`` (a line with the hex HMAC-SHA256 of the rest, then JSON:
    version, serial, trial_ms, dirs, files with sha256 and size), then every file, each by an
    HTTP/1.0 GET on a socket of its own, 1 KB at a time into ``app.new/``, hashed as it comes.
@@ -56,10 +59,12 @@ def _key(rt):
 
 def frame(rt, data):
     """A datagram that starts with ``U`` (an update notice) arrived on the mesh's unicast
-    socket. (The runtime's two entry points are named ``frame`` and ``run``: names the process
-    has interned already, see firmware/README.md "Memory".)"""
+    socket, or a message on the node's update topic. (The runtime's two entry points are
+    named ``frame`` and ``run``: names the process has interned already, see
+    firmware/README.md "Memory".)"""
     ota = rt.ota
     key = _key(rt)
+    seen = ota.get("seen", ota.get("serial", 0))
     try:
         if key is None or not key.verify(data[1 + _TAG :], data[1 : 1 + _TAG]):
             raise ValueError
@@ -67,10 +72,12 @@ def frame(rt, data):
         serial = msg["serial"]
         if msg["node"] not in (rt.cfg["node_id"], "*") or not isinstance(serial, int):
             raise ValueError
+        if serial < seen:
+            raise ValueError  # a replayed notice of an older bundle
     except (ValueError, KeyError, TypeError):
         ota["refused"] = ota.get("refused", 0) + 1
         return
-    if ota.get("state") in _BUSY or serial <= ota.get("seen", ota.get("serial", 0)):
+    if ota.get("state") in _BUSY or serial == seen:
         return  # (a notice is sent again until the node reports: not a refusal)
     ota["seen"] = serial
     asyncio.create_task(update(rt, key, msg["url"], serial))
