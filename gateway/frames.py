@@ -6,6 +6,9 @@ which checks size, tag, fields and replay. Meshes with a configured key are alwa
 with the key. A frame of a mesh with no key is accepted only when open meshes are allowed:
 then the mesh name is read from the batch (its ``mesh`` field), checked against the hash, and
 a key-less codec is made for it.
+
+The codecs check a batch with :class:`BatchReader`: the core's batch schema, with the
+readings checked and made into the storage's records in the same pass.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 from agent import strict_cbor
 from agent.core import batchcheck, wire
 from agent.core.messages import BATCH, BATCH_ACK, Msg
-from gateway.batch import metrics_text
+from gateway.batch import Reading, read_readings
 from gateway.ingest import Arrival
 
 MAX_FRAME_BYTES = wire.MAX_FRAME_BYTES
@@ -37,6 +40,33 @@ class FrameDrop(Exception):
         self.reason = reason
 
 
+class BatchReader:
+    """A codec's ``check_batch``: ``agent.core.batchcheck.check_batch``'s verdict, and the
+    records of the readings of the last batch it passed (``readings``), made while checking.
+
+    When every reading passes :func:`gateway.batch.read_readings` (which accepts what the
+    schema's reading check accepts), the schema checks the rest of the batch with an empty
+    list in their place: the same verdict, since the readings are fine and the schema names
+    the first bad key. Otherwise the schema checks the whole batch and says why.
+    """
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] | None = None
+
+    def __call__(self, body: Any) -> str | None:
+        self.readings = None
+        if type(body) is dict:
+            readings = read_readings(body.get("readings"))
+            if readings is not None:
+                rest = dict(body)
+                rest["readings"] = []
+                why: str | None = batchcheck.check_batch(rest)
+                if why is None:
+                    self.readings = readings
+                return why
+        return batchcheck.check_batch(body)
+
+
 class FrameRouter:
     """Decodes BATCH frames of many meshes and encodes the BATCH_ACKs that answer them.
 
@@ -55,8 +85,9 @@ class FrameRouter:
         self.open_meshes = open_meshes
         self._codecs: dict[int, wire.Codec] = {}
         self._keyed: set[int] = set()
+        self._reader = BatchReader()  # every codec's, so it holds the last frame's readings
         for mesh in sorted(keys):
-            codec = _codec(mesh, keys[mesh], boot)
+            codec = self._codec(mesh, keys[mesh])
             if codec.mesh_hash in self._codecs:
                 raise ValueError(
                     "meshes %r and %r share a mesh hash"
@@ -66,7 +97,8 @@ class FrameRouter:
             self._keyed.add(codec.mesh_hash)
 
     def decode(self, data: bytes, now_ms: int) -> tuple[str, Msg]:
-        """(mesh name, BATCH Msg) of a frame; raises :class:`FrameDrop`."""
+        """(mesh name, BATCH Msg) of a frame; raises :class:`FrameDrop`. The records of its
+        readings are in ``self.readings`` until the next call."""
         if len(data) > MAX_FRAME_BYTES:
             raise FrameDrop(wire.TOO_BIG)  # before anything is read
         hash_ = _peek_mesh_hash(data)
@@ -75,6 +107,7 @@ class FrameRouter:
         codec = self._codecs.get(hash_)
         if codec is None:
             codec = self._open_codec(hash_, data)
+        self._reader.readings = None
         try:
             msg = codec.decode(data, now_ms)
         except wire.WireError as exc:
@@ -83,10 +116,14 @@ class FrameRouter:
             raise FrameDrop("not_batch")
         return codec.mesh, msg
 
+    @property
+    def readings(self) -> list[Reading] | None:
+        return self._reader.readings
+
     def decode_many(self, frames: list[Frame], now_ms: int) -> list[Decoded]:
         """Each frame's batch as an :class:`Arrival` for the ingest path, or (transport, why
-        it is dropped). Also makes the readings' stored metrics text, so the storage's thread
-        does not."""
+        it is dropped), with its readings' records and their stored metrics text, made as the
+        codec checked them."""
         out: list[Decoded] = []
         for transport, data, topic_mesh in frames:
             try:
@@ -97,9 +134,9 @@ class FrameRouter:
             if topic_mesh is not None and topic_mesh != mesh:
                 out.append((transport, "topic_mismatch"))
                 continue
-            body = msg.body
-            texts = [metrics_text(reading[4]) for reading in body["readings"]]
-            out.append(Arrival(transport, mesh, msg.sender, msg.term, body, True, texts))
+            out.append(
+                Arrival(transport, mesh, msg.sender, msg.term, msg.body, True, self.readings)
+            )
         return out
 
     def encode_ack(
@@ -109,7 +146,7 @@ class FrameRouter:
         batch may be in another process (gateway/decoder.py)."""
         codec = self._codecs.get(wire.mesh_hash(mesh))
         if codec is None:  # an open mesh that another router decoded
-            codec = self._codecs[wire.mesh_hash(mesh)] = _codec(mesh, None, self.boot)
+            codec = self._codecs[wire.mesh_hash(mesh)] = self._codec(mesh, None)
         ack = Msg(BATCH_ACK, self.node_id, term=term, target=leader)
         ack.body = [batch_id, status, highest_term]
         return bytes(codec.encode(ack))
@@ -125,21 +162,20 @@ class FrameRouter:
         name = _peek_batch_mesh(data)
         if name is None or wire.mesh_hash(name) != hash_:
             raise FrameDrop("unknown_mesh")
-        codec = _codec(name, None, self.boot)
+        codec = self._codec(name, None)
         self._codecs[hash_] = codec
         return codec
 
-
-def _codec(mesh: str, key: bytes | None, boot: int) -> wire.Codec:
-    """A codec that reads BATCH frames: strict CBOR, and the batch schema's check."""
-    return wire.Codec(
-        mesh,
-        key,
-        strict_cbor.dumps,
-        strict_cbor.loads,
-        boot=boot,
-        check_batch=batchcheck.check_batch,
-    )
+    def _codec(self, mesh: str, key: bytes | None) -> wire.Codec:
+        """A codec that reads BATCH frames: strict CBOR, and the batch schema's check."""
+        return wire.Codec(
+            mesh,
+            key,
+            strict_cbor.dumps,
+            strict_cbor.loads,
+            boot=self.boot,
+            check_batch=self._reader,
+        )
 
 
 def _peek_mesh_hash(data: bytes) -> int | None:

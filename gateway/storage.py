@@ -586,16 +586,8 @@ class SqliteStorage(SqlReads):
         clock), and it goes to ``reading_conflicts``, once (a resend of it is a duplicate).
         """
         rows = [
-            (
-                mesh,
-                r.node,
-                r.boot,
-                r.seq,
-                r.t_ms,
-                now_ms,
-                r.metrics_json or _to_json(r.metrics),
-            )
-            for r in batch.readings
+            (mesh, node, boot, seq, t_ms, now_ms, text or _to_json(metrics))
+            for node, boot, seq, t_ms, metrics, text in batch.readings
         ]
         before = db.total_changes
         db.executemany("INSERT OR IGNORE INTO readings VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
