@@ -12,7 +12,8 @@ raises :class:`BatchError` with a short ``reason`` that the caller counts; nothi
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from agent.core.batchcheck import check_batch
@@ -32,9 +33,10 @@ _I64_MAX = 0x7FFFFFFFFFFFFFFF
 _TEMPLATES_MAX = 1024
 _Template = tuple[tuple[str, ...], str]
 _templates: dict[tuple[str, ...], _Template] = {}
-# The same, only for sets of names the batch schema accepts, and the node ids it accepts:
-# what :func:`read_readings` needs not check again.
-_checked_names: dict[tuple[str, ...], _Template] = {}
+# The same, with a function that takes the values in the template's order, only for sets of
+# names the batch schema accepts; and the node ids it accepts: what :func:`read_readings` needs
+# not check again.
+_checked_names: dict[tuple[str, ...], tuple[Callable[[dict[str, Any]], tuple[Any, ...]], str]] = {}
 _checked_nodes: set[str] = set()
 _NODES_MAX = 4096
 _new = tuple.__new__
@@ -105,14 +107,22 @@ def read_readings(rows: Any) -> list[Reading] | None:
                     return None
             if len(names_known) >= _TEMPLATES_MAX:
                 names_known.clear()
-            known = names_known[tuple(metrics)] = _template(metrics)
-        names, template = known
-        values = tuple([metrics[name] for name in names])
+            names, text = _template(metrics)
+            known = names_known[tuple(metrics)] = (_values_of(names), text)
+        values_of, template = known
+        values = values_of(metrics)
         for value in values:
             if type(value) is not int or not i64_min <= value <= i64_max:
                 return None
         out.append(_new(Reading, (node, boot, seq, t_ms, metrics, template % values)))
     return out
+
+
+def _values_of(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function that takes the values of ``names`` out of a metrics map, as a tuple."""
+    if len(names) > 1:
+        return operator.itemgetter(*names)
+    return lambda metrics: tuple([metrics[name] for name in names])
 
 
 class BatchError(Exception):
@@ -167,9 +177,11 @@ class Batch(NamedTuple):
     members: list[Member]
     dropped: list[tuple[str, int]]
     elections: list[ReportedElection]
-    # The readings as the batch map has them ([node, boot, seq, t_ms, metrics] each): the live
-    # feed's batch event shows these, without a copy.
+    # The readings as the batch map has them ([node, boot, seq, t_ms, metrics] each), and its
+    # aggregates ([node, metric, count, min, max, mean]): the live feed's batch event shows
+    # these, without a copy.
     rows: Sequence[Any] = ()
+    agg_rows: Sequence[Any] = ()
 
 
 def parse_batch(
@@ -204,6 +216,7 @@ def parse_batch(
         [(node, count) for node, count in body.get("dropped", ())],
         [_election(*row) for row in body.get("elections", ())],
         body["readings"],
+        body.get("agg", ()),
     )
 
 

@@ -409,5 +409,5 @@ def _batch_event(
         "at_ms": now_ms,
         "readings": batch.rows
         or [[r.node, r.boot, r.seq, r.t_ms, r.metrics] for r in batch.readings],
-        "agg": [list(a) for a in batch.aggregates],
+        "agg": batch.agg_rows or [list(a) for a in batch.aggregates],
     }
