@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from agent.core.batchcheck import check_batch
 
@@ -27,6 +27,11 @@ _MAX_METRICS = 16  # metrics in a reading
 _U32 = 0xFFFFFFFF
 _I64_MIN = -0x8000000000000000
 _I64_MAX = 0x7FFFFFFFFFFFFFFF
+# A member row's (agent/core/datapath.py): score, battery, link, flags.
+_I32_MIN = -0x80000000
+_I32_MAX = 0x7FFFFFFF
+_U16 = 0xFFFF
+_U8 = 0xFF
 
 # Readings of a mesh repeat the same metric names: per set of names, a %-template of the JSON
 # text, filled with the values (ints, by the schema): about twice as fast as the encoder.
@@ -34,12 +39,14 @@ _TEMPLATES_MAX = 1024
 _Template = tuple[tuple[str, ...], str]
 _templates: dict[tuple[str, ...], _Template] = {}
 # The same, with a function that takes the values in the template's order, only for sets of
-# names the batch schema accepts; and the node ids it accepts: what :func:`read_readings` needs
-# not check again.
+# names the batch schema accepts; and the node ids and metric names it accepts: what the
+# readers below need not check again.
 _checked_names: dict[tuple[str, ...], tuple[Callable[[dict[str, Any]], tuple[Any, ...]], str]] = {}
 _checked_nodes: set[str] = set()
-_NODES_MAX = 4096
+_checked_metrics: set[str] = set()
+_NAMES_MAX = 4096
 _new = tuple.__new__
+_Row = TypeVar("_Row", bound=tuple[Any, ...])
 
 
 def _template(metrics: dict[str, int]) -> _Template:
@@ -81,14 +88,10 @@ def read_readings(rows: Any) -> list[Reading] | None:
         if type(row) is not list or len(row) != 5:
             return None
         node, boot, seq, t_ms, metrics = row
-        if type(node) is not str:
+        if type(node) is not str or (
+            node not in nodes and not _checked(node, nodes, _MAX_ID_BYTES)
+        ):
             return None
-        if node not in nodes:
-            if not 0 < len(node) <= _MAX_ID_BYTES or len(node.encode()) > _MAX_ID_BYTES:
-                return None
-            if len(nodes) >= _NODES_MAX:
-                nodes.clear()
-            nodes.add(node)
         if (
             type(boot) is not int
             or not 0 <= boot <= u32
@@ -104,7 +107,7 @@ def read_readings(rows: Any) -> list[Reading] | None:
         if known is None:
             for name in metrics:
                 if type(name) is not str or not 0 < len(name.encode()) <= _MAX_NAME_BYTES:
-                    return None
+                    return None  # not remembered: a set of names is, once it passed
             if len(names_known) >= _TEMPLATES_MAX:
                 names_known.clear()
             names, text = _template(metrics)
@@ -116,6 +119,75 @@ def read_readings(rows: Any) -> list[Reading] | None:
                 return None
         out.append(_new(Reading, (node, boot, seq, t_ms, metrics, template % values)))
     return out
+
+
+def read_aggregates(rows: Any) -> list[Aggregate] | None:
+    """A batch's ``agg`` list as records if every row passes the batch schema, else None (as
+    :func:`read_readings`)."""
+    return _read_rows(rows, _aggregate_fits, Aggregate)
+
+
+def read_members(rows: Any) -> list[Member] | None:
+    """A batch's ``members`` list as records if every row passes the batch schema, else None
+    (as :func:`read_readings`)."""
+    return _read_rows(rows, _member_fits, Member)
+
+
+def _read_rows(rows: Any, fits: Callable[..., bool], record: type[_Row]) -> list[_Row] | None:
+    # Rows of six fields each (an aggregate's, a member's) that ``fits`` accepts, as records.
+    if type(rows) is not list or len(rows) > _MAX_ITEMS:
+        return None
+    out = []
+    for row in rows:
+        if type(row) is not list or len(row) != 6 or not fits(*row):
+            return None
+        out.append(_new(record, row))
+    return out
+
+
+def _aggregate_fits(node: Any, metric: Any, count: Any, low: Any, high: Any, mean: Any) -> bool:
+    return (
+        type(node) is str
+        and (node in _checked_nodes or _checked(node, _checked_nodes, _MAX_ID_BYTES))
+        and type(metric) is str
+        and (metric in _checked_metrics or _checked(metric, _checked_metrics, _MAX_NAME_BYTES))
+        and type(count) is int
+        and 0 <= count <= _I64_MAX
+        and type(low) is int
+        and _I64_MIN <= low <= _I64_MAX
+        and type(high) is int
+        and _I64_MIN <= high <= _I64_MAX
+        and type(mean) is int
+        and _I64_MIN <= mean <= _I64_MAX
+    )
+
+
+def _member_fits(node: Any, score: Any, battery: Any, link: Any, flags: Any, age_ms: Any) -> bool:
+    return (
+        type(node) is str
+        and (node in _checked_nodes or _checked(node, _checked_nodes, _MAX_ID_BYTES))
+        and type(score) is int
+        and _I32_MIN <= score <= _I32_MAX
+        and type(battery) is int
+        and 0 <= battery <= _U16
+        and type(link) is int
+        and 0 <= link <= _U16
+        and type(flags) is int
+        and 0 <= flags <= _U8
+        and type(age_ms) is int
+        and 0 <= age_ms <= _I64_MAX
+    )
+
+
+def _checked(name: str, known: set[str], most: int) -> bool:
+    """Is ``name`` 1..``most`` bytes of UTF-8 (the schema's rule for ids and names)? Remember
+    it if so."""
+    if not 0 < len(name) <= most or len(name.encode()) > most:
+        return False
+    if len(known) >= _NAMES_MAX:
+        known.clear()
+    known.add(name)
+    return True
 
 
 def _values_of(names: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
@@ -168,6 +240,15 @@ class ReportedElection(NamedTuple):
     reason: str
 
 
+class Records(NamedTuple):
+    """A batch's lists as records, made while its frame's codec checked them
+    (gateway/frames.py: ``read_readings``, ``read_aggregates``, ``read_members``)."""
+
+    readings: list[Reading]
+    aggregates: list[Aggregate]
+    members: list[Member]
+
+
 class Batch(NamedTuple):
     batch_id: int | str  # leaders number their batches; the wire also allows a short text id
     mesh: str
@@ -185,7 +266,7 @@ class Batch(NamedTuple):
 
 
 def parse_batch(
-    body: Any, mesh: str, leader: str, checked: bool = False, readings: list[Reading] | None = None
+    body: Any, mesh: str, leader: str, checked: bool = False, records: Records | None = None
 ) -> Batch:
     """The records of a batch map; raise :class:`BatchError` for one the schema refuses.
 
@@ -196,8 +277,8 @@ def parse_batch(
     repeat them, and then they must agree. The reasons are ``check_batch``'s, and
     ``mesh_mismatch`` or ``leader_mismatch``.
 
-    ``readings``: the batch's readings as records with their stored metrics text, made by the
-    frame decoder (:func:`read_readings`, gateway/frames.py) so that they are not made again.
+    ``records``: the batch's readings (with their stored metrics text), aggregates and members
+    as records, made by the frame decoder (gateway/frames.py) so that they are not made again.
     """
     why = None if checked else check_batch(body)
     if why is not None:
@@ -210,9 +291,9 @@ def parse_batch(
         body["id"],
         mesh,
         leader,
-        [Reading(*row) for row in body["readings"]] if readings is None else readings,
-        [Aggregate(*row) for row in body.get("agg", ())],
-        [Member(*row) for row in body.get("members", ())],
+        [Reading(*row) for row in body["readings"]] if records is None else records.readings,
+        [Aggregate(*row) for row in body.get("agg", ())] if records is None else records.aggregates,
+        [Member(*row) for row in body.get("members", ())] if records is None else records.members,
         [(node, count) for node, count in body.get("dropped", ())],
         [_election(*row) for row in body.get("elections", ())],
         body["readings"],

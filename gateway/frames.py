@@ -8,17 +8,18 @@ then the mesh name is read from the batch (its ``mesh`` field), checked against 
 a key-less codec is made for it.
 
 The codecs check a batch with :class:`BatchReader`: the core's batch schema, with the
-readings checked and made into the storage's records in the same pass.
+readings, aggregates and members checked and made into records in the same pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agent import strict_cbor
 from agent.core import batchcheck, wire
 from agent.core.messages import BATCH, BATCH_ACK, Msg
-from gateway.batch import Reading, read_readings
+from gateway.batch import Records, read_aggregates, read_members, read_readings
 from gateway.ingest import Arrival
 
 MAX_FRAME_BYTES = wire.MAX_FRAME_BYTES
@@ -42,29 +43,45 @@ class FrameDrop(Exception):
 
 class BatchReader:
     """A codec's ``check_batch``: ``agent.core.batchcheck.check_batch``'s verdict, and the
-    records of the readings of the last batch it passed (``readings``), made while checking.
+    records of the last batch it passed (``records``), made while checking.
 
-    When every reading passes :func:`gateway.batch.read_readings` (which accepts what the
-    schema's reading check accepts), the schema checks the rest of the batch with an empty
-    list in their place: the same verdict, since the readings are fine and the schema names
-    the first bad key. Otherwise the schema checks the whole batch and says why.
+    When every row of the batch's readings, aggregates and members passes its reader in
+    gateway/batch.py (each accepts what the schema accepts), the schema checks the rest of the
+    batch with empty lists in their place: the same verdict, since those lists are fine and
+    the schema names the first bad key. Otherwise the schema checks the whole batch and says
+    why.
     """
 
     def __init__(self) -> None:
-        self.readings: list[Reading] | None = None
+        self.records: Records | None = None
 
     def __call__(self, body: Any) -> str | None:
-        self.readings = None
-        if type(body) is dict:
-            readings = read_readings(body.get("readings"))
-            if readings is not None:
-                rest = dict(body)
-                rest["readings"] = []
-                why: str | None = batchcheck.check_batch(rest)
-                if why is None:
-                    self.readings = readings
-                return why
-        return batchcheck.check_batch(body)
+        self.records = None
+        if type(body) is not dict or "readings" not in body:
+            return batchcheck.check_batch(body)
+        rest = dict(body)
+        made: list[Any] = []
+        for key, read in _READERS:
+            if key not in rest:
+                made.append([])
+                continue
+            records = read(rest[key])
+            if records is None:
+                return batchcheck.check_batch(body)
+            made.append(records)
+            rest[key] = []
+        why: str | None = batchcheck.check_batch(rest)
+        if why is None:
+            self.records = Records(*made)
+        return why
+
+
+# The batch map's lists that the gateway reads into records as it checks them.
+_READERS: tuple[tuple[str, Callable[[Any], list[Any] | None]], ...] = (
+    ("readings", read_readings),
+    ("agg", read_aggregates),
+    ("members", read_members),
+)
 
 
 class FrameRouter:
@@ -85,7 +102,7 @@ class FrameRouter:
         self.open_meshes = open_meshes
         self._codecs: dict[int, wire.Codec] = {}
         self._keyed: set[int] = set()
-        self._reader = BatchReader()  # every codec's, so it holds the last frame's readings
+        self._reader = BatchReader()  # every codec's, so it holds the last frame's records
         for mesh in sorted(keys):
             codec = self._codec(mesh, keys[mesh])
             if codec.mesh_hash in self._codecs:
@@ -98,7 +115,7 @@ class FrameRouter:
 
     def decode(self, data: bytes, now_ms: int) -> tuple[str, Msg]:
         """(mesh name, BATCH Msg) of a frame; raises :class:`FrameDrop`. The records of its
-        readings are in ``self.readings`` until the next call."""
+        batch are in ``self.records`` until the next call."""
         if len(data) > MAX_FRAME_BYTES:
             raise FrameDrop(wire.TOO_BIG)  # before anything is read
         hash_ = _peek_mesh_hash(data)
@@ -107,7 +124,7 @@ class FrameRouter:
         codec = self._codecs.get(hash_)
         if codec is None:
             codec = self._open_codec(hash_, data)
-        self._reader.readings = None
+        self._reader.records = None
         try:
             msg = codec.decode(data, now_ms)
         except wire.WireError as exc:
@@ -117,13 +134,13 @@ class FrameRouter:
         return codec.mesh, msg
 
     @property
-    def readings(self) -> list[Reading] | None:
-        return self._reader.readings
+    def records(self) -> Records | None:
+        return self._reader.records
 
     def decode_many(self, frames: list[Frame], now_ms: int) -> list[Decoded]:
         """Each frame's batch as an :class:`Arrival` for the ingest path, or (transport, why
-        it is dropped), with its readings' records and their stored metrics text, made as the
-        codec checked them."""
+        it is dropped), with its batch's records (the readings with their stored metrics text),
+        made as the codec checked them."""
         out: list[Decoded] = []
         for transport, data, topic_mesh in frames:
             try:
@@ -134,9 +151,7 @@ class FrameRouter:
             if topic_mesh is not None and topic_mesh != mesh:
                 out.append((transport, "topic_mismatch"))
                 continue
-            out.append(
-                Arrival(transport, mesh, msg.sender, msg.term, msg.body, True, self.readings)
-            )
+            out.append(Arrival(transport, mesh, msg.sender, msg.term, msg.body, True, self.records))
         return out
 
     def encode_ack(

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
 from gateway import fence
-from gateway.batch import Batch, BatchError, Reading, parse_batch
+from gateway.batch import Batch, BatchError, Records, parse_batch
 from gateway.health import Health
 from gateway.metrics import Counters
 from gateway.storage import IngestOutcome, Purged, Storage, StorageError
@@ -51,7 +51,7 @@ class Arrival(NamedTuple):
     term: int
     body: Any
     checked: bool = False  # the codec applied the batch schema already (gateway/batch.py)
-    readings: list[Reading] | None = None  # the readings' records, if the decoder made them
+    records: Records | None = None  # the batch's records, if the frame decoder made them
 
 
 class IngestResult(NamedTuple):
@@ -108,7 +108,7 @@ class Ingest:
                     arrival.mesh,
                     arrival.sender,
                     arrival.checked,
-                    arrival.readings,
+                    arrival.records,
                 )
             except BatchError as exc:
                 results[index] = self._reject(

@@ -1,6 +1,7 @@
-"""The gateway's one-pass reading check (gateway/batch.py ``read_readings``, the codecs'
-``BatchReader`` in gateway/frames.py) against the core's batch schema: the same verdict on
-every reading and batch, and the stored text ``json.dumps`` writes."""
+"""The gateway's one-pass checks of a batch's lists (gateway/batch.py ``read_readings``,
+``read_aggregates``, ``read_members``; the codecs' ``BatchReader`` in gateway/frames.py) against
+the core's batch schema: the same verdict on every row and batch, the same records, and the
+stored text ``json.dumps`` writes."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from agent.core import batchcheck, wire
-from agent.core.batchcheck import _batch_reading, check_batch
+from agent.core import batchcheck, datapath, wire
+from agent.core.batchcheck import _batch_agg, _batch_reading, check_batch
+from agent.core.datapath import _member_row
 from gateway import batch
-from gateway.batch import read_readings
+from gateway.batch import Aggregate, Member, read_aggregates, read_members, read_readings
 from gateway.frames import BatchReader
 
 GOOD = ["n1", 1, 2, 3, {"temp": 21_000, "hum": 50_000}]
@@ -81,11 +83,87 @@ def test_read_readings_accepts_what_the_schema_accepts(row: Any) -> None:
             assert made[1].metrics_json == json.dumps(row[4], separators=(",", ":"), sort_keys=True)
 
 
-def test_read_readings_takes_at_most_the_schemas_count() -> None:
-    assert read_readings([GOOD] * 256) is not None
-    assert read_readings([GOOD] * 257) is None
+AGG = ["n1", "temp", 5, -3, 7, 2]
+AGG_VARIANTS: list[tuple[int, Any]] = [
+    (0, ""),
+    (0, "x" * 17),
+    (0, "é" * 9),
+    (0, b"n1"),
+    (1, "m" * 32),
+    (1, "m" * 33),
+    (1, ""),
+    (1, 3),
+    (2, -1),
+    (2, 0x7FFFFFFFFFFFFFFF),
+    (2, 0x8000000000000000),
+    (2, True),
+    (3, -0x8000000000000000),
+    (3, -0x8000000000000001),
+    (3, 1.5),
+    (4, 0x8000000000000000),
+    (4, None),
+    (5, False),
+    (5, "2"),
+]
+MEMBER = ["n1", 800, 900, 700, 1, 50]
+MEMBER_VARIANTS: list[tuple[int, Any]] = [
+    (0, ""),
+    (0, "x" * 16),
+    (0, "x" * 17),
+    (0, 5),
+    (1, -0x80000000),
+    (1, -0x80000001),
+    (1, 0x80000000),
+    (1, True),
+    (2, 0xFFFF),
+    (2, 0x10000),
+    (2, -1),
+    (3, 0x10000),
+    (3, 1.0),
+    (4, 0xFF),
+    (4, 0x100),
+    (5, 0x7FFFFFFFFFFFFFFF),
+    (5, 0x8000000000000000),
+    (5, -1),
+]
+
+
+def rows_of(good: list[Any], changes: list[tuple[int, Any]]) -> list[Any]:
+    rows: list[Any] = [good, good[:5], [*good, 0], tuple(good), None]
+    for index, value in changes:
+        row = list(good)
+        row[index] = value
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("row", rows_of(AGG, AGG_VARIANTS), ids=repr)
+def test_read_aggregates_accepts_what_the_schema_accepts(row: Any) -> None:
+    for _ in range(2):
+        made = read_aggregates([AGG, row])
+        assert (made is not None) == bool(_batch_agg(row))
+        if made is not None:
+            assert made == [Aggregate(*AGG), Aggregate(*row)]
+
+
+@pytest.mark.parametrize("row", rows_of(MEMBER, MEMBER_VARIANTS), ids=repr)
+def test_read_members_accepts_what_the_schema_accepts(row: Any) -> None:
+    for _ in range(2):
+        made = read_members([MEMBER, row])
+        # A tuple passes the core's check (a runtime's own rows may be tuples) but never comes
+        # out of CBOR: the reader leaves it to the schema, which takes it.
+        assert (made is not None) == (bool(_member_row(row)) and type(row) is list)
+        if made is not None:
+            assert made == [Member(*MEMBER), Member(*row)]
+
+
+@pytest.mark.parametrize("read", [read_readings, read_aggregates, read_members])
+def test_the_readers_take_at_most_the_schemas_count(read: Any) -> None:
+    good = {read_readings: GOOD, read_aggregates: AGG, read_members: MEMBER}[read]
+    assert read([good] * 256) is not None
+    assert read([good] * 257) is None
+    assert read("rows") is None and read(None) is None and read(()) is None
     assert check_batch({"id": 1, "readings": [GOOD] * 257}) == "readings"
-    assert read_readings("readings") is None and read_readings(None) is None
 
 
 BODIES: list[Any] = [
@@ -96,13 +174,19 @@ BODIES: list[Any] = [
     {"id": 1},
     {"id": -1, "readings": [GOOD]},
     {"readings": [GOOD], "id": "x" * 33},
-    {"id": 1, "readings": [GOOD], "agg": [["n1", "temp", 1, 2, 3]]},
-    {"id": 1, "readings": [GOOD], "agg": [["n1", "temp", 1, 2, 3, 4]]},
+    {"id": 1, "readings": [GOOD], "agg": [AGG]},
+    {"id": 1, "readings": [GOOD], "agg": [AGG, AGG[:5]]},
+    {"id": 1, "readings": [GOOD], "members": [MEMBER], "agg": [AGG]},
+    {"id": 1, "readings": [GOOD], "members": [MEMBER, [*MEMBER[:5], -1]]},
+    {"id": 1, "readings": [GOOD], "members": [tuple(MEMBER)]},
     {"agg": "x", "readings": [["", 1, 2, 3, {}]], "id": 1},
     {"readings": [["", 1, 2, 3, {}]], "agg": "x", "id": 1},
+    {"members": [AGG], "agg": [MEMBER], "readings": [GOOD], "id": 1},
     {"id": 1, "readings": [GOOD], "extra": 1},
     {"id": 1, "readings": [GOOD], 5: 1},
     {"id": 1, "readings": [GOOD], "mesh": "m", "leader": "a", "members": [], "dropped": []},
+    {"id": 1, "readings": [GOOD], "elections": [[2, "n1", "crash"]], "dropped": [["n1", 3]]},
+    {"id": 1, "readings": [GOOD], "elections": [[2, "n1", ""]]},
     [GOOD],
     None,
 ]
@@ -113,11 +197,14 @@ def test_the_codecs_check_gives_the_schemas_verdict(body: Any) -> None:
     reader = BatchReader()
     verdict = reader(body)
     assert verdict == check_batch(body)
-    if verdict is None:
-        assert reader.readings is not None
-        assert [r[:5] for r in reader.readings] == [tuple(r) for r in body["readings"]]
+    if verdict is None and reader.records is not None:
+        records = reader.records
+        assert [r[:5] for r in records.readings] == [tuple(r) for r in body["readings"]]
+        assert records.aggregates == [Aggregate(*r) for r in body.get("agg", ())]
+        assert records.members == [Member(*r) for r in body.get("members", ())]
     else:
-        assert reader.readings is None
+        assert reader.records is None
+        assert verdict is not None or tuple(MEMBER) in body["members"]  # left to the schema
 
 
 def test_the_bounds_are_the_schemas() -> None:
@@ -125,3 +212,6 @@ def test_the_bounds_are_the_schemas() -> None:
         assert getattr(batch, name) == getattr(wire, name), name
     for name in ("_U32", "_I64_MIN", "_I64_MAX"):
         assert getattr(batch, name) == getattr(batchcheck, name), name
+    for name in ("_I32_MIN", "_I32_MAX", "_U16", "_U8"):
+        assert getattr(batch, name) == getattr(datapath, name), name
+    assert datapath._MAX_NAME_BYTES == wire._MAX_ID_BYTES  # a member's node id, as a reading's
