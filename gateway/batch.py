@@ -33,14 +33,12 @@ _I32_MAX = 0x7FFFFFFF
 _U16 = 0xFFFF
 _U8 = 0xFF
 
-# Readings of a mesh repeat the same metric names: per set of names, a %-template of the JSON
-# text, filled with the values (ints, by the schema): about twice as fast as the encoder.
+# Readings of a mesh repeat the same metric names: per set of names (in the map's order), a
+# %-template of the stored JSON text, with a function that takes the values in the template's
+# order (about twice as fast as the encoder), only for sets of names the batch schema
+# accepts; and the node ids and metric names it accepts: what the readers below need not
+# check again.
 _TEMPLATES_MAX = 1024
-_Template = tuple[tuple[str, ...], str]
-_templates: dict[tuple[str, ...], _Template] = {}
-# The same, with a function that takes the values in the template's order, only for sets of
-# names the batch schema accepts; and the node ids and metric names it accepts: what the
-# readers below need not check again.
 _checked_names: dict[tuple[str, ...], tuple[Callable[[dict[str, Any]], tuple[Any, ...]], str]] = {}
 _checked_nodes: set[str] = set()
 _checked_metrics: set[str] = set()
@@ -49,23 +47,11 @@ _new = tuple.__new__
 _Row = TypeVar("_Row", bound=tuple[Any, ...])
 
 
-def _template(metrics: dict[str, int]) -> _Template:
-    names = tuple(sorted(metrics))
-    # A key is written as json writes any string.
-    return names, "{%s}" % ",".join(json.dumps(name).replace("%", "%%") + ":%d" for name in names)
-
-
-def metrics_text(metrics: dict[str, int]) -> str:
-    """A checked reading's ``metrics`` as stored: the same text as ``json.dumps(metrics,
-    separators=(",", ":"), sort_keys=True)``. Only for metrics the batch schema accepted: the
-    values must be ints (a bool or a float would be written as a number without its kind)."""
-    known = _templates.get(tuple(metrics))
-    if known is None:
-        if len(_templates) >= _TEMPLATES_MAX:
-            _templates.clear()
-        known = _templates[tuple(metrics)] = _template(metrics)
-    names, template = known
-    return template % tuple([metrics[name] for name in names])
+def _template(names: tuple[str, ...]) -> str:
+    """The stored text of metrics with these (sorted) names, as ``json.dumps(metrics,
+    separators=(",", ":"), sort_keys=True)`` writes it, with ``%d`` for each value (ints, by
+    the schema: a bool or a float would be written without its kind)."""
+    return "{%s}" % ",".join(json.dumps(name).replace("%", "%%") + ":%d" for name in names)
 
 
 def read_readings(rows: Any) -> list[Reading] | None:
@@ -110,8 +96,8 @@ def read_readings(rows: Any) -> list[Reading] | None:
                     return None  # not remembered: a set of names is, once it passed
             if len(names_known) >= _TEMPLATES_MAX:
                 names_known.clear()
-            names, text = _template(metrics)
-            known = names_known[tuple(metrics)] = (_values_of(names), text)
+            names = tuple(sorted(metrics))
+            known = names_known[tuple(metrics)] = (_values_of(names), _template(names))
         values_of, template = known
         values = values_of(metrics)
         for value in values:

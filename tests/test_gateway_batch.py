@@ -9,6 +9,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agent.core import batchcheck, datapath, wire
 from agent.core.batchcheck import _batch_agg, _batch_reading, check_batch
@@ -215,3 +217,16 @@ def test_the_bounds_are_the_schemas() -> None:
     for name in ("_I32_MIN", "_I32_MAX", "_U16", "_U8"):
         assert getattr(batch, name) == getattr(datapath, name), name
     assert datapath._MAX_NAME_BYTES == wire._MAX_ID_BYTES  # a member's node id, as a reading's
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8),  # at most 32 bytes of UTF-8: a name the schema takes
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        max_size=16,
+    )
+)
+def test_stored_metrics_text_is_what_json_writes(metrics: dict[str, int]) -> None:
+    made = read_readings([["n1", 1, 2, 3, metrics]])
+    assert made is not None
+    assert made[0].metrics_json == json.dumps(metrics, separators=(",", ":"), sort_keys=True)
