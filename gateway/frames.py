@@ -6,16 +6,20 @@ which checks size, tag, fields and replay. Meshes with a configured key are alwa
 with the key. A frame of a mesh with no key is accepted only when open meshes are allowed:
 then the mesh name is read from the batch (its ``mesh`` field), checked against the hash, and
 a key-less codec is made for it.
+
+The codecs check a batch with :class:`BatchReader`: the core's batch schema, with the
+readings, aggregates and members checked and made into records in the same pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from agent import strict_cbor
 from agent.core import batchcheck, wire
 from agent.core.messages import BATCH, BATCH_ACK, Msg
-from gateway.batch import metrics_text
+from gateway.batch import Records, read_aggregates, read_members, read_readings
 from gateway.ingest import Arrival
 
 MAX_FRAME_BYTES = wire.MAX_FRAME_BYTES
@@ -37,6 +41,49 @@ class FrameDrop(Exception):
         self.reason = reason
 
 
+class BatchReader:
+    """A codec's ``check_batch``: ``agent.core.batchcheck.check_batch``'s verdict, and the
+    records of the last batch it passed (``records``), made while checking.
+
+    When every row of the batch's readings, aggregates and members passes its reader in
+    gateway/batch.py (each accepts what the schema accepts), the schema checks the rest of the
+    batch with empty lists in their place: the same verdict, since those lists are fine and
+    the schema names the first bad key. Otherwise the schema checks the whole batch and says
+    why.
+    """
+
+    def __init__(self) -> None:
+        self.records: Records | None = None
+
+    def __call__(self, body: Any) -> str | None:
+        self.records = None
+        if type(body) is not dict or "readings" not in body:
+            return batchcheck.check_batch(body)
+        rest = dict(body)
+        made: list[Any] = []
+        for key, read in _READERS:
+            if key not in rest:
+                made.append([])
+                continue
+            records = read(rest[key])
+            if records is None:
+                return batchcheck.check_batch(body)
+            made.append(records)
+            rest[key] = []
+        why: str | None = batchcheck.check_batch(rest)
+        if why is None:
+            self.records = Records(*made)
+        return why
+
+
+# The batch map's lists that the gateway reads into records as it checks them.
+_READERS: tuple[tuple[str, Callable[[Any], list[Any] | None]], ...] = (
+    ("readings", read_readings),
+    ("agg", read_aggregates),
+    ("members", read_members),
+)
+
+
 class FrameRouter:
     """Decodes BATCH frames of many meshes and encodes the BATCH_ACKs that answer them.
 
@@ -55,8 +102,9 @@ class FrameRouter:
         self.open_meshes = open_meshes
         self._codecs: dict[int, wire.Codec] = {}
         self._keyed: set[int] = set()
+        self._reader = BatchReader()  # every codec's, so it holds the last frame's records
         for mesh in sorted(keys):
-            codec = _codec(mesh, keys[mesh], boot)
+            codec = self._codec(mesh, keys[mesh])
             if codec.mesh_hash in self._codecs:
                 raise ValueError(
                     "meshes %r and %r share a mesh hash"
@@ -66,7 +114,8 @@ class FrameRouter:
             self._keyed.add(codec.mesh_hash)
 
     def decode(self, data: bytes, now_ms: int) -> tuple[str, Msg]:
-        """(mesh name, BATCH Msg) of a frame; raises :class:`FrameDrop`."""
+        """(mesh name, BATCH Msg) of a frame; raises :class:`FrameDrop`. The records of its
+        batch are in ``self.records`` until the next call."""
         if len(data) > MAX_FRAME_BYTES:
             raise FrameDrop(wire.TOO_BIG)  # before anything is read
         hash_ = _peek_mesh_hash(data)
@@ -75,6 +124,7 @@ class FrameRouter:
         codec = self._codecs.get(hash_)
         if codec is None:
             codec = self._open_codec(hash_, data)
+        self._reader.records = None
         try:
             msg = codec.decode(data, now_ms)
         except wire.WireError as exc:
@@ -83,10 +133,14 @@ class FrameRouter:
             raise FrameDrop("not_batch")
         return codec.mesh, msg
 
+    @property
+    def records(self) -> Records | None:
+        return self._reader.records
+
     def decode_many(self, frames: list[Frame], now_ms: int) -> list[Decoded]:
         """Each frame's batch as an :class:`Arrival` for the ingest path, or (transport, why
-        it is dropped). Also makes the readings' stored metrics text, so the storage's thread
-        does not."""
+        it is dropped), with its batch's records (the readings with their stored metrics text),
+        made as the codec checked them."""
         out: list[Decoded] = []
         for transport, data, topic_mesh in frames:
             try:
@@ -97,9 +151,7 @@ class FrameRouter:
             if topic_mesh is not None and topic_mesh != mesh:
                 out.append((transport, "topic_mismatch"))
                 continue
-            body = msg.body
-            texts = [metrics_text(reading[4]) for reading in body["readings"]]
-            out.append(Arrival(transport, mesh, msg.sender, msg.term, body, True, texts))
+            out.append(Arrival(transport, mesh, msg.sender, msg.term, msg.body, True, self.records))
         return out
 
     def encode_ack(
@@ -109,7 +161,7 @@ class FrameRouter:
         batch may be in another process (gateway/decoder.py)."""
         codec = self._codecs.get(wire.mesh_hash(mesh))
         if codec is None:  # an open mesh that another router decoded
-            codec = self._codecs[wire.mesh_hash(mesh)] = _codec(mesh, None, self.boot)
+            codec = self._codecs[wire.mesh_hash(mesh)] = self._codec(mesh, None)
         ack = Msg(BATCH_ACK, self.node_id, term=term, target=leader)
         ack.body = [batch_id, status, highest_term]
         return bytes(codec.encode(ack))
@@ -125,21 +177,20 @@ class FrameRouter:
         name = _peek_batch_mesh(data)
         if name is None or wire.mesh_hash(name) != hash_:
             raise FrameDrop("unknown_mesh")
-        codec = _codec(name, None, self.boot)
+        codec = self._codec(name, None)
         self._codecs[hash_] = codec
         return codec
 
-
-def _codec(mesh: str, key: bytes | None, boot: int) -> wire.Codec:
-    """A codec that reads BATCH frames: strict CBOR, and the batch schema's check."""
-    return wire.Codec(
-        mesh,
-        key,
-        strict_cbor.dumps,
-        strict_cbor.loads,
-        boot=boot,
-        check_batch=batchcheck.check_batch,
-    )
+    def _codec(self, mesh: str, key: bytes | None) -> wire.Codec:
+        """A codec that reads BATCH frames: strict CBOR, and the batch schema's check."""
+        return wire.Codec(
+            mesh,
+            key,
+            strict_cbor.dumps,
+            strict_cbor.loads,
+            boot=self.boot,
+            check_batch=self._reader,
+        )
 
 
 def _peek_mesh_hash(data: bytes) -> int | None:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from agent.core.messages import ACK_FENCED, ACK_OK, ACK_REJECTED
 from gateway import fence
-from gateway.batch import Batch, BatchError, parse_batch
+from gateway.batch import Batch, BatchError, Records, parse_batch
 from gateway.health import Health
 from gateway.metrics import Counters
 from gateway.storage import IngestOutcome, Purged, Storage, StorageError
@@ -51,7 +51,7 @@ class Arrival(NamedTuple):
     term: int
     body: Any
     checked: bool = False  # the codec applied the batch schema already (gateway/batch.py)
-    metrics_json: list[str] | None = None  # each reading's metrics as stored, if made already
+    records: Records | None = None  # the batch's records, if the frame decoder made them
 
 
 class IngestResult(NamedTuple):
@@ -108,7 +108,7 @@ class Ingest:
                     arrival.mesh,
                     arrival.sender,
                     arrival.checked,
-                    arrival.metrics_json,
+                    arrival.records,
                 )
             except BatchError as exc:
                 results[index] = self._reject(
@@ -409,5 +409,5 @@ def _batch_event(
         "at_ms": now_ms,
         "readings": batch.rows
         or [[r.node, r.boot, r.seq, r.t_ms, r.metrics] for r in batch.readings],
-        "agg": [list(a) for a in batch.aggregates],
+        "agg": batch.agg_rows or [list(a) for a in batch.aggregates],
     }

@@ -13,11 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from agent.core.messages import ACK_OK
-from gateway.batch import metrics_text
 from testkit.gateway import BatchSender, GatewayProcess, make_batch, parse_counters
 from testkit.waiting import poll_until
 from tests.test_gateway_udp import stored
@@ -148,17 +145,6 @@ def test_the_decoder_ends_with_its_gateway(tmp_path: Path) -> None:
     assert alive(decoder)
     gw.kill()  # SIGKILL: no shutdown code runs; the decoder sees its input end
     assert poll_until(lambda: not alive(decoder), timeout=10)
-
-
-@given(
-    st.dictionaries(
-        st.text(min_size=1, max_size=32),
-        st.integers(min_value=-(2**63), max_value=2**63 - 1),
-        max_size=16,
-    )
-)
-def test_stored_metrics_text_is_what_json_writes(metrics: dict[str, int]) -> None:
-    assert metrics_text(metrics) == json.dumps(metrics, separators=(",", ":"), sort_keys=True)
 
 
 def test_frames_that_wait_for_a_restarting_decoder_are_decoded_when_it_is_up(

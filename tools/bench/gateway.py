@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = breakdown(batches, BENCH_KEY, "NORMAL", 8)
     for stage, micros in stages:
         print("  %-48s %6.1f" % (stage, micros))
-    print("  %-48s %6.1f" % ("total", sum(m for s, m in stages if not s.startswith("  of which"))))
+    print("  %-48s %6.1f" % ("total", sum(m for s, m in stages if not s.startswith(" "))))
     bench_end_to_end(scale, args.rounds)
     from testkit.postgres import available
 
