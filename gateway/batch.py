@@ -116,11 +116,24 @@ def read_aggregates(rows: Any) -> list[Aggregate] | None:
 def read_members(rows: Any) -> list[Member] | None:
     """A batch's ``members`` list as records if every row passes the batch schema, else None
     (as :func:`read_readings`)."""
-    return _read_rows(rows, _member_fits, Member)
+    if type(rows) is not list or len(rows) > _MAX_ITEMS:
+        return None
+    out = []
+    for row in rows:
+        # Six fields, or seven for a sleepy member (its wake interval, u32).
+        if type(row) is not list or not 6 <= len(row) <= 7 or not _member_fits(*row[:6]):
+            return None
+        if len(row) == 6:
+            out.append(_new(Member, (*row, 0)))
+        elif type(row[6]) is int and 0 <= row[6] <= _U32:
+            out.append(_new(Member, row))
+        else:
+            return None
+    return out
 
 
 def _read_rows(rows: Any, fits: Callable[..., bool], record: type[_Row]) -> list[_Row] | None:
-    # Rows of six fields each (an aggregate's, a member's) that ``fits`` accepts, as records.
+    # Rows of six fields each (an aggregate's) that ``fits`` accepts, as records.
     if type(rows) is not list or len(rows) > _MAX_ITEMS:
         return None
     out = []

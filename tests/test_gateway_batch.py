@@ -148,7 +148,17 @@ def test_read_aggregates_accepts_what_the_schema_accepts(row: Any) -> None:
             assert made == [Aggregate(*AGG), Aggregate(*row)]
 
 
-@pytest.mark.parametrize("row", rows_of(MEMBER, MEMBER_VARIANTS), ids=repr)
+# A sleepy member's row carries its wake interval (u32) as a seventh field.
+SLEEPY_MEMBER_ROWS: list[Any] = [
+    [*MEMBER, 0xFFFFFFFF],
+    [*MEMBER, 0x100000000],
+    [*MEMBER, -1],
+    [*MEMBER, True],
+    [*MEMBER, 5, 5],
+]
+
+
+@pytest.mark.parametrize("row", rows_of(MEMBER, MEMBER_VARIANTS) + SLEEPY_MEMBER_ROWS, ids=repr)
 def test_read_members_accepts_what_the_schema_accepts(row: Any) -> None:
     for _ in range(2):
         made = read_members([MEMBER, row])
