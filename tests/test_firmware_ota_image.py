@@ -12,6 +12,7 @@ need a board (firmware/README.md, "Over-the-air updates").
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import main
 from testkit.fwboard import otadata
 from testkit.netns import Lab
 from tests.test_firmware_ota import (
@@ -32,8 +34,6 @@ from tests.test_firmware_ota import (
     wait_for,
 )
 from tools import ota
-
-pytestmark = [pytest.mark.netns, pytest.mark.micropython, pytest.mark.slow]
 
 IMAGE_SIZE = 100_000  # 25 blocks, the last one partly
 
@@ -69,6 +69,9 @@ def rig(
     yield from open_rig(lab, tmp_path, mpy_exe, mpy_bits, esp32=True)
 
 
+@pytest.mark.netns
+@pytest.mark.micropython
+@pytest.mark.slow
 def test_an_image_update_is_refused_rolled_back_or_committed_in_the_other_slot(
     rig: Rig, tmp_path: Path
 ) -> None:
@@ -151,3 +154,28 @@ def test_an_image_update_is_refused_rolled_back_or_committed_in_the_other_slot(
     os.kill(int((folder / "mpy.pid").read_text()), signal.SIGKILL)
     assert wait_for(lambda: rig.resets() > resets and rig.joined()), rig.logs()
     assert otadata(folder)["running"] == "ota_1" and rig.status()["ota"]["version"] == "good"
+
+
+def test_the_bundle_command_signs_an_image_and_refuses_a_combined_flash_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "update.key"
+    key.write_text(UPDATE_KEY.hex())
+    image = fake_image(tmp_path / "micropython.bin", 6)
+    args = ["firmware", "ota", "bundle", "--key-file", str(key), "--version", "img"]
+    assert main([*args, "--image", str(image), "--out", str(tmp_path / "b")]) == 0
+    manifest = ota.read_manifest(tmp_path / "b", UPDATE_KEY)  # (checks the signature)
+    assert (manifest["dirs"], manifest["files"]) == ([], [])
+    assert manifest["image"] == {
+        "path": "micropython.bin",
+        "sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
+        "size": IMAGE_SIZE,
+    }
+    assert (tmp_path / "b" / "micropython.bin").read_bytes() == image.read_bytes()
+    # A MicroPython build's firmware.bin starts with the bootloader (also 0xE9, no app
+    # description): refused, no bundle written.
+    combined = tmp_path / "firmware.bin"
+    combined.write_bytes(b"\xe9" + bytes(IMAGE_SIZE))
+    assert main([*args, "--image", str(combined), "--out", str(tmp_path / "c")]) == 2
+    assert "not an ESP32 app image" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
