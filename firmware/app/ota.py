@@ -126,6 +126,7 @@ async def update(rt, key, url, serial):
             blocks = _Blocks(slot)
             await _get(host, port, base + image["path"], blocks, h)
             blocks.flush()
+            blocks = None  # (its 4 KB back before the read-back's)
             _check(image, h)
         await _step(rt, "verifying", 100)
         if image:
@@ -155,8 +156,11 @@ async def update(rt, key, url, serial):
         if image:
             ota["image"] = slot.info()[4]  # the slot the trial must run from
         await _step(rt, "pending", 100)
-        if image:
-            slot.set_boot()  # (after "pending": a cut between the two fails the trial)
+        if image:  # (after "pending": a cut between the two fails the trial)
+            try:
+                slot.set_boot()
+            except OSError:  # ESP-IDF's own check of the image (esp_image_verify)
+                raise ValueError("image not bootable")
     except Exception as e:  # any failure leaves the running app as it is
         otaboot.rmtree(otaboot.NEW)
         ota["reason"] = e.args[0] if isinstance(e, ValueError) and e.args else repr(e)[:40]
