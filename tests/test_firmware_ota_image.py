@@ -65,7 +65,7 @@ class StallHandler(ota.Handler):
 def rig(
     lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str, mpy_bits: int
 ) -> Iterator[Rig]:
-    lab = lab_factory(prefix="mi-", subnet="10.98.0.0/24", hosts=3)
+    lab = lab_factory(prefix="mp-", subnet="10.99.0.0/24", hosts=3)
     yield from open_rig(lab, tmp_path, mpy_exe, mpy_bits, esp32=True)
 
 
@@ -106,6 +106,8 @@ def test_an_image_update_is_refused_rolled_back_or_committed_in_the_other_slot(
     try:
         rig.notify(ota.notice(UPDATE_KEY, rig.url(server, cut), rig.serial, "fw-a"))
         assert StallHandler.halfway.wait(WAIT_S), rig.log()
+        # (the image is most of the bundle: its progress is reported as it comes)
+        assert reports.wait(lambda got: got.get("fw-a", {}).get("pct", 0) >= 25, WAIT_S)
         os.kill(int((folder / "mpy.pid").read_text()), signal.SIGKILL)
         assert reports.wait(lambda got: got.get("fw-a", {}).get("state") == "failed", WAIT_S)
     finally:

@@ -117,14 +117,18 @@ async def update(rt, key, url, serial):
             with open(path, "wb") as f:
                 done += await _get(host, port, base + entry["path"], f, h)
             _check(entry, h)
-            pct = done * 100 // total
-            if pct // 25 != ota["pct"] // 25:
-                await _step(rt, "downloading", pct)
-            ota["pct"] = pct
+            await _progress(rt, done * 100 // total)
         if image:
             h = hashlib.sha256()
             blocks = _Blocks(slot)
-            await _get(host, port, base + image["path"], blocks, h)
+            await _get(
+                host,
+                port,
+                base + image["path"],
+                blocks,
+                h,
+                lambda n: _progress(rt, (done + n) * 100 // total),  # (as the image comes)
+            )
             blocks.flush()
             blocks = None  # (its 4 KB back before the read-back's)
             _check(image, h)
@@ -270,8 +274,9 @@ def _split(url):
     return host, port, rest[slash:]
 
 
-async def _get(host, port, path, out, h):
-    """GET ``path`` into ``out`` (a file, or BytesIO), 1 KB at a time; returns its length."""
+async def _get(host, port, path, out, h, tick=None):
+    """GET ``path`` into ``out`` (a file, or BytesIO), 1 KB at a time; returns its length.
+    ``tick(n)``: a coroutine awaited after each KB, ``n`` the bytes so far."""
     reader, writer = await asyncio.wait_for_ms(asyncio.open_connection(host, port), _TIMEOUT_MS)
     try:
         writer.write(("GET %s HTTP/1.0\r\nHost: %s\r\n\r\n" % (path, host)).encode())
@@ -297,11 +302,20 @@ async def _get(host, port, path, out, h):
             if h is not None:
                 h.update(view[:k])
             n += k
+            if tick:
+                await tick(n)
         if n != length:
             raise ValueError("cut")  # the server or the network went away halfway
         return n
     finally:
         writer.close()
+
+
+async def _progress(rt, pct):
+    """Report the download at every 25 %."""
+    if pct // 25 != rt.ota["pct"] // 25:
+        await _step(rt, "downloading", pct)
+    rt.ota["pct"] = pct
 
 
 async def _step(rt, state, pct):
