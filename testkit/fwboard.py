@@ -3,8 +3,10 @@ board's reset starts it again (over-the-air updates reset the board: tests/test_
 ``meshelect bench ota``).
 
     folder = install_board(build, tmp / "fw-1", frozen=False)
+    install_esp32(folder)                           # optional: the esp32 stand-in (image OTA)
     start_board(lab, 1, folder, exe, settings)      # settings: config.json, checked as deploy
     board_status(folder)                            # its status file, {} before the first
+    otadata(folder)                                 # the stand-in's boot slot and states
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ from testkit.netns import Lab
 from testkit.tools import SOURCE_ROOT
 
 # The process runs again after every exit but a clean one (0): "exit N" marks each reset;
-# mpy.pid names the running interpreter (to kill it as a power cut would).
+# mpy.pid names the running interpreter (to kill it as a power cut would). A board with the
+# esp32 stand-in (install_esp32) runs its bootloader step before each start, as a reset does.
 SUPERVISOR = """
 while true; do
+  [ -f esp32.py ] && env MICROPYPATH=. "$0" -c "import esp32; esp32.bootloader()"
   env MICROPYPATH=.frozen:. "$0" main.py & echo $! > mpy.pid; wait $!; rc=$?
   echo "exit $rc"
   [ "$rc" -eq 0 ] && break
@@ -41,6 +45,21 @@ def install_board(build: Path, folder: Path, frozen: bool) -> Path:
     else:
         shutil.copytree(build, folder)
     return folder
+
+
+def install_esp32(folder: Path) -> None:
+    """Give a board the test-only ``esp32`` stand-in (testkit/esp32.py: OTA app slots over
+    files under ``folder/flash``), as ``esp32.py`` on its path."""
+    shutil.copy(Path(__file__).with_name("esp32.py"), folder / "esp32.py")
+
+
+def otadata(folder: Path) -> dict[str, Any]:
+    """The stand-in's boot state: ``boot``, ``running`` and each slot's ``states``."""
+    try:
+        data = json.loads((folder / "flash" / "otadata").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def start_board(lab: Lab, host: int, folder: Path, exe: str, settings: dict[str, Any]) -> None:

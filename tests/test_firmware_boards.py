@@ -70,7 +70,10 @@ def test_every_board_freezes_the_firmware_without_idf_mdns_and_with_ota(chip: st
     assert '#include "../mpconfigboard_common.h"' in (board / "mpconfigboard.h").read_text()
     common = (BOARDS / "mpconfigboard_common.h").read_text()
     assert "MICROPY_HW_ENABLE_MDNS_RESPONDER (0)" in common
-    assert "partitions-4MiB-ota.csv" in (BOARDS / "sdkconfig.meshelect").read_text()
+    sdkconfig = (BOARDS / "sdkconfig.meshelect").read_text()
+    assert "partitions-4MiB-ota.csv" in sdkconfig
+    # An image updated over the air runs on trial: the bootloader rolls back one not committed.
+    assert "\nCONFIG_BOOTLOADER_APP_ROLLBACK_ENABLE=y\n" in sdkconfig
 
 
 def test_image_dry_run_prints_the_esp32_build_in_the_idf_container(

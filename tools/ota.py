@@ -2,7 +2,7 @@
 
     meshelect firmware ota key    --out update.key
     meshelect firmware ota bundle --build build/firmware --out bundles/v2 --version v2 \\
-                                  --key-file update.key [--trial-s 120]
+                                  --key-file update.key [--trial-s 120] [--image micropython.bin]
     meshelect firmware ota serve  --root bundles --listen 0.0.0.0:8470 [--log reports.jsonl]
     meshelect firmware ota push   --bundle bundles/v2 --key-file update.key \\
                                   --listen 10.0.0.9:8470 --board fw-1=10.0.0.2 ... \\
@@ -17,6 +17,10 @@
   ``manifest``: a line with the hex HMAC-SHA256 of the rest under the update key, then JSON
   (version, serial, trial_ms, dirs, files with sha256 and size). ``serial`` (the bundle's
   build time, seconds) must grow: a board takes only a serial above every one it has tried.
+  ``--image``: a MicroPython ESP32 app image too (``image`` in the manifest, with its sha256
+  and size; the bundle holds it as micropython.bin), written into the board's other OTA app
+  slot and rolled back by the bootloader unless the app commits; ``--image`` alone (no
+  ``--build``) bundles the image only.
 - serve: plain HTTP over a folder of bundles; a board's ``GET <bundle>/report?...`` is
   recorded (``--log``: one JSON line each). The gateway serves bundles too (``--ota-dir``).
 - push: serves the bundle (``--listen``; or ``--url`` of one the gateway serves) and updates
@@ -53,6 +57,8 @@ from agent.core.auth import Key
 from tools.ota_mqtt import MqttNotices
 
 MANIFEST = "manifest"
+IMAGE_FILE = "micropython.bin"  # a bundle's MicroPython image, if it has one
+APP_DESC_MAGIC = (0xABCD5432).to_bytes(4, "little")  # esp_app_desc_t, at byte 32 of an image
 BUNDLE_DIRS = ("agent", "app", "hw", "lib")
 DEFAULT_PORT = 8471  # (the gateway's HTTP port is 8470)
 MESH_PORT = 47470
@@ -88,39 +94,66 @@ def sign(key: bytes, body: bytes) -> str:
     return Key(key).digest(body).hex()
 
 
+def check_image(data: bytes, path: Path) -> None:
+    """An ESP32 app image: ESP-IDF's image magic, then the app description's magic word (the
+    combined ``firmware.bin`` of a MicroPython build starts with the bootloader instead)."""
+    if data[:1] != b"\xe9" or data[32:36] != APP_DESC_MAGIC:
+        raise OtaError(
+            "%s is not an ESP32 app image (take the build's micropython.bin, not the "
+            "combined firmware.bin)" % path
+        )
+
+
+def _entry(rel: str, data: bytes, out: Path) -> dict[str, Any]:
+    """Write ``data`` as ``out/rel``; its manifest entry."""
+    target = out / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
 def bundle(
-    build: Path,
+    build: Path | None,
     out: Path,
     version: str,
     key: bytes,
     serial: int | None = None,
     trial_s: int = DEFAULT_TRIAL_S,
+    image: Path | None = None,
 ) -> dict[str, Any]:
-    """Copy the app folders of ``build`` into ``out`` (emptied first) with a signed manifest."""
-    if not (build / "app").is_dir():
+    """Copy the app folders of ``build`` and the MicroPython ``image`` (either may be None)
+    into ``out`` (emptied first) with a signed manifest."""
+    if build is None and image is None:
+        raise OtaError("a bundle needs a firmware build, an image, or both")
+    if build is not None and not (build / "app").is_dir():
         raise OtaError("no firmware build at %s: run `meshelect firmware build`" % build)
+    image_data = b""
+    if image is not None:
+        try:
+            image_data = image.read_bytes()
+        except OSError as exc:
+            raise OtaError("%s: %s" % (image, exc.strerror)) from None
+        check_image(image_data, image)
     if out.exists():
         shutil.rmtree(out)
     files = []
-    dirs = [name for name in BUNDLE_DIRS if (build / name).is_dir()]
+    dirs = [name for name in BUNDLE_DIRS if build is not None and (build / name).is_dir()]
     for name in dirs:
+        assert build is not None
         for path in sorted((build / name).rglob("*")):
             if path.is_file():
                 rel = path.relative_to(build).as_posix()
-                data = path.read_bytes()
-                target = out / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
-                files.append(
-                    {"path": rel, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-                )
-    manifest = {
+                files.append(_entry(rel, path.read_bytes(), out))
+    manifest: dict[str, Any] = {
         "version": version,
         "serial": int(time.time()) if serial is None else serial,
         "trial_ms": trial_s * 1000,
         "dirs": dirs,
         "files": files,
     }
+    if image is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        manifest["image"] = _entry(IMAGE_FILE, image_data, out)
     body = json.dumps(manifest, separators=(",", ":")).encode()
     (out / MANIFEST).write_bytes(sign(key, body).encode() + b"\n" + body)
     return manifest
@@ -391,8 +424,9 @@ def add_parser(sub: Any) -> None:
     ota = p.add_subparsers(dest="ota_action", required=True, metavar="OTA_ACTION")
     q = ota.add_parser("key", help="make a new update key")
     q.add_argument("--out", required=True)
-    q = ota.add_parser("bundle", help="a signed app bundle from a firmware build")
-    q.add_argument("--build", default="build/firmware")
+    q = ota.add_parser("bundle", help="a signed bundle: the app of a build, an image, or both")
+    q.add_argument("--build", help="the firmware build (default build/firmware, none with --image)")
+    q.add_argument("--image", help="a MicroPython ESP32 app image (micropython.bin) to update too")
     q.add_argument("--out", required=True)
     q.add_argument("--version", required=True, help="the version tag boards report")
     q.add_argument("--key-file", required=True)
@@ -462,21 +496,25 @@ def _cli(args: argparse.Namespace) -> int:
         print("new update key in %s (give it to boards as update_key)" % args.out)
         return 0
     if action == "bundle":
+        build = args.build or (None if args.image else "build/firmware")
         manifest = bundle(
-            Path(args.build),
+            Path(build) if build else None,
             Path(args.out),
             args.version,
             read_key(args.key_file),
             args.serial,
             args.trial_s,
+            Path(args.image) if args.image else None,
         )
+        image = manifest.get("image")
         print(
-            "bundle %s (serial %d): %d files, %d bytes in %s"
+            "bundle %s (serial %d): %d files, %d bytes%s in %s"
             % (
                 args.version,
                 manifest["serial"],
                 len(manifest["files"]),
                 sum(f["size"] for f in manifest["files"]),
+                ", an image of %d bytes" % image["size"] if image else "",
                 args.out,
             )
         )
