@@ -9,7 +9,7 @@ JSON because MicroPython reads it with no extra library. Keys are the Pi agent's
 ``clock_wait_ms``, ``run_ms``). A problem raises ``ConfigError`` naming the key. The settings the
 shared core takes (``node_id``, ``mesh``, ``heartbeat_ms``, ``[election]``, ``[score]``) are
 checked by the core's own rules (``agent.core.node.make_config``; ``energy`` and ``sleep`` by
-``agent.core.energy`` and ``agent.core.sleepy``), the same as the Pi agent's
+``agent.core.energyreport``'s check of their tables), the same as the Pi agent's
 and ``meshelect firmware deploy``'s, which runs this check on the host before it copies.
 
 Everything here runs once at boot (``boot`` also builds the hardware layer): on UDP,
@@ -104,19 +104,22 @@ def check(data):
             raise ConfigError("data.%s: expected a positive integer" % key)
         data[key] = value
     cfg["data"] = data
-    if cfg["wifi"].get("power_save", "modem") not in ("none", "modem"):
+    # (The choices from a constant tuple: "modem" would be one more interned name.)
+    if cfg["wifi"].get("power_save") not in (None, "none", "modem"):
         raise ConfigError("wifi.power_save: expected none or modem")
     try:
         make_config(cfg["heartbeat_ms"], cfg["election"], cfg["score"])
-        from agent.core.energy import Energy
+        # [energy] and [sleep]: their tables' own check (agent/core/energyreport.py), which
+        # the runtime unloads after boot; the modules' classes are not loaded for it.
+        from agent.core import energyreport
 
-        Energy(0, cfg["energy"])
+        energyreport.check("energy", energyreport.SETTINGS, cfg["energy"])
         if "sleep" in cfg:  # a sleepy member: never eligible (agent/core/sleepy.py)
             if not isinstance(cfg["sleep"], dict):
                 raise ConfigError("sleep: expected an object")
             from agent.core import sleepy  # (a local: its module name interned only if used)
 
-            sleepy.SleepCycle(cfg["sleep"])
+            energyreport.check("sleep", sleepy.SETTINGS, cfg["sleep"])
             cfg["eligible"] = False
     except ValueError as e:
         raise ConfigError(str(e))  # "election.suspect_intervals: must be ...", as it is

@@ -199,7 +199,7 @@ class Runtime:
         self.app.energy = Energy(
             self.now(),
             cfg["energy"],
-            cfg["wifi"].get("power_save", "modem") == "modem",
+            cfg["wifi"].get("power_save") != "none",  # (modem sleep: the default)
             self.sleeper is not None,
         )
         if self.sleeper is not None:
@@ -245,11 +245,7 @@ class Runtime:
         clock[1] = t
         if ms >= _REBASE_AT:
             self.app.rebase(ms, _REBASE_MS)
-            # Its code (agent/core/rebase.py) was loaded for this only: unloaded again.
-            sys.modules.pop("agent.core.rebase", None)
-            core = sys.modules.get("agent.core")
-            if core is not None and hasattr(core, "rebase"):
-                del core.rebase
+            _unload("agent.core.rebase")  # its code was loaded for this only
             if self.mdns is not None:
                 self.mdns.rebase(_REBASE_MS)
             self.hw.rebase(_REBASE_MS)
@@ -445,6 +441,8 @@ class Runtime:
                         gateway_due = max(1, gateway_due - back)
                     if run_ms:
                         run_ms = max(1, run_ms - back)
+                    if next_energy > 0:  # (-1: no report due)
+                        next_energy = max(0, next_energy - back)
                 if (run_ms and now >= run_ms) or self.reboot:
                     break
                 if sleeper is not None and sleeper.tick(app, app.clock_ms(now)):
@@ -466,7 +464,11 @@ class Runtime:
                             app.sample(now, self.wall_ms(), metrics)
                     if 0 <= next_energy <= now:
                         next_energy = now + energy_ms if sleeper is None else -1
-                        app.sample(now, self.wall_ms(), app.energy.reading(app.clock_ms(now)))
+                        from agent.core import energyreport
+
+                        metrics = energyreport.reading(app.energy, app.clock_ms(now))
+                        _unload("agent.core.energyreport")  # loaded for the report only
+                        app.sample(now, self.wall_ms(), metrics)
                     if now >= app.wakeup:  # (as the Pi agent: a tick with no work still allocates)
                         app.tick(now)
                     self.flush()
@@ -624,13 +626,15 @@ def main(path="config.json"):
         hw.close()
         _started_well()
         return
+    # The energy settings' check (agent/core/energyreport.py) ran at boot: unloaded until a
+    # report is due.
+    _unload("agent.core.energyreport")
     if link is UdpLink:
         # Read once at boot: forget app.config so that the collector frees its code (nothing
         # else holds one of its functions; a later import would load it again). The MQTT
         # link keeps it: it uses its host_port.
         config = None
-        del sys.modules["app.config"]
-        del sys.modules["app"].config
+        _unload("app.config")
     crashed = False
     asleep = False  # a sleepy member's wake ended: no goodbye, it is still a member
     try:
@@ -662,6 +666,16 @@ def main(path="config.json"):
         if crashed:
             time.sleep(5)  # time to read the traceback on the serial console
         machine.reset()
+
+
+def _unload(name):
+    """Forget the module ``name`` (loaded for a rare job: at boot, a report, a clock rebase),
+    so that the collector frees its code until it is imported again."""
+    sys.modules.pop(name, None)
+    package, _, attr = name.rpartition(".")
+    parent = sys.modules.get(package)
+    if parent is not None and hasattr(parent, attr):
+        delattr(parent, attr)
 
 
 def _started_well():

@@ -19,6 +19,7 @@ package(
         "core/auth.py",
         "core/datapath.py",
         "core/energy.py",
+        "core/energyreport.py",
         "core/messages.py",
         "core/node.py",
         "core/peers.py",
