@@ -79,7 +79,7 @@ def reading(energy, now):
     """The report as reading metrics: ``nAh_<role>`` and ``ms_<role>`` for each role it has
     been in, and ``mAh_cap``."""
     energy.tick(now, energy.role == 0)
-    # (Strings in a constant tuple are not interned on MicroPython; literal keys would be.)
+    # (The keys are joined at run time, so not interned on MicroPython; literal ones would be.)
     names = ("mAh_cap", "nAh_", "ms_", "leader", "member", "sleepy")
     out = {names[0]: energy.settings[7]}
     c = energy.counts

@@ -58,9 +58,9 @@ _RX_BYTES = const(1500)
 # The encode buffer, allocated once at boot: as long as the app's longest frame (a batch, one
 # datagram: NodeApp's default max_frame_bytes).
 _ENCODE_BYTES = const(1400)
-# After this long without a crash the app is healthy: main.py's failed-boot count is cleared.
+# After this long without a crash the app is healthy: start.py's failed-boot count is cleared.
 _HEALTHY_MS = const(60000)
-_FAILS_FILE = const("boot_fails")  # main.py's count of failed starts
+_FAILS_FILE = const("boot_fails")  # start.py's count of failed starts
 # Readings' t_ms count from 1970 on every runtime; the ESP32 port's time counts from 2000.
 _EPOCH_2000_MS = const(946684800000)
 # The runtime's clock goes back by _REBASE_MS whenever it reaches _REBASE_AT (every 3.1 days),
@@ -616,7 +616,8 @@ def main(path="config.json"):
     cfg, hw = config.boot(path)
     link = UdpLink
     if cfg["transport"] == "mqtt":
-        from app.mqtt_transport import MqttLink as link
+        # (By its name as a string: over 10 characters, not interned until imported.)
+        link = __import__("app.mqtt_transport", None, None, (None,)).MqttLink
     try:
         rt = Runtime(cfg, hw, link)
     except ValueError as e:  # settings the core refuses (app.config checked their types)
@@ -679,7 +680,7 @@ def _unload(name):
 
 
 def _started_well():
-    try:  # main.py's count of failed starts ends
+    try:  # start.py's count of failed starts ends
         os.remove(_FAILS_FILE)
     except OSError:
         pass

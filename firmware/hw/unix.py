@@ -32,20 +32,16 @@ class Hardware:
         self.mains = bool(hw.get("mains", False))
         # The simulation (drain_per_min, temp_base, temp_amplitude, period_ms) and the wall
         # clock's hook (clock_set_ms, kept as the ticks_ms at which the clock is set; None:
-        # never): one list, not attributes, its keys from a constant tuple (every attribute name
-        # and short literal is interned for the process's life; firmware/README.md, "Memory").
-        sim = []
-        for name, default in (
-            ("drain_per_min", 0),
-            ("temp_base", 21000),
-            ("temp_amplitude", 0),
-            ("period_ms", 60000),
-            ("clock_set_ms", 0),
-        ):
-            sim.append(int(hw.get(name, default)))
-        sim[3] = max(1, sim[3])
-        sim[4] = None if sim[4] < 0 else time.ticks_add(time.ticks_ms(), sim[4])
-        self.sim = sim
+        # never): one tuple, not attributes (every attribute name is interned for the
+        # process's life; firmware/README.md, "Memory").
+        set_ms = int(hw.get("clock_set_ms", 0))
+        self.sim = (
+            int(hw.get("drain_per_min", 0)),
+            int(hw.get("temp_base", 21000)),
+            int(hw.get("temp_amplitude", 0)),
+            max(1, int(hw.get("period_ms", 60000))),
+            None if set_ms < 0 else time.ticks_add(time.ticks_ms(), set_ms),
+        )
         self.metrics = None
         self.address = (cfg.get("udp") or {}).get("interface") or "127.0.0.1"
         self._start = None
