@@ -12,12 +12,26 @@ checked by the core's own rules (``agent.core.node.make_config``; ``energy`` and
 ``agent.core.energyreport``'s check of their tables), the same as the Pi agent's
 and ``meshelect firmware deploy``'s, which runs this check on the host before it copies.
 
-Everything here runs once at boot (``boot`` also builds the hardware layer): on UDP,
-``app.runtime.main`` unloads the module afterwards, so its code goes back to the heap.
+Everything here runs once at boot (``boot`` also builds the hardware layer, ``runtime`` the
+runtime's node application and link): on UDP, ``app.runtime.main`` unloads the module
+afterwards, so its code goes back to the heap.
 """
 
 import json
+import os
 import time
+
+try:
+    from micropython import const  # type: ignore[import-not-found]
+except ImportError:  # CPython: meshelect firmware deploy checks a config with check()
+
+    def const(x):
+        return x
+
+
+# The encode buffer, allocated once at boot: as long as the app's longest frame (a batch, one
+# datagram: NodeApp's default max_frame_bytes).
+_ENCODE_BYTES = const(1400)
 
 
 class ConfigError(ValueError):
@@ -227,3 +241,89 @@ def boot(path="config.json"):
     if threshold > 0:
         gc.threshold(threshold)
     return cfg, layer(cfg)
+
+
+def runtime(self, cfg, hw, link):
+    """The state of ``self``, an ``app.runtime.Runtime`` whose clock is set (its ``__init__``
+    calls this: ``self`` as there, a name interned already): the boot id, the node application
+    with its energy accounting, the gateway, the link, the update's state."""
+    import cbor
+    import udp
+
+    from agent.core.app import NodeApp, make_config
+    from agent.core.energy import Energy
+
+    self.cfg = cfg
+    self.hw = hw
+    # A sleepy member (app/sleep.py, loaded only for one) woken from deep sleep goes on in
+    # the boot it kept; anything else starts a new boot. A flashed board has no boot id
+    # stored: it waits (bounded) for NTP, so that the clock gives one above its old ids
+    # (firmware/README.md, "Boot ids after a reflash").
+    self.sleeper = None
+    if "sleep" in cfg:
+        from app import sleep  # (a local: "app.sleep" is interned only when imported)
+
+        self.sleeper = sleep.Sleeper(cfg, hw)
+    boot = (self.sleeper and self.sleeper.boot) or next_boot(
+        cfg["boot_file"], hw, int(cfg.get("clock_wait_ms", 10000))
+    )
+    self._clock[1] = time.ticks_ms()  # the runtime's clock starts after that wait
+    self.boot = boot
+    # Beside the boot counter: the highest term seen, so that after a power cut the first
+    # claim goes above the gateway's fence. Written only when it rises (flash wear is one
+    # small write per election).
+    term = 0
+    try:
+        # ("." and "term" are interned names already; ".term" would be one more, and the
+        # process is at the edge of a new qstr pool: firmware/README.md, "Memory".)
+        with open(cfg["boot_file"] + "." + "term") as f:
+            term = int(f.read())
+    except (OSError, ValueError):
+        pass
+    app = self.app = NodeApp(
+        cfg["node_id"],
+        cfg["mesh"],
+        cfg["key_bytes"],
+        boot,
+        # One reused encode buffer: no growing copies per frame.
+        cbor.Encoder(_ENCODE_BYTES).dumps,
+        cbor.loads,
+        config=make_config(cfg["heartbeat_ms"], cfg["election"], cfg["score"]),
+        seed=boot,
+        buffer_size=cfg["data"]["buffer_capacity"],
+        collector_size=cfg["data"]["collector_capacity"],
+        clock_paused=link.clock_paused,
+        term=term,  # (the core ignores one out of range)
+        # Seeds the random part of every batch id, which the gateway's ack must echo.
+        token=int.from_bytes(os.urandom(4), "big"),
+    )  # (the rest: NodeApp's defaults are a board's)
+    # Energy accounting: the app counts frames and role time; the radio idles in modem
+    # sleep unless Wi-Fi's power save is off (boot.py sets it).
+    app.energy = Energy(
+        self.now(),
+        cfg["energy"],
+        cfg["wifi"].get("power_save") != "none",  # (modem sleep: the default)
+        self.sleeper is not None,
+    )
+    if self.sleeper is not None:
+        self.sleeper.restore(app, self.wall_ms())
+    udp_cfg = cfg["udp"]
+    # Where our unicast frames arrive (UDP); mDNS advertises it on either link.
+    self.unicast_port = int(udp_cfg.get("unicast_port", udp_cfg.get("port", udp.MESH_PORT)))
+    self.gateway = host_port(cfg["gateway"].get("address", ""), udp.GATEWAY_PORT)
+    app.gateway_known = self.gateway is not None
+    self.link = link(self)
+    self.mdns = None
+    self.mdns_sock = None
+    self._mdns_heard = False  # a packet came in since the last look at what mDNS found
+    self.peak_heap = 0
+    self.loop_errors = 0
+    self.ip = None
+    self._rx_tasks = []
+    # The over-the-air update's state (app/ota.py, otaboot.py; {} when none ever ran).
+    try:
+        with open("ota.json") as f:
+            self.ota = json.load(f)
+    except (OSError, ValueError):
+        self.ota = {}
+    self.reboot = False  # set by app/ota.py: stop gracefully, then reset
