@@ -646,14 +646,32 @@ class Collector:
                     return None
             elif waited is not None and waited < self.batch_idle_ms:
                 return None
-            try:
-                batch = _frame_map(self._make_batch(now, term, members))
-            except MemoryError:
-                self._take = self._take // 2 or 1  # (the batch, if made, is resent)
-                raise
-            self._take = min(BATCH_MAX_READINGS, 2 * self._take)
+            record = None
+        try:
+            if record is None:
+                record = self._make_batch(now, term, members)
+                self._take = min(BATCH_MAX_READINGS, 2 * self._take)
+            # In flight, a batch is kept without its readings' wire lists and its agg rows
+            # (its biggest parts on a board): both are built again from its entries, the
+            # same, for every (re)send, and are garbage once the frame is encoded.
+            batch = dict(record[1])
+            entries = record[3]
+            readings = []
+            for entry in entries:
+                readings.append([entry[0], entry[1], entry[2], entry[3], _unpack(entry, 4)])
+            batch["readings"] = readings
+            batch["agg"] = _aggregates(entries)
             return batch
-        return _frame_map(record)
+        except MemoryError:
+            # Out of heap (a board's): the next batch takes half as many readings, and one in
+            # flight bigger than that goes back to pending, to go out in smaller ones (its id
+            # is given up: the gateway stores a reading once, whatever batch brings it). If
+            # even that finds no room, it stays in flight, resent later.
+            self._take = self._take // 2 or 1
+            if record is not None and len(record[3]) > self._take:
+                self._pending = record[3] + self._pending
+                self._in_flight.remove(record)
+            raise
 
     def on_batch_ack(self, batch_id, status, now, own_buffer=None, highest_term=0):
         """Handle the gateway's answer to a batch; return [(member, ranges), ...] to confirm.
@@ -876,21 +894,6 @@ def _fit(rows, room):
         room -= size
         taken += 1
     return rows[:taken], rows[taken:], room
-
-
-def _frame_map(record):
-    """The batch map of an in-flight ``record``. In flight, a batch is kept without its
-    readings' wire lists and its agg rows (its biggest parts on a board): both are built again
-    from its entries, the same, for every (re)send, and are garbage once the frame is
-    encoded."""
-    batch = dict(record[1])
-    entries = record[3]
-    readings = []
-    for entry in entries:
-        readings.append([entry[0], entry[1], entry[2], entry[3], _unpack(entry, 4)])
-    batch["readings"] = readings
-    batch["agg"] = _aggregates(entries)
-    return batch
 
 
 def _aggregates(entries):

@@ -210,15 +210,19 @@ def boot(path="config.json"):
     that ``hw.kind`` names (default: the board we run on), with the collector's threshold
     set. A bad config ends the program (exit 2).
 
-    ``gc_threshold`` (default 8 KB; 0: off): collect after every this many bytes allocated.
+    ``gc_threshold`` (default 4 KB; 0: off): collect after every this many bytes allocated.
     Without it the collector runs only when an allocation fails, and by then short-lived
     frames and batches lie between the long-lived held readings: the heap is fragmented and a
     batch frame finds no room although half the heap is free. Measured with
     tests/mpy/fw_memory.py: a leader of 10 members (buffers 64/128) needs a 192k heap without
     it and runs in 112k with 16 KB. The whole firmware process leading 10 members
     (tests/test_firmware_memory_live.py, 64-bit, 117 KB live in 128k) ran out of heap in 3 of
-    4 runs with 16 KB, in none of 3 with 8 KB: about twice the collections (each a few ms on
-    an ESP32) for a heap that stays in one piece.
+    4 runs with 16 KB, in none of 3 with 8 KB. With OTA, sleepy members and energy
+    accounting (about 120 KB live) 8 KB failed: the leader made no batch for the rest of the
+    run (thousands of MemoryErrors, batches of 30 readings need about 20 KB in one piece on
+    the 64-bit port); 4 KB passed 3 runs alone and 2 on a loaded machine. Each halving is
+    about twice the collections (each a few ms on an ESP32) for a heap that stays in one
+    piece.
     """
     import gc
     import sys
@@ -237,7 +241,7 @@ def boot(path="config.json"):
     except ConfigError as e:
         print("config: %s" % e)
         sys.exit(2)
-    threshold = int(cfg.get("gc_threshold", 8192))
+    threshold = int(cfg.get("gc_threshold", 4096))
     if threshold > 0:
         gc.threshold(threshold)
     return cfg, layer(cfg)
