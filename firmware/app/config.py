@@ -118,8 +118,7 @@ def check(data):
             raise ConfigError("data.%s: expected a positive integer" % key)
         data[key] = value
     cfg["data"] = data
-    # (The choices from a constant tuple: "modem" would be one more interned name.)
-    if cfg["wifi"].get("power_save") not in (None, "none", "modem"):
+    if cfg["wifi"].get("power_save", "modem") not in ("none", "modem"):
         raise ConfigError("wifi.power_save: expected none or modem")
     try:
         make_config(cfg["heartbeat_ms"], cfg["election"], cfg["score"])
@@ -229,8 +228,8 @@ def boot(path="config.json"):
 
     try:
         cfg = load(path)
-        # (The kinds from a constant tuple and the module by its computed name: no interned
-        # names for the layer a node does not run; firmware/README.md, "Memory".)
+        # (The module by its computed name: the layer a node does not run adds no interned
+        # module name; firmware/README.md, "Memory".)
         kinds = ("esp32", "unix")
         kind = cfg["hw"].get("kind")
         if not kind:

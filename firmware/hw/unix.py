@@ -85,9 +85,7 @@ class Hardware:
         half = period // 2
         ramp = phase if phase < half else period - phase
         temp = base - amplitude + 2 * amplitude * ramp // max(1, half)
-        # (The names from a constant tuple: literal keys would be interned names.)
-        names = ("temp_mc", "battery_pm")
-        return {names[0]: temp, names[1]: self.power(now)[0]}
+        return {"temp_mc": temp, "battery_pm": self.power(now)[0]}
 
     def rebase(self, ms):
         """The runtime set its clock back by ``ms`` (the battery drains from the same start)."""
