@@ -540,8 +540,7 @@ def main(path="config.json"):
     cfg, hw = config.boot(path)
     link = UdpLink
     if cfg["transport"] == "mqtt":
-        # (By its name as a string: over 10 characters, not interned until imported.)
-        link = __import__("app.mqtt_transport", None, None, (None,)).MqttLink
+        from app.mqtt_transport import MqttLink as link
     try:
         rt = Runtime(cfg, hw, link)
     except ValueError as e:  # settings the core refuses (app.config checked their types)
