@@ -39,7 +39,7 @@ import cbor2
 
 from agent import strict_cbor
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.core import datapath, wire
+from agent.core import datapath, energyreport, wire
 from agent.core.app import DEST_GATEWAY, DEST_MESH, NodeApp, make_config
 from agent.core.batchcheck import check_batch
 from agent.core.energy import Energy
@@ -528,7 +528,7 @@ class Agent:
 
     def _report_energy(self, now: int) -> None:
         """The energy report, as a reading (agent/core/energy.py)."""
-        reading = self.energy.reading(self.app.clock_ms(now))
+        reading = energyreport.reading(self.energy, self.app.clock_ms(now))
         t_ms = int(time.time() * 1000)
         seq = self.app.sample(now, t_ms, reading)
         if seq is not None:
@@ -567,7 +567,7 @@ class Agent:
         self._dozing = False
         now = self.now()
         woke = app.clock_ms(now)
-        energy.restore(None, woke - dozed)  # asleep since, in deep sleep's current
+        energyreport.restore(energy, None, woke - dozed)  # asleep since, in deep sleep's current
         energy.since = woke
         app.start(now)
         self._flush(now)

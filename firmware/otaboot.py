@@ -1,7 +1,7 @@
 """The fixed half of an over-the-air update: the switch to a staged app, and the rollback.
 
-main.py runs ``boot()`` before it imports the app, only when ``ota.json`` exists. This module
-is not in an update bundle (nor are boot.py and main.py): a broken bundle cannot break the
+main.py (``start.py``) runs ``boot()`` before it imports the app, only when ``ota.json``
+exists. This module is not in an update bundle (nor are boot.py, main.py and start.py): a broken bundle cannot break the
 way back. The bundle's half (fetch, verify, stage, trial, commit) is ``app/ota.py``.
 
 ``ota.json`` holds the update state; its ``state`` drives what a boot does:

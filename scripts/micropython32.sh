@@ -62,7 +62,7 @@ else
 fi
 # What is frozen in: the manifests and every file they may pick up.
 frozen=$(cat "$manifest" firmware/boards/manifest.py \
-    $(find firmware/app firmware/hw firmware/lib firmware/otaboot.py agent/core agent/__init__.py \
+    $(find firmware/app firmware/hw firmware/lib firmware/otaboot.py firmware/start.py agent/core agent/__init__.py \
         -name '*.py' | sort) |
     sha256sum | cut -c1-16)
 stamp="$key $frozen"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.core import datapath, energy, node, sleepy, topics
+from agent.core import datapath, energyreport, node, sleepy, topics
 
 CORE = Path(__file__).resolve().parent.parent / "agent" / "core"
 
@@ -62,13 +62,13 @@ def test_the_settings_table_in_the_design_is_the_code() -> None:
         + ["election." + k for k in ("suspect_intervals", "listen_intervals")]
         + ["score." + k for k in ("battery", "link", "low_battery")]
         + ["sleep." + row[0] for row in sleepy.SETTINGS]
-        + ["energy." + row[0] for row in energy.SETTINGS]
+        + ["energy." + row[0] for row in energyreport.SETTINGS]
     )
     # [sleep] and [energy]: their modules' SETTINGS rows (name, default, lowest, highest).
     for name, low, high, default in rows:
         table, _, key = name.rpartition(".")
         if table in ("sleep", "energy"):
-            settings = (sleepy if table == "sleep" else energy).SETTINGS
+            settings = (sleepy if table == "sleep" else energyreport).SETTINGS
             assert (key, int(default), int(low), int(high)) in settings, name
     rows = [row for row in rows if not row[0].startswith(("sleep.", "energy."))]
 

@@ -11,6 +11,7 @@ gateway parser (gateway/batch.py). Delays and losses come from a seeded ``random
 from __future__ import annotations
 
 import heapq
+import json
 import random
 import subprocess
 import sys
@@ -1114,3 +1115,19 @@ def test_max_frame_bytes_defaults_to_the_codec_limit_and_is_checked() -> None:
     assert batch is not None
     assert 0 < len(batch["readings"]) < 64  # split into datagram-sized batches
     assert len(codec.encode(batch_message("pi-1", 1, batch))) <= 1400
+
+
+@pytest.mark.micropython
+def test_a_collector_out_of_heap_loses_nothing_and_still_drains() -> None:
+    """A batch that runs out of heap (a real MemoryError on the unix port, at every point of
+    making one in turn) leaves every held reading pending or in flight, and a heap that stays
+    too tight for a full batch still gets smaller ones out (tests/mpy/datapath_oom.py)."""
+    rc, out = run_micropython(
+        MPY_SCRIPTS / "datapath_oom.py", path=[REPO_ROOT / "firmware/lib"], heapsize="1M"
+    )
+    assert rc == 0, out
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["failures"] > 0, figures  # the heap did run out
+    assert figures["lost"] == 0, figures
+    assert figures["acked"] == figures["readings"] and figures["twice"] == 0, figures
+    assert figures["tight_batches"] > 0, figures

@@ -127,6 +127,30 @@ def test_graceful_stop_hands_over_without_a_leaderless_moment(
     assert roles[followed + 1] == "role leader term 2 leader fw-b", roles
 
 
+def test_energy_reports_go_on_after_the_clock_goes_back(
+    lab_factory: Callable[..., Lab], tmp_path: Path, mpy_exe: str, mpy_bits: int
+) -> None:
+    """The run loop's energy deadline goes back with the clock, as every held time does:
+    without it, past the rebase the next report would be 3.1 days away. Samples are an hour
+    apart here, so the readings a node takes after the rebase are its energy reports."""
+    require_tool("mpy-cross")
+    lab = lab_factory(prefix="me-", subnet="10.94.1.0/24", hosts=2)
+    extra = {
+        "discovery": {"enabled": False},
+        "energy": {"report_ms": 200},
+        "data": {"sample_ms": 3600000},
+    }
+    _, logs = start_two_nodes(lab, tmp_path, mpy_exe, extra, NEAR_WRAP_MS, mpy_bits == 32)
+    status = functools.partial(read_status, tmp_path)
+    dump = functools.partial(dump_logs, logs)
+    for name in ("fw-a", "fw-b"):
+        assert wait_for(lambda name=name: status(name).get("clock_rebases", 0) == 1), dump()
+        taken = status(name)["buffer"]["taken"]
+        assert wait_for(
+            lambda name=name, taken=taken: status(name)["buffer"]["taken"] >= taken + 5
+        ), dump()
+
+
 def test_mdns_port_taken_keeps_the_mesh_and_browses_without_announcing(
     lab_factory: Callable[..., Lab], tmp_path: Path
 ) -> None:

@@ -155,7 +155,7 @@ def test_the_graph_sees_the_imports_it_should(graph: dict[str, set[str]]) -> Non
     assert "gateway.service" not in graph["gateway.udp"]  # only under TYPE_CHECKING
     assert "firmware:app.mqtt_transport" in graph["firmware:app.runtime"]  # inside main()
     assert "firmware:app.runtime" not in graph["firmware:app.mqtt_transport"]  # links: no cycle
-    assert "firmware:cbor" in graph["firmware:app.runtime"]  # lib/cbor.py, not cbor2
+    assert "firmware:cbor" in graph["firmware:app.config"]  # lib/cbor.py, not cbor2
     assert "agent.core.app" in graph["firmware:app.runtime"]
     assert "agent.core.node" in graph["agent.core.app"]
 

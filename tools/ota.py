@@ -13,7 +13,7 @@
   the mesh key, so a lost board would sign updates for the whole fleet. Boards get it as
   ``update_key`` in config.json (deploy or ``firmware provision --port``).
 - bundle: the app folders of a ``firmware build`` (``agent``, ``app``, ``hw``, ``lib``: not
-  boot.py, main.py or otaboot.mpy, which make the way back and stay as they are) and a
+  boot.py, main.py, start.mpy or otaboot.mpy, which make the way back and stay as they are) and a
   ``manifest``: a line with the hex HMAC-SHA256 of the rest under the update key, then JSON
   (version, serial, trial_ms, dirs, files with sha256 and size). ``serial`` (the bundle's
   build time, seconds) must grow: a board takes only a serial above every one it has tried.

@@ -494,6 +494,10 @@ class Collector:
         self._elections = []
         self._dropped = {}  # node -> running overflow total its buffer reported
         self._members_from = 0  # where the next window of a too-big mesh view starts
+        # The most readings the next batch takes: halved by every batch that ran out of heap
+        # (a board's: making one takes several times its frame), doubled back by every one
+        # made, so that a full collector still drains in a heap too tight for a full batch.
+        self._take = BATCH_MAX_READINGS
         self._last_batch_at = None
         self._last_batch_id = 0  # batches made: 1, 2, ... for this boot of this node
         # A random int from the runtime (the core has no randomness of its own). Then a batch
@@ -642,18 +646,32 @@ class Collector:
                     return None
             elif waited is not None and waited < self.batch_idle_ms:
                 return None
-            record = self._make_batch(now, term, members)
-        # In flight, a batch is kept without its readings' wire lists and its agg rows (its
-        # biggest parts on a board): both are built again from its entries, the same, for
-        # every (re)send, and are garbage once the frame is encoded.
-        batch = dict(record[1])
-        entries = record[3]
-        readings = []
-        for entry in entries:
-            readings.append([entry[0], entry[1], entry[2], entry[3], _unpack(entry, 4)])
-        batch["readings"] = readings
-        batch["agg"] = _aggregates(entries)
-        return batch
+            record = None
+        try:
+            if record is None:
+                record = self._make_batch(now, term, members)
+                self._take = min(BATCH_MAX_READINGS, 2 * self._take)
+            # In flight, a batch is kept without its readings' wire lists and its agg rows
+            # (its biggest parts on a board): both are built again from its entries, the
+            # same, for every (re)send, and are garbage once the frame is encoded.
+            batch = dict(record[1])
+            entries = record[3]
+            readings = []
+            for entry in entries:
+                readings.append([entry[0], entry[1], entry[2], entry[3], _unpack(entry, 4)])
+            batch["readings"] = readings
+            batch["agg"] = _aggregates(entries)
+            return batch
+        except MemoryError:
+            # Out of heap (a board's): the next batch takes half as many readings, and one in
+            # flight bigger than that goes back to pending, to go out in smaller ones (its id
+            # is given up: the gateway stores a reading once, whatever batch brings it). If
+            # even that finds no room, it stays in flight, resent later.
+            self._take = self._take // 2 or 1
+            if record is not None and len(record[3]) > self._take:
+                self._pending = record[3] + self._pending
+                self._in_flight.remove(record)
+            raise
 
     def on_batch_ack(self, batch_id, status, now, own_buffer=None, highest_term=0):
         """Handle the gateway's answer to a batch; return [(member, ranges), ...] to confirm.
@@ -724,12 +742,17 @@ class Collector:
         self._last_batch_at = None
 
     def _make_batch(self, now, term, members):
+        # Everything is built first; the collector's state changes only at the end, where
+        # nothing is allocated any more. So a MemoryError on the way (a board's full heap)
+        # leaves it as it was: the readings stay pending and the next call makes the batch
+        # (taken out of pending and never put in flight, they would be held for ever, and a
+        # full collector would take nothing more).
         budget = self.max_frame_bytes - _FRAME_OVERHEAD - _BATCH_MAP_OVERHEAD
         # The mesh view takes what one reading at worst-case sizes leaves, so that the first
         # waiting reading always goes; in this order: elections (what does not fit waits for
         # the next batch), dropped totals, members (a window that moves on).
         view = budget - _READING_MAX
-        elections_out, self._elections, view = _fit(self._elections, view)
+        elections_out, elections_rest, view = _fit(self._elections, view)
         dropped_out = []
         for node in sorted(self._dropped):
             dropped_out.append([node, self._dropped[node]])
@@ -738,24 +761,24 @@ class Collector:
         rows = []
         if callable(members):
             members = members(now)
+        invalid = 0
         for item in members or ():
             if _member_row(item):
                 rows.append(list(item))
             else:
-                self.invalid_view += 1
+                invalid += 1
         rows.sort()
         start = self._members_from % len(rows) if rows else 0
         members_out, _, view = _fit((rows[start:] + rows[:start])[:_MAX_MEMBERS], view)
-        self._members_from = start + len(members_out)  # all fit: the same start again
         dropped_out, rest, _ = _fit(dropped_out, view)
-        self.truncated += len(rows) - len(members_out) + len(rest)
+        truncated = len(rows) - len(members_out) + len(rest)
         budget -= cbor_size(members_out) + cbor_size(dropped_out) + cbor_size(elections_out)
         # Take pending readings in arrival order while they (and the worst case of the agg
         # rows they add) fit; always at least one.
         taken = 0
         seen_pairs = {}
         for entry in self._pending:
-            if taken >= BATCH_MAX_READINGS:
+            if taken >= self._take:
                 break
             size = _entry_size(entry)
             for k in range(4, len(entry), 2):
@@ -769,15 +792,14 @@ class Collector:
             budget -= size
             taken += 1
         entries = self._pending[:taken]
-        self._pending = self._pending[taken:]
-        self._last_batch_id += 1
-        batch_id = self._last_batch_id
+        pending = self._pending[taken:]
+        last_id = self._last_batch_id + 1
+        batch_id = last_id
         token = self.token
         if token is not None:
             # An LCG step (Numerical Recipes' constants, 24 bits kept): no randomness is
             # needed once the seed is random, only that the low bits do not stay the same.
             token = (token * 1664525 + 1013904223) & 0xFFFFFFFF
-            self.token = token
             batch_id = (batch_id << 24) | (token >> 8)
         batch = {
             "id": batch_id,
@@ -789,9 +811,17 @@ class Collector:
             "elections": elections_out,
         }
         record = [batch_id, batch, now, entries, term]
-        self._in_flight.append(record)
         # What the frame budget left behind may go at once, without waiting batch_ms.
-        self._last_batch_at = now - self.batch_ms if self._pending else now
+        last_at = now - self.batch_ms if pending else now
+        self._in_flight.append(record)  # (the last allocation)
+        self.invalid_view += invalid
+        self._elections = elections_rest
+        self._members_from = start + len(members_out)  # all fit: the same start again
+        self.truncated += truncated
+        self._pending = pending
+        self._last_batch_id = last_id
+        self.token = token
+        self._last_batch_at = last_at
         self.batches_sent += 1
         return record
 

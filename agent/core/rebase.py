@@ -20,21 +20,6 @@ _SHIFT = const(0)
 _PAUSED_AT = const(1)
 _RESUME_AT = const(2)
 _NO_TIME = const(1 << 62)  # "no deadline" (app.py's and node.py's)
-# Node's times (agent/core/node.py): deadlines, and when something was last heard or done.
-_NODE_TIMES = (
-    "wakeup",
-    "_ev_time",
-    "_direct",
-    "_listen_until",
-    "_claim_at",
-    "_cand_until",
-    "_cand_since",
-    "_cand_deadline",
-    "_quorum_lost_at",
-    "_answered_at",
-    "_leaving_deadline",
-    "_next_hb",
-)
 
 
 def rebased(t, ms):
@@ -64,7 +49,22 @@ def rebase(app, now, ms):
     for entry in app.addresses.values():
         entry[1] = rebased(entry[1], ms)
     node = app.node
-    for name in _NODE_TIMES:
+    # Node's times (agent/core/node.py): deadlines, and when something was last heard or
+    # done. (A constant here, not a module global: one interned name less on a board.)
+    for name in (
+        "wakeup",
+        "_ev_time",
+        "_direct",
+        "_listen_until",
+        "_claim_at",
+        "_cand_until",
+        "_cand_since",
+        "_cand_deadline",
+        "_quorum_lost_at",
+        "_answered_at",
+        "_leaving_deadline",
+        "_next_hb",
+    ):
         setattr(node, name, rebased(getattr(node, name), ms))
     peers = node.peers
     peers.oldest = rebased(peers.oldest, ms)  # (a lower bound of the heard below: still one)

@@ -31,7 +31,7 @@ try:
     from micropython import const  # type: ignore[import-not-found]
 except ImportError:  # CPython
     from agent.core._compat import const
-from agent.core.score import _setting
+from agent.core import energyreport
 
 # The ``[sleep]`` table: name, default, lowest, highest (ms).
 SETTINGS = (
@@ -47,19 +47,7 @@ class SleepCycle:
     unknown setting raises ValueError ``sleep.<name>: ...``)."""
 
     def __init__(self, settings=None):
-        values = []
-        for name, default, lo, hi in SETTINGS:
-            value = default
-            if settings and settings.get(name) is not None:
-                value = settings[name]
-            values.append(_setting("sleep", name, value, lo, hi))
-        if settings:
-            for name in settings:
-                for row in SETTINGS:
-                    if row[0] == name:
-                        break
-                else:
-                    raise ValueError("sleep.%s: unknown setting" % name)
+        values = energyreport.check("sleep", SETTINGS, settings)
         self.interval_ms, self.listen_ms, self.confirm_ms = values
         self.woke = 0
         self.found = -1  # when this wake first had a leader
@@ -91,7 +79,7 @@ def save(app, wall_ms):
         pairs = buf._metrics[slot]
         if pairs is not None:
             held.append([buf._seq[slot], buf._t[slot], list(pairs)])
-    energy = app.energy.state() if app.energy is not None else None
+    energy = app.energy.counts[:] if app.energy is not None else None
     return [
         _VERSION,
         app.boot,
@@ -138,5 +126,5 @@ def restore(app, state, wall_ms, interval_ms):
     if wall_ms > 0 and type(state[6]) is int and 0 < state[6] <= wall_ms:
         slept = wall_ms - state[6]
     if app.energy is not None:
-        app.energy.restore(state[5], slept)
+        energyreport.restore(app.energy, state[5], slept)
     return buf.depth

@@ -1,8 +1,8 @@
 """Provisioning over the serial port with the Improv Wi-Fi serial protocol (what ESPHome's web
 installer speaks), plus meshelect's own settings.
 
-main.py runs ``serve()`` when the board has no ``config.json`` (a new board, or a wiped one):
-the code is loaded only then. Packets on the UART (stdin/stdout; a pty on the unix port):
+main.py (``start.py``) runs ``serve()`` when the board has no ``config.json`` (a new board, or
+a wiped one): the code is loaded only then. Packets on the UART (stdin/stdout; a pty on the unix port):
 
     b"IMPROV" | version (1) | type (1) | length (1) | data | checksum (sum of the rest & 0xFF)
 

@@ -34,13 +34,11 @@ try:
 except ImportError:
     import uasyncio as asyncio  # type: ignore[no-redef]
 
-import cbor
 import mdns
 import udp
 from micropython import const  # type: ignore[import-not-found]
 
-from agent.core.app import DEST_GATEWAY, DEST_MESH, DEST_NODE, NodeApp, make_config, nonzero
-from agent.core.energy import Energy
+from agent.core.app import DEST_GATEWAY, DEST_MESH, DEST_NODE, nonzero
 from agent.core.node import ROLE_LEADER, ROLE_NAMES
 
 _AGENT_TYPE = const("_meshelect._udp.local")
@@ -55,12 +53,9 @@ _GATEWAY_GRACE_MS = const(5000)
 # Every receive allocates this much first: one datagram, not the codec's 4 KB frame limit (what
 # the mesh sends a node is under datapath._READINGS_FRAME_BYTES; a longer one is cut, dropped).
 _RX_BYTES = const(1500)
-# The encode buffer, allocated once at boot: as long as the app's longest frame (a batch, one
-# datagram: NodeApp's default max_frame_bytes).
-_ENCODE_BYTES = const(1400)
-# After this long without a crash the app is healthy: main.py's failed-boot count is cleared.
+# After this long without a crash the app is healthy: start.py's failed-boot count is cleared.
 _HEALTHY_MS = const(60000)
-_FAILS_FILE = const("boot_fails")  # main.py's count of failed starts
+_FAILS_FILE = const("boot_fails")  # start.py's count of failed starts
 # Readings' t_ms count from 1970 on every runtime; the ESP32 port's time counts from 2000.
 _EPOCH_2000_MS = const(946684800000)
 # The runtime's clock goes back by _REBASE_MS whenever it reaches _REBASE_AT (every 3.1 days),
@@ -142,89 +137,18 @@ class UdpLink:
 
 class Runtime:
     def __init__(self, cfg, hw, link=UdpLink):
-        self.cfg = cfg
-        self.hw = hw
         ms = hw.clock_ms  # 0 but in tests (hw/unix.py): the uptime the clock starts at
         while ms >= _REBASE_AT:
             ms -= _REBASE_MS  # (as now() goes on)
         # The clock: ms as now() last gave it, the ticks_ms it was read at, how often now() set
         # it back. (One list: each attribute's name would be interned for the node's life.)
         self._clock = [ms, 0, 0]
-        from app import config  # boot only: main() unloads it after
-
-        # A sleepy member (app/sleep.py, loaded only for one) woken from deep sleep goes on in
-        # the boot it kept; anything else starts a new boot. A flashed board has no boot id
-        # stored: it waits (bounded) for NTP, so that the clock gives one above its old ids
-        # (firmware/README.md, "Boot ids after a reflash").
-        self.sleeper = None
-        if "sleep" in cfg:
-            from app import sleep  # (a local: "app.sleep" is interned only when imported)
-
-            self.sleeper = sleep.Sleeper(cfg, hw)
-        boot = (self.sleeper and self.sleeper.boot) or config.next_boot(
-            cfg["boot_file"], hw, int(cfg.get("clock_wait_ms", 10000))
-        )
-        self._clock[1] = time.ticks_ms()  # the runtime's clock starts after that wait
-        self.boot = boot
-        # Beside the boot counter: the highest term seen, so that after a power cut the first
-        # claim goes above the gateway's fence. Written only when it rises (flash wear is one
-        # small write per election).
-        term = 0
-        try:
-            # ("." and "term" are interned names already; ".term" would be one more, and the
-            # process is at the edge of a new qstr pool: firmware/README.md, "Memory".)
-            with open(cfg["boot_file"] + "." + "term") as f:
-                term = int(f.read())
-        except (OSError, ValueError):
-            pass
-        self.app = NodeApp(
-            cfg["node_id"],
-            cfg["mesh"],
-            cfg["key_bytes"],
-            boot,
-            # One reused encode buffer: no growing copies per frame.
-            cbor.Encoder(_ENCODE_BYTES).dumps,
-            cbor.loads,
-            config=make_config(cfg["heartbeat_ms"], cfg["election"], cfg["score"]),
-            seed=boot,
-            buffer_size=cfg["data"]["buffer_capacity"],
-            collector_size=cfg["data"]["collector_capacity"],
-            clock_paused=link.clock_paused,
-            term=term,  # (the core ignores one out of range)
-            # Seeds the random part of every batch id, which the gateway's ack must echo.
-            token=int.from_bytes(os.urandom(4), "big"),
-        )  # (the rest: NodeApp's defaults are a board's)
-        # Energy accounting: the app counts frames and role time; the radio idles in modem
-        # sleep unless Wi-Fi's power save is off (boot.py sets it).
-        self.app.energy = Energy(
-            self.now(),
-            cfg["energy"],
-            cfg["wifi"].get("power_save", "modem") == "modem",
-            self.sleeper is not None,
-        )
-        if self.sleeper is not None:
-            self.sleeper.restore(self.app, self.wall_ms())
-        udp_cfg = cfg["udp"]
-        # Where our unicast frames arrive (UDP); mDNS advertises it on either link.
-        self.unicast_port = int(udp_cfg.get("unicast_port", udp_cfg.get("port", udp.MESH_PORT)))
-        self.gateway = config.host_port(cfg["gateway"].get("address", ""), udp.GATEWAY_PORT)
-        self.app.gateway_known = self.gateway is not None
-        self.link = link(self)
-        self.mdns = None
-        self.mdns_sock = None
-        self._mdns_heard = False  # a packet came in since the last look at what mDNS found
         self._announced = (None, 0, -_MIN_ANNOUNCE_INTERVAL_MS)  # role, score, when
-        self.peak_heap = 0
-        self.loop_errors = 0
-        self.ip = None
-        self._rx_tasks = []
-        # The over-the-air update's state (app/ota.py, otaboot.py; {} when none ever ran).
-        try:
-            with open("ota.json") as f:
-                self.ota = json.load(f)
-        except (OSError, ValueError):
-            self.ota = {}
-        self.reboot = False  # set by app/ota.py: stop gracefully, then reset
+        # The rest (the boot id, the node application, the link, ...) runs once: it is
+        # app.config's, which main() unloads after boot (its code goes back to the heap).
+        from app import config
+
+        config.runtime(self, cfg, hw, link)
 
     def wall_ms(self):
         """Wall-clock ms since 1970 (the board's RTC, set by NTP if it can): readings' t_ms.
@@ -245,11 +169,7 @@ class Runtime:
         clock[1] = t
         if ms >= _REBASE_AT:
             self.app.rebase(ms, _REBASE_MS)
-            # Its code (agent/core/rebase.py) was loaded for this only: unloaded again.
-            sys.modules.pop("agent.core.rebase", None)
-            core = sys.modules.get("agent.core")
-            if core is not None and hasattr(core, "rebase"):
-                del core.rebase
+            _unload("agent.core.rebase")  # its code was loaded for this only
             if self.mdns is not None:
                 self.mdns.rebase(_REBASE_MS)
             self.hw.rebase(_REBASE_MS)
@@ -445,6 +365,8 @@ class Runtime:
                         gateway_due = max(1, gateway_due - back)
                     if run_ms:
                         run_ms = max(1, run_ms - back)
+                    if next_energy > 0:  # (-1: no report due)
+                        next_energy = max(0, next_energy - back)
                 if (run_ms and now >= run_ms) or self.reboot:
                     break
                 if sleeper is not None and sleeper.tick(app, app.clock_ms(now)):
@@ -466,7 +388,11 @@ class Runtime:
                             app.sample(now, self.wall_ms(), metrics)
                     if 0 <= next_energy <= now:
                         next_energy = now + energy_ms if sleeper is None else -1
-                        app.sample(now, self.wall_ms(), app.energy.reading(app.clock_ms(now)))
+                        from agent.core import energyreport
+
+                        metrics = energyreport.reading(app.energy, app.clock_ms(now))
+                        _unload("agent.core.energyreport")  # loaded for the report only
+                        app.sample(now, self.wall_ms(), metrics)
                     if now >= app.wakeup:  # (as the Pi agent: a tick with no work still allocates)
                         app.tick(now)
                     self.flush()
@@ -624,13 +550,15 @@ def main(path="config.json"):
         hw.close()
         _started_well()
         return
+    # The energy settings' check (agent/core/energyreport.py) ran at boot: unloaded until a
+    # report is due.
+    _unload("agent.core.energyreport")
     if link is UdpLink:
         # Read once at boot: forget app.config so that the collector frees its code (nothing
         # else holds one of its functions; a later import would load it again). The MQTT
         # link keeps it: it uses its host_port.
         config = None
-        del sys.modules["app.config"]
-        del sys.modules["app"].config
+        _unload("app.config")
     crashed = False
     asleep = False  # a sleepy member's wake ended: no goodbye, it is still a member
     try:
@@ -664,8 +592,18 @@ def main(path="config.json"):
         machine.reset()
 
 
+def _unload(name):
+    """Forget the module ``name`` (loaded for a rare job: at boot, a report, a clock rebase),
+    so that the collector frees its code until it is imported again."""
+    sys.modules.pop(name, None)
+    package, _, attr = name.rpartition(".")
+    parent = sys.modules.get(package)
+    if parent is not None and hasattr(parent, attr):
+        delattr(parent, attr)
+
+
 def _started_well():
-    try:  # main.py's count of failed starts ends
+    try:  # start.py's count of failed starts ends
         os.remove(_FAILS_FILE)
     except OSError:
         pass

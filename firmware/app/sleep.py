@@ -9,8 +9,9 @@ through a deep sleep (``machine.RTC().memory()``, 2 KB on an ESP32), or, when it
 into the file ``sleep_state`` with a one-byte marker in RTC memory. A power cut clears RTC
 memory: the node then starts a new boot, as any node does (its unconfirmed readings are lost,
 as a board's are at any power cut). The hardware layer does the sleeping: ``machine.deepsleep``
-on a board; on the unix port the process ends with status 4 and its RTC memory is a file, and
-whoever restarts it plays the RTC timer (firmware/README.md, "Sleepy members").
+on a board; on the unix port (``hw/unixsleep.py``, loaded here) the process ends with status 4
+and its RTC memory is a file, and whoever restarts it plays the RTC timer (firmware/README.md,
+"Sleepy members").
 """
 
 import cbor
@@ -21,7 +22,11 @@ from agent.core import sleepy
 class Sleeper:
     def __init__(self, cfg, hw):
         self.cycle = sleepy.SleepCycle(cfg["sleep"])
-        self.hw = hw
+        if not hasattr(hw, "deepsleep"):  # the unix port: its stand-in
+            from hw import unixsleep
+
+            hw = unixsleep.Rtc(cfg)
+        self.hw = hw  # (what keeps the state and sleeps)
         state = None
         try:
             data = hw.kept()

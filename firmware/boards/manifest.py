@@ -5,7 +5,8 @@
 # board's filesystem (boot and main run by name).
 
 package("app", base_path="..", opt=3)
-module("otaboot.py", base_path="..", opt=3)  # the update's switch and rollback (main.py)
+module("otaboot.py", base_path="..", opt=3)  # the update's switch and rollback (start.py)
+module("start.py", base_path="..", opt=3)  # what main.py does before the app
 package("hw", base_path="..", opt=3)
 freeze("../lib", opt=3)
 # Must list what tools/firmware.py's agent_closure() finds (tests/test_firmware_boards.py).
@@ -19,6 +20,7 @@ package(
         "core/auth.py",
         "core/datapath.py",
         "core/energy.py",
+        "core/energyreport.py",
         "core/messages.py",
         "core/node.py",
         "core/peers.py",

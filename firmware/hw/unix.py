@@ -5,9 +5,7 @@
            "drain_per_min": 10, "temp_base": 21000, "temp_amplitude": 2000, "period_ms": 60000,
            "clock_ms": 1073739824}
 
-``rtc_file`` (default ``rtc_memory``) stands in for the RTC memory a deep sleep keeps, and
-``deepsleep`` ends the process with status 4: a sleepy member (firmware/app/sleep.py) is
-started again by whoever ran it, as the RTC timer wakes a board.
+A sleepy member's deep sleep and RTC memory (``rtc_file``) are ``hw/unixsleep.py``'s.
 
 ``clock_ms`` (a test hook) starts the runtime's clock there instead of at 0, so a test can run
 a node past 2**30 ms (where a 32-bit port's small ints end) without waiting 12 days.
@@ -32,22 +30,22 @@ class Hardware:
         self.battery = int(hw.get("battery", 1000))
         self.link = int(hw.get("link", 1000))
         self.mains = bool(hw.get("mains", False))
-        # The simulation: drain_per_min, temp_base, temp_amplitude, period_ms (one tuple, not
-        # four attributes: every attribute name is interned for the process's life).
+        # The simulation (drain_per_min, temp_base, temp_amplitude, period_ms) and the wall
+        # clock's hook (clock_set_ms, kept as the ticks_ms at which the clock is set; None:
+        # never): one tuple, not attributes (every attribute name is interned for the
+        # process's life; firmware/README.md, "Memory").
+        set_ms = int(hw.get("clock_set_ms", 0))
         self.sim = (
             int(hw.get("drain_per_min", 0)),
             int(hw.get("temp_base", 21000)),
             int(hw.get("temp_amplitude", 0)),
             max(1, int(hw.get("period_ms", 60000))),
+            None if set_ms < 0 else time.ticks_add(time.ticks_ms(), set_ms),
         )
         self.metrics = None
         self.address = (cfg.get("udp") or {}).get("interface") or "127.0.0.1"
         self._start = None
         self.clock_ms = int(hw.get("clock_ms", 0))
-        self.rtc_file = hw.get("rtc_file", "rtc_memory")
-        # (kept as the ticks_ms at which the clock is set; None: never)
-        set_ms = int(hw.get("clock_set_ms", 0))
-        self.clock_set_ms = None if set_ms < 0 else time.ticks_add(time.ticks_ms(), set_ms)
         self.read()
 
     def read(self):
@@ -82,14 +80,12 @@ class Hardware:
         if self.metrics is not None:
             return dict(self.metrics)
         # A triangle wave: integer-only and deterministic, good enough for demos and tests.
-        _, base, amplitude, period = self.sim
+        _, base, amplitude, period, _ = self.sim
         phase = now % period
         half = period // 2
         ramp = phase if phase < half else period - phase
         temp = base - amplitude + 2 * amplitude * ramp // max(1, half)
-        # (The names from a constant tuple: literal keys would be interned names.)
-        names = ("temp_mc", "battery_pm")
-        return {names[0]: temp, names[1]: self.power(now)[0]}
+        return {"temp_mc": temp, "battery_pm": self.power(now)[0]}
 
     def rebase(self, ms):
         """The runtime set its clock back by ``ms`` (the battery drains from the same start)."""
@@ -98,35 +94,13 @@ class Hardware:
 
     def wall_s(self):
         """The wall clock in Unix seconds (see ``clock_set_ms``)."""
-        at = self.clock_set_ms
+        at = self.sim[4]  # (clock_set_ms)
         if at is None or time.ticks_diff(time.ticks_ms(), at) < 0:
             return 946684800  # 2000-01-01: a board's clock that NTP has not set yet
         return time.time()
 
     def ip(self):
         return self.address
-
-    def kept(self):
-        """What the last deep sleep kept (RTC memory), or None."""
-        try:
-            with open(self.rtc_file, "rb") as f:
-                return f.read()
-        except OSError:
-            return None
-
-    def keep(self, data):
-        with open(self.rtc_file + ".tmp", "wb") as f:
-            f.write(data)
-        import os
-
-        os.rename(self.rtc_file + ".tmp", self.rtc_file)
-
-    def deepsleep(self, ms):
-        import sys
-
-        sys.exit(
-            4
-        )  # "deep sleep" (3 is a reset the app asked for): the caller starts us again after ``ms``
 
     def show(self, state=None, now=None):
         pass  # no LED on the unix port (and no *args: a call allocates nothing)

@@ -58,8 +58,8 @@ def _aton(ip):
     return bytes(int(x) for x in ip.split("."))
 
 
-def open_multicast(group, port, iface_ip, ttl=1, loop=False, bind_ip="0.0.0.0"):
-    """A non-blocking UDP socket bound to ``bind_ip:port``, joined to ``group`` on ``iface_ip``.
+def open_multicast(group, port, ip, ttl=1, loop=False, bind_ip="0.0.0.0"):
+    """A non-blocking UDP socket bound to ``bind_ip:port``, joined to ``group`` on the interface of address ``ip``.
 
     Bound to the group address (``bind_ip=group``) it receives only that group's datagrams,
     never unicast: several nodes on one host then share the port (SO_REUSEPORT).
@@ -78,9 +78,9 @@ def open_multicast(group, port, iface_ip, ttl=1, loop=False, bind_ip="0.0.0.0"):
                 pass  # lwIP has no SO_REUSEPORT; one node per board anyway
         s.bind(_sockaddr(bind_ip, port))
         membership = _IP_ADD_MEMBERSHIP_LINUX if linux else _IP_ADD_MEMBERSHIP_LWIP
-        s.setsockopt(_IPPROTO_IP, membership, _aton(group) + _aton(iface_ip))
+        s.setsockopt(_IPPROTO_IP, membership, _aton(group) + _aton(ip))
         if linux:  # not on lwIP (every MicroPython port but unix)
-            s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_IF, _aton(iface_ip))
+            s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_IF, _aton(ip))
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_TTL, ttl)
             s.setsockopt(_IPPROTO_IP, _IP_MULTICAST_LOOP, 1 if loop else 0)
         s.setblocking(False)
@@ -90,11 +90,11 @@ def open_multicast(group, port, iface_ip, ttl=1, loop=False, bind_ip="0.0.0.0"):
     return s
 
 
-def open_unicast(iface_ip, port=0):
-    """A non-blocking UDP socket bound to ``iface_ip:port`` (gateway traffic)."""
+def open_unicast(ip, port=0):
+    """A non-blocking UDP socket bound to ``ip:port`` (gateway traffic)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        s.bind(_sockaddr(iface_ip, port))
+        s.bind(_sockaddr(ip, port))
         s.setblocking(False)
     except Exception:
         s.close()

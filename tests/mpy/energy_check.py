@@ -11,12 +11,12 @@ node has the best battery and link and still never leads.
 
 import cbor
 
-from agent.core import sleepy
+from agent.core import energyreport, sleepy
 from agent.core.app import DEST_MESH, NodeApp
 from agent.core.energy import Energy
 from agent.core.node import ROLE_LEADER
 
-LEADER, MEMBER, SLEEPY = 0, 1, 2  # the roles Energy.charge takes
+LEADER, MEMBER, SLEEPY = 0, 1, 2  # the roles energyreport.charge takes
 
 
 def line(name, value):
@@ -43,15 +43,15 @@ def arithmetic():
     e.tick(3600000, True)  # an hour as a member, then leading
     for _ in range(10):
         e.frame(True, 500)  # 1500 us each
-    line("member charge", e.charge(MEMBER))
-    line("leader charge", e.charge(LEADER))
-    line("report", e.reading(5400000))
+    line("member charge", energyreport.charge(e, MEMBER))
+    line("leader charge", energyreport.charge(e, LEADER))
+    line("report", energyreport.reading(e, 5400000))
     s = Energy(0, None, sleepy=True)
     s.frame(True, 64)
     s.tick(2000)
-    s.restore(s.state(), 58000)  # kept across a deep sleep of 58 s
-    line("sleepy charge", s.charge(SLEEPY))
-    line("sleepy report", s.reading(2000))
+    energyreport.restore(s, s.counts[:], 58000)  # kept across a deep sleep of 58 s
+    line("sleepy charge", energyreport.charge(s, SLEEPY))
+    line("sleepy report", energyreport.reading(s, 2000))
     for bad in ({"tx_ua": -1}, {"frame_us": "x"}, {"volts": 3}):
         try:
             Energy(0, bad)
