@@ -220,11 +220,14 @@ function roleText(m) {
 }
 
 // Energy: mean current (mA: mAh spent per hour) overall and per role, projected battery life.
+// Two decimals: with the radio listening anyway, leading costs about 0.07 mA more than
+// following at 95 mA (docs/design.md, "What leading costs"); one decimal would show both as
+// the same figure.
 function energyText(e) {
   if (!e) return "";
-  const roles = Object.entries(e.roles).map(([role, r]) => role + " " + r.mA.toFixed(1)).join(", ");
+  const roles = Object.entries(e.roles).map(([role, r]) => role + " " + r.mA.toFixed(2)).join(", ");
   const life = e.life_h === null ? "mains" : e.life_h < 48 ? e.life_h.toFixed(1) + " h" : (e.life_h / 24).toFixed(1) + " d";
-  return e.mA.toFixed(1) + " mA (" + roles + "), " + life;
+  return e.mA.toFixed(2) + " mA (" + roles + "), " + life;
 }
 
 function renderTable(view) {
