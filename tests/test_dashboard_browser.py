@@ -470,10 +470,11 @@ SLEEP_MS = 8000  # above the page's "heard lately" (5 s): only then is a member 
 PAGE_SILENT_MS = 15_000  # the page's SILENT_MS, and the gateway's default --silent-after
 ENERGY = "[energy]\nreport_ms = 1000\n"
 SLEEP = "[sleep]\ninterval_ms = %d\nlisten_ms = 2000\nconfirm_ms = 3000\n" % SLEEP_MS
-ENERGY_TEXT = re.compile(
-    r"(\d+\.\d\d) mA \(((?:leader|member|sleepy) \d+\.\d\d(?:, (?:leader|member|sleepy) \d+\.\d\d)*)\), "
-    r"(\d+\.\d) (h|d)"
-)
+ROLE_MA = r"(?:leader|member|sleepy) \d+\.\d\d"
+# The energy cell: overall mA and projected life, then mA per role.
+ENERGY_TEXT = re.compile(r"(\d+\.\d\d) mA, (\d+\.\d) (h|d)\n(%s(?:, %s)*)" % (ROLE_MA, ROLE_MA))
+
+FETCH = "(url) => fetch(url).then((r) => r.text())"  # a GET from the page, as its own requests
 
 # Each time the page redraws the sleepy node's row: what the row says, the page's clock, and
 # the member row the page drew it from (a MutationObserver, called once per redraw).
@@ -497,7 +498,8 @@ SLEEPING_SAVES = """(mesh) => {
     const rows = [...document.querySelectorAll('section.mesh[data-mesh="' + mesh + '"] table.nodes tbody tr')];
     const share = (node, role) => {
         const tr = rows.find((r) => r.firstChild.textContent === node);
-        const found = tr && tr.lastChild.textContent.match(new RegExp(role + " ([0-9.]+)"));
+        const roles = tr && tr.querySelector(".energy-roles");
+        const found = roles && roles.textContent.match(new RegExp(role + " ([0-9.]+)"));
         return found ? parseFloat(found[1]) : null;
     };
     const sleepy = share("n3", "sleepy"), member = share("n2", "member");
@@ -510,10 +512,10 @@ def energy_figures(text: str) -> tuple[float, dict[str, float], float]:
     found = ENERGY_TEXT.fullmatch(text)
     assert found, text
     roles = {}
-    for part in found.group(2).split(", "):
+    for part in found.group(4).split(", "):
         role, ma = part.split(" ")
         roles[role] = float(ma)
-    life = float(found.group(3)) * (24 if found.group(4) == "d" else 1)
+    life = float(found.group(2)) * (24 if found.group(3) == "d" else 1)
     return float(found.group(1)), roles, life
 
 
@@ -553,43 +555,45 @@ def test_dashboard_shows_a_sleepy_member_and_energy_from_real_agents(
                     has=page.locator("td:first-child", has_text=re.compile("^%s$" % node))
                 )
 
-            # Dozing: "sleeping, wakes in N s", N from the member row's next wake.
+            # Dozing: "sleeping, wakes in N s", N from the member row's next wake. The API is
+            # read once the page shows it sleeping; if the node woke meanwhile, the next doze.
             role = row("n3").locator("td").nth(1)
-            expect(role).to_have_text(re.compile(r"sleeping, wakes in \d+ s"), timeout=60_000)
-            api = json.loads(
-                page.evaluate(
-                    "(url) => fetch(url).then((r) => r.text())", "/api/meshes/" + SLEEPY_MESH
-                )
-            )
-            n3 = next(m for m in api["members"] if m["node"] == "n3")
-            assert (
-                n3["sleep_ms"] == SLEEP_MS and n3["next_wake_ms"] == n3["last_seen_ms"] + SLEEP_MS
-            )
-            shown = [
-                r for r in page.evaluate("window.rowLog") if r["role"].startswith("sleeping, wakes")
-            ]
-            assert shown, page.evaluate("window.rowLog")
-            for r in shown:
+            for _ in range(3):
+                expect(role).to_have_text(re.compile(r"sleeping, wakes in \d+ s"), timeout=60_000)
+                api = json.loads(page.evaluate(FETCH, "/api/meshes/" + SLEEPY_MESH))
+                n3 = next(m for m in api["members"] if m["node"] == "n3")
+                assert n3["sleep_ms"] == SLEEP_MS, n3
+                assert n3["next_wake_ms"] == n3["last_seen_ms"] + SLEEP_MS, n3
+                # The gateway's next wake moves by a ms or two from batch to batch (each
+                # reports the member's age): a doze's redraws are those within a second of it.
+                this_doze = [
+                    r
+                    for r in page.evaluate("window.rowLog")
+                    if r["role"].startswith("sleeping, wakes")
+                    and abs(r["next_wake_ms"] - n3["next_wake_ms"]) < 1000
+                ]
+                if this_doze:
+                    break
+                expect(role).to_have_text("sleepy, awake", timeout=30_000)  # it woke: next doze
+            assert this_doze, (page.evaluate("window.rowLog"), n3)
+            for r in this_doze:
                 n = int(r["role"].split()[-2])
-                if r["next_wake_ms"] == n3["next_wake_ms"]:  # this doze's redraws
-                    # The page's clock a moment after the redraw (same task): up to N s ahead.
-                    ahead = n3["next_wake_ms"] - r["now"]
-                    assert (n - 1) * 1000 - 250 < ahead <= n * 1000, (r, n3)
-                    assert 1 <= n <= SLEEP_MS // 1000, (r, n3)
-            assert any(r["next_wake_ms"] == n3["next_wake_ms"] for r in shown), (shown, n3)
+                assert abs(r["next_wake_ms"] - n3["next_wake_ms"]) <= 50, (r, n3)
+                # The page's clock a moment after the redraw (same task): up to N s ahead.
+                ahead = n3["next_wake_ms"] - r["now"]
+                assert (n - 1) * 1000 - 300 < ahead <= n * 1000 + 50, (r, n3)
+                assert 1 <= n <= SLEEP_MS // 1000, (r, n3)
 
-            # Energy: current per role and projected life on every row, the leader's row
-            # with its "leader" share, dearer than following or sleeping.
             # Its first reports cover mostly its wakes; a few dozes on, sleeping shows.
             page.wait_for_function(SLEEPING_SAVES, arg=SLEEPY_MESH, timeout=60_000)
             cells = {}
             for node in ("n1", "n2", "n3"):
                 cell = row(node).locator("td").last
-                expect(cell).to_have_text(ENERGY_TEXT, timeout=20_000)
+                expect(cell).to_have_text(ENERGY_TEXT, use_inner_text=True, timeout=20_000)
                 cells[node] = energy_figures(cell.inner_text())
             expect(row("n1").locator("td").nth(1)).to_have_text("leader")
-            expect(row("n1").locator("td").last).to_contain_text("leader ")
-            expect(row("n3").locator("td").last).to_contain_text("sleepy ")
+            expect(row("n1").locator(".energy-roles")).to_contain_text("leader ")
+            expect(row("n3").locator(".energy-roles")).to_have_text(re.compile(r"^sleepy "))
             leader_ma, member_ma = cells["n1"][1]["leader"], cells["n2"][1]["member"]
             sleepy_ma = cells["n3"][1]["sleepy"]
             print("page energy (mA): n1 %s, n2 %s, n3 %s" % (cells["n1"], cells["n2"], cells["n3"]))
@@ -603,6 +607,11 @@ def test_dashboard_shows_a_sleepy_member_and_energy_from_real_agents(
                 member = next(m for m in api["members"] if m["node"] == node)
                 hours = member["battery"] / 1000 * member["energy"]["capacity_mah"] / ma
                 assert abs(life - hours) <= 0.1 * hours + 0.1, (node, life, hours, member)
+            # The energy reports are readings too: the charts draw the sensors' metrics only.
+            for chart in (".readings-chart", ".agg-chart"):
+                expect(section.locator(chart + " .main-svg").first).to_be_visible()
+                titles = section.locator(chart + ' text[class^="y"][class$="title"]')
+                assert sorted(titles.all_text_contents()) == ["battery (%)", "temp (°C)"], chart
             page.screenshot(path=str(artifacts_dir / "dashboard-sleepy.png"), full_page=True)
 
             # Killed while it dozes (a flat battery, not a goodbye): it misses its wakes.
@@ -617,6 +626,7 @@ def test_dashboard_shows_a_sleepy_member_and_energy_from_real_agents(
             expect(alert).to_contain_text("n3 silent", timeout=20_000)
             expect(alert).to_contain_text("missed its wakes")
             log = page.evaluate("window.rowLog")
+            (artifacts_dir / "sleepy-rowlog.json").write_text(json.dumps(log))
             first = next(i for i, r in enumerate(log) if r["silent"])
             last_seen = log[first]["last_seen_ms"]
             # Not silent while asleep: every redraw before is not; the first silent one came
@@ -624,10 +634,16 @@ def test_dashboard_shows_a_sleepy_member_and_energy_from_real_agents(
             assert not any(r["silent"] for r in log[:first]), log
             assert log[first]["now"] - last_seen > 2 * SLEEP_MS + PAGE_SILENT_MS, log[first]
             overdue = [r for r in log[:first] if r["role"] == "sleeping, wake overdue"]
-            assert overdue and all(r["last_seen_ms"] == last_seen for r in overdue), log
+            missed = [r for r in overdue if abs(r["last_seen_ms"] - last_seen) < 1000]
+            assert missed, log
             print(
-                "n3 unheard for %.1f s when first shown overdue, %.1f s when first shown silent"
-                % ((overdue[0]["now"] - last_seen) / 1000, (log[first]["now"] - last_seen) / 1000)
+                "n3 unheard for %.1f s when first shown overdue, %.1f s when first shown silent;"
+                " overdue before the kill: %d redraws"
+                % (
+                    (missed[0]["now"] - last_seen) / 1000,
+                    (log[first]["now"] - last_seen) / 1000,
+                    len(overdue) - len(missed),
+                )
             )
             page.screenshot(path=str(artifacts_dir / "dashboard-sleepy-silent.png"), full_page=True)
             assert errors == []
