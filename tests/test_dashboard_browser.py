@@ -596,7 +596,8 @@ def test_dashboard_shows_a_sleepy_member_and_energy_from_real_agents(
             expect(row("n3").locator(".energy-roles")).to_have_text(re.compile(r"^sleepy "))
             leader_ma, member_ma = cells["n1"][1]["leader"], cells["n2"][1]["member"]
             sleepy_ma = cells["n3"][1]["sleepy"]
-            print("page energy (mA): n1 %s, n2 %s, n3 %s" % (cells["n1"], cells["n2"], cells["n3"]))
+            for node, (ma, roles, life) in sorted(cells.items()):
+                print("page energy %s: %.2f mA %s, life %.1f h" % (node, ma, roles, life))
             assert leader_ma > member_ma > sleepy_ma, cells
             for node, (ma, roles, life) in cells.items():
                 assert min(roles.values()) - 0.005 <= ma <= max(roles.values()) + 0.005, (
