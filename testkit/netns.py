@@ -42,6 +42,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -152,6 +153,19 @@ class Lab:
     def command(self, host: int, argv: Sequence[str]) -> list[str]:
         """``argv`` wrapped to run inside ``host``'s namespace."""
         return [self._ip, "netns", "exec", self.ns(host), *argv]
+
+    def wrapper(self, host: int, program: str, path: str) -> str:
+        """Write an executable script at ``path`` that runs ``program`` with its arguments
+        inside ``host``, and return ``path``: for a tool that starts the program itself, as
+        Playwright starts Chromium (its pipes pass through ``ip netns exec``). A process
+        it leaves behind is killed at teardown, as every process of the lab's namespaces."""
+        with open(path, "w") as f:
+            f.write(
+                '#!/bin/sh\nexec %s "$@"\n'
+                % " ".join(map(shlex.quote, self.command(host, [program])))
+            )
+        os.chmod(path, 0o755)
+        return path
 
     def run(self, host: int, argv: Sequence[str], **popen_kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside ``host`` (``subprocess.Popen`` keywords pass through).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +21,15 @@ NODES = ["pi-1", "pi-2", "pi-3", "esp-4", "esp-5"]
 
 
 @contextlib.contextmanager
-def dashboard(url: str, height: int = 1100) -> Iterator[tuple[Any, list[str]]]:
-    """The dashboard at ``url`` in headless Chromium: (page, page errors seen so far)."""
+def dashboard(
+    url: str, height: int = 1100, chromium: str = CHROMIUM
+) -> Iterator[tuple[Any, list[str]]]:
+    """The dashboard at ``url`` in headless Chromium: (page, page errors seen so far).
+    ``chromium``: the program to start (a wrapper that runs it in a lab's namespace)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
+        browser = p.chromium.launch(executable_path=chromium, args=list(CHROMIUM_ARGS))
         try:
             page = browser.new_page(viewport={"width": 1500, "height": height})
             errors: list[str] = []
@@ -457,3 +461,193 @@ def test_the_update_card_shows_each_board_and_follows_its_update_live(
             assert errors == []
     finally:
         gw.stop()
+
+
+# A sleepy member and the energy column, from real Pi agents in namespaces and the real
+# gateway; Chromium runs in the gateway's namespace (the lab has no route out of it).
+SLEEPY_MESH = "sleepy-dash"
+SLEEP_MS = 8000  # above the page's "heard lately" (5 s): only then is a member "sleeping"
+PAGE_SILENT_MS = 15_000  # the page's SILENT_MS, and the gateway's default --silent-after
+ENERGY = "[energy]\nreport_ms = 1000\n"
+SLEEP = "[sleep]\ninterval_ms = %d\nlisten_ms = 2000\nconfirm_ms = 3000\n" % SLEEP_MS
+ROLE_MA = r"(?:leader|member|sleepy) \d+\.\d\d"
+# The energy cell: overall mA and projected life, then mA per role.
+ENERGY_TEXT = re.compile(r"(\d+\.\d\d) mA, (\d+\.\d) (h|d)\n(%s(?:, %s)*)" % (ROLE_MA, ROLE_MA))
+
+FETCH = "(url) => fetch(url).then((r) => r.text())"  # a GET from the page, as its own requests
+
+# Each time the page redraws the sleepy node's row: what the row says, the page's clock, and
+# the member row the page drew it from (a MutationObserver, called once per redraw).
+WATCH_ROW = """([mesh, node]) => {
+    window.rowLog = [];
+    const body = document.querySelector('section.mesh[data-mesh="' + mesh + '"] table.nodes tbody');
+    new MutationObserver(() => {
+        const tr = [...body.children].find((r) => r.firstChild.textContent === node);
+        const m = state.meshes.get(mesh).mesh.members.find((x) => x.node === node);
+        if (!tr || !m) return;
+        window.rowLog.push({
+            role: tr.children[1].textContent, silent: tr.classList.contains("is-silent"),
+            now: now(), last_seen_ms: m.last_seen_ms, next_wake_ms: m.next_wake_ms,
+            sleep_ms: m.sleep_ms,
+        });
+    }).observe(body, { childList: true });
+}"""
+
+# The page's energy column: n3's current as a sleepy member below half n2's as a member.
+SLEEPING_SAVES = """(mesh) => {
+    const rows = [...document.querySelectorAll('section.mesh[data-mesh="' + mesh + '"] table.nodes tbody tr')];
+    const share = (node, role) => {
+        const tr = rows.find((r) => r.firstChild.textContent === node);
+        const roles = tr && tr.querySelector(".energy-roles");
+        const found = roles && roles.textContent.match(new RegExp(role + " ([0-9.]+)"));
+        return found ? parseFloat(found[1]) : null;
+    };
+    const sleepy = share("n3", "sleepy"), member = share("n2", "member");
+    return sleepy !== null && member !== null && sleepy < member / 2;
+}"""
+
+
+def energy_figures(text: str) -> tuple[float, dict[str, float], float]:
+    """(mA overall, mA per role, projected life in hours) from an energy cell's text."""
+    found = ENERGY_TEXT.fullmatch(text)
+    assert found, text
+    roles = {}
+    for part in found.group(4).split(", "):
+        role, ma = part.split(" ")
+        roles[role] = float(ma)
+    life = float(found.group(2)) * (24 if found.group(3) == "d" else 1)
+    return float(found.group(1)), roles, life
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_dashboard_shows_a_sleepy_member_and_energy_from_real_agents(
+    tmp_path: Path, artifacts_dir: Path
+) -> None:
+    """Three Pi agents with energy reports, the third sleepy (8 s wake interval). The page shows
+    it "sleeping, wakes in N s" while it dozes, N as the API's next_wake_ms says; the energy
+    column shows each node's current per role and its battery's projected life, the leader's
+    with its "leader" share, dearer than following. Killed while it dozes, the sleepy node
+    shows its wake overdue, and turns silent only once it missed its wakes (two intervals
+    and the silent time), when the gateway's node_silent alert says so too."""
+    from playwright.sync_api import expect
+
+    from testkit.meshlab import MeshUnderTest
+
+    mesh = MeshUnderTest(
+        3, "udp", mesh=SLEEPY_MESH, prefix="sd-", subnet="10.88.0.0/24", sample_ms=1000
+    )
+    try:
+        mesh.open()
+        assert mesh.gateway is not None
+        for host, battery in ((1, 950), (2, 800)):
+            mesh.start_agent(host, battery, extra=ENERGY)
+        assert mesh.wait_for(lambda: mesh.agreed_leader([1, 2]) == "n1", 30)
+        mesh.start_agent(3, 1000, extra=ENERGY + SLEEP)  # the best battery, but sleepy
+        chromium = mesh.lab.wrapper(mesh.gw_host, CHROMIUM, str(tmp_path / "chromium"))
+        with dashboard(mesh.gateway.url, height=1250, chromium=chromium) as (page, errors):
+            section = page.locator('section.mesh[data-mesh="%s"]' % SLEEPY_MESH)
+            expect(section.get_by_test_id("leader")).to_have_text("n1", timeout=20_000)
+            page.evaluate(WATCH_ROW, [SLEEPY_MESH, "n3"])
+
+            def row(node: str) -> Any:
+                return section.locator("table.nodes tbody tr").filter(
+                    has=page.locator("td:first-child", has_text=re.compile("^%s$" % node))
+                )
+
+            # Dozing: "sleeping, wakes in N s", N from the member row's next wake. The API is
+            # read once the page shows it sleeping; if the node woke meanwhile, the next doze.
+            role = row("n3").locator("td").nth(1)
+            for _ in range(3):
+                expect(role).to_have_text(re.compile(r"sleeping, wakes in \d+ s"), timeout=60_000)
+                api = json.loads(page.evaluate(FETCH, "/api/meshes/" + SLEEPY_MESH))
+                n3 = next(m for m in api["members"] if m["node"] == "n3")
+                assert n3["sleep_ms"] == SLEEP_MS, n3
+                assert n3["next_wake_ms"] == n3["last_seen_ms"] + SLEEP_MS, n3
+                # The gateway's next wake moves by a ms or two from batch to batch (each
+                # reports the member's age): a doze's redraws are those within a second of it.
+                this_doze = [
+                    r
+                    for r in page.evaluate("window.rowLog")
+                    if r["role"].startswith("sleeping, wakes")
+                    and abs(r["next_wake_ms"] - n3["next_wake_ms"]) < 1000
+                ]
+                if this_doze:
+                    break
+                expect(role).to_have_text("sleepy, awake", timeout=30_000)  # it woke: next doze
+            assert this_doze, (page.evaluate("window.rowLog"), n3)
+            for r in this_doze:
+                n = int(r["role"].split()[-2])
+                assert abs(r["next_wake_ms"] - n3["next_wake_ms"]) <= 50, (r, n3)
+                # The page's clock a moment after the redraw (same task): up to N s ahead.
+                ahead = n3["next_wake_ms"] - r["now"]
+                assert (n - 1) * 1000 - 300 < ahead <= n * 1000 + 50, (r, n3)
+                assert 1 <= n <= SLEEP_MS // 1000, (r, n3)
+
+            # Its first reports cover mostly its wakes; a few dozes on, sleeping shows.
+            page.wait_for_function(SLEEPING_SAVES, arg=SLEEPY_MESH, timeout=60_000)
+            cells = {}
+            for node in ("n1", "n2", "n3"):
+                cell = row(node).locator("td").last
+                expect(cell).to_have_text(ENERGY_TEXT, use_inner_text=True, timeout=20_000)
+                cells[node] = energy_figures(cell.inner_text())
+            expect(row("n1").locator("td").nth(1)).to_have_text("leader")
+            expect(row("n1").locator(".energy-roles")).to_contain_text("leader ")
+            expect(row("n3").locator(".energy-roles")).to_have_text(re.compile(r"^sleepy "))
+            leader_ma, member_ma = cells["n1"][1]["leader"], cells["n2"][1]["member"]
+            sleepy_ma = cells["n3"][1]["sleepy"]
+            for node, (ma, roles, life) in sorted(cells.items()):
+                print("page energy %s: %.2f mA %s, life %.1f h" % (node, ma, roles, life))
+            assert leader_ma > member_ma > sleepy_ma, cells
+            for node, (ma, roles, life) in cells.items():
+                assert min(roles.values()) - 0.005 <= ma <= max(roles.values()) + 0.005, (
+                    node,
+                    cells,
+                )
+                # Life: battery x capacity / current, as the API's figures give it.
+                member = next(m for m in api["members"] if m["node"] == node)
+                hours = member["battery"] / 1000 * member["energy"]["capacity_mah"] / ma
+                assert abs(life - hours) <= 0.1 * hours + 0.1, (node, life, hours, member)
+            # The energy reports are readings too: the charts draw the sensors' metrics only.
+            for chart in (".readings-chart", ".agg-chart"):
+                expect(section.locator(chart + " .main-svg").first).to_be_visible()
+                titles = section.locator(chart + ' text[class^="y"][class$="title"]')
+                assert sorted(titles.all_text_contents()) == ["battery (%)", "temp (°C)"], chart
+            page.screenshot(path=str(artifacts_dir / "dashboard-sleepy.png"), full_page=True)
+
+            # Killed while it dozes (a flat battery, not a goodbye): it misses its wakes.
+            expect(role).to_have_text(re.compile(r"sleeping, wakes in \d+ s"), timeout=30_000)
+            mesh.kill(3)
+            expect(row("n3")).to_have_class(re.compile(r"\bis-silent\b"), timeout=60_000)
+            expect(role).to_have_text("sleeping, wake overdue")
+            expect(section.locator("svg.graph g.node[data-node=n3] circle")).to_have_attribute(
+                "fill", "var(--silent)"
+            )
+            alert = section.locator('ul.alerts li[data-kind="node_silent"]')
+            expect(alert).to_contain_text("n3 silent", timeout=20_000)
+            expect(alert).to_contain_text("missed its wakes")
+            log = page.evaluate("window.rowLog")
+            (artifacts_dir / "sleepy-rowlog.json").write_text(json.dumps(log))
+            first = next(i for i, r in enumerate(log) if r["silent"])
+            last_seen = log[first]["last_seen_ms"]
+            # Not silent while asleep: every redraw before is not; the first silent one came
+            # after two missed wakes and the silent time; before it, the wake was overdue.
+            assert not any(r["silent"] for r in log[:first]), log
+            assert log[first]["now"] - last_seen > 2 * SLEEP_MS + PAGE_SILENT_MS, log[first]
+            overdue = [r for r in log[:first] if r["role"] == "sleeping, wake overdue"]
+            missed = [r for r in overdue if abs(r["last_seen_ms"] - last_seen) < 1000]
+            assert missed, log
+            print(
+                "n3 unheard for %.1f s when first shown overdue, %.1f s when first shown silent;"
+                " overdue before the kill: %d redraws"
+                % (
+                    (missed[0]["now"] - last_seen) / 1000,
+                    (log[first]["now"] - last_seen) / 1000,
+                    len(overdue) - len(missed),
+                )
+            )
+            page.screenshot(path=str(artifacts_dir / "dashboard-sleepy-silent.png"), full_page=True)
+            assert errors == []
+    finally:
+        mesh.close()
+        mesh.cleanup()

@@ -82,14 +82,21 @@ function meshView(name) {
   return view;
 }
 
+// A node's energy report is a reading too (gateway/energy.py), and leaders aggregate its
+// metrics as any others: the energy column shows what it says, the charts leave out its
+// counters (a row each for the capacity and every role's nAh and ms).
+const ENERGY_METRICS = new Set(["mAh_cap", ...["leader", "member", "sleepy"].flatMap((r) => ["nAh_" + r, "ms_" + r])]);
+
 function addReading(view, node, boot, seq, tMs, receivedMs, metrics) {
   const key = node + "/" + boot + "/" + seq;
   if (view.seen.has(key)) return;
+  const shown = Object.entries(metrics).filter(([metric]) => !ENERGY_METRICS.has(metric));
+  if (!shown.length) return;
   view.seen.add(key);
   if (view.seen.size > 20000) view.seen = new Set([...view.seen].slice(-10000));
   // Node clocks that look like wall-clock ms are used as they are; others (uptime) are not.
   const x = tMs > 1e12 ? tMs : receivedMs;
-  for (const [metric, value] of Object.entries(metrics)) {
+  for (const [metric, value] of shown) {
     const trace = metric + " \u00b7 " + node;
     let series = view.readings.get(trace);
     if (!series) view.readings.set(trace, (series = { metric, node, x: [], y: [] }));
@@ -104,6 +111,7 @@ function addReading(view, node, boot, seq, tMs, receivedMs, metrics) {
 }
 
 function addAggregate(view, leader, node, metric, count, min, max, mean, at) {
+  if (ENERGY_METRICS.has(metric)) return;
   const trace = metric + " \u00b7 " + node;
   let series = view.agg.get(trace);
   if (!series) view.agg.set(trace, (series = { metric, node, x: [], y: [], lo: [], hi: [], leader: [] }));
@@ -220,11 +228,17 @@ function roleText(m) {
 }
 
 // Energy: mean current (mA: mAh spent per hour) overall and per role, projected battery life.
-function energyText(e) {
-  if (!e) return "";
-  const roles = Object.entries(e.roles).map(([role, r]) => role + " " + r.mA.toFixed(1)).join(", ");
+// Two decimals: with the radio listening anyway, leading costs about 0.07 mA more than
+// following at 95 mA (docs/design.md, "What leading costs"); one decimal would show both as
+// the same figure.
+// Two lines (overall and life, then per role), so that the column stays narrow enough for
+// the card.
+function energyCell(td, e) {
+  if (!e) return;
+  const roles = Object.entries(e.roles).map(([role, r]) => role + " " + r.mA.toFixed(2)).join(", ");
   const life = e.life_h === null ? "mains" : e.life_h < 48 ? e.life_h.toFixed(1) + " h" : (e.life_h / 24).toFixed(1) + " d";
-  return e.mA.toFixed(1) + " mA (" + roles + "), " + life;
+  td.appendChild(el("div", { class: "energy-total" }, e.mA.toFixed(2) + " mA, " + life));
+  td.appendChild(el("div", { class: "energy-roles" }, roles));
 }
 
 function renderTable(view) {
@@ -244,7 +258,7 @@ function renderTable(view) {
       '<td class="num"></td>';
     tr.firstChild.textContent = m.node;
     tr.children[1].firstChild.textContent = roleText(m);
-    tr.lastChild.textContent = energyText(m.energy);
+    energyCell(tr.lastChild, m.energy);
     body.appendChild(tr);
   }
 }
