@@ -490,6 +490,8 @@ class Gateway:
             "alerts": alerts,
             "fence_resets": storage.fence_resets(None, 0, 1_000_000)[-200:],
             "health": self.health(),
+            # When the page greys out a node: the same rule as the node_silent alert.
+            "silent_ms": self.config.tracker.silent_ms,
             # The charts' recent past and how to show each metric: the page draws at once.
             "history": history.recent(storage, [m["name"] for m in meshes], now),
             "units": units.table(),

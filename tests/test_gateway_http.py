@@ -18,7 +18,9 @@ TOKEN = "s3cret-token"
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     db = tmp_path_factory.mktemp("gw") / "gw.db"
-    gw = GatewayProcess(str(db), "--api-token", TOKEN, "--low-battery", "300")
+    gw = GatewayProcess(
+        str(db), "--api-token", TOKEN, "--low-battery", "300", "--silent-after", "40s"
+    )
     try:
         gw.start()
         sender = BatchSender("green", "pi-1", gw.udp)
@@ -178,6 +180,8 @@ def test_live_feed_sends_snapshot_then_changes(gateway: GatewayProcess) -> None:
         snapshot = read_event(lines)
         assert snapshot["event"] == "snapshot"
         assert [m["leader"] for m in snapshot["meshes"]] == ["pi-1"]
+        # The page greys a node out by the gateway's own --silent-after.
+        assert snapshot["silent_ms"] == 40_000
         # The charts' recent past comes along: the page draws without asking again.
         past = snapshot["history"]["green"]
         assert len(past["readings"]) == 30 and len(past["aggregates"]) == 6

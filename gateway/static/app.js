@@ -11,7 +11,8 @@
 const MAX_POINTS = 600;        // per chart trace kept in the browser
 const CHART_REFRESH_MS = 250;  // charts redraw at most this often
 const LOW_BATTERY = 200;       // per mille, like the gateway's default alert
-const SILENT_MS = 15000;
+// The gateway's --silent-after (sent in the snapshot); its default until the snapshot comes.
+let silentMs = 15000;
 const MARGIN = 150;            // the agents' default election margin (election.margin)
 const HEARD_LATELY_MS = 5000;  // a member the leader reported this recently can challenge it
 
@@ -213,7 +214,7 @@ function bar(value, max, color) {
 // A sleepy member may go unheard for two wake intervals before it is silent (the gateway's
 // rule); while it sleeps, the table says when it wakes next.
 function isSilent(m) {
-  return now() - m.last_seen_ms > (m.sleep_ms ? 2 * m.sleep_ms + SILENT_MS : SILENT_MS);
+  return now() - m.last_seen_ms > (m.sleep_ms ? 2 * m.sleep_ms + silentMs : silentMs);
 }
 
 function roleText(m) {
@@ -461,6 +462,7 @@ function renderHealth(health) {
 const handlers = {
   snapshot(ev) {
     state.clockSkew = ev.now_ms - Date.now();
+    if (ev.silent_ms) silentMs = ev.silent_ms;
     state.units = ev.units || state.units;
     state.alerts.clear();
     for (const a of ev.alerts) state.alerts.set(alertKey(a), a);
