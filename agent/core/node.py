@@ -12,9 +12,12 @@ Theory of operation
 -------------------
 Every node broadcasts one HEARTBEAT per interval carrying its term, role, score, battery, link
 and, for a follower, how long ago it last heard its leader directly. That last field is the
-indirect evidence (SWIM's idea, without extra probes): a follower suspects its leader only when
-neither it nor any peer has heard the leader for ``suspect_ms``. One lost packet, or ten, on a
-mesh of a dozen nodes does not look like a death.
+indirect evidence (SWIM's idea): a follower suspects its leader only when neither it nor any
+peer has heard the leader for ``suspect_ms``. One lost packet, or ten, on a mesh of a dozen
+nodes does not look like a death. A frame lost for every receiver at once (the sender's radio)
+is no peer's evidence either; with ``probes`` > 0 the follower then asks the leader directly
+(SWIM's direct probe): a PROBE to the leader alone, answered at once by a heartbeat to the
+prober alone, up to ``probes`` times ``probe_ms`` apart, and suspects only if none is answered.
 
 Terms only grow. A claim starts a new term; a leader's heartbeats carry its term; every node
 follows the highest term it has seen, so a deposed leader is fenced (the gateway refuses its
@@ -46,8 +49,8 @@ The machine
 -----------
 Roles: down, follower, candidate, leader. Events, in the order of MACHINE's columns: a leader's
 heartbeat, a follower's report (a heartbeat saying when it last heard its leader), any other
-heartbeat, a claim, a handoff, a leave, the own heartbeat falling due, and the timers (every
-tick). ``receive`` books what every message says (the peer table, the highest term seen),
+heartbeat, a claim, a handoff, a leave, a probe, the own heartbeat falling due, and the timers
+(every tick). ``receive`` books what every message says (the peer table, the highest term seen),
 names the event, and calls the handler of the role's cell for it in ``MACHINE`` (end of this
 file); ``tick`` runs the "heartbeat due" cell (then sends the heartbeat) and the "timers" cell
 of the role the node is in by then. Each cell also names the roles the node may be in after.
@@ -81,6 +84,7 @@ from agent.core.messages import (
     HANDOFF,
     HEARTBEAT,
     LEAVE,
+    PROBE,
     Msg,
 )
 from agent.core.peers import DEFAULT_MAX_PEERS, PeerTable
@@ -109,8 +113,9 @@ _ON_OTHER_BEAT = const(2)  # any other heartbeat: a candidate's, a leaderless no
 _ON_CLAIM = const(3)
 _ON_HANDOFF = const(4)
 _ON_LEAVE = const(5)
-_ON_BEAT = const(6)  # tick: our own heartbeat is due
-_ON_TIMERS = const(7)  # tick: every time
+_ON_PROBE = const(6)  # a follower asks us, its leader, whether we are alive
+_ON_BEAT = const(7)  # tick: our own heartbeat is due
+_ON_TIMERS = const(8)  # tick: every time
 
 # A follower's phases (``Node.phase``), in this order.
 _PHASE_LISTENING = const(0)
@@ -160,6 +165,12 @@ _FORGET_INTERVALS = const(240)
 # claim (the best died too) costs only 62 ms.
 _SLOT_DIVISOR = const(4)
 _MIN_SLOT_MS = const(20)
+# Probes (``probes`` > 0): a follower whose leader's evidence ran out asks it directly and
+# waits max(hb / 8, 5 ms) for the answer: a LAN or Wi-Fi round trip is a few ms, and three
+# unanswered probes then add about 3/8 of an interval to a failover.
+_PROBE_DIVISOR = const(8)
+_MIN_PROBE_MS = const(5)
+_MAX_PROBES = const(10)
 # A leader repeats an unanswered HANDOFF at most 3 times, then re-evaluates.
 _MAX_HANDOFF_TRIES = const(3)
 # Quorum mode: a failed claim backs off 2, 4, 8, 16, then 32 intervals.
@@ -199,6 +210,8 @@ class Config:
         weights=None,
         suspect_intervals=_SUSPECT_INTERVALS,
         listen_intervals=_LISTEN_INTERVALS,
+        probes=0,
+        probe_ms=None,
     ):
         _setting(None, "heartbeat_ms", heartbeat_ms, _MIN_HEARTBEAT_MS, _MAX_HEARTBEAT_MS)
         _setting("election", "margin", margin, 0, SCORE_MAX)
@@ -212,6 +225,12 @@ class Config:
             _MAX_INTERVALS,
         )
         _setting("election", "listen_intervals", listen_intervals, 0, _MAX_INTERVALS)
+        _setting("election", "probes", probes, 0, _MAX_PROBES)  # 0: suspect without asking
+        if probe_ms is None:
+            probe_ms = heartbeat_ms // _PROBE_DIVISOR
+            if probe_ms < _MIN_PROBE_MS:
+                probe_ms = _MIN_PROBE_MS
+        _setting("election", "probe_ms", probe_ms, 1, _MAX_HEARTBEAT_MS)
         self.heartbeat_ms = heartbeat_ms
         self.margin = margin
         self.quorum = quorum
@@ -220,6 +239,8 @@ class Config:
         # Kept as given: a runtime shows its settings (the derived *_ms below are what runs).
         self.suspect_intervals = suspect_intervals
         self.listen_intervals = listen_intervals
+        self.probes = probes
+        self.probe_ms = probe_ms
         self.suspect_ms = heartbeat_ms * suspect_intervals
         self.listen_ms = heartbeat_ms * listen_intervals
         self.live_ms = heartbeat_ms * _LIVE_INTERVALS
@@ -232,7 +253,8 @@ class Config:
 
 def make_config(heartbeat_ms=_DEFAULT_HEARTBEAT_MS, election=None, score=None):
     """The ``Config`` of a node's settings as the config files hold them: ``heartbeat_ms``, the
-    ``[election]`` table (margin, quorum, max_peers, suspect_intervals, listen_intervals) and
+    ``[election]`` table (margin, quorum, max_peers, suspect_intervals, listen_intervals,
+    probes, probe_ms) and
     the ``[score]`` table (battery, link, low_battery). A missing (or None) setting keeps the
     core's default. Raises ValueError ``"<key>: <problem>"``, also for an unknown key.
     """
@@ -245,6 +267,8 @@ def make_config(heartbeat_ms=_DEFAULT_HEARTBEAT_MS, election=None, score=None):
                 "max_peers",
                 "suspect_intervals",
                 "listen_intervals",
+                "probes",
+                "probe_ms",
             ):
                 raise ValueError("election.%s: unknown setting" % name)
             if election[name] is not None:
@@ -445,6 +469,8 @@ class Node:
         if kind == LEAVE:
             self.peers.by_id.pop(m.sender, None)
             return _ON_LEAVE
+        if kind == PROBE:
+            return _ON_PROBE  # (books nothing: only the leader's answer does, as a heartbeat)
         return -1
 
     # ---- the follower's cells (``_on_*``: also the cells other roles share) -------------
@@ -559,6 +585,12 @@ class Node:
             # side of a healed partition) ignores our older term: lead it in a term above.
             self._claim(now, _REASON_MERGE)
 
+    def _leader_probe(self, m, now):
+        """A follower of ours (or of an older term of ours) asks: answer at once, to it alone,
+        with a heartbeat (which a broadcast would give every node early)."""
+        if m.target == self.id and m.term <= self.term:
+            self._heartbeat(now, m.sender)
+
     def _leader_claim(self, m, now):
         term = m.term
         if term > self.term:
@@ -619,7 +651,7 @@ class Node:
         if phase == _PHASE_FOLLOWING:
             if now >= self._leaving_deadline:
                 self._suspect(now, True)
-            elif now - self._ev_time > self.config.suspect_ms:
+            elif now - self._ev_time > self.config.suspect_ms and not self._probe(now):
                 self._suspect(now, False)
         elif phase == _PHASE_SUSPECTING:
             self._claim_at = _NO_TIME  # ranks count from when the evidence runs out
@@ -628,6 +660,24 @@ class Node:
                 self._schedule_claim(now)
             if now >= self._claim_at:
                 self._claim(now, _REASON_CRASH if self._had_leader else _REASON_START)
+
+    def _probe(self, now):
+        """The leader's evidence ran out: ask the leader itself (a PROBE to it alone) up to
+        ``probes`` times, ``probe_ms`` apart, before suspecting it. True while a probe waits
+        for its answer. The answer is a heartbeat (to us alone): it moves the evidence past
+        the last probe, which ends the round; so does a peer's report of a later heartbeat.
+        With ``probes`` 0 it is False at once: the suspicion comes as without probes."""
+        cfg = self.config
+        if self._probe_at <= self._ev_time + cfg.suspect_ms:
+            self._probes = 0  # no probe since the evidence ran out: a new round
+        elif now < self._probe_at + cfg.probe_ms:
+            return True
+        if self._probes >= cfg.probes:
+            return False
+        self._probes += 1
+        self._probe_at = now
+        self._send(Msg(PROBE, self.id, self.term, target=self.leader))
+        return True
 
     # ---- the other timers -------------------------------------------------------------
 
@@ -713,6 +763,8 @@ class Node:
         self._failed_claims = 0
         self._answered_at = _NEVER
         self._leaving_deadline = _NO_TIME  # our leader said it is leaving: suspect then
+        self._probes = 0  # probes sent since our leader's evidence ran out
+        self._probe_at = _NEVER  # when the last one went
         self._next_hb = now
 
     def _adopt(self, leader, term, now):
@@ -831,7 +883,9 @@ class Node:
         self.outbox.append(msg)
         self.sent += 1
 
-    def _heartbeat(self, now):
+    def _heartbeat(self, now, to=None):
+        """Our heartbeat to the mesh, or (``to``: a prober's id) to one node, an answer that
+        leaves the broadcasts' schedule alone."""
         role = self.role
         flags = 0
         if role == ROLE_LEADER:
@@ -850,8 +904,12 @@ class Node:
         if is_low_battery(self.battery, self.mains, self.config.weights):
             flags |= F_LOW_BATTERY
         self._send(
-            Msg(HEARTBEAT, self.id, self.term, flags, self.score, heard, self.battery, self.link)
+            Msg(
+                HEARTBEAT, self.id, self.term, flags, self.score, heard, self.battery, self.link, to
+            )
         )
+        if to is not None:
+            return
         cfg = self.config
         # +-1/16 interval of jitter keeps radios from colliding; the mean stays one interval.
         j = cfg.heartbeat_ms // 16
@@ -875,8 +933,11 @@ class Node:
                 t = self._listen_until
             else:  # following or suspecting: the evidence runs out
                 t = self._ev_time + self.config.suspect_ms + 1
-                if phase == _PHASE_FOLLOWING and self._leaving_deadline < t:
-                    t = self._leaving_deadline  # our leader said it is leaving
+                if phase == _PHASE_FOLLOWING:
+                    if self._probe_at >= t:  # a probe went after that: its answer is due
+                        t = self._probe_at + self.config.probe_ms
+                    if self._leaving_deadline < t:
+                        t = self._leaving_deadline  # our leader said it is leaving
             if t < w:
                 w = t
         elif role == ROLE_CANDIDATE:
@@ -924,6 +985,7 @@ MACHINE = (
         Node._on_claim, _F | _C,                # a claim
         Node._on_handoff, _F | _L,              # a handoff
         Node._on_leave, _F | _C,                # a leave
+        None, _F,                               # a probe
         None, _F,                               # our heartbeat is due
         Node._follower_timers, _F | _C,         # timers
     ),
@@ -935,6 +997,7 @@ MACHINE = (
         Node._on_handoff, _C | _L,
         None, _C,
         None, _C,
+        None, _C,
         Node._candidate_timers, _F | _C | _L,
     ),
     (  # ROLE_LEADER
@@ -944,6 +1007,7 @@ MACHINE = (
         Node._leader_claim, _F | _C | _L,
         Node._on_handoff, _L,
         None, _L,
+        Node._leader_probe, _L,
         Node._leader_duties, _F | _L,
         None, _L,
     ),
