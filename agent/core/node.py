@@ -574,7 +574,7 @@ class Node:
             if term >= self.term:
                 self._claim(now, _REASON_MERGE)
             else:
-                self._answer(now)
+                self._answer(m, now)
         elif term >= self.term:
             self._adopt(sender, term, now)
         # else: a better leader of a lower term; it hears our heartbeat and claims above us.
@@ -585,12 +585,6 @@ class Node:
             # side of a healed partition) ignores our older term: lead it in a term above.
             self._claim(now, _REASON_MERGE)
 
-    def _leader_probe(self, m, now):
-        """A follower of ours (or of an older term of ours) asks: answer at once, to it alone,
-        with a heartbeat (which a broadcast would give every node early)."""
-        if m.target == self.id and m.term <= self.term:
-            self._heartbeat(now, m.sender)
-
     def _leader_claim(self, m, now):
         term = m.term
         if term > self.term:
@@ -598,7 +592,7 @@ class Node:
         elif term == self.term and better(m.score, m.sender, self.score, self.id):
             self._adopt(m.sender, term, now)
         else:
-            self._answer(now)  # a stale or weaker claimant: our heartbeat corrects it
+            self._answer(m, now)  # a stale or weaker claimant: our heartbeat corrects it
 
     # ---- cells every role shares ------------------------------------------------------
 
@@ -649,10 +643,28 @@ class Node:
     def _follower_timers(self, m, now):
         phase = self.phase(now)
         if phase == _PHASE_FOLLOWING:
+            cfg = self.config
+            ev = self._ev_time + cfg.suspect_ms  # when the evidence runs out
             if now >= self._leaving_deadline:
                 self._suspect(now, True)
-            elif now - self._ev_time > self.config.suspect_ms and not self._probe(now):
-                self._suspect(now, False)
+            elif now > ev:
+                # Probes (module docstring; inline here: a method more costs a board heap).
+                # A round starts when the evidence ran out after the last probe: the leader's
+                # answer, a heartbeat, moves it past (so does a peer's report of a later one).
+                # A probe waits ``probe_ms`` for its answer; with none left, we suspect (at
+                # once with ``probes`` 0).
+                # (Two fields of the leader's serve: _extra_at is when the last probe went,
+                # _tries counts the probes; no new names, which a board interns for good.)
+                if self._extra_at <= ev:
+                    self._tries = 0
+                elif now < self._extra_at + cfg.probe_ms:
+                    return
+                if self._tries < cfg.probes:
+                    self._tries += 1
+                    self._extra_at = now
+                    self._send(Msg(PROBE, self.id, self.term, target=self.leader))
+                else:
+                    self._suspect(now, False)
         elif phase == _PHASE_SUSPECTING:
             self._claim_at = _NO_TIME  # ranks count from when the evidence runs out
         elif phase == _PHASE_CLAIMING:
@@ -660,24 +672,6 @@ class Node:
                 self._schedule_claim(now)
             if now >= self._claim_at:
                 self._claim(now, _REASON_CRASH if self._had_leader else _REASON_START)
-
-    def _probe(self, now):
-        """The leader's evidence ran out: ask the leader itself (a PROBE to it alone) up to
-        ``probes`` times, ``probe_ms`` apart, before suspecting it. True while a probe waits
-        for its answer. The answer is a heartbeat (to us alone): it moves the evidence past
-        the last probe, which ends the round; so does a peer's report of a later heartbeat.
-        With ``probes`` 0 it is False at once: the suspicion comes as without probes."""
-        cfg = self.config
-        if self._probe_at <= self._ev_time + cfg.suspect_ms:
-            self._probes = 0  # no probe since the evidence ran out: a new round
-        elif now < self._probe_at + cfg.probe_ms:
-            return True
-        if self._probes >= cfg.probes:
-            return False
-        self._probes += 1
-        self._probe_at = now
-        self._send(Msg(PROBE, self.id, self.term, target=self.leader))
-        return True
 
     # ---- the other timers -------------------------------------------------------------
 
@@ -708,8 +702,8 @@ class Node:
                 self._give_up(now)
                 return
         if self._handoff_to is not None:
-            if self._handoff_tries < _MAX_HANDOFF_TRIES and self._handoff_to in self.peers:
-                self._handoff_tries += 1
+            if self._tries < _MAX_HANDOFF_TRIES and self._handoff_to in self.peers:
+                self._tries += 1
                 self._send(
                     Msg(HANDOFF, self.id, self.term, self._handoff_flags, target=self._handoff_to)
                 )
@@ -732,7 +726,7 @@ class Node:
         if flags >= 0:
             self._handoff_to = best.id
             self._handoff_flags = flags
-            self._handoff_tries = 1
+            self._tries = 1
             self.handoffs += 1
             self._send(Msg(HANDOFF, self.id, self.term, flags, target=best.id))
 
@@ -758,13 +752,11 @@ class Node:
         self._cand_reason = _REASON_START
         self._handoff_to = None
         self._handoff_flags = 0
-        self._handoff_tries = 0
+        self._tries = 0  # a leader's HANDOFF repeats; a follower's probes of its leader
         self._quorum_lost_at = _NO_TIME
         self._failed_claims = 0
-        self._answered_at = _NEVER
+        self._extra_at = _NEVER  # a leader's last answer (``_answer``); a follower's last probe
         self._leaving_deadline = _NO_TIME  # our leader said it is leaving: suspect then
-        self._probes = 0  # probes sent since our leader's evidence ran out
-        self._probe_at = _NEVER  # when the last one went
         self._next_hb = now
 
     def _adopt(self, leader, term, now):
@@ -883,9 +875,9 @@ class Node:
         self.outbox.append(msg)
         self.sent += 1
 
-    def _heartbeat(self, now, to=None):
-        """Our heartbeat to the mesh, or (``to``: a prober's id) to one node, an answer that
-        leaves the broadcasts' schedule alone."""
+    def _heartbeat(self, now, target=None):
+        """Our heartbeat to the mesh, or (``target``: a prober's id) to one node, an answer
+        that leaves the broadcasts' schedule alone."""
         role = self.role
         flags = 0
         if role == ROLE_LEADER:
@@ -905,20 +897,33 @@ class Node:
             flags |= F_LOW_BATTERY
         self._send(
             Msg(
-                HEARTBEAT, self.id, self.term, flags, self.score, heard, self.battery, self.link, to
+                HEARTBEAT,
+                self.id,
+                self.term,
+                flags,
+                self.score,
+                heard,
+                self.battery,
+                self.link,
+                target,
             )
         )
-        if to is not None:
+        if target is not None:
             return
         cfg = self.config
         # +-1/16 interval of jitter keeps radios from colliding; the mean stays one interval.
         j = cfg.heartbeat_ms // 16
         self._next_hb = now + cfg.heartbeat_ms + (self.prng.below(2 * j + 1) - j if j else 0)
 
-    def _answer(self, now):
-        """An extra heartbeat to correct a stale claimant or leader, at most once per slot."""
-        if now - self._answered_at >= self.config.claim_slot_ms:
-            self._answered_at = now
+    def _answer(self, m, now):
+        """An extra heartbeat: to a PROBE naming us, of our term or an older one, at once and
+        to the prober alone (a broadcast would give every node an early one); to correct a
+        stale claimant or leader, to all, at most once per slot."""
+        if m.kind == PROBE:
+            if m.target == self.id and m.term <= self.term:
+                self._heartbeat(now, m.sender)
+        elif now - self._extra_at >= self.config.claim_slot_ms:
+            self._extra_at = now
             self._heartbeat(now)
 
     def _update_wakeup(self, now):
@@ -934,8 +939,8 @@ class Node:
             else:  # following or suspecting: the evidence runs out
                 t = self._ev_time + self.config.suspect_ms + 1
                 if phase == _PHASE_FOLLOWING:
-                    if self._probe_at >= t:  # a probe went after that: its answer is due
-                        t = self._probe_at + self.config.probe_ms
+                    if self._extra_at >= t:  # a probe went after that: its answer is due
+                        t = self._extra_at + self.config.probe_ms
                     if self._leaving_deadline < t:
                         t = self._leaving_deadline  # our leader said it is leaving
             if t < w:
@@ -1007,7 +1012,7 @@ MACHINE = (
         Node._leader_claim, _F | _C | _L,
         Node._on_handoff, _L,
         None, _L,
-        Node._leader_probe, _L,
+        Node._answer, _L,
         Node._leader_duties, _F | _L,
         None, _L,
     ),
