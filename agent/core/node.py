@@ -755,7 +755,10 @@ class Node:
         self._tries = 0  # a leader's HANDOFF repeats; a follower's probes of its leader
         self._quorum_lost_at = _NO_TIME
         self._failed_claims = 0
-        self._extra_at = _NEVER  # a leader's last answer (``_answer``); a follower's last probe
+        # A leader's last answer (``_answer``), a follower's last probe: at most one probe
+        # time is left when a follower starts leading (a handoff may then delay its first
+        # answer to a stale claimant by under a claim slot; never without probes).
+        self._extra_at = _NEVER
         self._leaving_deadline = _NO_TIME  # our leader said it is leaving: suspect then
         self._next_hb = now
 
