@@ -238,6 +238,8 @@ class AgentConfig:
         self.max_peers = core.max_peers
         self.suspect_intervals = core.suspect_intervals
         self.listen_intervals = core.listen_intervals
+        self.probes = core.probes
+        self.probe_ms = core.probe_ms
         self.weight_battery = core.weights.battery
         self.weight_link = core.weights.link
         self.low_battery = core.weights.low_battery

@@ -92,6 +92,8 @@ def core_config(cfg: AgentConfig) -> Config:
         "max_peers": cfg.max_peers,
         "suspect_intervals": cfg.suspect_intervals,
         "listen_intervals": cfg.listen_intervals,
+        "probes": cfg.probes,
+        "probe_ms": cfg.probe_ms,
     }
     score = {"battery": cfg.weight_battery, "link": cfg.weight_link, "low_battery": cfg.low_battery}
     try:

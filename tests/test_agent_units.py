@@ -65,6 +65,9 @@ def test_election_settings_default_to_the_cores() -> None:
     assert (cfg.suspect_intervals, cfg.listen_intervals) == (3, 2)
     assert (cfg.weight_battery, cfg.weight_link, cfg.low_battery) == (600, 400, 200)
     assert cfg.max_peers == 256  # the Pi's own default: it hears bigger meshes than a board
+    assert (cfg.probes, cfg.probe_ms) == (0, 31)  # no probes; max(hb / 8, 5) at hb 250
+    probing = runtime.core_config(from_dict({"heartbeat_ms": 50, "election": {"probes": 3}}))
+    assert (probing.probes, probing.probe_ms) == (3, 6)
 
 
 @pytest.mark.parametrize(
@@ -82,6 +85,8 @@ def test_election_settings_default_to_the_cores() -> None:
         ({"heartbeat_ms": 5}, "heartbeat_ms"),
         ({"election": {"suspect_intervals": 1}}, "election.suspect_intervals"),
         ({"election": {"max_peers": 5000}}, "election.max_peers"),
+        ({"election": {"probes": 11}}, "election.probes"),
+        ({"election": {"probe_ms": 0}}, "election.probe_ms"),
         ({"election": {"typo": 1}}, "election.typo"),
         ({"score": {"low_battery": -1}}, "score.low_battery"),
         ({"mesh": "m" * 33}, "mesh"),

@@ -52,6 +52,20 @@ def test_the_suspect_time_is_a_bench_option_within_the_cores_range() -> None:
         failover.suspect_intervals_arg("1")
 
 
+def test_probes_are_a_bench_option_within_the_cores_range() -> None:
+    parser = failover.build_parser()
+    args = parser.parse_args([])
+    assert args.probes is None and failover.election_summary(args) == "suspect after 3 heartbeats"
+    args = parser.parse_args(["--probes", "3", "--suspect-intervals", "4"])
+    assert failover.election_settings(args.suspect_intervals, args.probes) == (
+        "[election]\nsuspect_intervals = 4\nprobes = 3\n"
+    )
+    assert failover.election_settings(None, 3) == "[election]\nprobes = 3\n"
+    assert "and 3 unanswered probes" in failover.election_summary(args)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--probes", "11"])  # election.probes: 0..10
+
+
 def _row(heartbeat_ms: int, follow: list[float], **extra: object) -> dict[str, object]:
     row: dict[str, object] = {"heartbeat_ms": heartbeat_ms, "follow": follow, "batch": follow}
     row.update(extra)

@@ -60,6 +60,7 @@ def test_the_settings_table_in_the_design_is_the_code() -> None:
         ["heartbeat_ms"]
         + ["election." + k for k in ("margin", "quorum", "max_peers")]
         + ["election." + k for k in ("suspect_intervals", "listen_intervals")]
+        + ["election." + k for k in ("probes", "probe_ms")]
         + ["score." + k for k in ("battery", "link", "low_battery")]
         + ["sleep." + row[0] for row in sleepy.SETTINGS]
         + ["energy." + row[0] for row in energyreport.SETTINGS]

@@ -18,7 +18,7 @@ import pytest
 
 from agent.core.cohort import Shared
 from agent.core.mesh import Mesh
-from agent.core.messages import Msg
+from agent.core.messages import PROBE, Msg
 from agent.core.node import ROLE_LEADER, Config
 from agent.core.peers import PeerTable
 from agent.core.prng import Prng
@@ -69,14 +69,25 @@ class Run:
     """One mesh of a scenario, recording its view changes."""
 
     def __init__(
-        self, n: int, seed: int, batched: bool, quorum: int, max_peers: int, delay: int = 10
+        self,
+        n: int,
+        seed: int,
+        batched: bool,
+        quorum: int,
+        max_peers: int,
+        delay: int = 10,
+        probes: int = 0,
     ) -> None:
         self.history: list[tuple] = []
         # Short timeouts and, with ``delay``, long delivery delays: reports still move a
         # follower's evidence when it is about to suspect, which the wakeup must follow.
         suspect = 2 if delay > 10 else 3
         config = Config(
-            heartbeat_ms=100, quorum=quorum, max_peers=max_peers, suspect_intervals=suspect
+            heartbeat_ms=100,
+            quorum=quorum,
+            max_peers=max_peers,
+            suspect_intervals=suspect,
+            probes=probes,
         )
         self.mesh = Mesh(
             config, seed=seed, max_delay_ms=delay, on_change=self._changed, batched=batched
@@ -148,11 +159,17 @@ def play(run: Run, step: tuple) -> None:
 
 
 def both_ways(
-    n: int, seed: int, steps: int, quorum: int = 0, max_peers: int = 64, delay: int = 10
+    n: int,
+    seed: int,
+    steps: int,
+    quorum: int = 0,
+    max_peers: int = 64,
+    delay: int = 10,
+    probes: int = 0,
 ) -> Run:
     rng = random.Random(seed)
-    batched = Run(n, seed, True, quorum, max_peers, delay)
-    plain = Run(n, seed, False, quorum, max_peers, delay)
+    batched = Run(n, seed, True, quorum, max_peers, delay, probes)
+    plain = Run(n, seed, False, quorum, max_peers, delay, probes)
     ids = [sim.id for sim in batched.mesh.order]
     for i, step in enumerate(scenario(rng, ids, steps)):
         play(batched, step)
@@ -187,6 +204,24 @@ def test_small_meshes_match(seed: int) -> None:
 def test_slow_radios_match_too(seed: int) -> None:
     # Up to 2.5 intervals: a member's own report may arrive after its leader's next heartbeat.
     both_ways(n=24, seed=seed, steps=60, delay=70 if seed % 2 else 250)
+
+
+@pytest.mark.parametrize("seed", range(51, 55))
+def test_probing_meshes_match_too(seed: int) -> None:
+    # Probes and their answers go to one node: a cohort member that receives one on its own
+    # leaves the cohort (slow radios and partitions make probes without loss).
+    seen: list[int] = []
+    deliver = Mesh._deliver
+
+    def counting(mesh: Mesh, msg: Msg, sender: Any) -> None:
+        if msg.kind == PROBE:
+            seen.append(msg.kind)
+        deliver(mesh, msg, sender)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Mesh, "_deliver", counting)
+        both_ways(n=12, seed=seed, steps=60, delay=(10, 70)[seed % 2], probes=2)
+    assert seen, "no probe in the scenario"
 
 
 def test_quorum_meshes_match_too() -> None:

@@ -39,6 +39,7 @@ EVENTS = (
     "claim",
     "handoff",
     "leave",
+    "probe",
     "heartbeat due",
     "timers",
 )
@@ -168,7 +169,9 @@ def random_run(seed: int, quorum: bool) -> None:
     """A mesh of 3..7 nodes under random faults for a simulated minute."""
     rng = Prng(seed)
     count = 3 + rng.below(5)
-    mesh = Mesh(Config(heartbeat_ms=100, quorum=count if quorum else 0), seed=seed)
+    # Every other mesh probes a silent leader before suspecting it (election.probes).
+    config = Config(heartbeat_ms=100, quorum=count if quorum else 0, probes=2 * (seed % 2))
+    mesh = Mesh(config, seed=seed)
     ids = ["n%d" % i for i in range(count)]
     for node_id in ids:
         mesh.add(node_id, battery=rng.below(1001), link=500 + rng.below(501))
@@ -196,7 +199,7 @@ def random_run(seed: int, quorum: bool) -> None:
         elif action == 7:
             mesh.heal()
         elif action == 8:
-            mesh.set_loss(rng.below(300))
+            mesh.set_loss(rng.below(300), per_frame=rng.below(2) == 0)
         elif action == 9:
             mesh.set_loss(0)
 

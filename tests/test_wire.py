@@ -24,6 +24,7 @@ from agent.core.messages import (
     HANDOFF,
     HEARTBEAT,
     LEAVE,
+    PROBE,
     READINGS,
     READINGS_ACK,
     Msg,
@@ -57,6 +58,7 @@ SAMPLES = [
     Msg(READINGS_ACK, "pi-1", term=5, target="pi-2", body=[[3, 40, 41], [4, 1, 1]]),
     Msg(BATCH, "pi-1", term=5, body=BATCH_BODY),
     Msg(BATCH_ACK, "gateway", term=5, target="pi-1", body=[7, ACK_FENCED, 6]),
+    Msg(PROBE, "pi-2", term=5, target="pi-1"),
 ]
 
 
@@ -142,7 +144,7 @@ def assert_well_typed(msg: Msg) -> None:
     assert type(msg.sender) is str
     assert 1 <= len(msg.sender.encode()) <= 16
     assert msg.kind in wire._BODY_FIELDS
-    if msg.kind in (HANDOFF, READINGS, READINGS_ACK, BATCH_ACK):
+    if msg.kind in (HANDOFF, PROBE, READINGS, READINGS_ACK, BATCH_ACK):
         assert type(msg.target) is str
         assert 1 <= len(msg.target.encode()) <= 16
     else:
@@ -321,7 +323,7 @@ def test_other_version_and_unknown_kind() -> None:
     arr = [*header(HEARTBEAT), 1, 0, 0, 0, 0, 0]
     arr[0] = 2 * 16 + HEARTBEAT
     expect_drop(codec(), raw_frame(arr), wire.BAD_VERSION)
-    arr = [*header(5), 1]  # kind 5 is not defined
+    arr = [*header(6), 1]  # kind 6 is not defined
     expect_drop(codec(), raw_frame(arr), wire.BAD_FIELD)
 
 
@@ -360,6 +362,7 @@ BAD_FIELDS = [
     ("null link", [*header(HEARTBEAT), 1, 0, 0, 0, 0, None]),
     ("claim score list", [*header(CLAIM), 1, [1]]),
     ("handoff without target", [*header(HANDOFF), 1, None, 16]),
+    ("probe without target", [*header(PROBE), 1, None]),
     ("readings not a list", [*header(READINGS), 1, "pi-1", {}]),
     ("reading too short", [*header(READINGS), 1, "pi-1", [[1, 2, 3]]]),
     ("float metric", [*header(READINGS), 1, "pi-1", [[1, 2, 3, {"t": 21.5}]]]),
@@ -548,8 +551,8 @@ def test_batchcheck_bounds_agree_with_wire() -> None:
 
 
 def test_every_kind_has_a_body_layout() -> None:
-    kinds = ["HEARTBEAT", "CLAIM", "HANDOFF", "LEAVE", "READINGS", "READINGS_ACK", "BATCH"]
-    kinds.append("BATCH_ACK")
+    kinds = ["HEARTBEAT", "CLAIM", "HANDOFF", "LEAVE", "PROBE", "READINGS", "READINGS_ACK"]
+    kinds += ["BATCH", "BATCH_ACK"]
     assert sorted(wire._BODY_FIELDS) == sorted(getattr(messages, name) for name in kinds)
     assert (ACK_OK, ACK_FENCED, ACK_REJECTED) == (0, 1, 2)  # BATCH_ACK statuses: checked as 0..2
 

@@ -20,7 +20,7 @@ node does. Bytes and times go in; frames to send and events come out::
 
 ``now`` is the runtime's monotonic clock in ms (it must not wrap). ``out`` holds encoded frames
 (``kind``: the message kind) with where they go: ``DEST_MESH`` (every node; ``name`` is the
-successor a HANDOFF names, else None), ``DEST_NODE`` (the node ``name``; ``address(name)`` is
+successor a HANDOFF names, else None), ``DEST_NODE`` (the node ``name``: data, a PROBE and a leader's answer; ``address(name)`` is
 where its frames came from) and ``DEST_GATEWAY`` (``name`` is the batch id). ``events`` holds
 tuples whose first item says what happened:
 
@@ -74,8 +74,9 @@ from agent.core.messages import (
     F_LEADER,
     F_MAINS,
     F_SLEEPY,
+    HANDOFF,
     HEARTBEAT,
-    LEAVE,
+    PROBE,
     READINGS,
     READINGS_ACK,
 )
@@ -90,7 +91,7 @@ DEST_GATEWAY = const(2)
 # small, fragmented heap while the frame is encoded (the default ``max_frame_bytes``).
 _DATAGRAM_BYTES = const(1400)
 
-# The election's kinds are HEARTBEAT..LEAVE (1..4, messages.py): a range check, not a tuple
+# The election's kinds are HEARTBEAT..PROBE (1..5, messages.py): a range check, not a tuple
 # global (whose name would be interned on MicroPython).
 # When the data path runs again: a leader polls its collector (batches go every BATCH_MS,
 # 1 s); a member runs at its buffer's next resend, at least once a second; a view change, a
@@ -230,7 +231,7 @@ class NodeApp:
             self._learn(msg.sender, source, t)
         if (
             self._ms[_PAUSED_AT] >= 0
-            and HEARTBEAT <= msg.kind <= LEAVE
+            and HEARTBEAT <= msg.kind <= PROBE
             and msg.sender == self.node.leader
         ):
             self._resume(now, "leader heard")
@@ -411,7 +412,7 @@ class NodeApp:
     def _dispatch(self, msg, now):
         kind = msg.kind
         node = self.node
-        if HEARTBEAT <= kind <= LEAVE:
+        if HEARTBEAT <= kind <= PROBE:
             node.receive(msg, now)
         elif kind == READINGS:
             if msg.target == self.id and node.role == ROLE_LEADER:
@@ -530,7 +531,12 @@ class NodeApp:
             for msg in outbox:
                 if self.sleep_ms and msg.kind == HEARTBEAT:
                     msg.flags |= F_SLEEPY
-                self._send(DEST_MESH, msg.target, msg)
+                # A probe, or a leader's answer to one, goes to the node it names; a handoff
+                # names the successor, but the whole mesh hears it.
+                if msg.target is None or msg.kind == HANDOFF:
+                    self._send(DEST_MESH, msg.target, msg)
+                else:
+                    self._send(DEST_NODE, msg.target, msg)
             del outbox[:]
         events = node.events
         if events:

@@ -3,7 +3,9 @@
 It is the test bench of the core: the replay tool, the property tests and the benchmarks all
 drive it. Messages travel as ``Msg`` objects (no encoding: that is the wire codec's job, tested
 on its own); each broadcast gets one delivery delay of 1..``max_delay_ms`` ms drawn from the
-mesh's seeded PRNG, and each delivery may be lost to ``loss`` (per mille) or a partition.
+mesh's seeded PRNG, and each delivery may be lost to ``loss`` (per mille) or a partition; with
+``set_loss(per_mille, True)`` a lost message is lost for every receiver at once (a sender's
+radio). A PROBE, and a leader's heartbeat answering one, go to the node they name alone.
 Runs the same on CPython and MicroPython: no floats, no dict-order reliance.
 
 A heartbeat that a steady follower would only book (most of them, in a settled mesh) is not
@@ -20,6 +22,7 @@ except ImportError:  # pragma: no cover - very old MicroPython
 
 from agent.core._compat import const
 from agent.core.cohort import Cohort, own_entry, shared_entry, steady
+from agent.core.messages import HANDOFF
 from agent.core.node import ROLE_DOWN, Config, Node
 from agent.core.prng import Prng
 
@@ -71,6 +74,7 @@ class Mesh:
         self.order = []  # SimNodes sorted by id: the delivery order
         self.now = 0
         self.loss = 0
+        self.per_frame = False  # loss: per delivery, or (True) per message for every receiver
         self.groups = None  # None: everyone hears everyone; else node id -> group index
         self.messages = 0
         self.dropped = 0
@@ -154,9 +158,10 @@ class Mesh:
         self._dissolve_all()
         self.groups = None
 
-    def set_loss(self, per_mille):
+    def set_loss(self, per_mille, per_frame=False):
         self._dissolve_all()
         self.loss = per_mille
+        self.per_frame = per_frame
 
     # ---- running ----------------------------------------------------------------------
 
@@ -247,8 +252,18 @@ class Mesh:
         if groups is not None:
             home = groups.get(sender.id, -1)
         receivers = self.order
-        if self._cohorts:
+        if msg.target is not None and msg.kind != HANDOFF:  # to one node (see node.py)
+            sim = self.nodes.get(msg.target)
+            receivers = [sim] if sim is not None else []
+            if sim is not None and sim.cohort is not None:
+                self._dissolve(sim.cohort)  # it acts on its own now: bring it up to date
+        elif self._cohorts:
             receivers = self._defer(msg, sender, home)
+        if loss and self.per_frame:
+            if self.prng.below(1000) < loss:
+                self.dropped += 1  # (one per message lost, not per receiver)
+                return
+            loss = 0  # not lost: every receiver gets it
         for sim in receivers:
             if sim is sender or not sim.up:
                 continue

@@ -1,10 +1,13 @@
 """The messages the core exchanges, as one small value class (see docs/design.md)."""
 
-# Kinds. Election messages are broadcast to the whole mesh; data-path messages name a target.
+# Kinds. Election messages are broadcast to the whole mesh, but for a PROBE (a follower asks
+# its leader, which answers with a heartbeat to the prober alone); data-path messages name a
+# target. The election's kinds are HEARTBEAT..PROBE: app.py tells them apart by range.
 HEARTBEAT = 1
 CLAIM = 2
 HANDOFF = 3
 LEAVE = 4
+PROBE = 5
 READINGS = 8
 READINGS_ACK = 9
 BATCH = 10

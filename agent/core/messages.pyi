@@ -4,6 +4,7 @@ HEARTBEAT: Final = 1
 CLAIM: Final = 2
 HANDOFF: Final = 3
 LEAVE: Final = 4
+PROBE: Final = 5
 READINGS: Final = 8
 READINGS_ACK: Final = 9
 BATCH: Final = 10

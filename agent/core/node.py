@@ -12,9 +12,12 @@ Theory of operation
 -------------------
 Every node broadcasts one HEARTBEAT per interval carrying its term, role, score, battery, link
 and, for a follower, how long ago it last heard its leader directly. That last field is the
-indirect evidence (SWIM's idea, without extra probes): a follower suspects its leader only when
-neither it nor any peer has heard the leader for ``suspect_ms``. One lost packet, or ten, on a
-mesh of a dozen nodes does not look like a death.
+indirect evidence (SWIM's idea): a follower suspects its leader only when neither it nor any
+peer has heard the leader for ``suspect_ms``. One lost packet, or ten, on a mesh of a dozen
+nodes does not look like a death. A frame lost for every receiver at once (the sender's radio)
+is no peer's evidence either; with ``probes`` > 0 the follower then asks the leader directly
+(SWIM's direct probe): a PROBE to the leader alone, answered at once by a heartbeat to the
+prober alone, up to ``probes`` times ``probe_ms`` apart, and suspects only if none is answered.
 
 Terms only grow. A claim starts a new term; a leader's heartbeats carry its term; every node
 follows the highest term it has seen, so a deposed leader is fenced (the gateway refuses its
@@ -46,8 +49,8 @@ The machine
 -----------
 Roles: down, follower, candidate, leader. Events, in the order of MACHINE's columns: a leader's
 heartbeat, a follower's report (a heartbeat saying when it last heard its leader), any other
-heartbeat, a claim, a handoff, a leave, the own heartbeat falling due, and the timers (every
-tick). ``receive`` books what every message says (the peer table, the highest term seen),
+heartbeat, a claim, a handoff, a leave, a probe, the own heartbeat falling due, and the timers
+(every tick). ``receive`` books what every message says (the peer table, the highest term seen),
 names the event, and calls the handler of the role's cell for it in ``MACHINE`` (end of this
 file); ``tick`` runs the "heartbeat due" cell (then sends the heartbeat) and the "timers" cell
 of the role the node is in by then. Each cell also names the roles the node may be in after.
@@ -81,6 +84,7 @@ from agent.core.messages import (
     HANDOFF,
     HEARTBEAT,
     LEAVE,
+    PROBE,
     Msg,
 )
 from agent.core.peers import DEFAULT_MAX_PEERS, PeerTable
@@ -109,8 +113,9 @@ _ON_OTHER_BEAT = const(2)  # any other heartbeat: a candidate's, a leaderless no
 _ON_CLAIM = const(3)
 _ON_HANDOFF = const(4)
 _ON_LEAVE = const(5)
-_ON_BEAT = const(6)  # tick: our own heartbeat is due
-_ON_TIMERS = const(7)  # tick: every time
+_ON_PROBE = const(6)  # a follower asks us, its leader, whether we are alive
+_ON_BEAT = const(7)  # tick: our own heartbeat is due
+_ON_TIMERS = const(8)  # tick: every time
 
 # A follower's phases (``Node.phase``), in this order.
 _PHASE_LISTENING = const(0)
@@ -160,6 +165,12 @@ _FORGET_INTERVALS = const(240)
 # claim (the best died too) costs only 62 ms.
 _SLOT_DIVISOR = const(4)
 _MIN_SLOT_MS = const(20)
+# Probes (``probes`` > 0): a follower whose leader's evidence ran out asks it directly and
+# waits max(hb / 8, 5 ms) for the answer: a LAN or Wi-Fi round trip is a few ms, and three
+# unanswered probes then add about 3/8 of an interval to a failover.
+_PROBE_DIVISOR = const(8)
+_MIN_PROBE_MS = const(5)
+_MAX_PROBES = const(10)
 # A leader repeats an unanswered HANDOFF at most 3 times, then re-evaluates.
 _MAX_HANDOFF_TRIES = const(3)
 # Quorum mode: a failed claim backs off 2, 4, 8, 16, then 32 intervals.
@@ -199,6 +210,8 @@ class Config:
         weights=None,
         suspect_intervals=_SUSPECT_INTERVALS,
         listen_intervals=_LISTEN_INTERVALS,
+        probes=0,
+        probe_ms=None,
     ):
         _setting(None, "heartbeat_ms", heartbeat_ms, _MIN_HEARTBEAT_MS, _MAX_HEARTBEAT_MS)
         _setting("election", "margin", margin, 0, SCORE_MAX)
@@ -212,6 +225,12 @@ class Config:
             _MAX_INTERVALS,
         )
         _setting("election", "listen_intervals", listen_intervals, 0, _MAX_INTERVALS)
+        _setting("election", "probes", probes, 0, _MAX_PROBES)  # 0: suspect without asking
+        if probe_ms is None:
+            probe_ms = heartbeat_ms // _PROBE_DIVISOR
+            if probe_ms < _MIN_PROBE_MS:
+                probe_ms = _MIN_PROBE_MS
+        _setting("election", "probe_ms", probe_ms, 1, _MAX_HEARTBEAT_MS)
         self.heartbeat_ms = heartbeat_ms
         self.margin = margin
         self.quorum = quorum
@@ -220,6 +239,8 @@ class Config:
         # Kept as given: a runtime shows its settings (the derived *_ms below are what runs).
         self.suspect_intervals = suspect_intervals
         self.listen_intervals = listen_intervals
+        self.probes = probes
+        self.probe_ms = probe_ms
         self.suspect_ms = heartbeat_ms * suspect_intervals
         self.listen_ms = heartbeat_ms * listen_intervals
         self.live_ms = heartbeat_ms * _LIVE_INTERVALS
@@ -232,7 +253,8 @@ class Config:
 
 def make_config(heartbeat_ms=_DEFAULT_HEARTBEAT_MS, election=None, score=None):
     """The ``Config`` of a node's settings as the config files hold them: ``heartbeat_ms``, the
-    ``[election]`` table (margin, quorum, max_peers, suspect_intervals, listen_intervals) and
+    ``[election]`` table (margin, quorum, max_peers, suspect_intervals, listen_intervals,
+    probes, probe_ms) and
     the ``[score]`` table (battery, link, low_battery). A missing (or None) setting keeps the
     core's default. Raises ValueError ``"<key>: <problem>"``, also for an unknown key.
     """
@@ -245,6 +267,8 @@ def make_config(heartbeat_ms=_DEFAULT_HEARTBEAT_MS, election=None, score=None):
                 "max_peers",
                 "suspect_intervals",
                 "listen_intervals",
+                "probes",
+                "probe_ms",
             ):
                 raise ValueError("election.%s: unknown setting" % name)
             if election[name] is not None:
@@ -445,6 +469,8 @@ class Node:
         if kind == LEAVE:
             self.peers.by_id.pop(m.sender, None)
             return _ON_LEAVE
+        if kind == PROBE:
+            return _ON_PROBE  # (books nothing: only the leader's answer does, as a heartbeat)
         return -1
 
     # ---- the follower's cells (``_on_*``: also the cells other roles share) -------------
@@ -548,7 +574,7 @@ class Node:
             if term >= self.term:
                 self._claim(now, _REASON_MERGE)
             else:
-                self._answer(now)
+                self._answer(m, now)
         elif term >= self.term:
             self._adopt(sender, term, now)
         # else: a better leader of a lower term; it hears our heartbeat and claims above us.
@@ -566,7 +592,7 @@ class Node:
         elif term == self.term and better(m.score, m.sender, self.score, self.id):
             self._adopt(m.sender, term, now)
         else:
-            self._answer(now)  # a stale or weaker claimant: our heartbeat corrects it
+            self._answer(m, now)  # a stale or weaker claimant: our heartbeat corrects it
 
     # ---- cells every role shares ------------------------------------------------------
 
@@ -617,10 +643,28 @@ class Node:
     def _follower_timers(self, m, now):
         phase = self.phase(now)
         if phase == _PHASE_FOLLOWING:
+            cfg = self.config
+            ev = self._ev_time + cfg.suspect_ms  # when the evidence runs out
             if now >= self._leaving_deadline:
                 self._suspect(now, True)
-            elif now - self._ev_time > self.config.suspect_ms:
-                self._suspect(now, False)
+            elif now > ev:
+                # Probes (module docstring; inline here: a method more costs a board heap).
+                # A round starts when the evidence ran out after the last probe: the leader's
+                # answer, a heartbeat, moves it past (so does a peer's report of a later one).
+                # A probe waits ``probe_ms`` for its answer; with none left, we suspect (at
+                # once with ``probes`` 0).
+                # (Two fields of the leader's serve: _extra_at is when the last probe went,
+                # _tries counts the probes; no new names, which a board interns for good.)
+                if self._extra_at <= ev:
+                    self._tries = 0
+                elif now < self._extra_at + cfg.probe_ms:
+                    return
+                if self._tries < cfg.probes:
+                    self._tries += 1
+                    self._extra_at = now
+                    self._send(Msg(PROBE, self.id, self.term, target=self.leader))
+                else:
+                    self._suspect(now, False)
         elif phase == _PHASE_SUSPECTING:
             self._claim_at = _NO_TIME  # ranks count from when the evidence runs out
         elif phase == _PHASE_CLAIMING:
@@ -658,8 +702,8 @@ class Node:
                 self._give_up(now)
                 return
         if self._handoff_to is not None:
-            if self._handoff_tries < _MAX_HANDOFF_TRIES and self._handoff_to in self.peers:
-                self._handoff_tries += 1
+            if self._tries < _MAX_HANDOFF_TRIES and self._handoff_to in self.peers:
+                self._tries += 1
                 self._send(
                     Msg(HANDOFF, self.id, self.term, self._handoff_flags, target=self._handoff_to)
                 )
@@ -682,7 +726,7 @@ class Node:
         if flags >= 0:
             self._handoff_to = best.id
             self._handoff_flags = flags
-            self._handoff_tries = 1
+            self._tries = 1
             self.handoffs += 1
             self._send(Msg(HANDOFF, self.id, self.term, flags, target=best.id))
 
@@ -708,10 +752,13 @@ class Node:
         self._cand_reason = _REASON_START
         self._handoff_to = None
         self._handoff_flags = 0
-        self._handoff_tries = 0
+        self._tries = 0  # a leader's HANDOFF repeats; a follower's probes of its leader
         self._quorum_lost_at = _NO_TIME
         self._failed_claims = 0
-        self._answered_at = _NEVER
+        # A leader's last answer (``_answer``), a follower's last probe: at most one probe
+        # time is left when a follower starts leading (a handoff may then delay its first
+        # answer to a stale claimant by under a claim slot; never without probes).
+        self._extra_at = _NEVER
         self._leaving_deadline = _NO_TIME  # our leader said it is leaving: suspect then
         self._next_hb = now
 
@@ -831,7 +878,9 @@ class Node:
         self.outbox.append(msg)
         self.sent += 1
 
-    def _heartbeat(self, now):
+    def _heartbeat(self, now, target=None):
+        """Our heartbeat to the mesh, or (``target``: a prober's id) to one node, an answer
+        that leaves the broadcasts' schedule alone."""
         role = self.role
         flags = 0
         if role == ROLE_LEADER:
@@ -850,17 +899,34 @@ class Node:
         if is_low_battery(self.battery, self.mains, self.config.weights):
             flags |= F_LOW_BATTERY
         self._send(
-            Msg(HEARTBEAT, self.id, self.term, flags, self.score, heard, self.battery, self.link)
+            Msg(
+                HEARTBEAT,
+                self.id,
+                self.term,
+                flags,
+                self.score,
+                heard,
+                self.battery,
+                self.link,
+                target,
+            )
         )
+        if target is not None:
+            return
         cfg = self.config
         # +-1/16 interval of jitter keeps radios from colliding; the mean stays one interval.
         j = cfg.heartbeat_ms // 16
         self._next_hb = now + cfg.heartbeat_ms + (self.prng.below(2 * j + 1) - j if j else 0)
 
-    def _answer(self, now):
-        """An extra heartbeat to correct a stale claimant or leader, at most once per slot."""
-        if now - self._answered_at >= self.config.claim_slot_ms:
-            self._answered_at = now
+    def _answer(self, m, now):
+        """An extra heartbeat: to a PROBE naming us, of our term or an older one, at once and
+        to the prober alone (a broadcast would give every node an early one); to correct a
+        stale claimant or leader, to all, at most once per slot."""
+        if m.kind == PROBE:
+            if m.target == self.id and m.term <= self.term:
+                self._heartbeat(now, m.sender)
+        elif now - self._extra_at >= self.config.claim_slot_ms:
+            self._extra_at = now
             self._heartbeat(now)
 
     def _update_wakeup(self, now):
@@ -875,8 +941,11 @@ class Node:
                 t = self._listen_until
             else:  # following or suspecting: the evidence runs out
                 t = self._ev_time + self.config.suspect_ms + 1
-                if phase == _PHASE_FOLLOWING and self._leaving_deadline < t:
-                    t = self._leaving_deadline  # our leader said it is leaving
+                if phase == _PHASE_FOLLOWING:
+                    if self._extra_at >= t:  # a probe went after that: its answer is due
+                        t = self._extra_at + self.config.probe_ms
+                    if self._leaving_deadline < t:
+                        t = self._leaving_deadline  # our leader said it is leaving
             if t < w:
                 w = t
         elif role == ROLE_CANDIDATE:
@@ -924,6 +993,7 @@ MACHINE = (
         Node._on_claim, _F | _C,                # a claim
         Node._on_handoff, _F | _L,              # a handoff
         Node._on_leave, _F | _C,                # a leave
+        None, _F,                               # a probe
         None, _F,                               # our heartbeat is due
         Node._follower_timers, _F | _C,         # timers
     ),
@@ -935,6 +1005,7 @@ MACHINE = (
         Node._on_handoff, _C | _L,
         None, _C,
         None, _C,
+        None, _C,
         Node._candidate_timers, _F | _C | _L,
     ),
     (  # ROLE_LEADER
@@ -944,6 +1015,7 @@ MACHINE = (
         Node._leader_claim, _F | _C | _L,
         Node._on_handoff, _L,
         None, _L,
+        Node._answer, _L,
         Node._leader_duties, _F | _L,
         None, _L,
     ),

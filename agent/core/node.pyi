@@ -23,6 +23,8 @@ class Config:
     weights: Weights
     suspect_intervals: int
     listen_intervals: int
+    probes: int
+    probe_ms: int
     suspect_ms: int
     listen_ms: int
     live_ms: int
@@ -38,6 +40,8 @@ class Config:
         weights: Weights | None = None,
         suspect_intervals: int = 3,
         listen_intervals: int = 2,
+        probes: int = 0,
+        probe_ms: int | None = None,
     ) -> None: ...
 
 def make_config(

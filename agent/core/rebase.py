@@ -61,7 +61,7 @@ def rebase(app, now, ms):
         "_cand_since",
         "_cand_deadline",
         "_quorum_lost_at",
-        "_answered_at",
+        "_extra_at",
         "_leaving_deadline",
         "_next_hb",
     ):

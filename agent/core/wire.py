@@ -36,6 +36,7 @@ from agent.core.messages import (
     HANDOFF,
     HEARTBEAT,
     LEAVE,
+    PROBE,
     READINGS,
     READINGS_ACK,
     Msg,
@@ -102,6 +103,7 @@ _BODY_FIELDS = {
     CLAIM: 2,
     HANDOFF: 3,
     LEAVE: 1,
+    PROBE: 2,
     READINGS: 3,
     READINGS_ACK: 3,
     BATCH: 2,
@@ -228,6 +230,8 @@ class Codec:
         elif kind == HANDOFF:
             arr.append(msg.target)
             arr.append(msg.flags)
+        elif kind == PROBE:
+            arr.append(msg.target)
         elif kind == BATCH:
             arr.append(msg.body)
         elif kind != LEAVE:  # READINGS, READINGS_ACK, BATCH_ACK
@@ -332,6 +336,8 @@ class Codec:
         elif kind == HANDOFF:
             msg.target = arr[6]
             msg.flags = arr[7]
+        elif kind == PROBE:
+            msg.target = arr[6]
         elif kind == BATCH:
             msg.body = arr[6]
         elif kind != LEAVE:
@@ -478,10 +484,10 @@ def _check_fields(kind, arr, check_batch):
     elif kind == CLAIM:
         if not _int(arr[6], _I32_MIN, _I32_MAX):
             return "score"
-    elif kind == HANDOFF:
+    elif kind in (HANDOFF, PROBE):
         if not _text(arr[6], _MAX_ID_BYTES):
             return "target"
-        if not _uint(arr[7], _U8):
+        if kind == HANDOFF and not _uint(arr[7], _U8):
             return "flags"
     elif kind == BATCH:
         if check_batch is not None:

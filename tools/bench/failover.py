@@ -57,22 +57,39 @@ def heartbeat_list(text: str) -> list[int]:
     return values
 
 
-def election_settings(suspect_intervals: int | None) -> str:
-    """The agents' ``[election]`` table for ``--suspect-intervals`` (None: the core's
-    default)."""
-    if suspect_intervals is None:
-        return ""
-    return "[election]\nsuspect_intervals = %d\n" % suspect_intervals
+def election_settings(suspect_intervals: int | None, probes: int | None = None) -> str:
+    """The agents' ``[election]`` table for ``--suspect-intervals`` and ``--probes`` (None:
+    the core's default)."""
+    given = [("suspect_intervals", suspect_intervals), ("probes", probes)]
+    lines = ["%s = %d\n" % (name, value) for name, value in given if value is not None]
+    return "[election]\n" + "".join(lines) if lines else ""
 
 
-def suspect_intervals_arg(text: str) -> int:
-    """argparse type of ``--suspect-intervals``: an integer within the core's range."""
-    try:
-        value = int(text)
-        Config(suspect_intervals=value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return value
+def election_summary(args: argparse.Namespace) -> str:
+    """How the bench's agents detect a dead leader, for a headline."""
+    default = Config()
+    text = "suspect after %d heartbeats" % (args.suspect_intervals or default.suspect_intervals)
+    probes = default.probes if args.probes is None else args.probes
+    if probes:
+        text += " and %d unanswered probes (max(hb / 8, 5) ms each)" % probes
+    return text
+
+
+def _setting_arg(name: str) -> Any:
+    """argparse type of an ``[election]`` option: an integer within the core's range."""
+
+    def check(text: str) -> int:
+        try:
+            value = int(text)
+            Config(**{name: value})
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return value
+
+    return check
+
+
+suspect_intervals_arg = _setting_arg("suspect_intervals")
 
 
 def add_election_options(p: argparse.ArgumentParser) -> None:
@@ -83,6 +100,13 @@ def add_election_options(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="election.suspect_intervals of every agent (default: the core's, %d)"
         % Config().suspect_intervals,
+    )
+    p.add_argument(
+        "--probes",
+        type=_setting_arg("probes"),
+        metavar="N",
+        help="election.probes of every agent: probe a silent leader N times before "
+        "suspecting it (default: the core's, %d)" % Config().probes,
     )
 
 
@@ -97,7 +121,7 @@ def new_mesh(
         prefix=prefix,
         sample_ms=args.sample_ms,
         status_ms=args.status_ms,
-        agent_extra=election_settings(args.suspect_intervals),
+        agent_extra=election_settings(args.suspect_intervals, args.probes),
     )
 
 
@@ -291,13 +315,13 @@ def table(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
         )
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = [
-        "failover over %s, %d agents, sample %d ms, suspect after %d heartbeats; times in ms "
+        "failover over %s, %d agents, sample %d ms, %s; times in ms "
         "from the kill -9"
         % (
             args.transport,
             args.agents,
             args.sample_ms,
-            args.suspect_intervals or Config().suspect_intervals,
+            election_summary(args),
         )
     ]
     for line in [header, *body]:

@@ -24,11 +24,11 @@ import sys
 import time
 from typing import Any
 
-from agent.core.node import Config
 from testkit.meshlab import MeshUnderTest, parse_log_time
 from testkit.tools import MissingTool
 from tools.bench.failover import (
     add_election_options,
+    election_summary,
     heartbeat_list,
     new_mesh,
     readings_report,
@@ -76,12 +76,12 @@ def soak(args: argparse.Namespace) -> int:
         start_stats = _stats(mesh)
         shape = "per frame" if args.per_frame else "per link"
         print(
-            "soak: %d agents, heartbeat %d ms, suspect after %d, %d%% loss %s on every host, "
+            "soak: %d agents, heartbeat %d ms, %s, %d%% loss %s on every host, "
             "%.1f min; leader %s term %d"
             % (
                 n,
                 args.heartbeat_ms,
-                args.suspect_intervals or Config().suspect_intervals,
+                election_summary(args),
                 args.loss,
                 shape,
                 args.minutes,
@@ -125,8 +125,17 @@ def soak(args: argparse.Namespace) -> int:
         mesh.cleanup()
     print()
     print(
-        "soak over udp, %d agents, heartbeat %d ms, %d%% loss %s, %.1f min, %.0f frames/s sent"
-        % (n, args.heartbeat_ms, args.loss, shape, elapsed / 60, frames / elapsed)
+        "soak over udp, %d agents, heartbeat %d ms, %s, %d%% loss %s, %.1f min, %.0f frames/s "
+        "sent"
+        % (
+            n,
+            args.heartbeat_ms,
+            election_summary(args),
+            args.loss,
+            shape,
+            elapsed / 60,
+            frames / elapsed,
+        )
     )
     print("  elections seen: %d" % len(elections))
     for term, who, reason in elections:
