@@ -81,7 +81,8 @@ def _setting_arg(name: str) -> Any:
     def check(text: str) -> int:
         try:
             value = int(text)
-            Config(**{name: value})
+            setting: dict[str, Any] = {name: value}
+            Config(**setting)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
         return value
