@@ -473,6 +473,10 @@ class Agent:
             self._set_gateway(cfg.gateway)
         now = self.now()
         self._sample(now)
+        if self.cycle is not None:
+            # Before the start: the heartbeat that announces the node says F_SLEEPY (a leader
+            # lists it as sleepy before its readings tell the interval).
+            self.cycle.wake(app, app.clock_ms(now))
         app.start(now)
         self._flush(now)
         if cfg.discovery:

@@ -10,7 +10,7 @@ neither the leader nor the gateway takes it for silent until it missed its wakes
 One cycle, driven by the runtime::
 
     cycle = SleepCycle(settings)          # the [sleep] table: interval_ms, listen_ms, confirm_ms
-    cycle.wake(app, now)                  # after app.start(now) (and restore, on a board)
+    cycle.wake(app, now)                  # before app.start(now) (and restore, on a board)
     app.sample(...)                       # its readings, and its energy report
     ... run the app as usual until cycle.due(app, now) ...
     state = save(app, wall_ms)            # a board keeps it in RTC memory (or flash)
@@ -53,7 +53,8 @@ class SleepCycle:
         self.found = -1  # when this wake first had a leader
 
     def wake(self, app, now):
-        """A wake began (the app started): the app is made a sleepy member."""
+        """A wake begins (before app.start, so that the heartbeat announcing it says
+        F_SLEEPY): the app is made a sleepy member."""
         app.sleep_ms = app.buffer.sleep_ms = self.interval_ms
         self.woke = now
         self.found = -1

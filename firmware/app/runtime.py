@@ -331,13 +331,16 @@ class Runtime:
             now = self.now()
             battery, link, mains = hw.power(now)
             app.set_power(battery, link, mains, cfg["eligible"])
+            sleeper = self.sleeper
+            if sleeper is not None:
+                # Before the start: the heartbeat that announces this wake says F_SLEEPY (a
+                # new leader lists it as sleepy before its readings tell the interval).
+                sleeper.start(app, app.clock_ms(now))
             app.start(now)
             self.flush()
-            sleeper = self.sleeper
             energy_ms = app.energy.settings[8]  # [energy] report_ms
             next_energy = now + energy_ms if energy_ms else -1
             if sleeper is not None:
-                sleeper.start(app, app.clock_ms(now))
                 next_energy = now  # one report per wake, with its reading
             next_sample = now
             next_power = now + cfg["heartbeat_ms"]

@@ -46,7 +46,8 @@ class Sleeper:
     # The runtime's hooks into the cycle (agent/core/sleepy.py), named as names the process has
     # interned already: firmware/README.md, "Memory".
     def start(self, app, now):
-        """A wake began (the app started): the app is made a sleepy member."""
+        """A wake begins (called before app.start: its first heartbeat says F_SLEEPY): the
+        app is made a sleepy member."""
         self.cycle.wake(app, now)
 
     def tick(self, app, now):
